@@ -1,0 +1,411 @@
+//! The device end of a session.
+//!
+//! [`ClientSession`] sends `Hello`, waits for `Welcome`, then keeps the device present at
+//! the lowest radio cost: one heartbeat datagram per interval and nothing else, a status
+//! change as a datagram that asks for an acknowledgement (retried with backoff, then sent on
+//! the control stream), and a local expiry for every notification shown.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::error::ErrorCode;
+use crate::frame::{Decoded, FrameDecoder};
+use crate::message::*;
+use crate::ping::{Ping, PingKind};
+use crate::session::{Close, SessionError, Transmit, error_message, queue_frame, queue_ping};
+
+/// Device-side session settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Time from `Hello` to `Welcome` before giving up. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Wait before the first retransmission of an unacknowledged status change; doubles on
+    /// each try. Default 1 s.
+    pub status_retransmit: Duration,
+    /// Datagram tries of a status change (the first send included) before it goes on the
+    /// control stream instead. Default 3.
+    pub status_datagram_tries: u8,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            status_retransmit: Duration::from_secs(1),
+            status_datagram_tries: 3,
+        }
+    }
+}
+
+/// What a client session tells the device application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The session is up; heartbeats have started.
+    Welcome(Welcome),
+    /// The server applied the status change with this sequence number.
+    StatusAcked {
+        /// The acknowledged status sequence number.
+        seq: u8,
+    },
+    /// An `Authorize` succeeded.
+    Authorized(Authorized),
+    /// A `Revoke` took effect.
+    Revoked(Revoked),
+    /// An `Authorize` or `Revoke` was refused.
+    Denied(Denied),
+    /// A live notification to show; answer it with [`ClientSession::respond`].
+    Notification(Notify),
+    /// Stop showing a notification.
+    Cancelled(Cancel),
+    /// A notification's time to live ran out unanswered.
+    NotificationExpired {
+        /// The notification's id.
+        id: u64,
+    },
+    /// The server is draining: reconnect after `retry_after_ms`.
+    GoAway(GoAway),
+    /// The session ended.
+    Closed(Close),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Active,
+    Closed,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Active => "active",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
+/// A status change waiting for the server's acknowledgement.
+#[derive(Debug, Clone, Copy)]
+struct PendingChange {
+    tries: u8,
+    retry_at: Instant,
+}
+
+/// The device's state machine for one session. Deterministic: the clock is an input.
+#[derive(Debug)]
+pub struct ClientSession {
+    config: ClientConfig,
+    phase: Phase,
+    decoder: FrameDecoder,
+    handshake_deadline: Instant,
+    heartbeat: Duration,
+    next_heartbeat: Instant,
+    status: Status,
+    idle: bool,
+    message: StatusText,
+    seq: u8,
+    /// The sequence number the server knows (from `Hello`) until the session is active.
+    announced_seq: u8,
+    change: Option<PendingChange>,
+    /// Notifications shown and when each expires.
+    shown: Vec<(u64, Instant)>,
+    events: VecDeque<ClientEvent>,
+    transmits: VecDeque<Transmit>,
+}
+
+impl ClientSession {
+    /// Starts a session at `now` by queueing `hello`.
+    pub fn new(config: ClientConfig, now: Instant, hello: Hello) -> Self {
+        let mut transmits = VecDeque::new();
+        let handshake_deadline = now + config.handshake_timeout;
+        let heartbeat = Duration::from_millis(u64::from(hello.heartbeat_ms));
+        let session = Self {
+            config,
+            phase: Phase::Connecting,
+            decoder: FrameDecoder::new(),
+            handshake_deadline,
+            heartbeat,
+            next_heartbeat: handshake_deadline,
+            status: hello.status,
+            idle: hello.idle,
+            message: hello.message.clone(),
+            seq: hello.status_seq,
+            announced_seq: hello.status_seq,
+            change: None,
+            shown: Vec::new(),
+            events: VecDeque::new(),
+            transmits: VecDeque::new(),
+        };
+        queue_frame(&mut transmits, &Message::Hello(hello));
+        Self { transmits, ..session }
+    }
+
+    /// Bytes that arrived on the control stream.
+    pub fn handle_stream_data(&mut self, now: Instant, mut data: &[u8]) {
+        while self.phase != Phase::Closed {
+            match self.decoder.decode(&mut data) {
+                Ok(None) => return,
+                Ok(Some(Decoded::Unknown { .. })) => {}
+                Ok(Some(Decoded::Message(message))) => self.handle_message(now, message),
+                Err(error) => self.close_with(error.code(), &error.to_string()),
+            }
+        }
+    }
+
+    /// A DATAGRAM frame's payload; anything but an acknowledgement is ignored.
+    pub fn handle_datagram(&mut self, _now: Instant, payload: &[u8]) {
+        let Ok(ping) = Ping::decode(payload) else {
+            return;
+        };
+        if ping.kind == PingKind::Ack && ping.seq == self.seq && self.change.is_some() {
+            self.change = None;
+            self.events.push_back(ClientEvent::StatusAcked { seq: ping.seq });
+        }
+    }
+
+    /// Runs every timer that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Connecting => {
+                if now >= self.handshake_deadline {
+                    self.close_with(ErrorCode::HANDSHAKE_TIMEOUT, "no welcome within the handshake timeout");
+                }
+            }
+            Phase::Active => {
+                if let Some(change) = self.change.filter(|change| now >= change.retry_at) {
+                    if change.tries < self.config.status_datagram_tries {
+                        self.send_change_ping(now, change.tries + 1);
+                    } else {
+                        self.change = None;
+                        self.send_status_frame();
+                    }
+                }
+                if now >= self.next_heartbeat {
+                    self.send_ping(now, false);
+                }
+                let events = &mut self.events;
+                self.shown.retain(|&(id, expiry)| {
+                    let live = now < expiry;
+                    if !live {
+                        events.push_back(ClientEvent::NotificationExpired { id });
+                    }
+                    live
+                });
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Connecting => Some(self.handshake_deadline),
+            Phase::Active => {
+                let retry = self.change.map(|change| change.retry_at);
+                let expiry = self.shown.iter().map(|&(_, expiry)| expiry).min();
+                [Some(self.next_heartbeat), retry, expiry].into_iter().flatten().min()
+            }
+            Phase::Closed => None,
+        }
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next bytes to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Changes status and idle flag. Once active this is one datagram, retried until
+    /// acknowledged; before `Welcome` it is sent when the session comes up.
+    pub fn set_status(&mut self, now: Instant, status: Status, idle: bool) {
+        if (status, idle) == (self.status, self.idle) {
+            return;
+        }
+        self.status = status;
+        self.idle = idle;
+        self.seq = self.seq.wrapping_add(1);
+        if self.phase == Phase::Active {
+            self.send_change_ping(now, 1);
+        }
+    }
+
+    /// Changes the status message, which only the control stream carries.
+    pub fn set_message(&mut self, message: StatusText) {
+        if message == self.message {
+            return;
+        }
+        self.message = message;
+        self.seq = self.seq.wrapping_add(1);
+        if self.phase == Phase::Active {
+            self.change = None;
+            self.send_status_frame();
+        }
+    }
+
+    /// Replaces the visibility list.
+    pub fn set_visibility(&mut self, apps: AppList) -> Result<(), SessionError> {
+        self.send(Message::Visibility(Visibility { apps }))
+    }
+
+    /// Authorizes an app; the answer comes as `Authorized` or `Denied`.
+    pub fn authorize(&mut self, app_id: AppId, state: LinkState) -> Result<(), SessionError> {
+        self.send(Message::Authorize(Authorize { app_id, state }))
+    }
+
+    /// Revokes an app; the answer comes as `Revoked` or `Denied`.
+    pub fn revoke(&mut self, app_id: AppId) -> Result<(), SessionError> {
+        self.send(Message::Revoke(Revoke { app_id }))
+    }
+
+    /// Presents a fresh token before the current one expires.
+    pub fn reauth(&mut self, token: Token) -> Result<(), SessionError> {
+        self.send(Message::Reauth(Reauth { token }))
+    }
+
+    /// Answers a notification that is shown and not expired.
+    pub fn respond(&mut self, id: u64, response: Response) -> Result<(), SessionError> {
+        self.expect_active()?;
+        let before = self.shown.len();
+        self.shown.retain(|&(shown, _)| shown != id);
+        if self.shown.len() == before {
+            return Err(SessionError::UnknownNotification { id });
+        }
+        self.send(Message::NotifyResponse(NotifyResponse { id, response }))
+    }
+
+    /// Ends the session cleanly; the server marks the device offline at once.
+    pub fn close(&mut self) {
+        self.close_with(ErrorCode::NO_ERROR, "closed by the device");
+    }
+
+    /// The current status, idle flag and message.
+    pub fn status(&self) -> (Status, bool, &StatusText) {
+        (self.status, self.idle, &self.message)
+    }
+
+    /// The current status sequence number (carry it into the next session's `Hello`).
+    pub fn status_seq(&self) -> u8 {
+        self.seq
+    }
+
+    /// Whether a status change still waits for its acknowledgement.
+    pub fn change_pending(&self) -> bool {
+        self.change.is_some()
+    }
+
+    /// The heartbeat interval in force (the server's answer once welcomed).
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Whether `Welcome` arrived and the session is not closed.
+    pub fn is_active(&self) -> bool {
+        self.phase == Phase::Active
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    fn send_ping(&mut self, now: Instant, ack_requested: bool) {
+        let ping = Ping { ack_requested, ..Ping::heartbeat(self.status, self.idle, self.seq) };
+        queue_ping(&mut self.transmits, ping);
+        // Any ping proves liveness: the next heartbeat is due one interval after it.
+        self.next_heartbeat = now + self.heartbeat;
+    }
+
+    fn send_change_ping(&mut self, now: Instant, tries: u8) {
+        self.send_ping(now, true);
+        let backoff = self.config.status_retransmit * (1u32 << (tries - 1).min(16));
+        self.change = Some(PendingChange { tries, retry_at: now + backoff });
+    }
+
+    fn send_status_frame(&mut self) {
+        let update = StatusUpdate {
+            status: self.status,
+            idle: self.idle,
+            message: self.message.clone(),
+            seq: self.seq,
+        };
+        queue_frame(&mut self.transmits, &Message::Status(update));
+    }
+
+    fn expect_active(&self) -> Result<(), SessionError> {
+        match self.phase {
+            Phase::Active => Ok(()),
+            phase => Err(SessionError::WrongPhase { phase: phase.name() }),
+        }
+    }
+
+    fn send(&mut self, message: Message) -> Result<(), SessionError> {
+        self.expect_active()?;
+        queue_frame(&mut self.transmits, &message);
+        Ok(())
+    }
+
+    fn close_with(&mut self, code: ErrorCode, reason: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        queue_frame(&mut self.transmits, &error_message(code, reason));
+        self.finish(Close { code, reason: reason.to_owned(), by_peer: false });
+    }
+
+    fn finish(&mut self, close: Close) {
+        self.phase = Phase::Closed;
+        self.change = None;
+        self.shown = Vec::new();
+        self.events.push_back(ClientEvent::Closed(close));
+    }
+
+    fn handle_message(&mut self, now: Instant, message: Message) {
+        if message.direction() == Direction::ToServer {
+            let reason = format!("{} is sent by devices only", message.name());
+            return self.close_with(ErrorCode::PROTOCOL_VIOLATION, &reason);
+        }
+        match (self.phase, message) {
+            (_, Message::Error(error)) => {
+                let reason = error.message.into_string();
+                self.finish(Close { code: error.code, reason, by_peer: true });
+            }
+            (Phase::Connecting, Message::Welcome(welcome)) => self.handle_welcome(now, welcome),
+            (Phase::Active, Message::Authorized(m)) => self.events.push_back(ClientEvent::Authorized(m)),
+            (Phase::Active, Message::Revoked(m)) => self.events.push_back(ClientEvent::Revoked(m)),
+            (Phase::Active, Message::Denied(m)) => self.events.push_back(ClientEvent::Denied(m)),
+            (Phase::Active, Message::Notify(notify)) => {
+                let expiry = now + Duration::from_millis(u64::from(notify.expires_in_ms));
+                self.shown.retain(|&(id, _)| id != notify.id);
+                self.shown.push((notify.id, expiry));
+                self.events.push_back(ClientEvent::Notification(notify));
+            }
+            (Phase::Active, Message::Cancel(cancel)) => {
+                self.shown.retain(|&(id, _)| id != cancel.id);
+                self.events.push_back(ClientEvent::Cancelled(cancel));
+            }
+            (Phase::Active, Message::GoAway(go_away)) => self.events.push_back(ClientEvent::GoAway(go_away)),
+            (Phase::Closed, _) => {}
+            (phase, other) => {
+                let reason = format!("{} while {}", other.name(), phase.name());
+                self.close_with(ErrorCode::PROTOCOL_VIOLATION, &reason);
+            }
+        }
+    }
+
+    fn handle_welcome(&mut self, now: Instant, welcome: Welcome) {
+        self.phase = Phase::Active;
+        self.heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+        self.next_heartbeat = now + self.heartbeat;
+        self.events.push_back(ClientEvent::Welcome(welcome));
+        if self.seq != self.announced_seq {
+            // Changed while connecting: send the whole state reliably.
+            self.send_status_frame();
+        }
+    }
+}
