@@ -1,1 +1,151 @@
-//! placeholder
+//! # presenced
+//!
+//! The Presence daemon. Devices keep one QUIC session each; the daemon tracks their status
+//! in a sharded presence table and tells the apps each user allowed.
+//!
+//! ## Layout
+//!
+//! - [`settings`]: the one settings struct, from TOML, `PRESENCED_*` environment and flags.
+//! - [`credentials`]: TLS certificate, token keys, PUID secret, admin token; `--dev` creates
+//!   them on first run.
+//! - [`auth`]: device tokens (EdDSA JWTs against a JWKS); [`puid`]: PUID derivation.
+//! - [`quic`]: the QUIC driver, the only module that knows quinn; one task per connection
+//!   drives a sans-IO [`presence_protocol::ServerSession`].
+//! - [`table`]: the presence table, its aggregation rule and its per-(app, PUID) events.
+//! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
+//! - [`http`]: the HTTPS listener (`/healthz`, `/metrics`); [`metrics`]: metric names.
+//!
+//! [`Daemon::start`] binds everything and returns at once, so tests run a whole daemon
+//! in-process on loopback ports; [`Daemon::shutdown`] drains it as SIGTERM does.
+//!
+//! The library is the binary's body: start-up code uses `anyhow` for its reports, the
+//! reusable parts (`auth`, `puid`, `table`, `settings`) have typed errors.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod credentials;
+pub mod handle;
+pub mod http;
+pub mod metrics;
+pub mod puid;
+pub mod quic;
+pub mod settings;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::credentials::{DevInfo, crypto_provider};
+use crate::metrics::Metrics;
+use crate::quic::QuicServer;
+use crate::settings::Settings;
+use crate::table::PresenceTable;
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    quic: Arc<QuicServer>,
+    /// The QUIC address bound.
+    pub quic_addr: SocketAddr,
+    /// The HTTPS address bound.
+    pub https_addr: SocketAddr,
+    /// `dev.json`'s content, in `--dev` mode.
+    pub dev_info: Option<DevInfo>,
+    table: Arc<PresenceTable>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    drain: Duration,
+}
+
+impl Daemon {
+    /// Loads secrets, binds both listeners and starts serving.
+    pub async fn start(settings: Settings) -> Result<Daemon> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
+            credentials::load(&settings)?;
+        let metrics = Arc::new(Metrics::default());
+        let table = Arc::new(PresenceTable::new(puid_key, metrics.clone()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let identity = (cert_chain.clone(), key.clone_key());
+        let quic = QuicServer::bind(
+            &settings,
+            identity,
+            verifier,
+            table.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )?;
+        let quic = Arc::new(quic);
+        let quic_addr = quic.local_addr()?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(cert_chain, key)?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let listener = tokio::net::TcpListener::bind(settings.https_listen)
+            .await
+            .with_context(|| format!("cannot bind HTTPS on {}", settings.https_listen))?;
+        let https_addr = listener.local_addr()?;
+        let router = http::router(http::ApiState { metrics: metrics.clone(), table: table.clone() });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(http::serve(listener, Arc::new(tls), router, shutdown_rx)));
+        let serving = quic.clone();
+        tasks.push(tokio::spawn(async move { serving.serve().await }));
+        let dev_info = match (&settings.dev, &admin_token) {
+            (true, Some(admin)) => {
+                Some(credentials::write_dev_info(&settings.data_dir, quic_addr, https_addr, admin)?)
+            }
+            _ => None,
+        };
+        info!(%quic_addr, %https_addr, dev = settings.dev, "presenced listening");
+        Ok(Daemon {
+            quic,
+            quic_addr,
+            https_addr,
+            dev_info,
+            table,
+            metrics,
+            shutdown,
+            tasks,
+            drain: settings.drain,
+        })
+    }
+
+    /// The presence table (tests subscribe to its events).
+    pub fn table(&self) -> &Arc<PresenceTable> {
+        &self.table
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Sessions currently open.
+    pub fn open_sessions(&self) -> usize {
+        self.quic.open_connections()
+    }
+
+    /// Graceful drain: stop accepting, send `GoAway` to every device, wait until they have
+    /// left or the drain bound passes, then close what remains.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + self.drain;
+        while self.quic.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(remaining = self.quic.open_connections(), "drain finished");
+        self.quic.close(Duration::from_secs(1)).await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -39,6 +39,16 @@ impl<const MAX: usize> Text<MAX> {
         Ok(Self(value))
     }
 
+    /// The longest prefix of `value` that fits, cut at a character boundary: for
+    /// human-readable text (reasons, messages) where a shortened value beats an error.
+    pub fn truncating(value: &str) -> Self {
+        let mut end = value.len().min(MAX);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self(value[..end].to_owned())
+    }
+
     /// The text as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -59,6 +69,14 @@ impl<const MAX: usize> Deref for Text<MAX> {
 
 impl<const MAX: usize> AsRef<str> for Text<MAX> {
     fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+// Hash, Eq and Ord are those of the inner String, which agree with str's: maps keyed by
+// Text can be queried with &str.
+impl<const MAX: usize> core::borrow::Borrow<str> for Text<MAX> {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }

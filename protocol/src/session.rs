@@ -58,12 +58,7 @@ pub(crate) fn queue_ping(transmits: &mut std::collections::VecDeque<Transmit>, p
     transmits.push_back(Transmit::Datagram(Bytes::copy_from_slice(&ping.encode())));
 }
 
-/// The `Error` message a closing end sends; the reason is cut to fit at a char boundary.
+/// The `Error` message a closing end sends; the reason is cut to fit.
 pub(crate) fn error_message(code: ErrorCode, reason: &str) -> Message {
-    let mut end = reason.len().min(Reason::MAX);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let message = Reason::new(&reason[..end]).unwrap_or_default();
-    Message::Error(ErrorMessage { code, message })
+    Message::Error(ErrorMessage { code, message: Reason::truncating(reason) })
 }

@@ -1,0 +1,98 @@
+//! What a device connects with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use presence_protocol::{ClientConfig, Status};
+use rustls::pki_types::CertificateDer;
+
+/// Default heartbeat interval. Mobile NATs may drop UDP bindings after 30 s of silence;
+/// a device that must stay reachable for pushes should pick an interval below its path's
+/// NAT timeout, one that only reports presence can go far longer.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
+
+/// Settings of one device's client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The daemon's QUIC address.
+    pub server: SocketAddr,
+    /// The name the server's certificate must carry. Default `localhost`.
+    pub server_name: String,
+    /// Trust roots for the server certificate (the dev CA, or a private CA). Empty means the
+    /// client refuses to start: there are no built-in roots.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The device token (a JWT from the identity provider).
+    pub token: String,
+    /// The device id; default: the token's `did` claim.
+    pub device_id: Option<String>,
+    /// Initial status. Default online.
+    pub status: Status,
+    /// Initial message. Default empty.
+    pub message: String,
+    /// Apps allowed to see this device's presence. Default none.
+    pub visibility: Vec<String>,
+    /// The heartbeat interval asked for. Default [`DEFAULT_HEARTBEAT`].
+    pub heartbeat: Duration,
+    /// When to turn away and offline by itself. Default: never.
+    pub idle: IdlePolicy,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// Session settings (handshake timeout, status retransmission).
+    pub session: ClientConfig,
+    /// Local address to bind. Default `0.0.0.0:0` (or `[::]:0` for an IPv6 server).
+    pub bind: Option<SocketAddr>,
+}
+
+impl ClientOptions {
+    /// Options with every default, for one server and token.
+    pub fn new(server: SocketAddr, roots: Vec<CertificateDer<'static>>, token: String) -> ClientOptions {
+        ClientOptions {
+            server,
+            server_name: "localhost".into(),
+            roots,
+            token,
+            device_id: None,
+            status: Status::Online,
+            message: String::new(),
+            visibility: Vec::new(),
+            heartbeat: DEFAULT_HEARTBEAT,
+            idle: IdlePolicy::default(),
+            backoff: Backoff::default(),
+            session: ClientConfig::default(),
+            bind: None,
+        }
+    }
+}
+
+/// The seed's "sliders": away after this long without activity, offline after that long.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// Turn `away` (idle) after this long without [`Client::activity`](crate::Client::activity).
+    pub away_after: Option<Duration>,
+    /// Appear `offline` after this long without activity.
+    pub offline_after: Option<Duration>,
+}
+
+/// Exponential reconnect backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay. Default 500 ms.
+    pub initial: Duration,
+    /// Largest delay. Default 60 s.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(60) }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (0-based): `min(max, initial · 2^attempt)`, scaled
+    /// by a random factor in [0.5, 1) so that devices that failed together spread out.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max);
+        base.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}

@@ -1,0 +1,319 @@
+//! Device tokens: compact JWTs signed with EdDSA (Ed25519), verified against a JWKS.
+//!
+//! Any identity provider that can sign an Ed25519 JWT can issue device tokens; the daemon
+//! only needs its public keys as a JWKS file. In `--dev` mode the daemon is such an issuer
+//! itself ([`TokenSigner`], used by `presenced token`). The verifier is strict: `alg` must
+//! be `EdDSA` (no `none`, no algorithm confusion), `aud` must contain `presence`, `exp` must
+//! lie ahead, and `sub` and the device claim `did` must be present and bounded.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use presence_protocol::limits::{MAX_DEVICE_ID_LEN, MAX_TOKEN_LEN};
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+/// The audience every device token must name.
+pub const AUDIENCE: &str = "presence";
+/// Longest user id (`sub`) accepted, in bytes.
+pub const MAX_USER_LEN: usize = 256;
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not three base64url parts with JSON header and claims.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The header's `alg` is not `EdDSA`.
+    #[error("unsupported token algorithm {0:?}")]
+    Algorithm(String),
+    /// No key in the JWKS matches the header's `kid`.
+    #[error("no verification key for kid {0:?}")]
+    UnknownKey(Option<String>),
+    /// The signature does not verify.
+    #[error("bad token signature")]
+    Signature,
+    /// `aud` does not contain `presence`.
+    #[error("token audience is not {AUDIENCE:?}")]
+    Audience,
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` lies in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// A required claim is missing, empty or too long.
+    #[error("token claim {0} missing or invalid")]
+    Claim(&'static str),
+}
+
+/// A JWKS file: `{"keys": [...]}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Jwks {
+    /// The keys.
+    pub keys: Vec<Jwk>,
+}
+
+/// One JSON Web Key; only `OKP` / `Ed25519` keys are used, others are skipped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Jwk {
+    /// Key type; `OKP` for Ed25519.
+    pub kty: String,
+    /// Curve; `Ed25519`.
+    #[serde(default)]
+    pub crv: Option<String>,
+    /// The public key, base64url.
+    #[serde(default)]
+    pub x: Option<String>,
+    /// Key id, matched against the token header's `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// Algorithm, `EdDSA` when present.
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// Intended use, `sig` when present.
+    #[serde(default, rename = "use")]
+    pub use_: Option<String>,
+}
+
+/// The claims the daemon reads from a device token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceClaims {
+    /// The user.
+    pub sub: String,
+    /// The device id; must match the `Hello`.
+    pub did: String,
+    /// Audience: a string or a list of strings.
+    pub aud: Audience,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Not before, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// JWT `aud`: one string or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A single audience.
+    One(String),
+    /// Several audiences.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(aud) => aud == wanted,
+            Audience::Many(auds) => auds.iter().any(|aud| aud == wanted),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Verifies device tokens against the public keys of a JWKS.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    keys: HashMap<Option<String>, UnparsedPublicKey<Vec<u8>>>,
+}
+
+impl TokenVerifier {
+    /// Builds a verifier from JWKS JSON; fails if it holds no usable Ed25519 key.
+    pub fn from_jwks_json(json: &str) -> Result<TokenVerifier, String> {
+        let jwks: Jwks = serde_json::from_str(json).map_err(|e| format!("invalid JWKS: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in jwks.keys {
+            if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
+                continue;
+            }
+            let x = jwk.x.as_deref().ok_or("JWKS Ed25519 key without x")?;
+            let raw = B64URL.decode(x).map_err(|e| format!("JWKS key x: {e}"))?;
+            if raw.len() != 32 {
+                return Err("JWKS Ed25519 key x is not 32 bytes".into());
+            }
+            keys.insert(jwk.kid, UnparsedPublicKey::new(&ED25519, raw));
+        }
+        if keys.is_empty() {
+            return Err("JWKS holds no Ed25519 (OKP) key".into());
+        }
+        Ok(TokenVerifier { keys })
+    }
+
+    /// Verifies `token` at Unix time `now` and returns its claims.
+    pub fn verify(&self, token: &str, now: u64) -> Result<DeviceClaims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed("too long"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(claims), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed("expected three parts"));
+        };
+        let signed = &token[..header.len() + 1 + claims.len()];
+        let header: Header = decode_json(header)?;
+        if header.alg != "EdDSA" {
+            return Err(TokenError::Algorithm(header.alg));
+        }
+        let key = match self.keys.get(&header.kid) {
+            Some(key) => key,
+            // A token without kid may use the only key there is.
+            None if header.kid.is_none() && self.keys.len() == 1 => {
+                self.keys.values().next().ok_or(TokenError::UnknownKey(None))?
+            }
+            None => return Err(TokenError::UnknownKey(header.kid)),
+        };
+        let signature = B64URL.decode(signature).map_err(|_| TokenError::Malformed("signature encoding"))?;
+        key.verify(signed.as_bytes(), &signature).map_err(|_| TokenError::Signature)?;
+        let claims: DeviceClaims = decode_json(claims)?;
+        if !claims.aud.contains(AUDIENCE) {
+            return Err(TokenError::Audience);
+        }
+        if claims.exp + LEEWAY_SECS <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.sub.is_empty() || claims.sub.len() > MAX_USER_LEN {
+            return Err(TokenError::Claim("sub"));
+        }
+        if claims.did.is_empty() || claims.did.len() > MAX_DEVICE_ID_LEN {
+            return Err(TokenError::Claim("did"));
+        }
+        Ok(claims)
+    }
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenError> {
+    let bytes = B64URL.decode(part).map_err(|_| TokenError::Malformed("base64url"))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed("json"))
+}
+
+/// Signs device tokens with an Ed25519 key (the `--dev` issuer).
+pub struct TokenSigner {
+    kid: String,
+    key: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A fresh key as PKCS#8 DER, for storing.
+    pub fn generate_pkcs8() -> Result<Vec<u8>, String> {
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map(|doc| doc.as_ref().to_vec())
+            .map_err(|_| "cannot generate an Ed25519 key".to_string())
+    }
+
+    /// Loads a PKCS#8 DER key.
+    pub fn from_pkcs8(kid: &str, pkcs8: &[u8]) -> Result<TokenSigner, String> {
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| format!("invalid Ed25519 key: {e}"))?;
+        Ok(TokenSigner { kid: kid.to_owned(), key })
+    }
+
+    /// The JWKS that verifies this signer's tokens.
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: vec![Jwk {
+                kty: "OKP".into(),
+                crv: Some("Ed25519".into()),
+                x: Some(B64URL.encode(self.key.public_key().as_ref())),
+                kid: Some(self.kid.clone()),
+                alg: Some("EdDSA".into()),
+                use_: Some("sig".into()),
+            }],
+        }
+    }
+
+    /// Signs arbitrary claims (tests use this to make wrong-audience tokens).
+    pub fn sign<C: Serialize>(&self, claims: &C) -> String {
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
+        let header = B64URL.encode(header.to_string());
+        let claims = B64URL.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let signing_input = format!("{header}.{claims}");
+        let signature = B64URL.encode(self.key.sign(signing_input.as_bytes()));
+        format!("{signing_input}.{signature}")
+    }
+
+    /// Mints a device token for `user` and `device`, valid for `ttl_secs` from `now`.
+    pub fn mint(&self, user: &str, device: &str, now: u64, ttl_secs: u64) -> String {
+        self.sign(&DeviceClaims {
+            sub: user.into(),
+            did: device.into(),
+            aud: Audience::One(AUDIENCE.into()),
+            exp: now + ttl_secs,
+            nbf: None,
+            iat: Some(now),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> TokenSigner {
+        TokenSigner::from_pkcs8("k1", &TokenSigner::generate_pkcs8().expect("key")).expect("signer")
+    }
+
+    fn verifier(signer: &TokenSigner) -> TokenVerifier {
+        let json = serde_json::to_string(&signer.jwks()).expect("json");
+        TokenVerifier::from_jwks_json(&json).expect("jwks")
+    }
+
+    #[test]
+    fn minted_token_verifies() {
+        let signer = signer();
+        let token = signer.mint("alice", "phone", 1_000, 60);
+        let claims = verifier(&signer).verify(&token, 1_010).expect("valid");
+        assert_eq!((claims.sub.as_str(), claims.did.as_str(), claims.exp), ("alice", "phone", 1_060));
+    }
+
+    #[test]
+    fn refusals_are_specific() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let token = signer.mint("alice", "phone", 1_000, 60);
+        assert_eq!(verifier.verify(&token, 1_000 + 60 + LEEWAY_SECS), Err(TokenError::Expired));
+        let forged = verifier.verify(&signer_token_from(&other_signer(), "alice"), 1_000);
+        assert_eq!(forged, Err(TokenError::Signature));
+        let wrong_aud =
+            signer.sign(&serde_json::json!({"sub": "a", "did": "d", "aud": "other", "exp": 2_000}));
+        assert_eq!(verifier.verify(&wrong_aud, 1_000), Err(TokenError::Audience));
+        let mut tampered = token.clone();
+        tampered.insert(token.find('.').expect("dot") + 3, 'A');
+        assert!(verifier.verify(&tampered, 1_000).is_err());
+        assert!(matches!(verifier.verify("a.b", 1_000), Err(TokenError::Malformed(_))));
+        let none_alg = format!("{}.{}.", B64URL.encode(r#"{"alg":"none"}"#), B64URL.encode("{}"));
+        assert_eq!(verifier.verify(&none_alg, 1_000), Err(TokenError::Algorithm("none".into())));
+    }
+
+    fn other_signer() -> TokenSigner {
+        // Same kid, different key: a forgery attempt.
+        signer()
+    }
+
+    fn signer_token_from(signer: &TokenSigner, user: &str) -> String {
+        signer.mint(user, "phone", 1_000, 60)
+    }
+}

@@ -1,0 +1,172 @@
+//! `presenced`: the Presence daemon's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use presenced::settings::{ConfigError, SettingsLayer};
+use presenced::{Daemon, credentials};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a bad configuration (EX_CONFIG-like, as sysexits' EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "presenced", version, about = "The Presence daemon: QUIC device presence for AppServices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// TOML settings file; flags and PRESENCED_* variables override it.
+        #[arg(long, env = "PRESENCED_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<SettingsLayer>,
+    },
+    /// Print a dev device token signed with the data directory's dev key.
+    Token {
+        /// Data directory of a `serve --dev` daemon.
+        #[arg(long, env = "PRESENCED_DATA_DIR", default_value = presenced::settings::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The user (`sub`).
+        #[arg(long)]
+        user: String,
+        /// The device id (`did`).
+        #[arg(long)]
+        device: String,
+        /// Lifetime: a number with s, m, h or d (default 24h).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Serve { config, settings } => serve(config, *settings),
+        Command::Token { data_dir, user, device, ttl } => match token(&data_dir, &user, &device, ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("presenced token: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(config: Option<PathBuf>, flags: SettingsLayer) -> ExitCode {
+    let file = match config.as_deref().map(SettingsLayer::from_file).transpose() {
+        Ok(file) => file.unwrap_or_default(),
+        Err(error) => return config_error(&error),
+    };
+    let settings = match flags.over(file).resolve() {
+        Ok(settings) => settings,
+        Err(error) => return config_error(&error),
+    };
+    tracing_subscriber::fmt().with_env_filter(EnvFilter::new(&settings.log)).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("presenced: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("presenced: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(error: &ConfigError) -> ExitCode {
+    eprintln!("presenced: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+async fn run(settings: presenced::settings::Settings) -> Result<()> {
+    let data_dir = settings.data_dir.clone();
+    let daemon = Daemon::start(settings).await?;
+    print_banner(&daemon, &data_dir);
+    wait_for_signal().await?;
+    tracing::info!("shutting down: sending GoAway and draining");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+fn print_banner(daemon: &Daemon, data_dir: &std::path::Path) {
+    println!("presenced {} listening", env!("CARGO_PKG_VERSION"));
+    println!("  QUIC  (devices)        {}", daemon.quic_addr);
+    println!("  HTTPS (health/metrics) {}", daemon.https_addr);
+    if let Some(dev) = &daemon.dev_info {
+        let dir = data_dir.display();
+        let ca = dev.ca_cert.display();
+        println!("  dev mode: secrets and {dir}/dev.json created on first run");
+        println!();
+        println!("Next, in another terminal:");
+        println!(
+            "  TOKEN=$(cargo run -q -p presenced -- token --data-dir {dir} --user alice --device phone)"
+        );
+        println!(
+            "  cargo run -q -p presence-client -- connect --server {} --ca {ca} --token \"$TOKEN\" --allow chat",
+            dev.quic
+        );
+        println!("  curl --cacert {ca} {}/metrics", dev.https);
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")?;
+    Ok(())
+}
+
+fn token(data_dir: &std::path::Path, user: &str, device: &str, ttl: Duration) -> Result<String> {
+    let signer = credentials::dev_signer(data_dir)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    Ok(signer.mint(user, device, now, ttl.as_secs()))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number * seconds))
+}

@@ -1,0 +1,65 @@
+//! PUIDs: the pseudonymous id one app knows one user by.
+//!
+//! Derived, never stored: `PUID = base64url(HMAC-SHA256(secret, len(app) ‖ app ‖ user)[..16])`.
+//! The length prefix keeps `("ab", "c")` and `("a", "bc")` apart. Without the daemon secret
+//! two apps cannot tell whether their PUIDs name the same user, and a PUID is stable for as
+//! long as the secret is, across reconnects and restarts.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use presence_protocol::Puid;
+use ring::hmac;
+
+/// Bytes of HMAC output kept: 128 bits, 22 characters of base64url.
+const PUID_BYTES: usize = 16;
+
+/// The keyed PUID derivation.
+pub struct PuidKey(hmac::Key);
+
+impl std::fmt::Debug for PuidKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PuidKey(..)")
+    }
+}
+
+impl PuidKey {
+    /// Shortest secret accepted, in bytes.
+    pub const MIN_SECRET: usize = 32;
+
+    /// A key from the daemon's secret; refuses secrets under [`Self::MIN_SECRET`] bytes.
+    pub fn new(secret: &[u8]) -> Result<PuidKey, String> {
+        if secret.len() < Self::MIN_SECRET {
+            return Err(format!("PUID secret must be at least {} bytes", Self::MIN_SECRET));
+        }
+        Ok(PuidKey(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+    }
+
+    /// The PUID of `user` for `app_id`.
+    pub fn derive(&self, app_id: &str, user: &str) -> Puid {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(&(app_id.len() as u64).to_be_bytes());
+        ctx.update(app_id.as_bytes());
+        ctx.update(user.as_bytes());
+        let tag = ctx.sign();
+        let encoded = B64URL.encode(&tag.as_ref()[..PUID_BYTES]);
+        // 22 characters always fit the 64-byte PUID limit.
+        Puid::new(encoded).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_per_app_and_unlinkable_across_apps() {
+        let key = PuidKey::new(&[7; 32]).expect("key");
+        let again = PuidKey::new(&[7; 32]).expect("key");
+        assert_eq!(key.derive("chat", "alice"), again.derive("chat", "alice"));
+        assert_ne!(key.derive("chat", "alice"), key.derive("mail", "alice"));
+        assert_ne!(key.derive("ab", "c"), key.derive("a", "bc"));
+        assert_ne!(key.derive("chat", "alice"), PuidKey::new(&[8; 32]).expect("key").derive("chat", "alice"));
+        assert_eq!(key.derive("chat", "alice").len(), 22);
+        assert!(PuidKey::new(&[0; 16]).is_err());
+    }
+}

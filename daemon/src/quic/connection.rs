@@ -1,0 +1,346 @@
+//! One task per connection: drives a [`ServerSession`] with quinn I/O and applies its
+//! events to the presence table.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use presence_protocol::{Accept, ErrorCode, Hello, Reason, ServerEvent, ServerSession, Transmit};
+use quinn::VarInt;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{Shared, reason};
+use crate::auth::TokenError;
+use crate::handle::{SessionCommand, SessionHandle};
+use crate::table::DeviceState;
+
+/// Largest chunk read from the control stream at once; bounds per-read work.
+const READ_CHUNK: usize = 4096;
+
+/// Who a session belongs to, once authenticated.
+struct Identity {
+    user: String,
+    device: String,
+}
+
+/// Decrements the in-flight handshake count when the handshake phase ends, however it ends.
+struct Handshaking<'a>(&'a Shared);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(super) async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("session", id, remote = %incoming.remote_address(), user = tracing::field::Empty, device = tracing::field::Empty);
+    async move {
+        shared.handshaking.fetch_add(1, Ordering::Relaxed);
+        let guard = Handshaking(&shared);
+        shared.metrics.handshakes.inc();
+        let connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
+            Err(error) => {
+                debug!(%error, "handshake refused");
+                shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
+                return;
+            }
+        };
+        // Server side, 0.5-RTT always works; `handshake_done` resolves when the handshake
+        // completes, so a Hello read before it must have arrived in the client's 0-RTT.
+        let Ok((connection, handshake_done)) = connecting.into_0rtt() else {
+            // quinn documents that this always succeeds for incoming connections.
+            shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
+            return;
+        };
+        let stream = tokio::time::timeout(shared.protocol.handshake_timeout, connection.accept_bi()).await;
+        let (send, recv) = match stream {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(error)) => {
+                debug!(%error, "connection ended before the control stream opened");
+                shared.metrics.handshakes_failed.get_or_create(&reason("no_stream")).inc();
+                return;
+            }
+            Err(_) => {
+                shared.metrics.handshakes_failed.get_or_create(&reason("handshake_timeout")).inc();
+                connection.close(close_code(ErrorCode::HANDSHAKE_TIMEOUT), b"no control stream");
+                return;
+            }
+        };
+        let mut driver = Driver {
+            shared: &shared,
+            connection,
+            send,
+            recv,
+            session: ServerSession::new(shared.protocol.clone(), Instant::now()),
+            id,
+            identity: None,
+            handshake: Some(guard),
+            handshake_done: Box::pin(handshake_done),
+            closed: None,
+        };
+        driver.run().await;
+        driver.finish();
+    }
+    .instrument(span)
+    .await
+}
+
+struct Driver<'a> {
+    shared: &'a Shared,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    session: ServerSession,
+    id: u64,
+    identity: Option<Identity>,
+    handshake: Option<Handshaking<'a>>,
+    handshake_done: std::pin::Pin<Box<quinn::ZeroRttAccepted>>,
+    /// The code the session ended with, once it has.
+    closed: Option<ErrorCode>,
+}
+
+impl Driver<'_> {
+    async fn run(&mut self) {
+        let (handle, mut commands) = SessionHandle::new(self.id);
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut draining = *shutdown.borrow();
+        let mut remote = self.connection.remote_address();
+        let mut stream_open = true;
+        loop {
+            let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                chunk = self.recv.read_chunk(READ_CHUNK, true), if stream_open => match chunk {
+                    Ok(Some(chunk)) => self.session.handle_stream_data(Instant::now(), &chunk.bytes),
+                    Ok(None) => {
+                        // The device finished its side: a clean close.
+                        stream_open = false;
+                        self.session.close(ErrorCode::NO_ERROR, "control stream finished");
+                    }
+                    Err(error) => return debug!(%error, "control stream ended"),
+                },
+                datagram = self.connection.read_datagram() => match datagram {
+                    Ok(payload) => {
+                        self.shared.metrics.pings_received.inc();
+                        let bad = self.session.bad_datagrams();
+                        self.session.handle_datagram(Instant::now(), &payload);
+                        if self.session.bad_datagrams() > bad {
+                            self.shared.metrics.bad_datagrams.inc();
+                        }
+                    }
+                    Err(error) => return debug!(%error, "connection ended"),
+                },
+                Some(command) = commands.recv() => self.apply(command),
+                _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(Instant::now()),
+                _ = shutdown.wait_for(|stop| *stop), if !draining => {
+                    draining = true;
+                    let reason = Reason::new("server shutting down").unwrap_or_default();
+                    // Before Welcome there is nothing to drain: the session just ends.
+                    if self.session.go_away(reason, self.shared.drain).is_err() {
+                        self.session.close(ErrorCode::SHUTTING_DOWN, "server shutting down");
+                    }
+                }
+            }
+            let address = self.connection.remote_address();
+            if address != remote {
+                remote = address;
+                self.shared.metrics.migrations.inc();
+                info!(%remote, "device migrated");
+            }
+            self.handle_events(&handle).await;
+            if !self.flush().await {
+                return;
+            }
+            if self.session.is_closed() {
+                return;
+            }
+        }
+    }
+
+    fn apply(&mut self, command: SessionCommand) {
+        let result = match command {
+            SessionCommand::Close { code, reason } => {
+                self.session.close(code, &reason);
+                Ok(())
+            }
+            SessionCommand::Notify(notify) => self.session.notify(Instant::now(), notify),
+            SessionCommand::Cancel { id, reason } => self.session.cancel(id, reason),
+            SessionCommand::GoAway { reason, retry_after } => {
+                self.session.go_away(Reason::truncating(&reason), retry_after)
+            }
+        };
+        if let Err(error) = result {
+            debug!(%error, "command not applicable");
+        }
+    }
+
+    async fn handle_events(&mut self, handle: &SessionHandle) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ServerEvent::Hello(hello) => self.authenticate(hello, handle).await,
+                ServerEvent::StatusChanged { status, idle, message } => {
+                    self.shared.metrics.status_changes.inc();
+                    self.update(|state| {
+                        state.status = status;
+                        state.idle = idle;
+                        if let Some(message) = message {
+                            state.message = message.into_string();
+                        }
+                    });
+                }
+                ServerEvent::Visibility(apps) => self.update(|state| state.visibility = apps.into_vec()),
+                ServerEvent::Authorize(authorize) => {
+                    if let Some(identity) = &self.identity {
+                        let puid = self.shared.table.puid(&authorize.app_id, &identity.user);
+                        let _ = self.session.authorized(authorize.app_id, puid);
+                    }
+                }
+                ServerEvent::Revoke(revoke) => {
+                    let _ = self.session.revoked(revoke.app_id);
+                }
+                ServerEvent::Reauth(token) => self.reauth(&token),
+                ServerEvent::NotifyResponse(response) => {
+                    debug!(id = response.id, response = ?response.response, "notification answered");
+                }
+                ServerEvent::NotificationMissed { id } => debug!(id, "notification missed"),
+                ServerEvent::Silent => self.set_silent(true),
+                ServerEvent::Alive => self.set_silent(false),
+                ServerEvent::Closed(close) => {
+                    self.closed = Some(close.code);
+                    let label = reason(close.code.name());
+                    self.shared.metrics.sessions_closed.get_or_create(&label).inc();
+                    debug!(code = %close.code, reason = %close.reason, by_peer = close.by_peer, "session closed");
+                }
+                other => debug!(?other, "unhandled session event"),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, hello: Hello, handle: &SessionHandle) {
+        let now = unix_now();
+        let claims = match self.shared.verifier.verify(&hello.token, now) {
+            Ok(claims) if claims.did == hello.device_id.as_str() => claims,
+            Ok(_) => return self.refuse(ErrorCode::UNAUTHENTICATED, "token is for another device", "device"),
+            Err(TokenError::Expired) => {
+                return self.refuse(ErrorCode::TOKEN_EXPIRED, "token expired", "expired");
+            }
+            Err(error) => {
+                return self.refuse(ErrorCode::UNAUTHENTICATED, &error.to_string(), "unauthenticated");
+            }
+        };
+        let zero_rtt = tokio::select! {
+            biased;
+            _ = &mut self.handshake_done => false,
+            _ = std::future::ready(()) => true,
+        };
+        if zero_rtt {
+            self.shared.metrics.zero_rtt_accepted.inc();
+        }
+        let span = tracing::Span::current();
+        span.record("user", claims.sub.as_str());
+        span.record("device", claims.did.as_str());
+        let accept = Accept {
+            session_id: self.id,
+            server_time_ms: now * 1_000,
+            token_valid_for: Some(Duration::from_secs(claims.exp.saturating_sub(now))),
+        };
+        if let Err(error) = self.session.accept(Instant::now(), accept) {
+            return warn!(%error, "accept out of phase");
+        }
+        let state = DeviceState {
+            status: hello.status,
+            idle: hello.idle,
+            message: hello.message.into_string(),
+            visibility: hello.visibility.into_vec(),
+        };
+        let replaced = self.shared.table.connect(&claims.sub, &claims.did, handle.clone(), state);
+        if let Some(ghost) = replaced {
+            ghost.send(SessionCommand::Close {
+                code: ErrorCode::REPLACED,
+                reason: "replaced by a new session".into(),
+            });
+        }
+        info!(zero_rtt, heartbeat = ?self.session.heartbeat(), "session up");
+        self.identity = Some(Identity { user: claims.sub, device: claims.did });
+        self.handshake = None;
+    }
+
+    fn refuse(&mut self, code: ErrorCode, detail: &str, label: &'static str) {
+        self.shared.metrics.handshakes_failed.get_or_create(&reason(label)).inc();
+        info!(code = %code, detail, "hello refused");
+        self.session.reject(code, detail);
+    }
+
+    fn reauth(&mut self, token: &str) {
+        let Some(identity) = &self.identity else { return };
+        let now = unix_now();
+        match self.shared.verifier.verify(token, now) {
+            Ok(claims) if claims.sub == identity.user && claims.did == identity.device => {
+                let valid = Duration::from_secs(claims.exp.saturating_sub(now));
+                self.session.renew_token(Instant::now(), Some(valid));
+            }
+            Ok(_) => {
+                self.session.close(ErrorCode::UNAUTHENTICATED, "reauth token names another user or device")
+            }
+            Err(TokenError::Expired) => self.session.close(ErrorCode::TOKEN_EXPIRED, "reauth token expired"),
+            Err(error) => self.session.close(ErrorCode::UNAUTHENTICATED, &error.to_string()),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut DeviceState)) {
+        if let Some(identity) = &self.identity {
+            self.shared.table.update(&identity.user, &identity.device, self.id, change);
+        }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        if let Some(identity) = &self.identity {
+            info!(silent, "liveness changed");
+            self.shared.table.set_silent(&identity.user, &identity.device, self.id, silent);
+        }
+    }
+
+    /// Sends what the session queued; false once the connection is unusable.
+    async fn flush(&mut self) -> bool {
+        while let Some(transmit) = self.session.poll_transmit() {
+            match transmit {
+                Transmit::Stream(bytes) => {
+                    if self.send.write_all(&bytes).await.is_err() {
+                        return false;
+                    }
+                }
+                Transmit::Datagram(bytes) => {
+                    // Datagrams may be lost anyway; a failed send is one more loss.
+                    let _ = self.connection.send_datagram(bytes);
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes the device off the table and closes the connection with the session's code.
+    fn finish(&mut self) {
+        if let Some(identity) = &self.identity {
+            self.shared.table.disconnect(&identity.user, &identity.device, self.id);
+        }
+        let code = self.closed.unwrap_or(ErrorCode::NO_ERROR);
+        let _ = self.send.finish();
+        self.connection.close(close_code(code), code.name().as_bytes());
+    }
+}
+
+fn close_code(code: ErrorCode) -> VarInt {
+    VarInt::from_u32(u32::from(code.0))
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,168 @@
+//! The QUIC driver: everything that touches quinn lives below this module.
+//!
+//! Density is the product's headline, and quinn's per-connection channel and task cost about
+//! as much as its protocol state (DESIGN.md). This boundary is where a direct quinn-proto
+//! driver with sharded event loops can replace the quinn `Endpoint`: the rest of the daemon
+//! sees only [`QuicServer`] (bind, serve, close) and the session-side types
+//! ([`SessionHandle`](crate::handle::SessionHandle), the presence table), never quinn.
+
+mod connection;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use presence_protocol::{ALPN, ServerConfig as ProtocolConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use tokio::sync::watch;
+
+use crate::auth::TokenVerifier;
+use crate::credentials::crypto_provider;
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::settings::Settings;
+use crate::table::PresenceTable;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
+const DATAGRAM_BUFFER: usize = 256;
+
+/// The transport settings for idle mobile sessions: one bidirectional stream, small windows
+/// and datagram buffers, no MTU discovery and no server keep-alives (the device's heartbeat
+/// keeps the path alive; the server never wakes a radio for nothing).
+pub fn transport_config(idle_timeout: Duration) -> Result<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(32 * 1024))
+        .receive_window(VarInt::from_u32(64 * 1024))
+        .send_window(64 * 1024)
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .mtu_discovery_config(None)
+        .keep_alive_interval(None)
+        .max_idle_timeout(Some(IdleTimeout::try_from(idle_timeout).context("idle timeout too long")?));
+    Ok(transport)
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) protocol: Arc<ProtocolConfig>,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) table: Arc<PresenceTable>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) handshaking: AtomicU32,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// How long a draining device should wait before reconnecting.
+    pub(crate) drain: Duration,
+}
+
+/// The device-facing QUIC server.
+#[derive(Debug)]
+pub struct QuicServer {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    max_sessions: usize,
+    retry_threshold: u32,
+}
+
+impl QuicServer {
+    /// Binds the QUIC endpoint.
+    pub(crate) fn bind(
+        settings: &Settings,
+        (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+        verifier: TokenVerifier,
+        table: Arc<PresenceTable>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<QuicServer> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(cert_chain, key)
+            .context("TLS certificate and key do not match")?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        // 0-RTT needs stateful resumption: a ticket store sized for the devices.
+        tls.max_early_data_size = u32::MAX;
+        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(settings.session_store);
+        tls.send_tls13_tickets = 1;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport_config(settings.idle_timeout)?));
+        server_config.migration(true);
+        let endpoint = quinn::Endpoint::server(server_config, settings.quic_listen)
+            .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
+        let protocol = ProtocolConfig {
+            handshake_timeout: settings.handshake_timeout,
+            heartbeat_grace: settings.heartbeat_grace,
+            ..ProtocolConfig::default()
+        };
+        let shared = Arc::new(Shared {
+            protocol: Arc::new(protocol),
+            verifier,
+            table,
+            metrics,
+            next_session: AtomicU64::new(1),
+            handshaking: AtomicU32::new(0),
+            shutdown,
+            drain: settings.drain,
+        });
+        Ok(QuicServer {
+            endpoint,
+            shared,
+            max_sessions: settings.max_sessions as usize,
+            retry_threshold: settings.retry_threshold,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Accepts connections until shutdown, each in its own task.
+    pub(crate) async fn serve(&self) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.endpoint.accept() => incoming,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            let Some(incoming) = incoming else { return };
+            let metrics = &self.shared.metrics;
+            if self.endpoint.open_connections() >= self.max_sessions {
+                metrics.sessions_refused.inc();
+                incoming.refuse();
+                continue;
+            }
+            let busy = self.shared.handshaking.load(Ordering::Relaxed) >= self.retry_threshold;
+            if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+                metrics.retries.inc();
+                // Retry cannot fail after may_retry; a failure just drops the attempt.
+                let _ = incoming.retry();
+                continue;
+            }
+            tokio::spawn(connection::run(incoming, self.shared.clone()));
+        }
+    }
+
+    /// Closes every connection and waits (bounded) for the close to reach the peers.
+    pub(crate) async fn close(&self, bound: Duration) {
+        self.endpoint
+            .close(VarInt::from_u32(u32::from(presence_protocol::ErrorCode::SHUTTING_DOWN.0)), b"shutdown");
+        let _ = tokio::time::timeout(bound, self.endpoint.wait_idle()).await;
+    }
+
+    /// Sessions currently open.
+    pub fn open_connections(&self) -> usize {
+        self.endpoint.open_connections()
+    }
+}
+
+fn reason(reason: &'static str) -> ReasonLabel {
+    ReasonLabel { reason }
+}

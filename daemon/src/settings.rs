@@ -1,0 +1,298 @@
+//! Daemon settings: one resolved [`Settings`] struct, built from three layers.
+//!
+//! Each layer is a [`SettingsLayer`] (every field optional): command-line flags and
+//! `PRESENCED_*` environment variables (clap reads both), then the TOML file named by
+//! `--config`, then the documented defaults. Flags and environment win over the file, the
+//! file over the defaults. [`SettingsLayer::resolve`] checks everything and reports every
+//! problem at once, so an operator fixes a config in one round.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./presenced-data";
+/// Default QUIC (device) listen address.
+pub const DEFAULT_QUIC_LISTEN: &str = "0.0.0.0:4433";
+/// Default HTTPS (API, health, metrics) listen address.
+pub const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:8443";
+/// Default most concurrent device sessions.
+pub const DEFAULT_MAX_SESSIONS: u32 = 200_000;
+/// Default handshakes in flight above which new connections must prove their address
+/// (QUIC Retry) first.
+pub const DEFAULT_RETRY_THRESHOLD: u32 = 256;
+/// Default TLS session-resumption store size (tickets held for 0-RTT).
+pub const DEFAULT_SESSION_STORE: usize = 200_000;
+/// Default silence past the heartbeat interval before a device counts as offline, seconds.
+pub const DEFAULT_HEARTBEAT_GRACE_SECS: u64 = 15;
+/// Default time for a device to send an acceptable `Hello`, seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default QUIC idle timeout, seconds: the connection dies after this much silence. Longer
+/// than the longest heartbeat interval plus grace so liveness, not QUIC, decides offline.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1_860;
+/// Default bound on the graceful drain after SIGTERM, seconds.
+pub const DEFAULT_DRAIN_SECS: u64 = 10;
+/// Default log filter.
+pub const DEFAULT_LOG: &str = "info";
+
+/// One layer of settings, every field optional. The same struct reads flags, environment
+/// and the TOML file, so the three can never disagree on names.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct SettingsLayer {
+    /// Directory for keys, certificates and data [default: ./presenced-data].
+    #[arg(long, env = "PRESENCED_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// QUIC listen address for devices [default: 0.0.0.0:4433].
+    #[arg(long, env = "PRESENCED_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
+    /// HTTPS listen address for the API, /healthz and /metrics [default: 0.0.0.0:8443].
+    #[arg(long, env = "PRESENCED_HTTPS_LISTEN")]
+    pub https_listen: Option<SocketAddr>,
+    /// Development mode: create and use a self-signed certificate, a token-signing key, a
+    /// PUID secret and an admin token in the data directory [default: false].
+    #[arg(long, env = "PRESENCED_DEV", num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// TLS certificate chain (PEM) for QUIC and HTTPS; required without --dev.
+    #[arg(long, env = "PRESENCED_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the certificate; required without --dev.
+    #[arg(long, env = "PRESENCED_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// JWKS file with the Ed25519 public keys that device tokens are verified against;
+    /// required without --dev.
+    #[arg(long, env = "PRESENCED_JWKS")]
+    pub jwks: Option<PathBuf>,
+    /// File holding the PUID secret (32+ bytes, base64); required without --dev.
+    #[arg(long, env = "PRESENCED_PUID_SECRET_FILE")]
+    pub puid_secret_file: Option<PathBuf>,
+    /// Most concurrent device sessions [default: 200000].
+    #[arg(long, env = "PRESENCED_MAX_SESSIONS")]
+    pub max_sessions: Option<u32>,
+    /// Handshakes in flight above which QUIC Retry validates addresses [default: 256].
+    #[arg(long, env = "PRESENCED_RETRY_THRESHOLD")]
+    pub retry_threshold: Option<u32>,
+    /// TLS resumption tickets held for 0-RTT [default: 200000].
+    #[arg(long, env = "PRESENCED_SESSION_STORE")]
+    pub session_store: Option<usize>,
+    /// Seconds of silence past the heartbeat interval before offline [default: 15].
+    #[arg(long, env = "PRESENCED_HEARTBEAT_GRACE_SECS")]
+    pub heartbeat_grace_secs: Option<u64>,
+    /// Seconds a device has to complete its Hello [default: 10].
+    #[arg(long, env = "PRESENCED_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// QUIC idle timeout in seconds [default: 1860].
+    #[arg(long, env = "PRESENCED_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Bound on the graceful drain after SIGTERM, seconds [default: 10].
+    #[arg(long, env = "PRESENCED_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
+    /// Log filter, tracing-subscriber syntax [default: info].
+    #[arg(long, env = "PRESENCED_LOG")]
+    pub log: Option<String>,
+}
+
+/// Resolved settings; every field has its default applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory for keys, certificates and data. Default `./presenced-data`.
+    pub data_dir: PathBuf,
+    /// QUIC listen address. Default `0.0.0.0:4433`.
+    pub quic_listen: SocketAddr,
+    /// HTTPS listen address. Default `0.0.0.0:8443`.
+    pub https_listen: SocketAddr,
+    /// Development mode. Default false.
+    pub dev: bool,
+    /// Where the TLS certificate, token keys and PUID secret come from.
+    pub credentials: Credentials,
+    /// Most concurrent sessions. Default 200,000.
+    pub max_sessions: u32,
+    /// Handshakes in flight before Retry. Default 256.
+    pub retry_threshold: u32,
+    /// Resumption tickets held. Default 200,000.
+    pub session_store: usize,
+    /// Heartbeat grace. Default 15 s.
+    pub heartbeat_grace: Duration,
+    /// Handshake timeout. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// QUIC idle timeout. Default 1,860 s.
+    pub idle_timeout: Duration,
+    /// Drain bound on SIGTERM. Default 10 s.
+    pub drain: Duration,
+    /// Log filter. Default `info`.
+    pub log: String,
+}
+
+/// Where the secrets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Created on first run in the data directory (`--dev`).
+    Dev,
+    /// Named files, all required.
+    Files {
+        /// Certificate chain, PEM.
+        tls_cert: PathBuf,
+        /// Private key, PEM.
+        tls_key: PathBuf,
+        /// JWKS with Ed25519 public keys.
+        jwks: PathBuf,
+        /// PUID secret, base64.
+        puid_secret_file: PathBuf,
+    },
+}
+
+/// Everything wrong with a configuration, listed together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl SettingsLayer {
+    /// Reads a TOML layer from a file.
+    pub fn from_file(path: &Path) -> Result<SettingsLayer, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read config file {}: {e}", path.display())]))?;
+        toml::from_str(&text).map_err(|e| ConfigError(vec![format!("config file {}: {e}", path.display())]))
+    }
+
+    /// This layer with gaps filled from `lower`.
+    pub fn over(self, lower: SettingsLayer) -> SettingsLayer {
+        macro_rules! merge {
+            ($($field:ident),*) => { SettingsLayer { $($field: self.$field.or(lower.$field)),* } };
+        }
+        merge!(
+            data_dir,
+            quic_listen,
+            https_listen,
+            dev,
+            tls_cert,
+            tls_key,
+            jwks,
+            puid_secret_file,
+            max_sessions,
+            retry_threshold,
+            session_store,
+            heartbeat_grace_secs,
+            handshake_timeout_secs,
+            idle_timeout_secs,
+            drain_secs,
+            log
+        )
+    }
+
+    /// Applies defaults and checks the result, collecting every error.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let mut errors = Vec::new();
+        let dev = self.dev.unwrap_or(false);
+        let credentials = if dev {
+            Credentials::Dev
+        } else {
+            let mut need = |value: Option<PathBuf>, flag: &str, what: &str| {
+                if value.is_none() {
+                    errors.push(format!("--{flag} is required without --dev ({what})"));
+                }
+                value.unwrap_or_default()
+            };
+            Credentials::Files {
+                tls_cert: need(self.tls_cert, "tls-cert", "TLS certificate chain, PEM"),
+                tls_key: need(self.tls_key, "tls-key", "TLS private key, PEM"),
+                jwks: need(self.jwks, "jwks", "JWKS file with the token-verification keys"),
+                puid_secret_file: need(self.puid_secret_file, "puid-secret-file", "PUID secret, base64"),
+            }
+        };
+        if let Credentials::Files { tls_cert, tls_key, jwks, puid_secret_file } = &credentials {
+            for path in [tls_cert, tls_key, jwks, puid_secret_file] {
+                if !path.as_os_str().is_empty() && !path.is_file() {
+                    errors.push(format!("{} does not exist or is not a file", path.display()));
+                }
+            }
+        }
+        let mut positive = |value: Option<u64>, default: u64, name: &str| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                errors.push(format!("{name} must be greater than zero"));
+            }
+            Duration::from_secs(value)
+        };
+        let heartbeat_grace =
+            positive(self.heartbeat_grace_secs, DEFAULT_HEARTBEAT_GRACE_SECS, "heartbeat_grace_secs");
+        let handshake_timeout =
+            positive(self.handshake_timeout_secs, DEFAULT_HANDSHAKE_TIMEOUT_SECS, "handshake_timeout_secs");
+        let idle_timeout = positive(self.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "idle_timeout_secs");
+        let drain = positive(self.drain_secs, DEFAULT_DRAIN_SECS, "drain_secs");
+        let max_sessions = self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        if max_sessions == 0 {
+            errors.push("max_sessions must be greater than zero".into());
+        }
+        let log = self.log.unwrap_or_else(|| DEFAULT_LOG.into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+            errors.push(format!("log filter {log:?}: {e}"));
+        }
+        let settings = Settings {
+            data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            quic_listen: self.quic_listen.unwrap_or_else(|| parse_default(DEFAULT_QUIC_LISTEN)),
+            https_listen: self.https_listen.unwrap_or_else(|| parse_default(DEFAULT_HTTPS_LISTEN)),
+            dev,
+            credentials,
+            max_sessions,
+            retry_threshold: self.retry_threshold.unwrap_or(DEFAULT_RETRY_THRESHOLD),
+            session_store: self.session_store.unwrap_or(DEFAULT_SESSION_STORE),
+            heartbeat_grace,
+            handshake_timeout,
+            idle_timeout,
+            drain,
+            log,
+        };
+        if settings.quic_listen.port() != 0 && settings.quic_listen == settings.https_listen {
+            errors.push("quic_listen and https_listen must differ".into());
+        }
+        if errors.is_empty() { Ok(settings) } else { Err(ConfigError(errors)) }
+    }
+}
+
+fn parse_default(addr: &str) -> SocketAddr {
+    addr.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_in_dev_mode() {
+        let settings = SettingsLayer { dev: Some(true), ..Default::default() }.resolve().expect("valid");
+        assert_eq!(settings.quic_listen, DEFAULT_QUIC_LISTEN.parse().expect("addr"));
+        assert_eq!(settings.https_listen, DEFAULT_HTTPS_LISTEN.parse().expect("addr"));
+        assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(settings.credentials, Credentials::Dev);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let layer = SettingsLayer {
+            drain_secs: Some(0),
+            max_sessions: Some(0),
+            log: Some("=[".into()),
+            ..Default::default()
+        };
+        let ConfigError(errors) = layer.resolve().expect_err("invalid");
+        let all = errors.join("\n");
+        for needle in
+            ["--tls-cert", "--tls-key", "--jwks", "--puid-secret-file", "drain_secs", "max_sessions", "log"]
+        {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_file_and_unknown_keys_are_rejected() {
+        let file: SettingsLayer =
+            toml::from_str("dev = true\nmax_sessions = 5\ndrain_secs = 3").expect("toml");
+        let flags = SettingsLayer { max_sessions: Some(7), ..Default::default() };
+        let settings = flags.over(file).resolve().expect("valid");
+        assert_eq!(settings.max_sessions, 7);
+        assert_eq!(settings.drain, Duration::from_secs(3));
+        assert!(toml::from_str::<SettingsLayer>("dve = true").is_err());
+    }
+}

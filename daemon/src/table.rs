@@ -1,0 +1,300 @@
+//! The presence table: every connected user's devices, sharded by user, and the state each
+//! app was last told about that user.
+//!
+//! # Aggregation rule
+//!
+//! An app sees one status per user: the *most available* status among that user's devices
+//! whose visibility list names the app and which are not silent (past their heartbeat
+//! grace). Availability runs online > away > unavailable > offline; the winning device's
+//! message goes with it; with no such device the app sees `offline` and an empty message.
+//!
+//! # Events and sequence numbers
+//!
+//! Whenever that aggregate changes, the table emits a [`PresenceEvent`] for the (app, PUID)
+//! pair. Its `seq` increases per PUID, across reconnects and daemon restarts alike, without
+//! storage: `seq = max(previous + 1, now in Unix microseconds)`. Receivers drop any event
+//! whose `seq` is not above the last one they saw for that PUID.
+//!
+//! A user's entry lives while they have a session; the table holds nothing for users who
+//! are gone, so memory follows connected users only.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use presence_protocol::{AppId, Puid, Status};
+use tokio::sync::broadcast;
+
+use crate::handle::SessionHandle;
+use crate::metrics::Metrics;
+use crate::puid::PuidKey;
+
+/// Capacity of the event channel; a subscriber that falls this far behind loses events.
+pub const EVENT_CHANNEL: usize = 65_536;
+
+/// One change of what an app sees of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// The app told.
+    pub app_id: AppId,
+    /// The user, as that app knows them.
+    pub puid: Puid,
+    /// The aggregated status.
+    pub status: Status,
+    /// The winning device's message.
+    pub message: String,
+    /// Increases per PUID; see the module docs.
+    pub seq: u64,
+    /// When the change happened, Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// What a device reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Its status.
+    pub status: Status,
+    /// Its idle flag.
+    pub idle: bool,
+    /// Its message.
+    pub message: String,
+    /// The apps it lets see its presence.
+    pub visibility: Vec<AppId>,
+}
+
+/// What an app currently sees of one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppView {
+    /// The aggregated status.
+    pub status: Status,
+    /// The message that goes with it.
+    pub message: String,
+    /// Sequence number of the last change.
+    pub seq: u64,
+    /// When it last changed, Unix milliseconds.
+    pub since_ms: u64,
+}
+
+#[derive(Debug)]
+struct Device {
+    id: String,
+    handle: SessionHandle,
+    state: DeviceState,
+    silent: bool,
+}
+
+impl Device {
+    fn gauge_state(&self) -> &'static str {
+        if self.silent { "silent" } else { self.state.status.as_str() }
+    }
+}
+
+#[derive(Debug)]
+struct ViewEntry {
+    app_id: AppId,
+    puid: Puid,
+    view: AppView,
+}
+
+#[derive(Debug, Default)]
+struct UserEntry {
+    devices: Vec<Device>,
+    views: Vec<ViewEntry>,
+}
+
+/// The sharded presence table.
+#[derive(Debug)]
+pub struct PresenceTable {
+    users: DashMap<String, UserEntry>,
+    /// PUID → (app, user), for users with a device that lists the app.
+    reverse: DashMap<Puid, (AppId, String)>,
+    puid_key: PuidKey,
+    events: broadcast::Sender<PresenceEvent>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl PresenceTable {
+    /// An empty table.
+    pub fn new(puid_key: PuidKey, metrics: std::sync::Arc<Metrics>) -> PresenceTable {
+        let (events, _) = broadcast::channel(EVENT_CHANNEL);
+        PresenceTable { users: DashMap::new(), reverse: DashMap::new(), puid_key, events, metrics }
+    }
+
+    /// A receiver of every presence event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+
+    /// The PUID of `user` for `app_id`.
+    pub fn puid(&self, app_id: &str, user: &str) -> Puid {
+        self.puid_key.derive(app_id, user)
+    }
+
+    /// Registers a device's new session. Returns the session it replaces, if the device was
+    /// still connected (a ghost after a network change): the caller closes that one.
+    pub fn connect(
+        &self,
+        user: &str,
+        device_id: &str,
+        handle: SessionHandle,
+        state: DeviceState,
+    ) -> Option<SessionHandle> {
+        let mut entry = self.users.entry(user.to_owned()).or_default();
+        let mut apps: Vec<AppId> = state.visibility.clone();
+        let device = Device { id: device_id.to_owned(), handle, state, silent: false };
+        self.metrics.move_session(None, Some(device.gauge_state()));
+        let replaced = match entry.devices.iter_mut().find(|d| d.id == device_id) {
+            Some(old) => {
+                self.metrics.move_session(Some(old.gauge_state()), None);
+                apps.extend(old.state.visibility.iter().cloned());
+                Some(std::mem::replace(old, device).handle)
+            }
+            None => {
+                entry.devices.push(device);
+                None
+            }
+        };
+        self.refresh(user, &mut entry, apps);
+        replaced
+    }
+
+    /// Applies a change to a device's state, if `session` is still the device's session.
+    pub fn update(&self, user: &str, device_id: &str, session: u64, change: impl FnOnce(&mut DeviceState)) {
+        self.with_device(user, device_id, session, |device| {
+            let before = device.state.visibility.clone();
+            change(&mut device.state);
+            before
+        });
+    }
+
+    /// Marks a device silent (past its heartbeat grace) or heard again.
+    pub fn set_silent(&self, user: &str, device_id: &str, session: u64, silent: bool) {
+        self.with_device(user, device_id, session, |device| {
+            device.silent = silent;
+            Vec::new()
+        });
+    }
+
+    /// Removes a device's session (clean close or connection loss), if it is still current.
+    pub fn disconnect(&self, user: &str, device_id: &str, session: u64) {
+        let Some(mut entry) = self.users.get_mut(user) else {
+            return;
+        };
+        let Some(index) = entry.devices.iter().position(|d| d.id == device_id && d.handle.id == session)
+        else {
+            return;
+        };
+        let device = entry.devices.swap_remove(index);
+        self.metrics.move_session(Some(device.gauge_state()), None);
+        self.refresh(user, &mut entry, device.state.visibility);
+        let empty = entry.devices.is_empty();
+        drop(entry);
+        if empty {
+            self.users.remove_if(user, |_, entry| entry.devices.is_empty());
+        }
+    }
+
+    /// What `app_id` currently sees of the user behind `puid`; `None` reads as offline.
+    pub fn lookup(&self, app_id: &str, puid: &str) -> Option<AppView> {
+        let (app, user) = self.reverse.get(puid).map(|r| r.value().clone())?;
+        if app.as_str() != app_id {
+            return None;
+        }
+        let entry = self.users.get(&user)?;
+        entry.views.iter().find(|v| v.app_id.as_str() == app_id).map(|v| v.view.clone())
+    }
+
+    /// Every session of a user, for notifications and drains.
+    pub fn sessions_of(&self, user: &str) -> Vec<SessionHandle> {
+        self.users.get(user).map(|e| e.devices.iter().map(|d| d.handle.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Number of users with at least one session.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    fn with_device(
+        &self,
+        user: &str,
+        device_id: &str,
+        session: u64,
+        change: impl FnOnce(&mut Device) -> Vec<AppId>,
+    ) {
+        let Some(mut entry) = self.users.get_mut(user) else {
+            return;
+        };
+        let Some(device) = entry.devices.iter_mut().find(|d| d.id == device_id && d.handle.id == session)
+        else {
+            return;
+        };
+        let before = device.gauge_state();
+        let mut apps = change(device);
+        self.metrics.move_session(Some(before), Some(device.gauge_state()));
+        apps.extend(device.state.visibility.iter().cloned());
+        self.refresh(user, &mut entry, apps);
+    }
+
+    /// Recomputes what each of `apps` sees of the user and emits the changes.
+    fn refresh(&self, user: &str, entry: &mut UserEntry, mut apps: Vec<AppId>) {
+        apps.sort_unstable();
+        apps.dedup();
+        for app in apps {
+            let listing = entry.devices.iter().filter(|d| d.state.visibility.contains(&app));
+            let best = listing.clone().filter(|d| !d.silent).min_by_key(|d| d.state.status);
+            let (status, message) =
+                best.map_or((Status::Offline, String::new()), |d| (d.state.status, d.state.message.clone()));
+            let listed = listing.count() > 0;
+            let index = entry.views.iter().position(|v| v.app_id == app);
+            let index = match index {
+                Some(i) if entry.views[i].view.status == status && entry.views[i].view.message == message => {
+                    Some(i)
+                }
+                Some(i) => {
+                    let view = &mut entry.views[i].view;
+                    let now = now_micros();
+                    *view = AppView { status, message, seq: next_seq(view.seq, now), since_ms: now / 1_000 };
+                    self.emit(&entry.views[i]);
+                    Some(i)
+                }
+                // An app that never saw the user online learns nothing from "offline".
+                None if status == Status::Offline => None,
+                None => {
+                    let puid = self.puid(&app, user);
+                    self.reverse.insert(puid.clone(), (app.clone(), user.to_owned()));
+                    let now = now_micros();
+                    let view = AppView { status, message, seq: next_seq(0, now), since_ms: now / 1_000 };
+                    entry.views.push(ViewEntry { app_id: app, puid, view });
+                    self.emit(entry.views.last().expect("just pushed"));
+                    None
+                }
+            };
+            if let Some(i) = index.filter(|_| !listed) {
+                let gone = entry.views.swap_remove(i);
+                self.reverse.remove(&gone.puid);
+            }
+        }
+    }
+
+    fn emit(&self, entry: &ViewEntry) {
+        self.metrics.events.inc();
+        let event = PresenceEvent {
+            app_id: entry.app_id.clone(),
+            puid: entry.puid.clone(),
+            status: entry.view.status,
+            message: entry.view.message.clone(),
+            seq: entry.view.seq,
+            at_ms: entry.view.since_ms,
+        };
+        // No subscriber is not an error: nobody is listening yet.
+        let _ = self.events.send(event);
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The next per-PUID sequence number: above the last, and at least the clock.
+fn next_seq(previous: u64, now_micros: u64) -> u64 {
+    (previous + 1).max(now_micros)
+}
