@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
 use crate::frame::{Decoded, FrameDecoder};
+use crate::limits::{MAX_HEARTBEAT, MIN_HEARTBEAT};
 use crate::message::*;
 use crate::ping::{Ping, PingKind};
 use crate::session::{Close, SessionError, Transmit, error_message, queue_frame, queue_ping};
@@ -399,8 +400,15 @@ impl ClientSession {
     }
 
     fn handle_welcome(&mut self, now: Instant, welcome: Welcome) {
+        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+        if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&heartbeat) {
+            // A zero interval would make the heartbeat timer fire forever without time
+            // passing: a server may never hold a device outside the protocol's range.
+            let reason = format!("welcome heartbeat of {} ms is out of range", welcome.heartbeat_ms);
+            return self.close_with(ErrorCode::PROTOCOL_VIOLATION, &reason);
+        }
         self.phase = Phase::Active;
-        self.heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+        self.heartbeat = heartbeat;
         self.next_heartbeat = now + self.heartbeat;
         self.events.push_back(ClientEvent::Welcome(welcome));
         if self.seq != self.announced_seq {

@@ -134,6 +134,8 @@ pub struct ServerSession {
     token_deadline: Option<Instant>,
     status: Status,
     idle: bool,
+    /// The status message, as last received on the control stream.
+    message: StatusText,
     seq: u8,
     /// Pending notifications and when each becomes missed.
     pending: Vec<(u64, Instant)>,
@@ -157,6 +159,7 @@ impl ServerSession {
             token_deadline: None,
             status: Status::Online,
             idle: false,
+            message: StatusText::default(),
             seq: 0,
             pending: Vec::new(),
             bad_datagrams: 0,
@@ -445,6 +448,7 @@ impl ServerSession {
         self.heartbeat = requested.clamp(self.config.min_heartbeat, self.config.max_heartbeat);
         self.status = hello.status;
         self.idle = hello.idle;
+        self.message = hello.message.clone();
         self.seq = hello.status_seq;
         self.phase = Phase::Authenticating;
         self.events.push_back(ServerEvent::Hello(hello));
@@ -460,9 +464,21 @@ impl ServerSession {
                     self.seq = update.seq;
                     self.status = update.status;
                     self.idle = update.idle;
+                    self.message = update.message.clone();
                     self.events.push_back(ServerEvent::StatusChanged {
                         status: update.status,
                         idle: update.idle,
+                        message: Some(update.message),
+                    });
+                } else if update.message != self.message {
+                    // A newer ping overtook this frame (it waited for a stream
+                    // retransmission): its status and idle flag are stale, but its message is
+                    // the newest the device sent, because messages travel only on the ordered
+                    // stream. Apply the message alone, or it would be lost.
+                    self.message = update.message.clone();
+                    self.events.push_back(ServerEvent::StatusChanged {
+                        status: self.status,
+                        idle: self.idle,
                         message: Some(update.message),
                     });
                 }
