@@ -305,17 +305,16 @@ impl Driver {
             Command::Status(status, message) => {
                 self.chosen = status;
                 self.idle = Idle { last_activity: now, auto: None };
-                session.set_status(now, status, false);
-                if let Some(message) = message {
-                    match StatusText::new(message) {
-                        Ok(message) => {
-                            self.message = message.clone();
-                            session.set_message(message);
+                match message.map(StatusText::new).transpose() {
+                    Ok(message) => {
+                        if let Some(message) = message {
+                            self.message = message;
                         }
-                        Err(error) => warn!(%error, "status message too long; not sent"),
+                        session.set_presence(now, status, false, self.message.clone());
+                        Ok(())
                     }
+                    Err(error) => Err(format!("status message: {error}")),
                 }
-                Ok(())
             }
             Command::Visibility(apps) => self.set_visibility(apps, session),
             Command::Allow(app) => {

@@ -222,31 +222,38 @@ impl ClientSession {
         self.transmits.pop_front()
     }
 
-    /// Changes status and idle flag. Once active this is one datagram, retried until
-    /// acknowledged; before `Welcome` it is sent when the session comes up.
-    pub fn set_status(&mut self, now: Instant, status: Status, idle: bool) {
-        if (status, idle) == (self.status, self.idle) {
+    /// Changes status, idle flag and message together. A change of message goes as one
+    /// `Status` frame on the control stream (the only carrier of messages), taking the status
+    /// with it; a change of status or idle flag alone is one datagram, retried until
+    /// acknowledged. Before `Welcome` the change is sent when the session comes up.
+    pub fn set_presence(&mut self, now: Instant, status: Status, idle: bool, message: StatusText) {
+        let message_changed = message != self.message;
+        if !message_changed && (status, idle) == (self.status, self.idle) {
             return;
         }
         self.status = status;
         self.idle = idle;
+        self.message = message;
         self.seq = self.seq.wrapping_add(1);
-        if self.phase == Phase::Active {
+        if self.phase != Phase::Active {
+            return;
+        }
+        if message_changed {
+            self.change = None;
+            self.send_status_frame();
+        } else {
             self.send_change_ping(now, 1);
         }
     }
 
-    /// Changes the status message, which only the control stream carries.
-    pub fn set_message(&mut self, message: StatusText) {
-        if message == self.message {
-            return;
-        }
-        self.message = message;
-        self.seq = self.seq.wrapping_add(1);
-        if self.phase == Phase::Active {
-            self.change = None;
-            self.send_status_frame();
-        }
+    /// Changes status and idle flag, keeping the message.
+    pub fn set_status(&mut self, now: Instant, status: Status, idle: bool) {
+        self.set_presence(now, status, idle, self.message.clone());
+    }
+
+    /// Changes the message, keeping status and idle flag.
+    pub fn set_message(&mut self, now: Instant, message: StatusText) {
+        self.set_presence(now, self.status, self.idle, message);
     }
 
     /// Replaces the visibility list.

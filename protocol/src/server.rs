@@ -445,7 +445,8 @@ impl ServerSession {
             return self.close(ErrorCode::LIMIT_EXCEEDED, &reason);
         }
         let requested = Duration::from_millis(u64::from(hello.heartbeat_ms));
-        self.heartbeat = requested.clamp(self.config.min_heartbeat, self.config.max_heartbeat);
+        // max-then-min rather than clamp: a misconfigured min above max must not panic.
+        self.heartbeat = requested.max(self.config.min_heartbeat).min(self.config.max_heartbeat);
         self.status = hello.status;
         self.idle = hello.idle;
         self.message = hello.message.clone();

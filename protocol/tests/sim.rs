@@ -800,7 +800,7 @@ fn message_change_goes_on_the_stream() {
     let (_, welcomed) = sim.handshake();
     let changed = welcomed + secs(10);
     sim.run_until(changed);
-    sim.client.set_message(text("in a meeting ☕"));
+    sim.client.set_message(sim.now, text("in a meeting ☕"));
     sim.run_until(changed + secs(5));
 
     assert!(sim.pings(Side::Client, changed).is_empty(), "a message never rides a datagram");
@@ -831,7 +831,7 @@ fn message_change_goes_on_the_stream() {
     assert!(sim.pings(Side::Server, Duration::ZERO).is_empty());
     assert!(!sim.client.change_pending());
     // Setting the same message again sends nothing.
-    sim.client.set_message(text("in a meeting ☕"));
+    sim.client.set_message(sim.now, text("in a meeting ☕"));
     sim.flush();
     assert_eq!(sim.frames(Side::Client, changed + ms(1)), vec![]);
 }
@@ -847,7 +847,7 @@ fn message_change_survives_a_newer_ping_overtaking_it() {
     sim.stream_delay = ms(400);
     let changed = welcomed + secs(10);
     sim.run_until(changed);
-    sim.client.set_message(text("at the dentist"));
+    sim.client.set_message(sim.now, text("at the dentist"));
     sim.client.set_status(sim.now, Status::Unavailable, false);
     sim.run_until(changed + secs(10));
 
@@ -877,7 +877,7 @@ fn status_change_before_welcome_is_one_status_frame_after_welcome() {
     let mut sim = Sim::default_pair();
     sim.run_until(ms(20)); // Hello in flight
     sim.client.set_status(sim.now, Status::Away, true);
-    sim.client.set_message(text("brb"));
+    sim.client.set_message(sim.now, text("brb"));
     sim.client.set_status(sim.now, Status::Unavailable, true);
     assert!(!sim.client.change_pending(), "nothing is sent before the session is up");
     let (_, welcomed) = sim.handshake();
@@ -927,7 +927,7 @@ fn no_op_status_changes_send_nothing() {
     let mut sim = Sim::default_pair();
     let (_, welcomed) = sim.handshake();
     sim.client.set_status(sim.now, Status::Online, false);
-    sim.client.set_message(text(""));
+    sim.client.set_message(sim.now, text(""));
     sim.run_until(welcomed + secs(59));
     assert!(sim.sent.iter().all(|s| s.at < welcomed));
     assert_eq!(sim.client.status_seq(), 0);
@@ -1319,7 +1319,7 @@ fn unknown_frame_kind_is_skipped_and_the_session_continues() {
     let (_, welcomed) = sim.handshake();
     sim.send_raw(Side::Client, unknown_frame(200));
     sim.send_raw(Side::Server, unknown_frame(201));
-    sim.client.set_message(text("still here"));
+    sim.client.set_message(sim.now, text("still here"));
     sim.server.notify(sim.now, notify(9, 10_000)).unwrap();
     sim.run_until(welcomed + secs(5));
 
@@ -1434,9 +1434,9 @@ fn visibility_beyond_the_server_limit_is_refused() {
     // A status message beyond the announced length.
     let mut sim = Sim::new(config(), ClientConfig::default(), hello(60_000));
     let (_, welcomed) = sim.handshake();
-    sim.client.set_message(text("12345678"));
+    sim.client.set_message(sim.now, text("12345678"));
     sim.run_until(welcomed + secs(1));
-    sim.client.set_message(text("123456789"));
+    sim.client.set_message(sim.now, text("123456789"));
     sim.run_until(welcomed + secs(5));
     assert_violation(&sim, welcomed + secs(1) + DELAY, ErrorCode::LIMIT_EXCEEDED);
     assert_eq!(
@@ -1598,7 +1598,7 @@ fn lossy_run(seed: u64, grace: Duration) -> (usize, usize) {
         let before = sim.client.status_seq();
         let message = rng.chance(15);
         if message {
-            sim.client.set_message(text(&format!("note {}", rng.range(0, 5))));
+            sim.client.set_message(sim.now, text(&format!("note {}", rng.range(0, 5))));
         } else {
             sim.client.set_status(sim.now, status, idle);
         }

@@ -16,6 +16,8 @@ use crate::table::DeviceState;
 
 /// Largest chunk read from the control stream at once; bounds per-read work.
 const READ_CHUNK: usize = 4096;
+/// Longest wait for a closing session's last frames to be acknowledged.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Who a session belongs to, once authenticated.
 struct Identity {
@@ -81,6 +83,9 @@ pub(super) async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
             closed: None,
         };
         driver.run().await;
+        if driver.closed.is_some_and(|code| code != ErrorCode::NO_ERROR) {
+            driver.linger().await;
+        }
         driver.finish();
     }
     .instrument(span)
@@ -327,6 +332,14 @@ impl Driver<'_> {
         let code = self.closed.unwrap_or(ErrorCode::NO_ERROR);
         let _ = self.send.finish();
         self.connection.close(close_code(code), code.name().as_bytes());
+    }
+
+    /// Lets the final frames (an `Error`, a `GoAway`) reach the device before the connection
+    /// closes: a QUIC close discards stream data still in flight. Bounded, so a device that
+    /// stopped reading cannot hold the session open.
+    async fn linger(&mut self) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
     }
 }
 
