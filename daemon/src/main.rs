@@ -104,9 +104,12 @@ fn config_error(error: &ConfigError) -> ExitCode {
 
 async fn run(settings: presenced::settings::Settings) -> Result<()> {
     let data_dir = settings.data_dir.clone();
+    // Watch the signals before anything can see the daemon up (dev.json, the banner), so an
+    // early SIGTERM drains instead of killing.
+    let signal = shutdown_signal()?;
     let daemon = Daemon::start(settings).await?;
     print_banner(&daemon, &data_dir);
-    wait_for_signal().await?;
+    signal.await;
     tracing::info!("shutting down: sending GoAway and draining");
     daemon.shutdown().await;
     Ok(())
@@ -133,20 +136,17 @@ fn print_banner(daemon: &Daemon, data_dir: &std::path::Path) {
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+/// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")?;
-    Ok(())
+    })
 }
 
 fn token(data_dir: &std::path::Path, user: &str, device: &str, ttl: Duration) -> Result<String> {

@@ -1,0 +1,152 @@
+//! The `presenced` binary as an operator runs it: dev start-up, tokens, `/metrics` over
+//! HTTPS, exit code 64 on a bad configuration, and the SIGTERM drain.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use presence_client::{Client, ClientOptions, Event, transport};
+use presenced::credentials::DevInfo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_presenced");
+
+/// Starts `presenced serve --dev` on loopback ports chosen by the OS, waiting for dev.json.
+fn serve(dir: &Path) -> (Child, DevInfo) {
+    let _ = std::fs::remove_file(dir.join("dev.json"));
+    let child = Command::new(BIN)
+        .args(["serve", "--dev", "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--drain-secs", "3", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn presenced");
+    let started = Instant::now();
+    loop {
+        if let Ok(info) = DevInfo::load(dir) {
+            return (child, info);
+        }
+        assert!(started.elapsed() < WAIT, "dev.json not written in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn token(dir: &Path, user: &str, device: &str) -> String {
+    let output = Command::new(BIN)
+        .args(["token", "--user", user, "--device", device, "--ttl", "1h", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("run presenced token");
+    assert!(output.status.success(), "token failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+}
+
+fn https_client(info: &DevInfo) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in transport::read_roots(&info.ca_cert).expect("roots") {
+        roots.add(cert).expect("root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("https client")
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(started.elapsed() < within, "daemon did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn dev_daemon_shows_a_live_session_in_metrics_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, info) = serve(dir.path());
+    for file in
+        ["tls/cert.pem", "tls/key.pem", "token-signing.pk8", "jwks.json", "puid-secret", "admin-token"]
+    {
+        assert!(dir.path().join(file).is_file(), "{file} created on first run");
+    }
+
+    let roots = transport::read_roots(&info.ca_cert).expect("roots");
+    let mut options = ClientOptions::new(info.quic, roots, token(dir.path(), "alice", "phone"));
+    options.visibility = vec!["chat".into()];
+    let mut client = Client::connect(options).await.expect("connect");
+    assert!(matches!(next_client_event(&mut client).await, Event::Up { .. }));
+
+    let http = https_client(&info);
+    let health: serde_json::Value = http
+        .get(format!("{}/healthz", info.https))
+        .send()
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    let metrics = http.get(format!("{}/metrics", info.https)).send().await.expect("metrics");
+    assert!(metrics.headers()["content-type"].to_str().expect("type").starts_with("text/plain"));
+    let text = metrics.text().await.expect("text");
+    assert_eq!(metric_value(&text, "presence_sessions{state=\"online\"}"), 1.0, "{text}");
+    assert_eq!(metric_value(&text, "presence_handshakes_total"), 1.0);
+    let missing = http.get(format!("{}/nope", info.https)).send().await.expect("404");
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "not_found");
+
+    // SIGTERM: the device hears GoAway, the daemon drains and exits 0 within its bound.
+    sigterm(&daemon);
+    let go_away = next_client_event(&mut client).await;
+    assert!(matches!(go_away, Event::GoAway { .. }), "{go_away:?}");
+    let status = wait_exit(&mut daemon, Duration::from_secs(8));
+    assert!(status.success(), "exit status {status:?}");
+    drop(client);
+
+    // A second start reuses the secrets: same certificate, and old tokens still verify.
+    let cert = std::fs::read(dir.path().join("tls/cert.pem")).expect("cert");
+    let (mut again, info) = serve(dir.path());
+    assert_eq!(std::fs::read(&info.ca_cert).expect("cert"), cert);
+    sigterm(&again);
+    assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
+}
+
+#[test]
+fn bad_configuration_exits_64_and_lists_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("presenced.toml");
+    std::fs::write(&config, "max_sessions = 0\n").expect("config");
+    let output = Command::new(BIN)
+        .args(["serve", "--drain-secs", "0", "--config"])
+        .arg(&config)
+        .env_remove("PRESENCED_DEV")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in ["--tls-cert", "--jwks", "max_sessions", "drain_secs"] {
+        assert!(stderr.contains(needle), "{needle} not reported in {stderr}");
+    }
+    std::fs::write(&config, "no_such_setting = 1\n").expect("config");
+    let output = Command::new(BIN).args(["serve", "--dev", "--config"]).arg(&config).output().expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_setting"));
+    let output = Command::new(BIN).args(["serve", "--quic-listen", "not-an-address"]).output().expect("run");
+    assert_eq!(output.status.code(), Some(64));
+}
