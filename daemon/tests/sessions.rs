@@ -332,3 +332,72 @@ async fn garbage_from_one_peer_leaves_other_sessions_untouched() {
     assert_eq!(daemon.metric("presence_sessions{state=\"away\"}"), 1.0);
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_token_expiring_mid_session_closes_it_unless_renewed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut events = daemon.events();
+
+    let mut short = daemon.options("alice", "phone", &["chat"]);
+    short.token = daemon.signer.mint("alice", "phone", unix_now(), 2);
+    let mut client = Client::connect(short).await.expect("connect");
+    assert!(matches!(next_client_event(&mut client).await, Event::Up { .. }));
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);
+    let down = next_client_event(&mut client).await;
+    assert!(
+        matches!(down, Event::Down { code: Some(ErrorCode::TOKEN_EXPIRED), retry_in: None, .. }),
+        "expired token ends the session for good: {down:?}"
+    );
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Offline);
+
+    let mut renewed = daemon.options("bob", "phone", &["chat"]);
+    renewed.token = daemon.signer.mint("bob", "phone", unix_now(), 2);
+    let mut client = Client::connect(renewed).await.expect("connect");
+    assert!(matches!(next_client_event(&mut client).await, Event::Up { .. }));
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);
+    client.reauth(daemon.token("bob", "phone")).await.expect("reauth");
+    // Well past the first token's expiry the session is still up and still works.
+    no_event(&mut events, "chat", Duration::from_secs(4)).await;
+    client.set_status(Status::Away, None).await.expect("set");
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Away);
+
+    // A renewal naming another user closes the session.
+    client.reauth(daemon.token("mallory", "phone")).await.expect("reauth");
+    let down = loop {
+        match next_client_event(&mut client).await {
+            Event::StatusAcked { .. } => {}
+            other => break other,
+        }
+    };
+    assert!(matches!(down, Event::Down { code: Some(ErrorCode::UNAUTHENTICATED), .. }), "{down:?}");
+}
+
+#[tokio::test]
+async fn retry_validates_addresses_and_the_session_limit_refuses_extra_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer = presenced::settings::SettingsLayer {
+        retry_threshold: Some(0),
+        max_sessions: Some(1),
+        ..settings(dir.path())
+    };
+    let daemon = TestDaemon::start_with(layer).await;
+    let first = Client::connect(daemon.options("alice", "phone", &[])).await.expect("first device");
+    assert!(daemon.metric("presence_retries_total") >= 1.0, "a Retry preceded the session");
+
+    let mut second = Client::start(daemon.options("bob", "phone", &[])).expect("start");
+    let down = next_client_event(&mut second).await;
+    assert!(matches!(down, Event::Down { retry_in: Some(_), .. }), "refused, and will retry: {down:?}");
+    assert_eq!(daemon.metric("presence_sessions_refused_total"), 1.0);
+    assert_eq!(daemon.daemon.table().users(), 1);
+    first.close().await;
+    // With the first gone, the second gets in on one of its retries.
+    let up = loop {
+        match next_client_event(&mut second).await {
+            Event::Down { .. } => {}
+            other => break other,
+        }
+    };
+    assert!(matches!(up, Event::Up { .. }), "{up:?}");
+    second.close().await;
+}
