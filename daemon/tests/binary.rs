@@ -15,9 +15,11 @@ use presenced::credentials::DevInfo;
 const BIN: &str = env!("CARGO_BIN_EXE_presenced");
 
 /// Starts `presenced serve --dev` on loopback ports chosen by the OS, waiting for dev.json.
+/// The caller owns the child and waits for it (after SIGTERM).
+#[allow(clippy::zombie_processes)]
 fn serve(dir: &Path) -> (Child, DevInfo) {
     let _ = std::fs::remove_file(dir.join("dev.json"));
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--dev", "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
@@ -31,7 +33,11 @@ fn serve(dir: &Path) -> (Child, DevInfo) {
         if let Ok(info) = DevInfo::load(dir) {
             return (child, info);
         }
-        assert!(started.elapsed() < WAIT, "dev.json not written in time");
+        if started.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dev.json not written in time");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

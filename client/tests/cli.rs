@@ -1,0 +1,78 @@
+//! The `presence` CLI against a real dev daemon on loopback: JSON lines out, commands in.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use presence_protocol::Status;
+use presenced::Daemon;
+use presenced::settings::SettingsLayer;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn connect_prints_json_lines_and_obeys_stdin_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = SettingsLayer {
+        dev: Some(true),
+        data_dir: Some(dir.path().to_path_buf()),
+        quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    };
+    let daemon = Daemon::start(settings.resolve().expect("settings")).await.expect("daemon");
+    let info = daemon.dev_info.clone().expect("dev info");
+    let mut events = daemon.table().subscribe();
+    let signer = presenced::credentials::dev_signer(dir.path()).expect("signer");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let token = signer.mint("alice", "phone", now, 600);
+
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_presence"))
+        .args(["connect", "--json", "--allow", "chat", "--message", "hello there", "--server"])
+        .arg(info.quic.to_string())
+        .arg("--ca")
+        .arg(&info.ca_cert)
+        .arg("--token")
+        .arg(&token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn presence");
+    let mut stdin = cli.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(cli.stdout.take().expect("stdout")).lines();
+    let mut next_line = async || -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("line in time").expect("read");
+        serde_json::from_str(&line.expect("a line")).expect("JSON line")
+    };
+
+    let up = next_line().await;
+    assert_eq!(up["event"], "up", "{up}");
+    assert_eq!(up["heartbeat_ms"], 25_000);
+    let online = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");
+    assert_eq!((online.status, online.message.as_str()), (Status::Online, "hello there"));
+
+    stdin.write_all(b"authorize chat invite-42\n").await.expect("write");
+    let authorized = next_line().await;
+    assert_eq!(authorized["event"], "authorized", "{authorized}");
+    assert_eq!(authorized["app_id"], "chat");
+    assert_eq!(authorized["puid"], daemon.table().puid("chat", "alice").as_str());
+
+    stdin.write_all(b"status away out for lunch\n").await.expect("write");
+    let away = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");
+    assert_eq!((away.status, away.message.as_str()), (Status::Away, "out for lunch"));
+
+    stdin.write_all(b"frobnicate\n").await.expect("write");
+    let error = next_line().await;
+    assert_eq!(error["event"], "error", "{error}");
+
+    stdin.write_all(b"quit\n").await.expect("write");
+    let closed = next_line().await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    let status = tokio::time::timeout(WAIT, cli.wait()).await.expect("exit in time").expect("wait");
+    assert!(status.success());
+    let offline = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");
+    assert_eq!(offline.status, Status::Offline, "a clean quit is offline at once");
+    daemon.shutdown().await;
+}
