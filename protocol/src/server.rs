@@ -284,7 +284,7 @@ impl ServerSession {
         queue_frame(&mut self.transmits, &Message::Welcome(welcome.clone()));
         self.phase = Phase::Active;
         self.last_heard = now;
-        self.token_deadline = accept.token_valid_for.map(|valid| now + valid);
+        self.token_deadline = token_deadline(now, accept.token_valid_for);
         Ok(welcome)
     }
 
@@ -295,7 +295,7 @@ impl ServerSession {
 
     /// A `Reauth` token checked out: it is valid for `valid_for` from `now`.
     pub fn renew_token(&mut self, now: Instant, valid_for: Option<Duration>) {
-        self.token_deadline = valid_for.map(|valid| now + valid);
+        self.token_deadline = token_deadline(now, valid_for);
     }
 
     /// Answers an `Authorize` with the app's PUID for this user.
@@ -520,7 +520,26 @@ impl ServerSession {
     }
 }
 
+/// When a token valid for `valid` from `now` runs out. A validity too far ahead to
+/// represent (a token that names an expiry centuries away) means no deadline, not a panic.
+fn token_deadline(now: Instant, valid: Option<Duration>) -> Option<Instant> {
+    valid.and_then(|valid| now.checked_add(valid))
+}
+
 /// Milliseconds as a u32, saturating (durations here are at most minutes).
 pub(crate) fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_valid_for_ever_sets_no_deadline_and_does_not_panic() {
+        let now = Instant::now();
+        assert_eq!(token_deadline(now, Some(Duration::MAX)), None);
+        assert_eq!(token_deadline(now, Some(Duration::from_secs(5))), Some(now + Duration::from_secs(5)));
+        assert_eq!(token_deadline(now, None), None);
+    }
 }
