@@ -31,7 +31,9 @@ pub mod metrics;
 pub mod puid;
 pub mod quic;
 pub mod settings;
+pub mod store;
 pub mod table;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// A label naming a device's effective state: a status, or `silent` past its grace.
@@ -21,6 +22,36 @@ pub struct StateLabel {
 pub struct ReasonLabel {
     /// The stable error code name.
     pub reason: &'static str,
+}
+
+/// A label naming how a webhook batch ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `delivered`, `failed`, `throttled` or `gone`.
+    pub result: &'static str,
+}
+
+/// A label naming an app.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    /// The app id.
+    pub app: String,
+}
+
+/// Upper bounds, in seconds, of the webhook delivery latency buckets: fine around the
+/// 250 ms batch window, then coarse out to the hours an AppService outage can last.
+pub const DELIVERY_BUCKETS: [f64; 16] =
+    [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
+
+/// A histogram with [`DELIVERY_BUCKETS`]; a newtype so that [`Metrics`] keeps its
+/// `Default` (prometheus-client's histograms need their buckets at construction).
+#[derive(Debug, Clone)]
+pub struct DeliveryHistogram(pub Histogram);
+
+impl Default for DeliveryHistogram {
+    fn default() -> DeliveryHistogram {
+        DeliveryHistogram(Histogram::new(DELIVERY_BUCKETS))
+    }
 }
 
 /// Every metric the daemon exports.
@@ -50,6 +81,19 @@ pub struct Metrics {
     pub migrations: Counter,
     /// `presence_sessions_closed_total{reason}`: sessions ended, by close code.
     pub sessions_closed: Family<ReasonLabel, Counter>,
+    /// `presence_webhook_batches_total{result}`: webhook POSTs by outcome: `delivered`
+    /// (2xx), `failed` (other status, timeout, connection error), `throttled` (429, 502,
+    /// 503, 504), `gone` (410, which disables the app).
+    pub webhook_batches: Family<ResultLabel, Counter>,
+    /// `presence_webhook_events_total`: events delivered (acknowledged with a 2xx).
+    pub webhook_events: Counter,
+    /// `presence_webhook_delivery_seconds`: from an event's creation (its `at`, else its
+    /// enqueueing) to the 2xx that acknowledged it.
+    pub webhook_delivery_seconds: DeliveryHistogram,
+    /// `presence_webhook_retries_total`: webhook batches sent again after a failure.
+    pub webhook_retries: Counter,
+    /// `presence_outbox_depth{app}`: events waiting in each app's outbox.
+    pub outbox_depth: Family<AppLabel, Gauge>,
 }
 
 impl Metrics {
@@ -95,6 +139,27 @@ impl Metrics {
             "presence_sessions_closed",
             "Sessions ended, by close code",
             self.sessions_closed.clone(),
+        );
+        registry.register(
+            "presence_webhook_batches",
+            "Webhook batches sent, by result (delivered, failed, throttled, gone)",
+            self.webhook_batches.clone(),
+        );
+        registry.register("presence_webhook_events", "Webhook events delivered", self.webhook_events.clone());
+        registry.register(
+            "presence_webhook_delivery_seconds",
+            "Seconds from an event's creation to the 2xx that acknowledged it",
+            self.webhook_delivery_seconds.0.clone(),
+        );
+        registry.register(
+            "presence_webhook_retries",
+            "Webhook batches sent again after a failure",
+            self.webhook_retries.clone(),
+        );
+        registry.register(
+            "presence_outbox_depth",
+            "Events waiting in each app's outbox",
+            self.outbox_depth.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

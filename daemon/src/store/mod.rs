@@ -1,0 +1,91 @@
+//! Storage behind one small trait, so that the rest of the daemon never knows whether it
+//! runs embedded (a redb file in the data directory, [`embedded`]) or clustered (NATS
+//! JetStream, a later implementation of the same trait).
+//!
+//! Two things are stored:
+//!
+//! - **Apps**: the registered AppServices ([`AppRecord`]).
+//! - **The outbox**: per app, the webhook events not yet delivered. It is *state-compacted*:
+//!   every entry has a key, and enqueueing an entry whose key is already waiting replaces it
+//!   (and moves it to the back). Presence events are keyed by PUID, so the outbox grows with
+//!   the number of distinct PUIDs that changed, never with the number of flaps; notification
+//!   outcomes have unique keys, so every one is delivered.
+
+pub mod embedded;
+
+use serde::{Deserialize, Serialize};
+
+/// A registered AppService.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// Stable id, `app_` + random base64url.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Where webhooks go (https, unless the daemon runs with `--dev`).
+    pub webhook_url: String,
+    /// SHA-256 of the API key, lowercase hex; the key itself is shown once and never stored.
+    pub api_key_sha256: String,
+    /// The Standard Webhooks signing secret, `whsec_` + base64.
+    pub webhook_secret: String,
+    /// Creation time, Unix milliseconds.
+    pub created_ms: u64,
+    /// Set when the endpoint answered 410 Gone: no more deliveries until re-enabled.
+    pub disabled: bool,
+}
+
+/// One undelivered webhook event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The compaction key: `p:<puid>` for presence, `a:<puid>` for grant/revoke,
+    /// `n:<notification id>:<puid>` for notification outcomes.
+    pub key: String,
+    /// Position in the app's outbox, increasing; changes when the entry is replaced.
+    pub serial: u64,
+    /// The event, serialized JSON (one element of the webhook body's `events` array).
+    pub event: Vec<u8>,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("storage: {0}")]
+    Backend(String),
+    /// A stored value did not decode (a newer or corrupted database).
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt {
+        /// The table holding it.
+        table: &'static str,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// The storage the daemon needs. Implementations are internally synchronized and cheap to
+/// call from many tasks; every method is one transaction.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Inserts or replaces an app.
+    fn put_app(&self, app: &AppRecord) -> Result<(), StoreError>;
+    /// One app by id.
+    fn get_app(&self, id: &str) -> Result<Option<AppRecord>, StoreError>;
+    /// Every app, ordered by id.
+    fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError>;
+    /// Removes an app and its whole outbox; false if there was none.
+    fn delete_app(&self, id: &str) -> Result<bool, StoreError>;
+    /// Appends events to an app's outbox in one transaction. An entry whose key is already
+    /// waiting replaces it (compaction) and takes a new serial at the back. Returns false,
+    /// and stores nothing, when no app has that id: checked inside the transaction, so an
+    /// app removed concurrently is never left with an orphaned outbox.
+    fn enqueue(&self, app_id: &str, events: &[(String, Vec<u8>)]) -> Result<bool, StoreError>;
+    /// The oldest entries of an app's outbox, at most `max_events` of them and at most
+    /// `max_bytes` of event data in all (but always at least one entry if any is waiting).
+    fn peek(&self, app_id: &str, max_events: usize, max_bytes: usize)
+    -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Removes delivered entries, each only if its serial still matches (an entry replaced
+    /// while its batch was in flight stays, with its newer content). Returns how many went.
+    fn ack(&self, app_id: &str, delivered: &[(String, u64)]) -> Result<usize, StoreError>;
+    /// Entries waiting in an app's outbox.
+    fn depth(&self, app_id: &str) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,69 @@
+//! Webhooks: how AppServices learn, in signed and batched HTTPS POSTs, what their users'
+//! presence is and how their notifications ended.
+//!
+//! ## The contract with an AppService
+//!
+//! Every POST carries one JSON object, `{"app_id": "...", "events": [...]}`, and the three
+//! [Standard Webhooks](https://www.standardwebhooks.com/) headers, so that a receiver in any
+//! language verifies it with an off-the-shelf library ([`secret`]):
+//!
+//! - `webhook-id`: the same for every retry of the same content, so receivers can
+//!   deduplicate;
+//! - `webhook-timestamp`: Unix seconds at send time, signed, against replays;
+//! - `webhook-signature`: `v1,` + base64 HMAC-SHA256 over `id.timestamp.body` under the
+//!   app's `whsec_` secret.
+//!
+//! Only a 2xx answer acknowledges a batch. 3xx is a failure (redirects are not followed),
+//! 410 Gone disables the app's deliveries until an admin re-enables it, 429/502/503/504
+//! throttle (honouring `Retry-After`), and everything else, timeouts and connection errors
+//! included, is retried with exponential backoff and jitter.
+//!
+//! ## Presence is state, not a log
+//!
+//! The durable outbox ([`crate::store`]) is compacted by key: a PUID's newer presence event
+//! replaces the waiting one. An AppService that was down for hours receives, once back, the
+//! latest state of each PUID that changed (each with its `seq`, so stale events can be
+//! dropped) and every notification outcome (those have unique keys), never a replay of every
+//! flap. The outbox survives `kill -9`: an event is in it once a store transaction
+//! committed it.
+//!
+//! ## The engine ([`fanout`])
+//!
+//! ```text
+//! publish() ──> buffer ──(committer: one enqueue txn per app per round)──> outbox
+//!                                        │ wake
+//!                                        v
+//!                 per-app delivery task: wait for the window ──> peek ──> sign ──> POST
+//!                                        ^                                         │
+//!                                        └── ack on 2xx / backoff, re-peek ────────┘
+//! ```
+//!
+//! - **Group commit.** `publish` only buffers and returns; the committer writes whatever
+//!   accumulated while its previous write (an fsync) ran, in one transaction per app. Under
+//!   light load an event is on disk within one fsync; under heavy load the writes batch
+//!   themselves, with no timer adding latency.
+//! - **One task and one batch in flight per app.** Order within an app holds, and a slow or
+//!   dead AppService only ever blocks its own task: every POST has a timeout, and the
+//!   pooled client serves all apps concurrently.
+//! - **Batching.** A batch forms when its first waiting event is one window old (250 ms by
+//!   default), or at once when enough is waiting to fill it (1,000 events or 256 KiB).
+//! - **Retries re-peek.** Each retry reads the outbox again, so events that changed while
+//!   the receiver was failing are coalesced into the retry; the `webhook-id`, a hash of the
+//!   batch's (key, serial) pairs, changes exactly when the content does. Acknowledging only
+//!   removes entries whose serial still matches, so an update that arrived while its
+//!   predecessor was in flight is delivered too.
+//!
+//! ## Not into the operator's network ([`guard`])
+//!
+//! Webhook URLs must be https and reach public addresses only (unless in dev mode or
+//! allow-listed). This is checked when an app registers and again at every connection,
+//! through a DNS resolver that drops forbidden addresses, so DNS rebinding cannot get
+//! around it.
+
+pub mod fanout;
+pub mod guard;
+pub mod secret;
+
+pub use fanout::{Fanout, FanoutConfig, FanoutError};
+pub use guard::{GuardError, UrlPolicy, validate_url};
+pub use secret::WebhookSecret;

@@ -1,0 +1,648 @@
+//! The webhook fan-out against a real HTTPS receiver on loopback: an axum server behind
+//! tokio-rustls with a self-signed certificate, trusted through `extra_roots`, answering
+//! each request as the test scripts it (2xx, 500, 429 with Retry-After, 410, or a hang).
+//!
+//! Windows, timeouts and backoffs are shortened so the whole file runs in seconds.
+
+#![allow(unreachable_pub)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use presenced::metrics::Metrics;
+use presenced::store::embedded::EmbeddedStore;
+use presenced::store::{AppRecord, Store};
+use presenced::webhook::guard::UrlPolicy;
+use presenced::webhook::secret::DEFAULT_TOLERANCE;
+use presenced::webhook::{Fanout, FanoutConfig, WebhookSecret};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------------------------------
+// The receiver.
+
+/// One self-signed certificate for every receiver in this test binary.
+fn identity() -> &'static (CertificateDer<'static>, Vec<u8>) {
+    static IDENTITY: OnceLock<(CertificateDer<'static>, Vec<u8>)> = OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("certificate");
+        (certified.cert.der().clone(), certified.signing_key.serialize_der())
+    })
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+enum Reply {
+    /// 200.
+    Ok,
+    /// That status, empty body.
+    Status(u16),
+    /// That status with a `Retry-After` header.
+    RetryAfter(u16, &'static str),
+    /// Never answer.
+    Hang,
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    id: String,
+    timestamp: String,
+    signature: String,
+    content_type: String,
+    version: Version,
+    body: Bytes,
+    /// The status answered (0 for a hang).
+    status: u16,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.json()["events"].as_array().cloned().expect("events array")
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Option<Reply>>,
+    requests: Mutex<Vec<Received>>,
+}
+
+struct Receiver {
+    addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    server: JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        Receiver::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    async fn start_on(addr: SocketAddr) -> Receiver {
+        let (cert, key) = identity();
+        let mut tls =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
+                )
+                .expect("certificate");
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(ReceiverState::default());
+        let router = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                let service = TowerToHyperService::new(router.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        Receiver { addr, state, server }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/hook", self.addr.port())
+    }
+
+    /// Answers the next requests with `replies`, in order, then with the default.
+    fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().expect("lock").extend(replies);
+    }
+
+    /// What to answer once the script is used up (200 unless set).
+    fn set_default(&self, reply: Reply) {
+        *self.state.default.lock().expect("lock") = Some(reply);
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    fn delivered(&self) -> Vec<Received> {
+        self.requests().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
+    }
+
+    fn delivered_events(&self) -> Vec<Value> {
+        self.delivered().iter().flat_map(Received::events).collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn hook(
+    State(state): State<Arc<ReceiverState>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let reply = state
+        .script
+        .lock()
+        .expect("lock")
+        .pop_front()
+        .or_else(|| state.default.lock().expect("lock").clone())
+        .unwrap_or(Reply::Ok);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let status = match &reply {
+        Reply::Ok => 200,
+        Reply::Status(code) | Reply::RetryAfter(code, _) => *code,
+        Reply::Hang => 0,
+    };
+    state.requests.lock().expect("lock").push(Received {
+        at: Instant::now(),
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        content_type: header("content-type"),
+        version,
+        body,
+        status,
+    });
+    match reply {
+        Reply::Ok => StatusCode::OK.into_response(),
+        Reply::Status(code) => StatusCode::from_u16(code).expect("status").into_response(),
+        Reply::RetryAfter(code, after) => {
+            (StatusCode::from_u16(code).expect("status"), [("retry-after", after)]).into_response()
+        }
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon side.
+
+const WINDOW: Duration = Duration::from_millis(100);
+
+fn config() -> FanoutConfig {
+    FanoutConfig {
+        batch_window: WINDOW,
+        request_timeout: Duration::from_millis(800),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        url_policy: Arc::new(UrlPolicy { allow_private: true, allow_http: false, allow_list: Vec::new() }),
+        extra_roots: vec![identity().0.clone()],
+        public_roots: false,
+        ..FanoutConfig::default()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+/// A presence event for `puid`, keyed `p:<puid>`.
+fn presence(puid: &str, seq: u64) -> (String, Vec<u8>) {
+    let event = json!({"type": "presence", "puid": puid, "status": "online", "message": "", "seq": seq, "at": now_ms()});
+    (format!("p:{puid}"), event.to_string().into_bytes())
+}
+
+/// Registers an app delivering to `url`; returns its secret.
+fn register(store: &dyn Store, id: &str, url: &str) -> WebhookSecret {
+    let secret = WebhookSecret::generate();
+    store
+        .put_app(&AppRecord {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            webhook_url: url.to_owned(),
+            api_key_sha256: "00".repeat(32),
+            webhook_secret: secret.to_string(),
+            created_ms: now_ms(),
+            disabled: false,
+        })
+        .expect("put app");
+    secret
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Arc<EmbeddedStore>,
+    fanout: Fanout,
+    metrics: Arc<Metrics>,
+}
+
+impl Harness {
+    /// A store with `apps` (id, url) registered and a fan-out over it.
+    fn start(apps: &[(&str, &str)], config: FanoutConfig) -> (Harness, Vec<WebhookSecret>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("presenced.redb")).expect("store"));
+        let secrets = apps.iter().map(|(id, url)| register(store.as_ref(), id, url)).collect();
+        let metrics = Arc::new(Metrics::default());
+        let fanout = Fanout::start(store.clone(), config, metrics.clone()).expect("fanout");
+        (Harness { _dir: dir, store, fanout, metrics }, secrets)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics.render();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |value| value.trim().parse().expect("metric value"))
+    }
+}
+
+/// Polls `condition` until it holds, or fails the test after `limit`.
+async fn until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn seq_of(event: &Value) -> u64 {
+    event["seq"].as_u64().expect("seq")
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_events_arrives_as_one_signed_post() {
+    let receiver = Receiver::start().await;
+    let (h, secrets) = Harness::start(&[("app_a", &receiver.url())], config());
+    let started = Instant::now();
+    for i in 0..50 {
+        h.fanout.publish("app_a", vec![presence(&format!("u{i}"), 1)]);
+    }
+    until(Duration::from_secs(5), "the batch", || !receiver.delivered().is_empty()).await;
+    // Give a second POST the chance to show up, if the engine wrongly split the window.
+    tokio::time::sleep(WINDOW * 2).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "one POST for one window");
+    let post = &requests[0];
+    assert!(post.at - started >= WINDOW - Duration::from_millis(5), "the window was waited");
+    assert_eq!(post.events().len(), 50);
+    assert_eq!(post.json()["app_id"], "app_a");
+    assert_eq!(post.content_type, "application/json");
+    assert_eq!(post.version, Version::HTTP_2, "ALPN negotiated HTTP/2");
+    assert!(post.id.starts_with("msg_"));
+    secrets[0]
+        .verify(&post.id, &post.timestamp, &post.signature, &post.body, DEFAULT_TOLERANCE)
+        .expect("signature verifies");
+    let wrong = WebhookSecret::generate();
+    assert!(wrong.verify(&post.id, &post.timestamp, &post.signature, &post.body, DEFAULT_TOLERANCE).is_err());
+    let sent: u64 = post.timestamp.parse().expect("timestamp");
+    assert!(sent.abs_diff(now_ms() / 1000) <= 5);
+
+    until(Duration::from_secs(2), "the ack", || h.store.depth("app_a").expect("depth") == 0).await;
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"delivered\"}"), 1.0);
+    assert_eq!(h.metric("presence_webhook_events_total"), 50.0);
+    assert_eq!(h.metric("presence_webhook_delivery_seconds_count"), 50.0);
+    assert_eq!(h.metric("presence_webhook_retries_total"), 0.0);
+    assert_eq!(h.metric("presence_outbox_depth{app=\"app_a\"}"), 0.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_goes_without_waiting_and_limits_split_posts() {
+    let receiver = Receiver::start().await;
+    let config = FanoutConfig { batch_window: Duration::from_secs(30), max_events: 20, ..config() };
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config);
+    let events: Vec<_> = (0..45).map(|i| presence(&format!("u{i}"), 1)).collect();
+    h.fanout.publish("app_a", events);
+    // The window is 30 s: only the batch limit can make these go.
+    until(Duration::from_secs(5), "three POSTs", || receiver.delivered().len() == 3).await;
+    let sizes: Vec<usize> = receiver.delivered().iter().map(|r| r.events().len()).collect();
+    assert_eq!(sizes, [20, 20, 5]);
+    let puids: Vec<String> =
+        receiver.delivered_events().iter().map(|e| e["puid"].as_str().expect("puid").to_owned()).collect();
+    assert_eq!(puids, (0..45).map(|i| format!("u{i}")).collect::<Vec<_>>(), "outbox order");
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_updates_while_down_arrive_as_the_latest_one() {
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::Status(503));
+    let (h, secrets) = Harness::start(&[("app_a", &receiver.url())], config());
+    h.fanout.publish("app_a", vec![presence("flappy", 0)]);
+    until(Duration::from_secs(5), "a failed attempt", || !receiver.requests().is_empty()).await;
+    for seq in 1..=200 {
+        h.fanout.publish("app_a", vec![presence("flappy", seq)]);
+    }
+    h.fanout.flush().await;
+    assert_eq!(h.store.depth("app_a").expect("depth"), 1, "the outbox holds one entry per key");
+    receiver.set_default(Reply::Ok);
+    until(Duration::from_secs(5), "the recovery", || !receiver.delivered().is_empty()).await;
+    let events = receiver.delivered_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(seq_of(&events[0]), 200);
+    let post = &receiver.delivered()[0];
+    secrets[0]
+        .verify(&post.id, &post.timestamp, &post.signature, &post.body, DEFAULT_TOLERANCE)
+        .expect("verifies");
+    assert_ne!(receiver.requests()[0].id, post.id, "the content changed, so did the id");
+    assert!(h.metric("presence_webhook_batches_total{result=\"throttled\"}") >= 1.0);
+    assert!(h.metric("presence_webhook_retries_total") >= 1.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_puid_sees_increasing_seqs_and_its_final_state() {
+    let receiver = Receiver::start().await;
+    let config = FanoutConfig { batch_window: Duration::from_millis(30), ..config() };
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config);
+    // Some failures in the middle, so retries re-peek and coalesce across them.
+    receiver.script([Reply::Ok, Reply::Ok, Reply::Status(500), Reply::Ok, Reply::Status(502)]);
+    let puids = ["a", "b", "c", "d", "e"];
+    for seq in 1..=40u64 {
+        for (i, puid) in puids.iter().enumerate() {
+            if (seq as usize + i) % 3 != 0 {
+                h.fanout.publish("app_a", vec![presence(puid, seq)]);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    let last: HashMap<&str, u64> = puids
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, (1..=40u64).rev().find(|s| (*s as usize + i) % 3 != 0).expect("last")))
+        .collect();
+    until(Duration::from_secs(10), "every final state", || {
+        let events = receiver.delivered_events();
+        puids.iter().all(|p| events.iter().any(|e| e["puid"] == *p && seq_of(e) == last[p]))
+    })
+    .await;
+    assert!(receiver.delivered().len() > 1, "several batches");
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for event in receiver.delivered_events() {
+        let puid = event["puid"].as_str().expect("puid").to_owned();
+        let seq = seq_of(&event);
+        if let Some(previous) = seen.insert(puid.clone(), seq) {
+            assert!(seq > previous, "{puid}: seq {seq} after {previous}");
+        }
+    }
+    until(Duration::from_secs(2), "an empty outbox", || h.store.depth("app_a").expect("depth") == 0).await;
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_retried_with_backoff_and_the_same_id() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(500), Reply::Status(500)]);
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    h.fanout.publish("app_a", vec![presence("u", 1)]);
+    until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.iter().map(|r| r.status).collect::<Vec<_>>(), [500, 500, 200]);
+    assert!(requests.iter().all(|r| r.id == requests[0].id), "retries of the same content keep their id");
+    // Backoff 100 ms then 200 ms, each jittered down to half at most.
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(50));
+    assert!(requests[2].at - requests[1].at >= Duration::from_millis(100));
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"failed\"}"), 2.0);
+    assert_eq!(h.metric("presence_webhook_retries_total"), 2.0);
+    // The receiver records a request before it answers; the count follows the answer.
+    until(Duration::from_secs(2), "the delivered count", || {
+        h.metric("presence_webhook_batches_total{result=\"delivered\"}") == 1.0
+    })
+    .await;
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_retry_after_is_honoured() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::RetryAfter(429, "1")]);
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    h.fanout.publish("app_a", vec![presence("u", 1)]);
+    until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    let gap = requests[1].at - requests[0].at;
+    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}, before Retry-After: 1");
+    assert!(gap < Duration::from_secs(3), "retried after {gap:?}");
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"throttled\"}"), 1.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_app_until_it_is_re_enabled() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(410)]);
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    h.fanout.publish("app_a", vec![presence("u1", 1)]);
+    until(Duration::from_secs(5), "the 410", || !receiver.requests().is_empty()).await;
+    until(Duration::from_secs(2), "the app disabled", || {
+        h.store.get_app("app_a").expect("get").expect("app").disabled
+    })
+    .await;
+    // Disabled apps keep accumulating (compacted) events but get no deliveries.
+    for seq in 2..=5 {
+        h.fanout.publish("app_a", vec![presence("u1", seq), presence("u2", seq)]);
+    }
+    h.fanout.flush().await;
+    tokio::time::sleep(WINDOW * 5).await;
+    assert_eq!(receiver.requests().len(), 1, "no request after 410");
+    assert_eq!(h.store.depth("app_a").expect("depth"), 2);
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"gone\"}"), 1.0);
+    assert_eq!(h.metric("presence_outbox_depth{app=\"app_a\"}"), 2.0);
+
+    // An admin re-enables it: the latest state of both users goes out.
+    let mut app = h.store.get_app("app_a").expect("get").expect("app");
+    app.disabled = false;
+    h.store.put_app(&app).expect("put");
+    h.fanout.app_changed("app_a");
+    until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
+    let events = receiver.delivered_events();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| seq_of(e) == 5));
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_then_recovery_delivers_the_latest_state() {
+    // The receiver's port, with nothing listening on it yet: connections are refused.
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    };
+    let url = format!("https://127.0.0.1:{}/hook", addr.port());
+    let (h, _) = Harness::start(&[("app_a", &url)], config());
+    for seq in 1..=30u64 {
+        h.fanout.publish("app_a", vec![presence("u1", seq), presence("u2", seq * 2)]);
+        if seq % 10 == 0 {
+            h.fanout.publish("app_a", vec![presence("u3", seq)]);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    until(Duration::from_secs(5), "failed attempts", || {
+        h.metric("presence_webhook_batches_total{result=\"failed\"}") >= 2.0
+    })
+    .await;
+    let receiver = Receiver::start_on(addr).await;
+    until(Duration::from_secs(5), "the recovery", || !receiver.delivered().is_empty()).await;
+    let events = receiver.delivered_events();
+    let latest: HashMap<&str, u64> =
+        events.iter().map(|e| (e["puid"].as_str().expect("puid"), seq_of(e))).collect();
+    assert_eq!(events.len(), 3, "one event per PUID: {events:?}");
+    assert_eq!(latest, HashMap::from([("u1", 30), ("u2", 60), ("u3", 30)]));
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Opens the store file again, waiting for the dropped instance's last blocking calls.
+async fn reopen(path: &Path) -> Arc<EmbeddedStore> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match EmbeddedStore::open(path) {
+            Ok(store) => return Arc::new(store),
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot reopen the store: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_events_survive_a_crash_and_go_after_restart() {
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::Status(500));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("presenced.redb");
+    let secret = {
+        let store = Arc::new(EmbeddedStore::open(&path).expect("store"));
+        let secret = register(store.as_ref(), "app_a", &receiver.url());
+        let fanout = Fanout::start(store.clone(), config(), Arc::new(Metrics::default())).expect("fanout");
+        for i in 0..10 {
+            fanout.publish("app_a", vec![presence(&format!("u{i}"), 7)]);
+        }
+        fanout.flush().await;
+        until(Duration::from_secs(5), "a failed attempt", || !receiver.requests().is_empty()).await;
+        // A crash: no shutdown, tasks aborted, the database file closed as it is.
+        drop(fanout);
+        drop(store);
+        secret
+    };
+    receiver.set_default(Reply::Ok);
+    let store = reopen(&path).await;
+    assert_eq!(store.depth("app_a").expect("depth"), 10);
+    let fanout = Fanout::start(store.clone(), config(), Arc::new(Metrics::default())).expect("fanout");
+    until(Duration::from_secs(5), "the delivery after restart", || !receiver.delivered().is_empty()).await;
+    let post = &receiver.delivered()[0];
+    assert_eq!(post.events().len(), 10);
+    secret
+        .verify(&post.id, &post.timestamp, &post.signature, &post.body, DEFAULT_TOLERANCE)
+        .expect("verifies");
+    until(Duration::from_secs(2), "the ack", || store.depth("app_a").expect("depth") == 0).await;
+    fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_does_not_delay_another_app() {
+    let stuck = Receiver::start().await;
+    stuck.set_default(Reply::Hang);
+    let healthy = Receiver::start().await;
+    let config = FanoutConfig { request_timeout: Duration::from_secs(5), ..config() };
+    let (h, _) = Harness::start(&[("app_stuck", &stuck.url()), ("app_ok", &healthy.url())], config);
+    for round in 1..=3u64 {
+        let published = Instant::now();
+        h.fanout.publish("app_stuck", vec![presence("s", round)]);
+        h.fanout.publish("app_ok", vec![presence("o", round)]);
+        until(Duration::from_secs(3), "the healthy app's delivery", || {
+            healthy.delivered().len() == round as usize
+        })
+        .await;
+        let latency = healthy.delivered()[round as usize - 1].at - published;
+        assert!(latency < WINDOW + Duration::from_millis(400), "round {round}: {latency:?}");
+    }
+    assert_eq!(stuck.requests().len(), 1, "the stuck app has one batch in flight, still hanging");
+    let started = Instant::now();
+    h.fanout.shutdown(Duration::from_millis(300)).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "shutdown is bounded despite the hang");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_is_a_failure_and_is_retried() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Hang]);
+    let config = FanoutConfig { request_timeout: Duration::from_millis(300), ..config() };
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config);
+    h.fanout.publish("app_a", vec![presence("u", 1)]);
+    until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(300));
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"failed\"}"), 1.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_blocks_private_targets_at_connect_time_unless_allow_listed() {
+    let receiver = Receiver::start().await;
+    let port = receiver.addr.port();
+    let strict =
+        FanoutConfig { url_policy: Arc::new(UrlPolicy::new(false, &[]).expect("policy")), ..config() };
+    // An IP literal (checked before each delivery) and a name (checked by the resolver).
+    let literal = format!("https://127.0.0.1:{port}/hook");
+    let name = format!("https://localhost:{port}/hook");
+    let (h, _) = Harness::start(&[("app_literal", &literal), ("app_name", &name)], strict);
+    h.fanout.publish("app_literal", vec![presence("u", 1)]);
+    h.fanout.publish("app_name", vec![presence("u", 1)]);
+    until(Duration::from_secs(5), "refused attempts", || {
+        h.metric("presence_webhook_batches_total{result=\"failed\"}") >= 4.0
+    })
+    .await;
+    assert!(receiver.requests().is_empty(), "nothing reached the private address");
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+
+    let allowed = FanoutConfig {
+        url_policy: Arc::new(UrlPolicy::new(false, &["127.0.0.0/8".to_owned()]).expect("policy")),
+        ..config()
+    };
+    let (h, _) = Harness::start(&[("app_literal", &literal), ("app_name", &name)], allowed);
+    h.fanout.publish("app_literal", vec![presence("u", 1)]);
+    h.fanout.publish("app_name", vec![presence("u", 1)]);
+    until(Duration::from_secs(5), "both deliveries", || receiver.delivered().len() == 2).await;
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_writes_what_was_published_and_removal_drops_the_outbox() {
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::Status(500));
+    let (h, _) = Harness::start(&[("app_a", &receiver.url()), ("app_b", &receiver.url())], config());
+    h.fanout.publish("app_a", vec![presence("u1", 1), presence("u2", 1)]);
+    h.fanout.publish("app_b", vec![presence("u1", 1)]);
+    h.fanout.publish("app_unknown", vec![presence("u1", 1)]);
+    assert!(h.store.delete_app("app_b").expect("delete"));
+    h.fanout.app_changed("app_b");
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(h.fanout.depth("app_a"), 2, "published before shutdown, so written");
+    assert_eq!(h.fanout.depth("app_b"), 0, "a removed app keeps no outbox");
+    assert_eq!(h.fanout.depth("app_unknown"), 0, "nothing is stored for unknown apps");
+    assert_eq!(h.store.total_outbox_entries().expect("total"), 2);
+}
