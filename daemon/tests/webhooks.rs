@@ -52,6 +52,8 @@ enum Reply {
     Status(u16),
     /// That status with a `Retry-After` header.
     RetryAfter(u16, &'static str),
+    /// That status with a `Location` header.
+    Redirect(u16, &'static str),
     /// Never answer.
     Hang,
 }
@@ -180,7 +182,7 @@ async fn hook(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let status = match &reply {
         Reply::Ok => 200,
-        Reply::Status(code) | Reply::RetryAfter(code, _) => *code,
+        Reply::Status(code) | Reply::RetryAfter(code, _) | Reply::Redirect(code, _) => *code,
         Reply::Hang => 0,
     };
     state.requests.lock().expect("lock").push(Received {
@@ -198,6 +200,9 @@ async fn hook(
         Reply::Status(code) => StatusCode::from_u16(code).expect("status").into_response(),
         Reply::RetryAfter(code, after) => {
             (StatusCode::from_u16(code).expect("status"), [("retry-after", after)]).into_response()
+        }
+        Reply::Redirect(code, location) => {
+            (StatusCode::from_u16(code).expect("status"), [("location", location)]).into_response()
         }
         Reply::Hang => std::future::pending().await,
     }
@@ -645,4 +650,40 @@ async fn shutdown_writes_what_was_published_and_removal_drops_the_outbox() {
     assert_eq!(h.fanout.depth("app_b"), 0, "a removed app keeps no outbox");
     assert_eq!(h.fanout.depth("app_unknown"), 0, "nothing is stored for unknown apps");
     assert_eq!(h.store.total_outbox_entries().expect("total"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_failure_and_is_not_followed() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Redirect(307, "/hook?followed=1"), Reply::Redirect(301, "https://example.com/")]);
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    h.fanout.publish("app_a", vec![presence("u", 1)]);
+    until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.iter().map(|r| r.status).collect::<Vec<_>>(), [307, 301, 200]);
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"failed\"}"), 2.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_change_arrives_one_window_after_it_happened() {
+    let receiver = Receiver::start().await;
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    let mut latencies = Vec::new();
+    for round in 1..=10u64 {
+        let published = Instant::now();
+        h.fanout.publish("app_a", vec![presence("u", round)]);
+        until(Duration::from_secs(3), "the delivery", || receiver.delivered().len() == round as usize).await;
+        latencies.push(receiver.delivered()[round as usize - 1].at - published);
+    }
+    latencies.sort();
+    println!(
+        "publish-to-receiver latency with a {WINDOW:?} window: min {:?}, median {:?}, max {:?}",
+        latencies[0], latencies[5], latencies[9]
+    );
+    assert!(latencies[0] >= WINDOW - Duration::from_millis(5), "the window is waited: {latencies:?}");
+    // The target is window + 50 ms; the bound here leaves room for a loaded CI machine.
+    assert!(latencies[5] < WINDOW + Duration::from_millis(50), "median {:?}", latencies[5]);
+    assert!(latencies[9] < WINDOW + Duration::from_millis(300), "max {:?}", latencies[9]);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
 }

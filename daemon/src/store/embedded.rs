@@ -17,10 +17,19 @@
 //! Serials come from one counter shared by all apps and are never reused, so a serial
 //! names one version of one entry for good: an acknowledgement that carries a replaced
 //! entry's old serial cannot remove the newer content.
+//!
+//! ## Durability
+//!
+//! Every write commits with an fsync except [`ack`](Store::ack), which commits without one
+//! (redb's `Durability::None`) and becomes durable with the next durable commit, normally
+//! the next enqueue. Losing an acknowledgement in a crash only means its batch is delivered
+//! again, under the same `webhook-id`: webhooks are at-least-once anyway. In exchange the
+//! delivery path pays one fsync per batch (the enqueue), not two, and acknowledgements of
+//! many apps do not queue behind each other's fsyncs on redb's single writer.
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use super::{AppRecord, OutboxEntry, Store, StoreError};
 
@@ -68,7 +77,16 @@ impl EmbeddedStore {
         &self,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
+        self.write_with(Durability::Immediate, body)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(durability);
         // On an error the transaction is dropped, which aborts it: nothing half-done lands.
         let value = body(&txn)?;
         txn.commit().map_err(backend)?;
@@ -221,7 +239,7 @@ impl Store for EmbeddedStore {
         if delivered.is_empty() {
             return Ok(0);
         }
-        self.write(|txn| {
+        self.write_with(Durability::None, |txn| {
             let mut outbox = txn.open_table(OUTBOX).map_err(backend)?;
             let mut order = txn.open_table(ORDER).map_err(backend)?;
             let mut removed = 0usize;
@@ -397,6 +415,23 @@ mod tests {
         // Re-registering the id starts from an empty outbox.
         store.put_app(&app("app_a")).expect("put");
         assert!(store.peek("app_a", 10, 1 << 20).expect("peek").is_empty());
+    }
+
+    #[test]
+    fn an_ack_becomes_durable_with_the_next_enqueue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            store.put_app(&app("app_a")).expect("put");
+            store.enqueue("app_a", &[ev("p:1", "one"), ev("p:2", "two")]).expect("enqueue");
+            let first = store.peek("app_a", 1, 1 << 20).expect("peek");
+            assert_eq!(store.ack("app_a", &[(first[0].key.clone(), first[0].serial)]).expect("ack"), 1);
+            store.enqueue("app_a", &[ev("p:3", "three")]).expect("enqueue");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(keys(&store.peek("app_a", 10, 1 << 20).expect("peek")), ["p:2", "p:3"]);
+        assert_eq!(store.depth("app_a").expect("depth"), 2);
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     -> Result<Vec<OutboxEntry>, StoreError>;
     /// Removes delivered entries, each only if its serial still matches (an entry replaced
     /// while its batch was in flight stays, with its newer content). Returns how many went.
+    /// An implementation may make acknowledgements durable lazily: after a crash, entries
+    /// acknowledged just before may be back, and are delivered again (at-least-once).
     fn ack(&self, app_id: &str, delivered: &[(String, u64)]) -> Result<usize, StoreError>;
     /// Entries waiting in an app's outbox.
     fn depth(&self, app_id: &str) -> Result<u64, StoreError>;

@@ -425,10 +425,19 @@ async fn commit_loop(inner: Arc<Inner>) {
     let mut stopping = inner.stopping.subscribe();
     loop {
         let store = inner.store.clone();
-        match blocking(move || store.list_apps()).await {
+        let listed = blocking(move || {
+            let apps = store.list_apps()?;
+            apps.into_iter().map(|app| Ok((store.depth(&app.id)?, app.id))).collect::<Result<Vec<_>, _>>()
+        });
+        match listed.await {
             Ok(apps) => {
-                for app in apps {
-                    inner.ensure_task(&app.id);
+                // Read before this committer writes anything, so whatever is waiting was
+                // left by a previous run (a crash, a restart): it has waited long enough.
+                for (depth, app_id) in apps {
+                    let shared = inner.ensure_task(&app_id);
+                    if depth > 0 {
+                        shared.note(inner.long_ago(), 0, 0);
+                    }
                 }
                 break;
             }
@@ -535,7 +544,7 @@ impl Inner {
         if let Some(task) = apps.get(app_id) {
             return task.shared.clone();
         }
-        let task = self.spawn_task(app_id);
+        let task = self.spawn_task(app_id, false);
         let shared = task.shared.clone();
         apps.insert(app_id.to_owned(), task);
         shared
@@ -549,13 +558,17 @@ impl Inner {
         if let Some(old) = apps.remove(app_id) {
             old.handle.abort();
         }
-        let task = self.spawn_task(app_id);
+        let task = self.spawn_task(app_id, true);
         apps.insert(app_id.to_owned(), task);
     }
 
-    fn spawn_task(self: &Arc<Self>, app_id: &str) -> AppTask {
+    /// Spawns an app's delivery task. With `catch_up`, whatever its outbox holds when the
+    /// task starts goes at once (a re-enabled app); otherwise the committer's wake-ups
+    /// alone decide when batches are due.
+    fn spawn_task(self: &Arc<Self>, app_id: &str, catch_up: bool) -> AppTask {
         let shared = Arc::new(AppShared::default());
-        let handle = self.runtime.spawn(deliver_loop(self.clone(), app_id.to_owned(), shared.clone()));
+        let task = deliver_loop(self.clone(), app_id.to_owned(), shared.clone(), catch_up);
+        let handle = self.runtime.spawn(task);
         AppTask { shared, handle }
     }
 
@@ -773,7 +786,7 @@ async fn pause(delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
 
 /// One app's delivery task: exactly one batch in flight, so events reach the receiver in
 /// outbox order.
-async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>) {
+async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>, catch_up: bool) {
     let mut stopping = inner.stopping.subscribe();
     let mut attempt: u32 = 0;
     let (app, depth) = loop {
@@ -813,8 +826,8 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>)
             return;
         }
     };
-    if depth > 0 {
-        // Left over from before (a restart): it has waited long enough.
+    if catch_up && depth > 0 {
+        // Waiting while the app was disabled or misconfigured: it has waited long enough.
         shared.note(inner.long_ago(), 0, 0);
     }
     let budget = inner.event_budget(&app_id);
