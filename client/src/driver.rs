@@ -257,7 +257,12 @@ impl Driver {
                 ClientEvent::Authorized(a) => {
                     Event::Authorized { app_id: a.app_id.into_string(), puid: a.puid.into_string() }
                 }
-                ClientEvent::Revoked(r) => Event::Revoked { app_id: r.app_id.into_string() },
+                ClientEvent::Revoked(r) => {
+                    // Revoked here or on another of the user's devices: the app leaves this
+                    // device's list too, so the next Hello does not grant it again.
+                    self.visibility.retain(|app| app.as_str() != r.app_id.as_str());
+                    Event::Revoked { app_id: r.app_id.into_string() }
+                }
                 ClientEvent::Denied(d) => Event::Denied {
                     app_id: d.app_id.into_string(),
                     code: d.code,

@@ -23,13 +23,14 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     };
     let daemon = Daemon::start(settings.resolve().expect("settings")).await.expect("daemon");
     let info = daemon.dev_info.clone().expect("dev info");
+    let app = daemon.apps().create("chat", "https://127.0.0.1:9/hook").expect("register app").app.id;
     let mut events = daemon.table().subscribe();
     let signer = presenced::credentials::dev_signer(dir.path()).expect("signer");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let token = signer.mint("alice", "phone", now, 600);
 
     let mut cli = Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args(["connect", "--json", "--allow", "chat", "--message", "hello there", "--server"])
+        .args(["connect", "--json", "--allow", &app, "--message", "hello there", "--server"])
         .arg(info.quic.to_string())
         .arg("--ca")
         .arg(&info.ca_cert)
@@ -53,11 +54,18 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     let online = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");
     assert_eq!((online.status, online.message.as_str()), (Status::Online, "hello there"));
 
-    stdin.write_all(b"authorize chat invite-42\n").await.expect("write");
+    stdin.write_all(format!("authorize {app} invite-42\n").as_bytes()).await.expect("write");
     let authorized = next_line().await;
     assert_eq!(authorized["event"], "authorized", "{authorized}");
-    assert_eq!(authorized["app_id"], "chat");
-    assert_eq!(authorized["puid"], daemon.table().puid("chat", "alice").as_str());
+    assert_eq!(authorized["app_id"], app.as_str());
+    assert_eq!(authorized["puid"], daemon.table().puid(&app, "alice").as_str());
+    stdin.write_all(b"authorize app_unknown x\n").await.expect("write");
+    let denied = next_line().await;
+    assert_eq!(
+        (denied["event"].as_str(), denied["code"].as_str()),
+        (Some("denied"), Some("unknown_app")),
+        "{denied}"
+    );
 
     stdin.write_all(b"status away out for lunch\n").await.expect("write");
     let away = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");

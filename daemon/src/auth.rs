@@ -184,10 +184,10 @@ impl TokenVerifier {
         if !claims.aud.contains(AUDIENCE) {
             return Err(TokenError::Audience);
         }
-        if claims.exp + LEEWAY_SECS <= now {
+        if claims.exp.saturating_add(LEEWAY_SECS) <= now {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
             return Err(TokenError::NotYetValid);
         }
         if claims.sub.is_empty() || claims.sub.len() > MAX_USER_LEN {
@@ -261,7 +261,7 @@ impl TokenSigner {
             sub: user.into(),
             did: device.into(),
             aud: Audience::One(AUDIENCE.into()),
-            exp: now + ttl_secs,
+            exp: now.saturating_add(ttl_secs),
             nbf: None,
             iat: Some(now),
         })
@@ -306,6 +306,19 @@ mod tests {
         assert!(matches!(verifier.verify("a.b", 1_000), Err(TokenError::Malformed(_))));
         let none_alg = format!("{}.{}.", B64URL.encode(r#"{"alg":"none"}"#), B64URL.encode("{}"));
         assert_eq!(verifier.verify(&none_alg, 1_000), Err(TokenError::Algorithm("none".into())));
+    }
+
+    #[test]
+    fn extreme_times_do_not_overflow() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let forever = signer.mint("alice", "phone", u64::MAX - 5, u64::MAX);
+        assert_eq!(verifier.verify(&forever, 1_000).expect("valid").exp, u64::MAX);
+        let claims =
+            serde_json::json!({"sub": "a", "did": "d", "aud": "presence", "exp": u64::MAX, "nbf": u64::MAX});
+        let future = signer.sign(&claims);
+        assert_eq!(verifier.verify(&future, 1_000), Err(TokenError::NotYetValid));
+        assert_eq!(verifier.verify(&future, u64::MAX), Err(TokenError::Expired));
     }
 
     fn other_signer() -> TokenSigner {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use presence_protocol::{CancelReason, ErrorCode, Notify};
+use presence_protocol::{AppId, CancelReason, ErrorCode, Notify};
 use tokio::sync::mpsc;
 
 /// Commands per session that may queue before new ones are dropped; a session that cannot
@@ -28,6 +28,11 @@ pub enum SessionCommand {
         id: u64,
         /// Why.
         reason: CancelReason,
+    },
+    /// The user revoked an app on another device: drop it from this device's list too.
+    Revoked {
+        /// The app.
+        app_id: AppId,
     },
     /// Ask the device to reconnect later.
     GoAway {

@@ -13,7 +13,13 @@
 //!   drives a sans-IO [`presence_protocol::ServerSession`].
 //! - [`table`]: the presence table, its aggregation rule and its per-(app, PUID) events.
 //! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
-//! - [`http`]: the HTTPS listener (`/healthz`, `/metrics`); [`metrics`]: metric names.
+//! - [`apps`]: the registered AppServices; [`store`]: apps and the outbox behind one trait
+//!   (embedded: a redb file).
+//! - [`outbound`]: every webhook event's shape; [`webhook`]: signing, the SSRF guard and
+//!   the batched, retried, durable fan-out.
+//! - [`notify`]: live notifications and their outcomes.
+//! - [`api`]: the HTTPS APIs (AppService, admin, health, metrics, OpenAPI); [`http`]: the
+//!   TLS listener in front of them; [`metrics`]: metric names.
 //!
 //! [`Daemon::start`] binds everything and returns at once, so tests run a whole daemon
 //! in-process on loopback ports; [`Daemon::shutdown`] drains it as SIGTERM does.
@@ -23,11 +29,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_cli;
+pub mod api;
+pub mod apps;
 pub mod auth;
 pub mod credentials;
 pub mod handle;
 pub mod http;
 pub mod metrics;
+pub mod notify;
+pub mod outbound;
 pub mod puid;
 pub mod quic;
 pub mod settings;
@@ -44,11 +55,21 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::apps::Apps;
 use crate::credentials::{DevInfo, crypto_provider};
 use crate::metrics::Metrics;
+use crate::notify::Notifications;
+use crate::outbound::Outbound;
 use crate::quic::QuicServer;
 use crate::settings::Settings;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
 use crate::table::PresenceTable;
+use crate::webhook::fanout::{Fanout, FanoutConfig};
+use crate::webhook::guard::UrlPolicy;
+
+/// The database file in the data directory.
+pub const STORE_FILE: &str = "presenced.redb";
 
 /// A running daemon.
 #[derive(Debug)]
@@ -62,6 +83,8 @@ pub struct Daemon {
     pub dev_info: Option<DevInfo>,
     table: Arc<PresenceTable>,
     metrics: Arc<Metrics>,
+    apps: Arc<Apps>,
+    fanout: Arc<Fanout>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
@@ -74,18 +97,34 @@ impl Daemon {
         let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
             credentials::load(&settings)?;
         let metrics = Arc::new(Metrics::default());
-        let table = Arc::new(PresenceTable::new(puid_key, metrics.clone()));
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&settings.data_dir.join(STORE_FILE))?);
+        let apps = Arc::new(Apps::load(store.clone())?);
+        let url_policy = Arc::new(UrlPolicy::new(settings.dev, &settings.webhook_allow)?);
+        let fanout_config = FanoutConfig {
+            batch_window: settings.webhook_window,
+            max_events: settings.webhook_max_events,
+            max_bytes: settings.webhook_max_bytes,
+            request_timeout: settings.webhook_timeout,
+            url_policy: url_policy.clone(),
+            extra_roots: if settings.dev { cert_chain.clone() } else { Vec::new() },
+            ..FanoutConfig::default()
+        };
+        let fanout = Arc::new(Fanout::start(store.clone(), fanout_config, metrics.clone())?);
+        let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
+        let sink: Arc<dyn table::PresenceSink> = outbound.clone();
+        let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), Some(sink)));
+        let notifications = Arc::new(Notifications::new(table.clone(), outbound.clone(), metrics.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = (cert_chain.clone(), key.clone_key());
-        let quic = QuicServer::bind(
-            &settings,
-            identity,
+        let services = quic::SessionServices {
             verifier,
-            table.clone(),
-            metrics.clone(),
-            shutdown_rx.clone(),
-        )?;
-        let quic = Arc::new(quic);
+            table: table.clone(),
+            metrics: metrics.clone(),
+            apps: apps.clone(),
+            outbound,
+            notifications: notifications.clone(),
+        };
+        let quic = Arc::new(QuicServer::bind(&settings, identity, services, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
@@ -96,7 +135,17 @@ impl Daemon {
             .await
             .with_context(|| format!("cannot bind HTTPS on {}", settings.https_listen))?;
         let https_addr = listener.local_addr()?;
-        let router = http::router(http::ApiState { metrics: metrics.clone(), table: table.clone() });
+        let router = api::router(api::ApiState {
+            metrics: metrics.clone(),
+            table: table.clone(),
+            apps: apps.clone(),
+            notifications,
+            limiter: Arc::new(api::RateLimiter::new(settings.api_rate, settings.api_burst)),
+            fanout: fanout.clone(),
+            url_policy,
+            admin_token: admin_token.as_deref().map(Arc::from),
+            admin_remote: settings.admin_remote,
+        });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(http::serve(listener, Arc::new(tls), router, shutdown_rx)));
         let serving = quic.clone();
@@ -115,6 +164,8 @@ impl Daemon {
             dev_info,
             table,
             metrics,
+            apps,
+            fanout,
             shutdown,
             tasks,
             drain: settings.drain,
@@ -124,6 +175,11 @@ impl Daemon {
     /// The presence table (tests subscribe to its events).
     pub fn table(&self) -> &Arc<PresenceTable> {
         &self.table
+    }
+
+    /// The registered apps.
+    pub fn apps(&self) -> &Arc<Apps> {
+        &self.apps
     }
 
     /// The metrics registry.
@@ -146,6 +202,8 @@ impl Daemon {
         }
         info!(remaining = self.quic.open_connections(), "drain finished");
         self.quic.close(Duration::from_secs(1)).await;
+        // Events published during the drain (devices going offline) reach the outbox.
+        self.fanout.shutdown(Duration::from_secs(1)).await;
         for task in self.tasks {
             task.abort();
         }

@@ -30,6 +30,13 @@ enum Command {
         #[command(flatten)]
         settings: Box<SettingsLayer>,
     },
+    /// Manage the AppServices of a running daemon (admin API).
+    Apps {
+        #[command(flatten)]
+        target: presenced::admin_cli::AdminTarget,
+        #[command(subcommand)]
+        command: presenced::admin_cli::AppsCommand,
+    },
     /// Print a dev device token signed with the data directory's dev key.
     Token {
         /// Data directory of a `serve --dev` daemon.
@@ -58,6 +65,19 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config, settings } => serve(config, *settings),
+        Command::Apps { target, command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let result = runtime
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(presenced::admin_cli::run(&target, command)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("presenced apps: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token { data_dir, user, device, ttl } => match token(&data_dir, &user, &device, ttl) {
             Ok(token) => {
                 println!("{token}");

@@ -24,6 +24,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// A label naming an HTTP status code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The status code, as digits.
+    pub status: String,
+}
+
 /// A label naming how a webhook batch ended.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -81,6 +88,10 @@ pub struct Metrics {
     pub migrations: Counter,
     /// `presence_sessions_closed_total{reason}`: sessions ended, by close code.
     pub sessions_closed: Family<ReasonLabel, Counter>,
+    /// `presence_notifications_total{reason}`: notification recipients decided, by outcome.
+    pub notifications: Family<ReasonLabel, Counter>,
+    /// `presence_http_responses_total{status}`: HTTPS answers, by status code.
+    pub http_responses: Family<StatusLabel, Counter>,
     /// `presence_webhook_batches_total{result}`: webhook POSTs by outcome: `delivered`
     /// (2xx), `failed` (other status, timeout, connection error), `throttled` (429, 502,
     /// 503, 504), `gone` (410, which disables the app).
@@ -139,6 +150,16 @@ impl Metrics {
             "presence_sessions_closed",
             "Sessions ended, by close code",
             self.sessions_closed.clone(),
+        );
+        registry.register(
+            "presence_notifications",
+            "Notification recipients decided, by outcome (label reason)",
+            self.notifications.clone(),
+        );
+        registry.register(
+            "presence_http_responses",
+            "HTTPS answers, by status code",
+            self.http_responses.clone(),
         );
         registry.register(
             "presence_webhook_batches",

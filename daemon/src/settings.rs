@@ -36,6 +36,19 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1_860;
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
 /// Default log filter.
 pub const DEFAULT_LOG: &str = "info";
+/// Default webhook batch window, milliseconds: how long the first waiting event waits for
+/// company before its batch goes out.
+pub const DEFAULT_WEBHOOK_WINDOW_MS: u64 = 250;
+/// Default most events per webhook POST.
+pub const DEFAULT_WEBHOOK_MAX_EVENTS: usize = 1_000;
+/// Default most bytes of events per webhook POST.
+pub const DEFAULT_WEBHOOK_MAX_BYTES: usize = 256 * 1024;
+/// Default webhook request timeout, seconds.
+pub const DEFAULT_WEBHOOK_TIMEOUT_SECS: u64 = 10;
+/// Default AppService API rate per app, requests per second.
+pub const DEFAULT_API_RATE: u32 = 100;
+/// Default AppService API burst per app.
+pub const DEFAULT_API_BURST: u32 = 200;
 
 /// One layer of settings, every field optional. The same struct reads flags, environment
 /// and the TOML file, so the three can never disagree on names.
@@ -92,6 +105,32 @@ pub struct SettingsLayer {
     /// Log filter, tracing-subscriber syntax [default: info].
     #[arg(long, env = "PRESENCED_LOG")]
     pub log: Option<String>,
+    /// Webhook batch window in milliseconds [default: 250].
+    #[arg(long, env = "PRESENCED_WEBHOOK_WINDOW_MS")]
+    pub webhook_window_ms: Option<u64>,
+    /// Most events per webhook POST [default: 1000].
+    #[arg(long, env = "PRESENCED_WEBHOOK_MAX_EVENTS")]
+    pub webhook_max_events: Option<usize>,
+    /// Most bytes of events per webhook POST [default: 262144].
+    #[arg(long, env = "PRESENCED_WEBHOOK_MAX_BYTES")]
+    pub webhook_max_bytes: Option<usize>,
+    /// Webhook request timeout in seconds [default: 10].
+    #[arg(long, env = "PRESENCED_WEBHOOK_TIMEOUT_SECS")]
+    pub webhook_timeout_secs: Option<u64>,
+    /// Address ranges (CIDR) webhooks may reach although they are private, for example an
+    /// AppService on the operator's own network; repeat or separate with commas
+    /// [default: none; `--dev` allows every address].
+    #[arg(long, env = "PRESENCED_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Option<Vec<String>>,
+    /// Let the admin API answer clients that are not on loopback [default: false].
+    #[arg(long, env = "PRESENCED_ADMIN_REMOTE", num_args = 0..=1, default_missing_value = "true")]
+    pub admin_remote: Option<bool>,
+    /// AppService API requests per second per app [default: 100].
+    #[arg(long, env = "PRESENCED_API_RATE")]
+    pub api_rate: Option<u32>,
+    /// AppService API burst per app [default: 200].
+    #[arg(long, env = "PRESENCED_API_BURST")]
+    pub api_burst: Option<u32>,
 }
 
 /// Resolved settings; every field has its default applied.
@@ -123,6 +162,22 @@ pub struct Settings {
     pub drain: Duration,
     /// Log filter. Default `info`.
     pub log: String,
+    /// Webhook batch window. Default 250 ms.
+    pub webhook_window: Duration,
+    /// Most events per POST. Default 1,000.
+    pub webhook_max_events: usize,
+    /// Most bytes per POST. Default 256 KiB.
+    pub webhook_max_bytes: usize,
+    /// Webhook request timeout. Default 10 s.
+    pub webhook_timeout: Duration,
+    /// Private ranges webhooks may reach, as given (CIDR). Default none.
+    pub webhook_allow: Vec<String>,
+    /// Admin API open beyond loopback. Default false.
+    pub admin_remote: bool,
+    /// API requests per second per app. Default 100.
+    pub api_rate: u32,
+    /// API burst per app. Default 200.
+    pub api_burst: u32,
 }
 
 /// Where the secrets come from.
@@ -177,7 +232,15 @@ impl SettingsLayer {
             handshake_timeout_secs,
             idle_timeout_secs,
             drain_secs,
-            log
+            log,
+            webhook_window_ms,
+            webhook_max_events,
+            webhook_max_bytes,
+            webhook_timeout_secs,
+            webhook_allow,
+            admin_remote,
+            api_rate,
+            api_burst
         )
     }
 
@@ -221,6 +284,8 @@ impl SettingsLayer {
             positive(self.handshake_timeout_secs, DEFAULT_HANDSHAKE_TIMEOUT_SECS, "handshake_timeout_secs");
         let idle_timeout = positive(self.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "idle_timeout_secs");
         let drain = positive(self.drain_secs, DEFAULT_DRAIN_SECS, "drain_secs");
+        let webhook_timeout =
+            positive(self.webhook_timeout_secs, DEFAULT_WEBHOOK_TIMEOUT_SECS, "webhook_timeout_secs");
         let max_sessions = self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
         if max_sessions == 0 {
             errors.push("max_sessions must be greater than zero".into());
@@ -228,6 +293,24 @@ impl SettingsLayer {
         let log = self.log.unwrap_or_else(|| DEFAULT_LOG.into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             errors.push(format!("log filter {log:?}: {e}"));
+        }
+        let webhook_window =
+            Duration::from_millis(self.webhook_window_ms.unwrap_or(DEFAULT_WEBHOOK_WINDOW_MS));
+        let webhook_max_events = self.webhook_max_events.unwrap_or(DEFAULT_WEBHOOK_MAX_EVENTS);
+        let webhook_max_bytes = self.webhook_max_bytes.unwrap_or(DEFAULT_WEBHOOK_MAX_BYTES);
+        if webhook_max_events == 0 || webhook_max_bytes == 0 {
+            errors.push("webhook_max_events and webhook_max_bytes must be greater than zero".into());
+        }
+        let webhook_allow = self.webhook_allow.unwrap_or_default();
+        for cidr in &webhook_allow {
+            if let Err(e) = crate::webhook::guard::parse_cidr(cidr) {
+                errors.push(format!("webhook_allow {cidr:?}: {e}"));
+            }
+        }
+        let api_rate = self.api_rate.unwrap_or(DEFAULT_API_RATE);
+        let api_burst = self.api_burst.unwrap_or(DEFAULT_API_BURST);
+        if api_rate == 0 || api_burst == 0 {
+            errors.push("api_rate and api_burst must be greater than zero".into());
         }
         let settings = Settings {
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -243,6 +326,14 @@ impl SettingsLayer {
             idle_timeout,
             drain,
             log,
+            webhook_window,
+            webhook_max_events,
+            webhook_max_bytes,
+            webhook_timeout,
+            webhook_allow,
+            admin_remote: self.admin_remote.unwrap_or(false),
+            api_rate,
+            api_burst,
         };
         if settings.quic_listen.port() != 0 && settings.quic_listen == settings.https_listen {
             errors.push("quic_listen and https_listen must differ".into());

@@ -31,6 +31,13 @@ use crate::puid::PuidKey;
 /// Capacity of the event channel; a subscriber that falls this far behind loses events.
 pub const EVENT_CHANNEL: usize = 65_536;
 
+/// Where presence events go besides the in-process subscribers: the webhook outbox.
+/// Called under the user's shard lock, so it must not block.
+pub trait PresenceSink: Send + Sync + std::fmt::Debug {
+    /// Takes one event.
+    fn publish(&self, event: &PresenceEvent);
+}
+
 /// One change of what an app sees of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEvent {
@@ -109,14 +116,19 @@ pub struct PresenceTable {
     reverse: DashMap<Puid, (AppId, String)>,
     puid_key: PuidKey,
     events: broadcast::Sender<PresenceEvent>,
+    sink: Option<std::sync::Arc<dyn PresenceSink>>,
     metrics: std::sync::Arc<Metrics>,
 }
 
 impl PresenceTable {
     /// An empty table.
-    pub fn new(puid_key: PuidKey, metrics: std::sync::Arc<Metrics>) -> PresenceTable {
+    pub fn new(
+        puid_key: PuidKey,
+        metrics: std::sync::Arc<Metrics>,
+        sink: Option<std::sync::Arc<dyn PresenceSink>>,
+    ) -> PresenceTable {
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
-        PresenceTable { users: DashMap::new(), reverse: DashMap::new(), puid_key, events, metrics }
+        PresenceTable { users: DashMap::new(), reverse: DashMap::new(), puid_key, events, sink, metrics }
     }
 
     /// A receiver of every presence event from now on.
@@ -203,6 +215,39 @@ impl PresenceTable {
         entry.views.iter().find(|v| v.app_id.as_str() == app_id).map(|v| v.view.clone())
     }
 
+    /// The user behind `puid`, if `app_id` can currently see them.
+    pub fn user_of(&self, app_id: &str, puid: &str) -> Option<String> {
+        let entry = self.reverse.get(puid)?;
+        let (app, user) = entry.value();
+        (app.as_str() == app_id).then(|| user.clone())
+    }
+
+    /// The sessions a notification from `app_id` goes to: the user's devices that list the
+    /// app, are not silent, and do not appear offline.
+    pub fn reachable(&self, user: &str, app_id: &str) -> Vec<SessionHandle> {
+        let Some(entry) = self.users.get(user) else { return Vec::new() };
+        entry
+            .devices
+            .iter()
+            .filter(|d| !d.silent && d.state.status != Status::Offline)
+            .filter(|d| d.state.visibility.iter().any(|app| app.as_str() == app_id))
+            .map(|d| d.handle.clone())
+            .collect()
+    }
+
+    /// Removes an app from every visibility list of a user (a revocation): the app stops
+    /// seeing the user at once, and learns `offline` if it saw them.
+    pub fn revoke(&self, user: &str, app_id: &str) {
+        let Some(mut entry) = self.users.get_mut(user) else { return };
+        let mut apps = Vec::new();
+        for device in &mut entry.devices {
+            if let Some(index) = device.state.visibility.iter().position(|app| app.as_str() == app_id) {
+                apps.push(device.state.visibility.remove(index));
+            }
+        }
+        self.refresh(user, &mut entry, apps);
+    }
+
     /// Every session of a user, for notifications and drains.
     pub fn sessions_of(&self, user: &str) -> Vec<SessionHandle> {
         self.users.get(user).map(|e| e.devices.iter().map(|d| d.handle.clone()).collect()).unwrap_or_default()
@@ -285,6 +330,9 @@ impl PresenceTable {
             seq: entry.view.seq,
             at_ms: entry.view.since_ms,
         };
+        if let Some(sink) = &self.sink {
+            sink.publish(&event);
+        }
         // No subscriber is not an error: nobody is listening yet.
         let _ = self.events.send(event);
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use presence_protocol::{Accept, ErrorCode, Hello, Reason, ServerEvent, ServerSession, Transmit};
+use presence_protocol::{Accept, AppId, ErrorCode, Hello, Reason, ServerEvent, ServerSession, Transmit};
 use quinn::VarInt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -171,6 +171,7 @@ impl Driver<'_> {
             }
             SessionCommand::Notify(notify) => self.session.notify(Instant::now(), notify),
             SessionCommand::Cancel { id, reason } => self.session.cancel(id, reason),
+            SessionCommand::Revoked { app_id } => self.session.revoked(app_id),
             SessionCommand::GoAway { reason, retry_after } => {
                 self.session.go_away(Reason::truncating(&reason), retry_after)
             }
@@ -195,20 +196,17 @@ impl Driver<'_> {
                     });
                 }
                 ServerEvent::Visibility(apps) => self.update(|state| state.visibility = apps.into_vec()),
-                ServerEvent::Authorize(authorize) => {
-                    if let Some(identity) = &self.identity {
-                        let puid = self.shared.table.puid(&authorize.app_id, &identity.user);
-                        let _ = self.session.authorized(authorize.app_id, puid);
-                    }
-                }
-                ServerEvent::Revoke(revoke) => {
-                    let _ = self.session.revoked(revoke.app_id);
-                }
+                ServerEvent::Authorize(authorize) => self.authorize(authorize.app_id, &authorize.state),
+                ServerEvent::Revoke(revoke) => self.revoke(revoke.app_id, handle),
                 ServerEvent::Reauth(token) => self.reauth(&token),
                 ServerEvent::NotifyResponse(response) => {
-                    debug!(id = response.id, response = ?response.response, "notification answered");
+                    if let Some(identity) = &self.identity {
+                        let notifications = &self.shared.services.notifications;
+                        notifications.respond(response.id, &identity.user, self.id, response.response);
+                    }
                 }
-                ServerEvent::NotificationMissed { id } => debug!(id, "notification missed"),
+                // The notification manager's own timer decides `missed` for the whole user.
+                ServerEvent::NotificationMissed { id } => debug!(id, "notification expired on this device"),
                 ServerEvent::Silent => self.set_silent(true),
                 ServerEvent::Alive => self.set_silent(false),
                 ServerEvent::Closed(close) => {
@@ -224,7 +222,7 @@ impl Driver<'_> {
 
     async fn authenticate(&mut self, hello: Hello, handle: &SessionHandle) {
         let now = unix_now();
-        let claims = match self.shared.verifier.verify(&hello.token, now) {
+        let claims = match self.shared.services.verifier.verify(&hello.token, now) {
             Ok(claims) if claims.did == hello.device_id.as_str() => claims,
             Ok(_) => return self.refuse(ErrorCode::UNAUTHENTICATED, "token is for another device", "device"),
             Err(TokenError::Expired) => {
@@ -259,7 +257,7 @@ impl Driver<'_> {
             message: hello.message.into_string(),
             visibility: hello.visibility.into_vec(),
         };
-        let replaced = self.shared.table.connect(&claims.sub, &claims.did, handle.clone(), state);
+        let replaced = self.shared.services.table.connect(&claims.sub, &claims.did, handle.clone(), state);
         if let Some(ghost) = replaced {
             ghost.send(SessionCommand::Close {
                 code: ErrorCode::REPLACED,
@@ -271,6 +269,38 @@ impl Driver<'_> {
         self.handshake = None;
     }
 
+    /// The user authorizes an app: answer with its PUID and tell the app (`grant`).
+    fn authorize(&mut self, app_id: AppId, state: &str) {
+        let Some(identity) = &self.identity else { return };
+        let services = &self.shared.services;
+        if !services.apps.exists(&app_id) {
+            let _ = self.session.denied(app_id, ErrorCode::UNKNOWN_APP, Reason::truncating("no such app"));
+            return;
+        }
+        let puid = services.table.puid(&app_id, &identity.user);
+        services.outbound.grant(&app_id, &puid, state);
+        let _ = self.session.authorized(app_id, puid);
+    }
+
+    /// The user withdraws an app: it stops seeing the user on every device at once, learns
+    /// `revoke`, and every session of the user is told to drop it from its list.
+    fn revoke(&mut self, app_id: AppId, own: &SessionHandle) {
+        let Some(identity) = &self.identity else { return };
+        let services = &self.shared.services;
+        if !services.apps.exists(&app_id) {
+            let _ = self.session.denied(app_id, ErrorCode::UNKNOWN_APP, Reason::truncating("no such app"));
+            return;
+        }
+        services.table.revoke(&identity.user, &app_id);
+        services.outbound.revoke(&app_id, &services.table.puid(&app_id, &identity.user));
+        for session in services.table.sessions_of(&identity.user) {
+            if session.id != own.id {
+                session.send(SessionCommand::Revoked { app_id: app_id.clone() });
+            }
+        }
+        let _ = self.session.revoked(app_id);
+    }
+
     fn refuse(&mut self, code: ErrorCode, detail: &str, label: &'static str) {
         self.shared.metrics.handshakes_failed.get_or_create(&reason(label)).inc();
         info!(code = %code, detail, "hello refused");
@@ -280,7 +310,7 @@ impl Driver<'_> {
     fn reauth(&mut self, token: &str) {
         let Some(identity) = &self.identity else { return };
         let now = unix_now();
-        match self.shared.verifier.verify(token, now) {
+        match self.shared.services.verifier.verify(token, now) {
             Ok(claims) if claims.sub == identity.user && claims.did == identity.device => {
                 let valid = Duration::from_secs(claims.exp.saturating_sub(now));
                 self.session.renew_token(Instant::now(), Some(valid));
@@ -295,14 +325,14 @@ impl Driver<'_> {
 
     fn update(&self, change: impl FnOnce(&mut DeviceState)) {
         if let Some(identity) = &self.identity {
-            self.shared.table.update(&identity.user, &identity.device, self.id, change);
+            self.shared.services.table.update(&identity.user, &identity.device, self.id, change);
         }
     }
 
     fn set_silent(&self, silent: bool) {
         if let Some(identity) = &self.identity {
             info!(silent, "liveness changed");
-            self.shared.table.set_silent(&identity.user, &identity.device, self.id, silent);
+            self.shared.services.table.set_silent(&identity.user, &identity.device, self.id, silent);
         }
     }
 
@@ -327,7 +357,7 @@ impl Driver<'_> {
     /// Takes the device off the table and closes the connection with the session's code.
     fn finish(&mut self) {
         if let Some(identity) = &self.identity {
-            self.shared.table.disconnect(&identity.user, &identity.device, self.id);
+            self.shared.services.table.disconnect(&identity.user, &identity.device, self.id);
         }
         let code = self.closed.unwrap_or(ErrorCode::NO_ERROR);
         let _ = self.send.finish();

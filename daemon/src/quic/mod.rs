@@ -18,9 +18,12 @@ use presence_protocol::{ALPN, ServerConfig as ProtocolConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use tokio::sync::watch;
 
+use crate::apps::Apps;
 use crate::auth::TokenVerifier;
 use crate::credentials::crypto_provider;
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::notify::Notifications;
+use crate::outbound::Outbound;
 use crate::settings::Settings;
 use crate::table::PresenceTable;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -47,12 +50,28 @@ pub fn transport_config(idle_timeout: Duration) -> Result<TransportConfig> {
     Ok(transport)
 }
 
+/// The daemon services a session uses.
+#[derive(Debug)]
+pub struct SessionServices {
+    /// Verifies device tokens.
+    pub verifier: TokenVerifier,
+    /// The presence table.
+    pub table: Arc<PresenceTable>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Registered apps (authorize and revoke check them).
+    pub apps: Arc<Apps>,
+    /// Grant and revoke webhook events.
+    pub outbound: Arc<Outbound>,
+    /// Live notifications (answers go here).
+    pub notifications: Arc<Notifications>,
+}
+
 /// What every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) protocol: Arc<ProtocolConfig>,
-    pub(crate) verifier: TokenVerifier,
-    pub(crate) table: Arc<PresenceTable>,
+    pub(crate) services: SessionServices,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) next_session: AtomicU64,
     pub(crate) handshaking: AtomicU32,
@@ -75,9 +94,7 @@ impl QuicServer {
     pub(crate) fn bind(
         settings: &Settings,
         (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
-        verifier: TokenVerifier,
-        table: Arc<PresenceTable>,
-        metrics: Arc<Metrics>,
+        services: SessionServices,
         shutdown: watch::Receiver<bool>,
     ) -> Result<QuicServer> {
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
@@ -103,9 +120,8 @@ impl QuicServer {
         };
         let shared = Arc::new(Shared {
             protocol: Arc::new(protocol),
-            verifier,
-            table,
-            metrics,
+            metrics: services.metrics.clone(),
+            services,
             next_session: AtomicU64::new(1),
             handshaking: AtomicU32::new(0),
             shutdown,

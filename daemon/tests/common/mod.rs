@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod receiver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,9 +73,56 @@ impl TestDaemon {
         self.daemon.table().subscribe()
     }
 
+    /// An HTTPS client trusting the dev CA.
+    pub fn http(&self) -> reqwest::Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in &self.roots {
+            roots.add(cert.clone()).expect("root");
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("https client")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.info.https)
+    }
+
+    /// Registers an app through the admin API; returns its `add` answer.
+    pub async fn register(&self, name: &str, webhook: &str) -> RegisteredApp {
+        let response = self
+            .http()
+            .post(self.url("/v1/admin/apps"))
+            .bearer_auth(&self.info.admin_token)
+            .json(&serde_json::json!({"name": name, "webhook_url": webhook}))
+            .send()
+            .await
+            .expect("admin API");
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.expect("json");
+        RegisteredApp {
+            id: body["app_id"].as_str().expect("app_id").to_owned(),
+            api_key: body["api_key"].as_str().expect("api_key").to_owned(),
+            secret: body["webhook_secret"].as_str().expect("secret").to_owned(),
+        }
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
         metric_value(&self.daemon.metrics().render(), name)
     }
+}
+
+/// What registering an app returned.
+#[derive(Debug, Clone)]
+pub struct RegisteredApp {
+    pub id: String,
+    pub api_key: String,
+    pub secret: String,
 }
 
 pub fn unix_now() -> u64 {

@@ -1,0 +1,198 @@
+//! `presenced apps ...`: the admin commands, talking to a running daemon's admin API.
+//!
+//! With `--data-dir` (the default `./presenced-data`) the address, CA and admin token come
+//! from the dev daemon's `dev.json`; `--api`, `--ca` and `--admin-token` override them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::credentials::{DevInfo, read_certs};
+
+/// How to reach the admin API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminTarget {
+    /// Data directory of a `serve --dev` daemon, whose dev.json names the rest.
+    #[arg(long, env = "PRESENCED_DATA_DIR", default_value = crate::settings::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Base URL of the daemon's HTTPS API, e.g. https://127.0.0.1:8443.
+    #[arg(long, env = "PRESENCED_API")]
+    pub api: Option<String>,
+    /// PEM file of the CA that signed the daemon's certificate.
+    #[arg(long, env = "PRESENCED_CA")]
+    pub ca: Option<PathBuf>,
+    /// The admin token.
+    #[arg(long, env = "PRESENCED_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+}
+
+/// The app commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AppsCommand {
+    /// Register an app; prints its id, API key and webhook secret (the key only this once).
+    Add {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Webhook endpoint (https; any address with a --dev daemon).
+        #[arg(long)]
+        webhook: String,
+        /// Print one JSON object with app_id, api_key and webhook_secret.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the apps.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one app.
+    Show {
+        /// The app id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace an app's webhook secret; prints the new one.
+    RotateSecret {
+        /// The app id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn deliveries back on after the endpoint answered 410.
+    Enable {
+        /// The app id.
+        id: String,
+    },
+    /// Remove an app and its undelivered events.
+    Remove {
+        /// The app id.
+        id: String,
+    },
+}
+
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    fn new(target: &AdminTarget) -> Result<Admin> {
+        let dev = DevInfo::load(&target.data_dir).ok();
+        let base = match (&target.api, &dev) {
+            (Some(api), _) => api.trim_end_matches('/').to_owned(),
+            (None, Some(dev)) => dev.https.clone(),
+            (None, None) => bail!("no --api given and no dev.json in {}", target.data_dir.display()),
+        };
+        let ca = target.ca.clone().or_else(|| dev.as_ref().map(|d| d.ca_cert.clone()));
+        let token = target
+            .admin_token
+            .clone()
+            .or_else(|| dev.as_ref().map(|d| d.admin_token.clone()))
+            .context("no --admin-token given and no dev.json to read it from")?;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = ca {
+            for cert in read_certs(&ca)? {
+                roots.add(cert).context("unusable CA certificate")?;
+            }
+        }
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build()?;
+        Ok(Admin { http, base, token })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+        let url = format!("{}/v1/admin/apps{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    Some(format!("{} ({})", v["error"]["message"].as_str()?, v["error"]["code"].as_str()?))
+                })
+                .unwrap_or(text);
+            bail!("{status}: {message}");
+        }
+        Ok(if text.is_empty() { None } else { Some(serde_json::from_str(&text)?) })
+    }
+}
+
+/// Runs one app command.
+pub async fn run(target: &AdminTarget, command: AppsCommand) -> Result<()> {
+    let admin = Admin::new(target)?;
+    use reqwest::Method;
+    match command {
+        AppsCommand::Add { name, webhook, json } => {
+            let body = serde_json::json!({"name": name, "webhook_url": webhook});
+            let created = admin.call(Method::POST, "", Some(body)).await?.context("empty answer")?;
+            if json {
+                println!("{created}");
+            } else {
+                println!("app_id:         {}", created["app_id"].as_str().unwrap_or_default());
+                println!("api_key:        {}", created["api_key"].as_str().unwrap_or_default());
+                println!("webhook_secret: {}", created["webhook_secret"].as_str().unwrap_or_default());
+                println!("(the API key is shown only now; store it)");
+            }
+        }
+        AppsCommand::List { json } => {
+            let list = admin.call(Method::GET, "", None).await?.context("empty answer")?;
+            if json {
+                println!("{list}");
+            } else {
+                for app in list["apps"].as_array().into_iter().flatten() {
+                    print_app(app);
+                }
+            }
+        }
+        AppsCommand::Show { id, json } => {
+            let app = admin.call(Method::GET, &format!("/{id}"), None).await?.context("empty answer")?;
+            if json { println!("{app}") } else { print_app(&app) }
+        }
+        AppsCommand::RotateSecret { id, json } => {
+            let rotated =
+                admin.call(Method::POST, &format!("/{id}/rotate-secret"), None).await?.context("empty")?;
+            if json {
+                println!("{rotated}");
+            } else {
+                println!("webhook_secret: {}", rotated["webhook_secret"].as_str().unwrap_or_default());
+            }
+        }
+        AppsCommand::Enable { id } => {
+            admin.call(Method::POST, &format!("/{id}/enable"), None).await?;
+            println!("{id} enabled");
+        }
+        AppsCommand::Remove { id } => {
+            admin.call(Method::DELETE, &format!("/{id}"), None).await?;
+            println!("{id} removed");
+        }
+    }
+    Ok(())
+}
+
+fn print_app(app: &Value) {
+    println!(
+        "{}  {}  {}{}  outbox {}",
+        app["app_id"].as_str().unwrap_or_default(),
+        app["name"].as_str().unwrap_or_default(),
+        app["webhook_url"].as_str().unwrap_or_default(),
+        if app["disabled"].as_bool() == Some(true) { "  DISABLED" } else { "" },
+        app["outbox_depth"],
+    );
+}

@@ -1,0 +1,149 @@
+//! The admin API: register, list, show, rotate, re-enable and remove apps.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::extract::{AdminAuth, ApiJson};
+use super::{ApiError, ApiState};
+use crate::store::AppRecord;
+
+/// Longest app name.
+const MAX_NAME: usize = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Create {
+    name: String,
+    webhook_url: String,
+}
+
+/// What `add` returns: the only time the API key is shown.
+#[derive(Debug, Serialize)]
+pub(super) struct Created {
+    app_id: String,
+    api_key: String,
+    webhook_secret: String,
+    name: String,
+    webhook_url: String,
+}
+
+/// An app as the admin sees it: never the API key, never the secret.
+#[derive(Debug, Serialize)]
+pub(super) struct AppView {
+    app_id: String,
+    name: String,
+    webhook_url: String,
+    created_at: u64,
+    disabled: bool,
+    outbox_depth: u64,
+}
+
+fn view(state: &ApiState, app: AppRecord) -> AppView {
+    let outbox_depth = state.fanout.depth(&app.id);
+    AppView {
+        app_id: app.id,
+        name: app.name,
+        webhook_url: app.webhook_url,
+        created_at: app.created_ms,
+        disabled: app.disabled,
+        outbox_depth,
+    }
+}
+
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+    ApiJson(request): ApiJson<Create>,
+) -> Result<(StatusCode, axum::Json<Created>), ApiError> {
+    let name = request.name.trim();
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ApiError::invalid(format!("`name` must be 1 to {MAX_NAME} bytes")));
+    }
+    state
+        .url_policy
+        .validate(&request.webhook_url)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_webhook_url", e.to_string()))?;
+    let created = state.apps.create(name, &request.webhook_url).map_err(ApiError::internal)?;
+    state.fanout.app_changed(&created.app.id);
+    let app = created.app;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Created {
+            app_id: app.id,
+            api_key: created.api_key,
+            webhook_secret: app.webhook_secret,
+            name: app.name,
+            webhook_url: app.webhook_url,
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct List {
+    apps: Vec<AppView>,
+}
+
+pub(super) async fn list(State(state): State<ApiState>, _: AdminAuth) -> Result<axum::Json<List>, ApiError> {
+    let apps = state.apps.list().map_err(ApiError::internal)?;
+    Ok(axum::Json(List { apps: apps.into_iter().map(|app| view(&state, app)).collect() }))
+}
+
+pub(super) async fn show(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AppView>, ApiError> {
+    let app = state
+        .apps
+        .fresh(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("no such app"))?;
+    Ok(axum::Json(view(&state, app)))
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Rotated {
+    app_id: String,
+    webhook_secret: String,
+}
+
+pub(super) async fn rotate_secret(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Rotated>, ApiError> {
+    let app = state
+        .apps
+        .rotate_secret(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("no such app"))?;
+    state.fanout.app_changed(&app.id);
+    Ok(axum::Json(Rotated { app_id: app.id, webhook_secret: app.webhook_secret }))
+}
+
+pub(super) async fn enable(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AppView>, ApiError> {
+    let app = state
+        .apps
+        .enable(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("no such app"))?;
+    state.fanout.app_changed(&app.id);
+    Ok(axum::Json(view(&state, app)))
+}
+
+pub(super) async fn remove(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.apps.remove(&id).map_err(ApiError::internal)? {
+        return Err(ApiError::not_found("no such app"));
+    }
+    state.fanout.app_changed(&id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,106 @@
+//! Request extractors whose failures are [`ApiError`]s, never axum's plain-text rejections.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::store::AppRecord;
+
+/// A JSON body; malformed, oversized or mistyped bodies answer with a JSON error.
+#[derive(Debug)]
+pub(super) struct ApiJson<T>(pub(super) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_error(rejection)),
+        }
+    }
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text())
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.body_text()),
+    }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// The app a request authenticates as (API key), after its rate limit.
+#[derive(Debug)]
+pub(super) struct AppAuth(pub(super) std::sync::Arc<AppRecord>);
+
+impl FromRequestParts<ApiState> for AppAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let Some(key) = bearer(parts) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send Authorization: Bearer <api key>",
+            ));
+        };
+        let Some(app) = state.apps.authenticate(key) else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "unknown API key"));
+        };
+        state.limiter.check(&app.id).map_err(ApiError::rate_limited)?;
+        Ok(AppAuth(app))
+    }
+}
+
+/// An admin request: the admin token, from an allowed address.
+#[derive(Debug)]
+pub(super) struct AdminAuth;
+
+impl FromRequestParts<ApiState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let peer = parts.extensions.get::<super::Peer>().map(|peer| peer.0);
+        if !state.admin_remote && !peer.is_some_and(|addr| addr.ip().is_loopback()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_forbidden",
+                "the admin API answers loopback clients only (see admin_remote)",
+            ));
+        }
+        let Some(expected) = state.admin_token.as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "no admin token is configured",
+            ));
+        };
+        // Compare digests, not the tokens, so the time taken says nothing about the token.
+        let given = crate::apps::sha256_hex(bearer(parts).unwrap_or_default());
+        if given != crate::apps::sha256_hex(expected) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "invalid admin token"));
+        }
+        Ok(AdminAuth)
+    }
+}

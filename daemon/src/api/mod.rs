@@ -1,0 +1,132 @@
+//! The HTTPS APIs: the AppService API (`/v1/presence`, `/v1/notifications`, API key), the
+//! admin API (`/v1/admin/apps`, admin token, loopback only by default), and the operator
+//! endpoints (`/healthz`, `/metrics`, `/openapi.json`).
+//!
+//! `openapi.json` beside this crate's manifest documents every route and every error code;
+//! a test checks that the routes served and the routes documented are the same.
+
+mod admin;
+pub mod error;
+mod extract;
+mod limit;
+mod notifications;
+mod presence;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+pub use limit::RateLimiter;
+
+use crate::apps::Apps;
+use crate::metrics::Metrics;
+use crate::notify::Notifications;
+use crate::table::PresenceTable;
+use crate::webhook::fanout::Fanout;
+use crate::webhook::guard::UrlPolicy;
+
+/// Largest request body accepted (a query of 1,000 PUIDs is about 30 KiB).
+pub const MAX_BODY: usize = 128 * 1024;
+
+/// The OpenAPI 3.1 document, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// The client's address, attached to every request by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The presence table.
+    pub table: Arc<PresenceTable>,
+    /// Registered apps.
+    pub apps: Arc<Apps>,
+    /// Live notifications.
+    pub notifications: Arc<Notifications>,
+    /// Per-app request rate limit.
+    pub limiter: Arc<RateLimiter>,
+    /// Webhook delivery, told when apps change.
+    pub fanout: Arc<Fanout>,
+    /// Which webhook URLs are acceptable.
+    pub url_policy: Arc<UrlPolicy>,
+    /// The admin bearer token; the admin API is off without one.
+    pub admin_token: Option<Arc<str>>,
+    /// Whether the admin API answers non-loopback clients.
+    pub admin_remote: bool,
+}
+
+/// Every route [`router`] serves, as (method, path template), in the order it adds them.
+/// `tests/openapi.rs` checks that this list, the `.route(...)` calls below and the `paths`
+/// of openapi.json are the same set, and that a running daemon answers each one.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/v1/presence/{puid}"),
+    ("POST", "/v1/presence/query"),
+    ("POST", "/v1/notifications"),
+    ("GET", "/v1/notifications/{id}"),
+    ("POST", "/v1/admin/apps"),
+    ("GET", "/v1/admin/apps"),
+    ("GET", "/v1/admin/apps/{id}"),
+    ("DELETE", "/v1/admin/apps/{id}"),
+    ("POST", "/v1/admin/apps/{id}/rotate-secret"),
+    ("POST", "/v1/admin/apps/{id}/enable"),
+];
+
+/// Every route.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/presence/{puid}", get(presence::get_one))
+        .route("/v1/presence/query", post(presence::query))
+        .route("/v1/notifications", post(notifications::create))
+        .route("/v1/notifications/{id}", get(notifications::get_one))
+        .route("/v1/admin/apps", post(admin::create).get(admin::list))
+        .route("/v1/admin/apps/{id}", get(admin::show).delete(admin::remove))
+        .route("/v1/admin/apps/{id}/rotate-secret", post(admin::rotate_secret))
+        .route("/v1/admin/apps/{id}/enable", post(admin::enable))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok", "users": state.table.users()}))
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Counts every answer by HTTP status.
+async fn track(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    state.metrics.http_responses.get_or_create(&crate::metrics::StatusLabel { status }).inc();
+    response
+}

@@ -1,0 +1,75 @@
+//! `POST /v1/notifications` and `GET /v1/notifications/{id}`.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use presence_protocol::{AppId, Body, Data, Title};
+use serde::Deserialize;
+
+use super::extract::{ApiJson, AppAuth};
+use super::{ApiError, ApiState};
+use crate::notify::{MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView};
+
+/// Default time to live when the request names none.
+const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Create {
+    to: Vec<String>,
+    title: String,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    mode: Option<Mode>,
+}
+
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    AppAuth(app): AppAuth,
+    ApiJson(request): ApiJson<Create>,
+) -> Result<(StatusCode, axum::Json<NotificationView>), ApiError> {
+    if request.to.is_empty() || request.to.len() > MAX_RECIPIENTS {
+        return Err(ApiError::invalid(format!("`to` must name 1 to {MAX_RECIPIENTS} puids")));
+    }
+    let ttl = request.ttl_ms.map_or(DEFAULT_TTL, Duration::from_millis);
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ttl_out_of_range",
+            format!("ttl_ms must be between {} and {}", MIN_TTL.as_millis(), MAX_TTL.as_millis()),
+        ));
+    }
+    let too_long =
+        |field: &str, max: usize| ApiError::invalid(format!("`{field}` is longer than {max} bytes"));
+    let title = Title::new(request.title).map_err(|e| too_long("title", e.max))?;
+    let body = Body::new(request.body).map_err(|e| too_long("body", e.max))?;
+    let data = request.data.map_or_else(String::new, |value| value.to_string());
+    let data = Data::new(data).map_err(|e| too_long("data (as JSON text)", e.max))?;
+    let app_id = AppId::new(app.id.as_str()).map_err(ApiError::internal)?;
+    let notification = NewNotification {
+        app_id,
+        to: request.to,
+        title,
+        body,
+        data,
+        ttl,
+        mode: request.mode.unwrap_or(Mode::All),
+    };
+    Ok((StatusCode::CREATED, axum::Json(state.notifications.send(notification))))
+}
+
+pub(super) async fn get_one(
+    State(state): State<ApiState>,
+    AppAuth(app): AppAuth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<NotificationView>, ApiError> {
+    let not_found = || ApiError::not_found("no such notification");
+    let id: u64 = id.parse().map_err(|_| not_found())?;
+    state.notifications.get(&app.id, id).map(axum::Json).ok_or_else(not_found)
+}

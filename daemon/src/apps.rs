@@ -1,0 +1,140 @@
+//! The registered AppServices, cached in memory over the store: API-key lookups happen on
+//! every API request and must not touch the disk.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use dashmap::DashMap;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::store::{AppRecord, Store, StoreError};
+use crate::webhook::secret::WebhookSecret;
+
+/// Prefix of API keys, so a leaked one is recognisable in logs and secret scanners.
+pub const API_KEY_PREFIX: &str = "pk_";
+/// Prefix of app ids.
+pub const APP_ID_PREFIX: &str = "app_";
+
+/// What `create` returns: the record and the API key, which is shown once and never stored.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The stored record.
+    pub app: AppRecord,
+    /// The API key in clear.
+    pub api_key: String,
+}
+
+/// The app registry.
+#[derive(Debug)]
+pub struct Apps {
+    store: Arc<dyn Store>,
+    by_id: DashMap<String, Arc<AppRecord>>,
+    /// SHA-256 of the API key (hex) → app id.
+    by_key: DashMap<String, String>,
+}
+
+impl Apps {
+    /// Loads every app from the store.
+    pub fn load(store: Arc<dyn Store>) -> Result<Apps, StoreError> {
+        let apps = Apps { store, by_id: DashMap::new(), by_key: DashMap::new() };
+        for app in apps.store.list_apps()? {
+            apps.cache(app);
+        }
+        Ok(apps)
+    }
+
+    /// Registers an app with a fresh id, API key and webhook secret.
+    pub fn create(&self, name: &str, webhook_url: &str) -> Result<Created, StoreError> {
+        let api_key = format!("{API_KEY_PREFIX}{}", random_b64(32));
+        let app = AppRecord {
+            id: format!("{APP_ID_PREFIX}{}", random_b64(12)),
+            name: name.to_owned(),
+            webhook_url: webhook_url.to_owned(),
+            api_key_sha256: sha256_hex(&api_key),
+            webhook_secret: WebhookSecret::generate().to_string(),
+            created_ms: now_ms(),
+            disabled: false,
+        };
+        self.store.put_app(&app)?;
+        self.cache(app.clone());
+        Ok(Created { app, api_key })
+    }
+
+    /// The app an API key belongs to.
+    pub fn authenticate(&self, api_key: &str) -> Option<Arc<AppRecord>> {
+        let id = self.by_key.get(&sha256_hex(api_key))?.clone();
+        self.get(&id)
+    }
+
+    /// One app, from the cache.
+    pub fn get(&self, id: &str) -> Option<Arc<AppRecord>> {
+        self.by_id.get(id).map(|app| app.clone())
+    }
+
+    /// Whether an app id is registered.
+    pub fn exists(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// One app as stored now (the fan-out may have disabled it since it was cached).
+    pub fn fresh(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.store.get_app(id)
+    }
+
+    /// Every app as stored now.
+    pub fn list(&self) -> Result<Vec<AppRecord>, StoreError> {
+        self.store.list_apps()
+    }
+
+    /// Replaces an app's webhook secret; the old one stops working at once.
+    pub fn rotate_secret(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.modify(id, |app| app.webhook_secret = WebhookSecret::generate().to_string())
+    }
+
+    /// Turns webhook deliveries back on after a 410 disabled them.
+    pub fn enable(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.modify(id, |app| app.disabled = false)
+    }
+
+    /// Removes an app and its undelivered events.
+    pub fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let removed = self.store.delete_app(id)?;
+        if let Some((_, app)) = self.by_id.remove(id) {
+            self.by_key.remove(&app.api_key_sha256);
+        }
+        Ok(removed)
+    }
+
+    fn modify(&self, id: &str, change: impl FnOnce(&mut AppRecord)) -> Result<Option<AppRecord>, StoreError> {
+        let Some(mut app) = self.store.get_app(id)? else { return Ok(None) };
+        change(&mut app);
+        self.store.put_app(&app)?;
+        self.cache(app.clone());
+        Ok(Some(app))
+    }
+
+    fn cache(&self, app: AppRecord) {
+        self.by_key.insert(app.api_key_sha256.clone(), app.id.clone());
+        self.by_id.insert(app.id.clone(), Arc::new(app));
+    }
+}
+
+/// Lowercase hex SHA-256, for API keys at rest.
+pub fn sha256_hex(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_b64(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // The system RNG failing is not recoverable; an all-zero key would be worse than none.
+    SystemRandom::new().fill(&mut buf).expect("system randomness");
+    B64URL.encode(buf)
+}
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,294 @@
+//! Live notifications: from an app to a user's online devices, answered or expired.
+//!
+//! A notification goes to every device of each recipient that lists the app in its
+//! visibility, is not silent and does not appear offline. A recipient with no such device
+//! is `undeliverable` at once. The first `accept` or `dismiss` from one of a recipient's
+//! devices decides that recipient's outcome, and the recipient's other devices get
+//! `Cancel(answered)`. In `first-accept` mode (ask several helpers at once) the first
+//! acceptance also decides every other pending recipient as `taken`, and their devices get
+//! `Cancel(taken)`. Whatever is still pending at the expiry is `missed`.
+//!
+//! Every decided outcome goes out as a webhook event (at least once, through the durable
+//! outbox) and can be read with `GET /v1/notifications/{id}` until [`RETENTION`] after the
+//! expiry.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use presence_protocol::{AppId, Body, CancelReason, Data, Notify, Response, Title};
+use serde::Serialize;
+
+use crate::apps::now_ms;
+use crate::handle::{SessionCommand, SessionHandle};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::outbound::Outbound;
+use crate::table::PresenceTable;
+
+/// How long a notification stays readable after it expired.
+pub const RETENTION: Duration = Duration::from_secs(3_600);
+/// Shortest time to live an app may ask for.
+pub const MIN_TTL: Duration = Duration::from_secs(5);
+/// Longest time to live an app may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(600);
+/// Most recipients of one notification.
+pub const MAX_RECIPIENTS: usize = 1_000;
+
+/// Who decides a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Each recipient answers for themselves.
+    All,
+    /// The first recipient to accept takes it from everyone else.
+    FirstAccept,
+}
+
+/// A recipient's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Shown, not yet answered.
+    Pending,
+    /// Accepted on one of the user's devices.
+    Accepted,
+    /// Dismissed on one of the user's devices.
+    Dismissed,
+    /// Expired unanswered.
+    Missed,
+    /// The user had no device to show it on (offline, unknown or revoked: all read alike).
+    Undeliverable,
+    /// First-accept mode: another recipient accepted first.
+    Taken,
+}
+
+impl Outcome {
+    /// The stable name used in webhooks, the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Accepted => "accepted",
+            Outcome::Dismissed => "dismissed",
+            Outcome::Missed => "missed",
+            Outcome::Undeliverable => "undeliverable",
+            Outcome::Taken => "taken",
+        }
+    }
+}
+
+/// A validated request to notify.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// The sending app.
+    pub app_id: AppId,
+    /// Recipients' PUIDs (deduplicated by the caller or here).
+    pub to: Vec<String>,
+    /// Title.
+    pub title: Title,
+    /// Body.
+    pub body: Body,
+    /// Opaque data.
+    pub data: Data,
+    /// Time to live, within [`MIN_TTL`]..=[`MAX_TTL`].
+    pub ttl: Duration,
+    /// Who decides.
+    pub mode: Mode,
+}
+
+/// What `GET /v1/notifications/{id}` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotificationView {
+    /// The id, as a decimal string.
+    pub id: String,
+    /// Who decides.
+    pub mode: Mode,
+    /// Creation time, Unix milliseconds.
+    pub created_at: u64,
+    /// Expiry, Unix milliseconds.
+    pub expires_at: u64,
+    /// Each recipient's outcome, in request order.
+    pub recipients: Vec<RecipientView>,
+}
+
+/// One recipient in a [`NotificationView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientView {
+    /// The recipient.
+    pub puid: String,
+    /// Its outcome so far.
+    pub outcome: Outcome,
+    /// When it was decided, Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Recipient {
+    puid: String,
+    user: Option<String>,
+    outcome: Outcome,
+    decided_at: Option<u64>,
+    sessions: Vec<SessionHandle>,
+}
+
+#[derive(Debug)]
+struct Record {
+    app_id: String,
+    mode: Mode,
+    created_at: u64,
+    expires_at: u64,
+    recipients: Vec<Recipient>,
+}
+
+/// The notification manager.
+#[derive(Debug)]
+pub struct Notifications {
+    records: DashMap<u64, Mutex<Record>>,
+    table: Arc<PresenceTable>,
+    outbound: Arc<Outbound>,
+    metrics: Arc<Metrics>,
+}
+
+impl Notifications {
+    /// A manager that reaches devices through `table` and reports through `outbound`.
+    pub fn new(table: Arc<PresenceTable>, outbound: Arc<Outbound>, metrics: Arc<Metrics>) -> Notifications {
+        Notifications { records: DashMap::new(), table, outbound, metrics }
+    }
+
+    /// Sends a notification and returns its initial view (undeliverable recipients are
+    /// already decided).
+    pub fn send(self: &Arc<Self>, request: NewNotification) -> NotificationView {
+        let id = self.fresh_id();
+        let created_at = now_ms();
+        let ttl_ms = u32::try_from(request.ttl.as_millis()).unwrap_or(u32::MAX);
+        let notify = Notify {
+            id,
+            app_id: request.app_id.clone(),
+            title: request.title,
+            body: request.body,
+            data: request.data,
+            expires_in_ms: ttl_ms,
+        };
+        let mut recipients = Vec::with_capacity(request.to.len());
+        for puid in request.to {
+            if recipients.iter().any(|r: &Recipient| r.puid == puid) {
+                continue;
+            }
+            let user = self.table.user_of(&request.app_id, &puid);
+            let reachable =
+                user.as_deref().map(|u| self.table.reachable(u, &request.app_id)).unwrap_or_default();
+            let sessions: Vec<SessionHandle> =
+                reachable.into_iter().filter(|s| s.send(SessionCommand::Notify(notify.clone()))).collect();
+            let mut recipient =
+                Recipient { puid, user, outcome: Outcome::Pending, decided_at: None, sessions };
+            if recipient.sessions.is_empty() {
+                self.decide(&request.app_id, id, &mut recipient, Outcome::Undeliverable);
+            }
+            recipients.push(recipient);
+        }
+        let record = Record {
+            app_id: request.app_id.into_string(),
+            mode: request.mode,
+            created_at,
+            expires_at: created_at + u64::from(ttl_ms),
+            recipients,
+        };
+        let view = view(id, &record);
+        self.records.insert(id, Mutex::new(record));
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(request.ttl).await;
+            manager.expire(id);
+            tokio::time::sleep(RETENTION).await;
+            manager.records.remove(&id);
+        });
+        view
+    }
+
+    /// A device answered. Only the first answer per recipient counts.
+    pub fn respond(&self, id: u64, user: &str, session: u64, response: Response) {
+        let Some(record) = self.records.get(&id) else { return };
+        let Ok(mut record) = record.lock() else { return };
+        let record = &mut *record;
+        let Some(index) = record.recipients.iter().position(|r| {
+            r.outcome == Outcome::Pending
+                && r.user.as_deref() == Some(user)
+                && r.sessions.iter().any(|s| s.id == session)
+        }) else {
+            return;
+        };
+        let outcome = match response {
+            Response::Accepted => Outcome::Accepted,
+            Response::Dismissed => Outcome::Dismissed,
+        };
+        let recipient = &mut record.recipients[index];
+        self.decide(&record.app_id, id, recipient, outcome);
+        cancel(recipient.sessions.iter().filter(|s| s.id != session), id, CancelReason::Answered);
+        if record.mode == Mode::FirstAccept && outcome == Outcome::Accepted {
+            for (other, recipient) in record.recipients.iter_mut().enumerate() {
+                if other != index && recipient.outcome == Outcome::Pending {
+                    self.decide(&record.app_id, id, recipient, Outcome::Taken);
+                    cancel(recipient.sessions.iter(), id, CancelReason::Taken);
+                }
+            }
+        }
+    }
+
+    /// The view of a notification, for the app that sent it only.
+    pub fn get(&self, app_id: &str, id: u64) -> Option<NotificationView> {
+        let record = self.records.get(&id)?;
+        let record = record.lock().ok()?;
+        (record.app_id == app_id).then(|| view(id, &record))
+    }
+
+    fn expire(&self, id: u64) {
+        let Some(record) = self.records.get(&id) else { return };
+        let Ok(mut record) = record.lock() else { return };
+        let record = &mut *record;
+        for recipient in &mut record.recipients {
+            if recipient.outcome == Outcome::Pending {
+                self.decide(&record.app_id, id, recipient, Outcome::Missed);
+                // Devices expire it themselves at the same moment; the cancel tidies up any
+                // whose clock runs slow.
+                cancel(recipient.sessions.iter(), id, CancelReason::Expired);
+            }
+        }
+    }
+
+    fn decide(&self, app_id: &str, id: u64, recipient: &mut Recipient, outcome: Outcome) {
+        recipient.outcome = outcome;
+        recipient.decided_at = Some(now_ms());
+        self.metrics.notifications.get_or_create(&ReasonLabel { reason: outcome.as_str() }).inc();
+        self.outbound.outcome(app_id, id, &recipient.puid, outcome.as_str());
+    }
+
+    /// A fresh id: random, non-zero, below 2^53 so that JSON number readers keep it exact.
+    fn fresh_id(&self) -> u64 {
+        loop {
+            let id = fastrand::u64(1..(1 << 53));
+            if !self.records.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+fn cancel<'a>(sessions: impl Iterator<Item = &'a SessionHandle>, id: u64, reason: CancelReason) {
+    for session in sessions {
+        session.send(SessionCommand::Cancel { id, reason });
+    }
+}
+
+fn view(id: u64, record: &Record) -> NotificationView {
+    NotificationView {
+        id: id.to_string(),
+        mode: record.mode,
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+        recipients: record
+            .recipients
+            .iter()
+            .map(|r| RecipientView { puid: r.puid.clone(), outcome: r.outcome, decided_at: r.decided_at })
+            .collect(),
+    }
+}

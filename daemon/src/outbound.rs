@@ -1,0 +1,72 @@
+//! What AppServices are told: every webhook event is built here, as JSON, with its outbox
+//! compaction key, and handed to the fan-out.
+//!
+//! | `type` | fields | key (compaction) |
+//! | --- | --- | --- |
+//! | `presence` | `puid`, `status`, `message`, `seq`, `at` | `p:<puid>`: only the latest state waits |
+//! | `grant` | `puid`, `state`, `at` | `a:<puid>`: grant and revoke replace each other |
+//! | `revoke` | `puid`, `at` | `a:<puid>` |
+//! | `notification` | `id`, `puid`, `outcome`, `at` | `n:<id>:<puid>`: every outcome is delivered |
+//!
+//! `at` is Unix milliseconds; `seq` increases per PUID (see [`crate::table`]).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::apps::{Apps, now_ms};
+use crate::table::{PresenceEvent, PresenceSink};
+use crate::webhook::fanout::Fanout;
+
+/// Turns daemon happenings into webhook events for registered apps.
+#[derive(Debug)]
+pub struct Outbound {
+    apps: Arc<Apps>,
+    fanout: Arc<Fanout>,
+}
+
+impl Outbound {
+    /// Events go to `fanout`, only for apps registered in `apps`.
+    pub fn new(apps: Arc<Apps>, fanout: Arc<Fanout>) -> Outbound {
+        Outbound { apps, fanout }
+    }
+
+    /// A user authorized an app; `state` lets the app link the PUID to its own account.
+    pub fn grant(&self, app_id: &str, puid: &str, state: &str) {
+        let event = json!({"type": "grant", "puid": puid, "state": state, "at": now_ms()});
+        self.send(app_id, format!("a:{puid}"), &event);
+    }
+
+    /// A user withdrew an app's authorization.
+    pub fn revoke(&self, app_id: &str, puid: &str) {
+        let event = json!({"type": "revoke", "puid": puid, "at": now_ms()});
+        self.send(app_id, format!("a:{puid}"), &event);
+    }
+
+    /// A notification's outcome for one recipient.
+    pub fn outcome(&self, app_id: &str, id: u64, puid: &str, outcome: &str) {
+        let event = json!({"type": "notification", "id": id.to_string(), "puid": puid, "outcome": outcome, "at": now_ms()});
+        self.send(app_id, format!("n:{id}:{puid}"), &event);
+    }
+
+    fn send(&self, app_id: &str, key: String, event: &serde_json::Value) {
+        if !self.apps.exists(app_id) {
+            return;
+        }
+        self.fanout.publish(app_id, vec![(key, event.to_string().into_bytes())]);
+    }
+}
+
+impl PresenceSink for Outbound {
+    fn publish(&self, event: &PresenceEvent) {
+        let json = json!({
+            "type": "presence",
+            "puid": event.puid.as_str(),
+            "status": event.status.as_str(),
+            "message": event.message,
+            "seq": event.seq,
+            "at": event.at_ms,
+        });
+        self.send(&event.app_id, format!("p:{}", event.puid), &json);
+    }
+}

@@ -1,0 +1,401 @@
+//! What an AppService sees, end to end: admin registration, the grant flow, signed batched
+//! webhooks from a real HTTPS receiver, polling, live notifications with every outcome, and
+//! the API's errors.
+
+mod common;
+
+use base64::Engine;
+use common::receiver::{Delivery, Receiver};
+use common::*;
+use presence_client::{Client, Event};
+use presence_protocol::{CancelReason, Status};
+use serde_json::{Value, json};
+
+/// Checks a delivery's Standard Webhooks signature independently of the daemon's code.
+fn verify(delivery: &Delivery, secret: &str) {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
+        .expect("base64 secret");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let mut signed = format!("{}.{}.", delivery.id, delivery.timestamp).into_bytes();
+    signed.extend_from_slice(&delivery.body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, &signed));
+    let ok = delivery.signature.split(' ').any(|sig| sig == format!("v1,{expected}"));
+    assert!(ok, "signature {} does not verify", delivery.signature);
+    assert!(delivery.id.starts_with("msg_"), "webhook-id {}", delivery.id);
+    let timestamp: u64 = delivery.timestamp.parse().expect("timestamp");
+    assert!(timestamp.abs_diff(unix_now()) < 60);
+}
+
+async fn api(
+    daemon: &TestDaemon,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = daemon.http().request(method, daemon.url(path)).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("API call");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn next_notification(client: &mut Client) -> (u64, String) {
+    loop {
+        if let Event::Notification { id, title, .. } = next_client_event(client).await {
+            return (id, title);
+        }
+    }
+}
+
+async fn next_cancel(client: &mut Client) -> (u64, CancelReason) {
+    loop {
+        if let Event::Cancelled { id, reason } = next_client_event(client).await {
+            return (id, reason);
+        }
+    }
+}
+
+#[tokio::test]
+async fn grant_presence_poll_notify_accept_and_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("chat", &receiver.url()).await;
+
+    let mut client = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("connect");
+    client.authorize(app.id.clone(), "alice@chat".into()).await.expect("authorize");
+    let puid = loop {
+        if let Event::Authorized { puid, .. } = next_client_event(&mut client).await {
+            break puid;
+        }
+    };
+
+    let grant = receiver.event(|e| e["type"] == "grant").await;
+    assert_eq!(grant["puid"], puid.as_str());
+    assert_eq!(grant["state"], "alice@chat");
+    let online = receiver.event(|e| e["type"] == "presence").await;
+    assert_eq!((online["puid"].as_str(), online["status"].as_str()), (Some(puid.as_str()), Some("online")));
+    assert!(online["seq"].as_u64().expect("seq") > 0 && online["at"].as_u64().is_some());
+    let delivery = receiver.seen.lock().expect("lock")[0].clone();
+    verify(&delivery, &app.secret);
+    assert_eq!(delivery.json["app_id"], app.id.as_str());
+
+    client.set_status(Status::Away, Some("lunch".into())).await.expect("status");
+    let away = receiver.event(|e| e["type"] == "presence").await;
+    assert_eq!((away["status"].as_str(), away["message"].as_str()), (Some("away"), Some("lunch")));
+    assert!(away["seq"].as_u64() > online["seq"].as_u64());
+
+    let (status, polled) =
+        api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/presence/{puid}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!((polled["status"].as_str(), polled["message"].as_str()), (Some("away"), Some("lunch")));
+    assert_eq!(polled["seq"], away["seq"]);
+    let (status, queried) = api(
+        &daemon,
+        &app.api_key,
+        reqwest::Method::POST,
+        "/v1/presence/query",
+        Some(json!({"puids": [puid, "no-such-puid"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(queried["presence"][0]["status"], "away");
+    assert_eq!(
+        queried["presence"][1],
+        json!({"puid": "no-such-puid", "status": "offline", "message": "", "since": null, "seq": null})
+    );
+
+    let (status, created) = api(
+        &daemon,
+        &app.api_key,
+        reqwest::Method::POST,
+        "/v1/notifications",
+        Some(json!({"to": [puid], "title": "Join the call?", "body": "standup", "data": {"room": 7}, "ttl_ms": 60_000})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["recipients"][0]["outcome"], "pending");
+    let (shown, title) = next_notification(&mut client).await;
+    assert_eq!((shown.to_string(), title.as_str()), (id.clone(), "Join the call?"));
+    client.accept(shown).await.expect("accept");
+
+    let outcome = receiver.event(|e| e["type"] == "notification").await;
+    assert_eq!((outcome["id"].as_str(), outcome["outcome"].as_str()), (Some(id.as_str()), Some("accepted")));
+    assert_eq!(outcome["puid"], puid.as_str());
+    let (status, view) =
+        api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/notifications/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["recipients"][0]["outcome"], "accepted");
+
+    client.close().await;
+    let offline = receiver.event(|e| e["type"] == "presence").await;
+    assert_eq!(offline["status"], "offline");
+}
+
+#[tokio::test]
+async fn every_notification_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("support", &receiver.url()).await;
+    let table = daemon.daemon.table();
+    let (alice, bob, carol) =
+        (table.puid(&app.id, "alice"), table.puid(&app.id, "bob"), table.puid(&app.id, "carol"));
+
+    let mut phone = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("phone");
+    let mut laptop = Client::connect(daemon.options("alice", "laptop", &[&app.id])).await.expect("laptop");
+    let mut bob_phone = Client::connect(daemon.options("bob", "phone", &[&app.id])).await.expect("bob");
+    let notify = |to: Vec<&str>, mode: &str, ttl: u64| json!({"to": to, "title": "help?", "ttl_ms": ttl, "mode": mode});
+    let post = async |body: Value| {
+        let (status, created) =
+            api(&daemon, &app.api_key, reqwest::Method::POST, "/v1/notifications", Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        created
+    };
+
+    // Dismissed on one device: the other device of the same user is cancelled (answered).
+    let created = post(notify(vec![&alice], "all", 60_000)).await;
+    let (id, _) = next_notification(&mut phone).await;
+    assert_eq!(next_notification(&mut laptop).await.0, id);
+    laptop.dismiss(id).await.expect("dismiss");
+    assert_eq!(next_cancel(&mut phone).await, (id, CancelReason::Answered));
+    let event = receiver.event(|e| e["type"] == "notification").await;
+    assert_eq!(
+        (event["id"].as_str(), event["outcome"].as_str()),
+        (created["id"].as_str(), Some("dismissed"))
+    );
+
+    // Offline or unknown recipients are undeliverable at once; carol has no session.
+    let created = post(notify(vec![&carol, "not-a-puid"], "all", 60_000)).await;
+    assert_eq!(created["recipients"][0]["outcome"], "undeliverable");
+    assert_eq!(created["recipients"][1]["outcome"], "undeliverable");
+    let event = receiver.event(|e| e["type"] == "notification" && e["puid"] == carol.as_str()).await;
+    assert_eq!(event["outcome"], "undeliverable");
+
+    // First-accept: bob accepts, alice's devices are cancelled (taken).
+    let created = post(notify(vec![&alice, &bob], "first-accept", 60_000)).await;
+    let id = created["id"].as_str().expect("id").parse::<u64>().expect("numeric id");
+    assert_eq!(next_notification(&mut phone).await.0, id);
+    assert_eq!(next_notification(&mut laptop).await.0, id);
+    assert_eq!(next_notification(&mut bob_phone).await.0, id);
+    bob_phone.accept(id).await.expect("accept");
+    assert_eq!(next_cancel(&mut phone).await, (id, CancelReason::Taken));
+    assert_eq!(next_cancel(&mut laptop).await, (id, CancelReason::Taken));
+    let bob_outcome = receiver.event(|e| e["type"] == "notification" && e["puid"] == bob.as_str()).await;
+    let alice_outcome = receiver.event(|e| e["type"] == "notification" && e["puid"] == alice.as_str()).await;
+    assert_eq!(
+        (bob_outcome["outcome"].as_str(), alice_outcome["outcome"].as_str()),
+        (Some("accepted"), Some("taken"))
+    );
+
+    // Unanswered: missed at the expiry (the shortest ttl is 5 s).
+    let created = post(notify(vec![&bob], "all", 5_000)).await;
+    let (id, _) = next_notification(&mut bob_phone).await;
+    let event = receiver.event(|e| e["type"] == "notification" && e["outcome"] == "missed").await;
+    assert_eq!(event["id"].as_str(), created["id"].as_str());
+    loop {
+        if let Event::Expired { id: expired } = next_client_event(&mut bob_phone).await {
+            assert_eq!(expired, id);
+            break;
+        }
+    }
+    let (status, view) =
+        api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/notifications/{id}"), None).await;
+    assert_eq!((status, view["recipients"][0]["outcome"].as_str()), (200, Some("missed")));
+    assert_eq!(daemon.metric("presence_notifications_total{reason=\"taken\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn revoke_hides_the_user_from_the_app() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("chat", &receiver.url()).await;
+    let other = daemon.register("mail", &receiver.url()).await;
+    let mut phone =
+        Client::connect(daemon.options("alice", "phone", &[&app.id, &other.id])).await.expect("phone");
+    let mut laptop = Client::connect(daemon.options("alice", "laptop", &[&app.id])).await.expect("laptop");
+    let puid = daemon.daemon.table().puid(&app.id, "alice");
+    assert_eq!(
+        receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await["status"],
+        "online"
+    );
+
+    phone.revoke(app.id.clone()).await.expect("revoke");
+    loop {
+        if let Event::Revoked { app_id } = next_client_event(&mut phone).await {
+            assert_eq!(app_id, app.id);
+            break;
+        }
+    }
+    // The user's other device is told too.
+    loop {
+        if let Event::Revoked { app_id } = next_client_event(&mut laptop).await {
+            assert_eq!(app_id, app.id);
+            break;
+        }
+    }
+    assert_eq!(receiver.event(|e| e["type"] == "revoke").await["puid"], puid.as_str());
+    assert_eq!(
+        receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await["status"],
+        "offline"
+    );
+    let (_, polled) =
+        api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/presence/{puid}"), None).await;
+    assert_eq!(polled["status"], "offline");
+    let (_, created) = api(
+        &daemon,
+        &app.api_key,
+        reqwest::Method::POST,
+        "/v1/notifications",
+        Some(json!({"to": [puid], "title": "still there?"})),
+    )
+    .await;
+    assert_eq!(created["recipients"][0]["outcome"], "undeliverable");
+    // The other app still sees alice.
+    let mail_puid = daemon.daemon.table().puid(&other.id, "alice");
+    let (_, polled) =
+        api(&daemon, &other.api_key, reqwest::Method::GET, &format!("/v1/presence/{mail_puid}"), None).await;
+    assert_eq!(polled["status"], "online");
+
+    // Authorizing an unknown app is denied, and the session goes on.
+    phone.authorize("app_nope".into(), "x".into()).await.expect("authorize");
+    loop {
+        if let Event::Denied { app_id, code, .. } = next_client_event(&mut phone).await {
+            assert_eq!((app_id.as_str(), code), ("app_nope", presence_protocol::ErrorCode::UNKNOWN_APP));
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn api_errors_are_json_with_stable_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer =
+        presenced::settings::SettingsLayer { api_rate: Some(1), api_burst: Some(15), ..settings(dir.path()) };
+    let daemon = TestDaemon::start_with(layer).await;
+    let app = daemon.register("chat", "https://127.0.0.1:9/hook").await;
+    let http = daemon.http();
+    let code = |body: &Value| body["error"]["code"].as_str().unwrap_or("<none>").to_owned();
+
+    let response = http.get(daemon.url("/v1/presence/x")).send().await.expect("call");
+    assert_eq!(response.status(), 401);
+    assert_eq!(code(&response.json().await.expect("json")), "unauthenticated");
+    let (status, body) = api(&daemon, "pk_wrong", reqwest::Method::GET, "/v1/presence/x", None).await;
+    assert_eq!((status, code(&body)), (401, "invalid_api_key".into()));
+
+    let post_raw = async |body: &'static str, content_type: &str| {
+        let response = http
+            .post(daemon.url("/v1/notifications"))
+            .bearer_auth(&app.api_key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("call");
+        (response.status().as_u16(), code(&response.json().await.expect("json")))
+    };
+    assert_eq!(post_raw("{not json", "application/json").await, (400, "invalid_json".into()));
+    assert_eq!(post_raw("{}", "text/plain").await, (415, "unsupported_media_type".into()));
+    assert_eq!(
+        post_raw(r#"{"to": ["p"], "title": "t", "colour": 1}"#, "application/json").await.1,
+        "invalid_request"
+    );
+    assert_eq!(
+        post_raw(r#"{"to": ["p"], "title": "t", "ttl_ms": 1000}"#, "application/json").await,
+        (422, "ttl_out_of_range".into())
+    );
+    assert_eq!(
+        post_raw(r#"{"to": ["p"], "title": "t", "ttl_ms": 600001}"#, "application/json").await.1,
+        "ttl_out_of_range"
+    );
+    assert_eq!(
+        post_raw(r#"{"to": [], "title": "t"}"#, "application/json").await,
+        (422, "invalid_request".into())
+    );
+    let many: Vec<String> = (0..1_001).map(|i| format!("p{i}")).collect();
+    let (status, body) =
+        api(&daemon, &app.api_key, reqwest::Method::POST, "/v1/presence/query", Some(json!({"puids": many})))
+            .await;
+    assert_eq!((status, code(&body)), (422, "invalid_request".into()));
+    let huge = json!({"puids": vec!["x".repeat(1_000); 200]});
+    let (status, body) =
+        api(&daemon, &app.api_key, reqwest::Method::POST, "/v1/presence/query", Some(huge)).await;
+    assert_eq!((status, code(&body)), (413, "payload_too_large".into()));
+    let (status, body) =
+        api(&daemon, &app.api_key, reqwest::Method::GET, "/v1/notifications/12345", None).await;
+    assert_eq!((status, code(&body)), (404, "not_found".into()));
+    let (status, body) = api(&daemon, &app.api_key, reqwest::Method::DELETE, "/v1/presence/x", None).await;
+    assert_eq!((status, code(&body)), (405, "method_not_allowed".into()));
+
+    // Admin: a wrong token, and URLs the policy refuses (--dev allows private addresses).
+    let (status, body) = api(&daemon, "adm_wrong", reqwest::Method::GET, "/v1/admin/apps", None).await;
+    assert_eq!((status, code(&body)), (401, "unauthenticated".into()));
+    let (status, body) = api(
+        &daemon,
+        &daemon.info.admin_token,
+        reqwest::Method::POST,
+        "/v1/admin/apps",
+        Some(json!({"name": "x", "webhook_url": "ftp://example.com/hook"})),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (422, "invalid_webhook_url".into()));
+
+    // The rate limit: the burst is spent by now; the next calls are refused with Retry-After.
+    let mut limited = None;
+    for _ in 0..20 {
+        let response =
+            http.get(daemon.url("/v1/presence/x")).bearer_auth(&app.api_key).send().await.expect("call");
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let response = limited.expect("rate limited within 20 calls");
+    let retry_after: u64 =
+        response.headers()["retry-after"].to_str().expect("header").parse().expect("seconds");
+    assert!((1..=2).contains(&retry_after));
+    assert_eq!(code(&response.json().await.expect("json")), "rate_limited");
+}
+
+#[tokio::test]
+async fn apps_cli_add_prints_keys_as_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["apps", "--data-dir"])
+        .arg(dir.path())
+        .args(["add", "--name", "chat", "--webhook", "https://127.0.0.1:9/hook", "--json"])
+        .output()
+        .await
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let added: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let id = added["app_id"].as_str().expect("app_id");
+    assert!(added["api_key"].as_str().expect("api_key").starts_with("pk_"));
+    assert!(added["webhook_secret"].as_str().expect("secret").starts_with("whsec_"));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["apps", "--data-dir"])
+        .arg(dir.path())
+        .args(["list", "--json"])
+        .output()
+        .await
+        .expect("run");
+    let list: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(list["apps"][0]["app_id"], id);
+    assert!(list["apps"][0].get("api_key").is_none(), "the key is never shown again");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["apps", "--data-dir"])
+        .arg(dir.path())
+        .args(["remove", id])
+        .output()
+        .await
+        .expect("run");
+    assert!(output.status.success());
+    assert!(daemon.daemon.table().users() == 0);
+}
