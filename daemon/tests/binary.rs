@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::receiver::Receiver;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -155,4 +157,59 @@ fn bad_configuration_exits_64_and_lists_every_problem() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_setting"));
     let output = Command::new(BIN).args(["serve", "--quic-listen", "not-an-address"]).output().expect("run");
     assert_eq!(output.status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn undelivered_events_survive_kill_9_and_go_out_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, info) = serve(dir.path());
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    receiver.status.store(500, std::sync::atomic::Ordering::Relaxed);
+    let http = https_client(&info);
+    let created: serde_json::Value = http
+        .post(format!("{}/v1/admin/apps", info.https))
+        .bearer_auth(&info.admin_token)
+        .json(&serde_json::json!({"name": "chat", "webhook_url": receiver.url()}))
+        .send()
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("json");
+    let app_id = created["app_id"].as_str().expect("app id").to_owned();
+
+    // A device comes and goes while the receiver fails: the outbox holds its latest state.
+    let roots = transport::read_roots(&info.ca_cert).expect("roots");
+    let mut options = ClientOptions::new(info.quic, roots, token(dir.path(), "alice", "phone"));
+    options.visibility = vec![app_id.clone()];
+    let client = Client::connect(options).await.expect("connect");
+    client.set_status(presence_protocol::Status::Away, Some("gone fishing".into())).await.expect("status");
+    let depth = async || -> f64 {
+        let text = http
+            .get(format!("{}/metrics", info.https))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        metric_value(&text, &format!("presence_outbox_depth{{app=\"{app_id}\"}}"))
+    };
+    let started = Instant::now();
+    while depth().await < 1.0 {
+        assert!(started.elapsed() < WAIT, "event never reached the outbox");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the group commit time to reach the disk, then kill without warning.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.kill().expect("kill -9");
+    let _ = daemon.wait();
+    drop(client);
+
+    receiver.status.store(200, std::sync::atomic::Ordering::Relaxed);
+    let (mut again, _) = serve(dir.path());
+    let event = receiver.event(|e| e["type"] == "presence").await;
+    assert_eq!((event["status"].as_str(), event["message"].as_str()), (Some("away"), Some("gone fishing")));
+    sigterm(&again);
+    assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
 }
