@@ -17,6 +17,9 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// The values of the `state` label of `presence_sessions`.
+pub const SESSION_STATES: [&str; 5] = ["online", "away", "unavailable", "offline", "silent"];
+
 /// A label naming why something failed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -110,6 +113,10 @@ pub struct Metrics {
 impl Metrics {
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
+        // Every state is exported, at zero too, so dashboards see the full set from the start.
+        for state in SESSION_STATES {
+            let _ = self.sessions.get_or_create(&StateLabel { state });
+        }
         let mut registry = Registry::default();
         registry.register("presence_sessions", "Sessions up, by effective state", self.sessions.clone());
         registry.register("presence_handshakes", "QUIC connections accepted", self.handshakes.clone());

@@ -401,3 +401,76 @@ async fn retry_validates_addresses_and_the_session_limit_refuses_extra_devices()
     assert!(matches!(up, Event::Up { .. }), "{up:?}");
     second.close().await;
 }
+
+#[tokio::test]
+async fn go_away_reconnects_with_zero_rtt_and_keeps_presence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut events = daemon.events();
+    let mut client = Client::connect(daemon.options("alice", "phone", &["chat"])).await.expect("connect");
+    assert!(matches!(next_client_event(&mut client).await, Event::Up { zero_rtt: false, .. }));
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);
+    client.set_status(Status::Unavailable, Some("focus".into())).await.expect("status");
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Unavailable);
+
+    for session in daemon.daemon.table().sessions_of("alice") {
+        let command = presenced::handle::SessionCommand::GoAway {
+            reason: "rebalancing".into(),
+            retry_after: Duration::from_millis(100),
+        };
+        assert!(session.send(command));
+    }
+    let go_away = next_client_event(&mut client).await;
+    assert!(matches!(go_away, Event::GoAway { ref reason, .. } if reason == "rebalancing"), "{go_away:?}");
+    assert!(matches!(next_client_event(&mut client).await, Event::Down { retry_in: Some(_), .. }));
+    let up = next_client_event(&mut client).await;
+    assert!(matches!(up, Event::Up { zero_rtt: true, .. }), "the Hello rides 0-RTT on resumption: {up:?}");
+    // The new session says the same status and message, so the app sees nothing change
+    // except, at most, the offline gap of the reconnect.
+    let table = daemon.daemon.table();
+    let puid = table.puid("chat", "alice");
+    let view = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(view) = table.lookup("chat", &puid).filter(|v| v.status != Status::Offline) {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("back");
+    assert_eq!((view.status, view.message.as_str()), (Status::Unavailable, "focus"));
+    assert!(daemon.metric("presence_zero_rtt_accepted_total") >= 1.0);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn the_idle_policy_turns_away_then_offline_and_activity_restores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut events = daemon.events();
+    let mut options = daemon.options("alice", "phone", &["chat"]);
+    options.idle = presence_client::IdlePolicy {
+        away_after: Some(Duration::from_millis(300)),
+        offline_after: Some(Duration::from_millis(900)),
+    };
+    let mut client = Client::connect(options).await.expect("connect");
+    assert!(matches!(next_client_event(&mut client).await, Event::Up { .. }));
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);
+
+    let changed = next_client_event(&mut client).await;
+    assert!(matches!(changed, Event::StatusChanged { status: Status::Away, idle: true }), "{changed:?}");
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Away);
+    loop {
+        match next_client_event(&mut client).await {
+            Event::StatusAcked { .. } => {}
+            Event::StatusChanged { status: Status::Offline, idle: true } => break,
+            other => panic!("expected offline, got {other:?}"),
+        }
+    }
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Offline);
+
+    client.activity().await.expect("activity");
+    assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);
+    client.close().await;
+}
