@@ -1,10 +1,10 @@
 //! The admin API: register, list, show, rotate, re-enable and remove apps.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::extract::{AdminAuth, ApiJson};
+use super::extract::{AdminAuth, ApiJson, ApiPath};
 use super::{ApiError, ApiState};
 use crate::store::AppRecord;
 
@@ -62,7 +62,8 @@ pub(super) async fn create(
     }
     state
         .url_policy
-        .validate(&request.webhook_url)
+        .validate_async(&request.webhook_url)
+        .await
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_webhook_url", e.to_string()))?;
     let created = state.apps.create(name, &request.webhook_url).map_err(ApiError::internal)?;
     state.fanout.app_changed(&created.app.id);
@@ -92,7 +93,7 @@ pub(super) async fn list(State(state): State<ApiState>, _: AdminAuth) -> Result<
 pub(super) async fn show(
     State(state): State<ApiState>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
     let app = state
         .apps
@@ -111,7 +112,7 @@ pub(super) struct Rotated {
 pub(super) async fn rotate_secret(
     State(state): State<ApiState>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<Rotated>, ApiError> {
     let app = state
         .apps
@@ -125,7 +126,7 @@ pub(super) async fn rotate_secret(
 pub(super) async fn enable(
     State(state): State<ApiState>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
     let app = state
         .apps
@@ -139,7 +140,7 @@ pub(super) async fn enable(
 pub(super) async fn remove(
     State(state): State<ApiState>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.apps.remove(&id).map_err(ApiError::internal)? {
         return Err(ApiError::not_found("no such app"));

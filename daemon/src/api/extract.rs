@@ -43,6 +43,24 @@ fn json_error(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// A path parameter; undecodable ones (bad percent-encoding, invalid UTF-8) answer with a
+/// JSON error like everything else.
+#[derive(Debug)]
+pub(super) struct ApiPath<T>(pub(super) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", rejection.body_text()))
+            }
+        }
+    }
+}
+
 /// The bearer token of a request, if any.
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use presence_protocol::{AppId, Body, Data, Title};
 use serde::Deserialize;
 
-use super::extract::{ApiJson, AppAuth};
+use super::extract::{ApiJson, ApiPath, AppAuth};
 use super::{ApiError, ApiState};
 use crate::notify::{MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView};
 
@@ -67,7 +67,7 @@ pub(super) async fn create(
 pub(super) async fn get_one(
     State(state): State<ApiState>,
     AppAuth(app): AppAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<NotificationView>, ApiError> {
     let not_found = || ApiError::not_found("no such notification");
     let id: u64 = id.parse().map_err(|_| not_found())?;

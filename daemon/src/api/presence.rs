@@ -4,10 +4,10 @@
 //! `offline`, no message, no `since`, no `seq`. The API is no oracle for whether a user
 //! exists or has ever used the app.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ApiJson, AppAuth};
+use super::extract::{ApiJson, ApiPath, AppAuth};
 use super::{ApiError, ApiState};
 use crate::notify::MAX_RECIPIENTS;
 
@@ -40,7 +40,7 @@ fn view(state: &ApiState, app_id: &str, puid: String) -> PresenceView {
 pub(super) async fn get_one(
     State(state): State<ApiState>,
     AppAuth(app): AppAuth,
-    Path(puid): Path<String>,
+    ApiPath(puid): ApiPath<String>,
 ) -> axum::Json<PresenceView> {
     axum::Json(view(&state, &app.id, puid))
 }
