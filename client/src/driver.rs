@@ -49,6 +49,17 @@ pub(crate) struct Driver {
     seq: u8,
     idle: Idle,
     close_ack: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The visibility list the current session's Hello carried.
+    sent_visibility: Vec<String>,
+    /// Authorize and revoke requests made while disconnected, sent after the next Welcome.
+    deferred: Vec<Deferred>,
+}
+
+/// A request that waits for the next session.
+#[derive(Debug)]
+enum Deferred {
+    Authorize(AppId, LinkState),
+    Revoke(AppId),
 }
 
 impl Driver {
@@ -85,6 +96,8 @@ impl Driver {
             seq: 0,
             idle: Idle { last_activity: Instant::now(), auto: None },
             close_ack: None,
+            sent_visibility: Vec::new(),
+            deferred: Vec::new(),
             options,
         })
     }
@@ -167,6 +180,8 @@ impl Driver {
             },
         };
         let mut session = ClientSession::new(self.options.session.clone(), Instant::now(), self.hello());
+        // What the Hello said, to send what changed while it was in flight after Welcome.
+        self.sent_visibility = self.visibility.clone();
         let Ok((mut send, mut recv)) = connection.open_bi().await else {
             return retry("cannot open the control stream".into());
         };
@@ -176,12 +191,17 @@ impl Driver {
         }
         let tried_early = early.is_some();
         let zero_rtt = match early {
-            Some(accepted) => accepted.await,
+            // The handshake still has to finish: bound it like any other handshake.
+            Some(accepted) => match tokio::time::timeout(handshake, accepted).await {
+                Ok(accepted) => accepted,
+                Err(_) => return retry("handshake timed out".into()),
+            },
             None => false,
         };
         if tried_early && !zero_rtt {
             // The server refused the early data: the stream and the Hello are gone.
             session = ClientSession::new(self.options.session.clone(), Instant::now(), self.hello());
+            self.sent_visibility = self.visibility.clone();
             match connection.open_bi().await {
                 Ok(pair) => (send, recv) = pair,
                 Err(error) => return connection_outcome(error, false),
@@ -244,8 +264,18 @@ impl Driver {
             let event = match event {
                 ClientEvent::Welcome(welcome) => {
                     *up = true;
-                    if app_list(&self.visibility).ok().as_deref() != Some(&self.hello().visibility) {
+                    if self.visibility != self.sent_visibility {
                         let _ = session.set_visibility(app_list(&self.visibility).unwrap_or_default());
+                    }
+                    // Requests made while disconnected go now, in order.
+                    for command in std::mem::take(&mut self.deferred) {
+                        let result = match command {
+                            Deferred::Authorize(app, state) => session.authorize(app, state),
+                            Deferred::Revoke(app) => session.revoke(app),
+                        };
+                        if let Err(error) = result {
+                            warn!(%error, "deferred request not sent");
+                        }
                     }
                     Event::Up {
                         session_id: welcome.session_id,
@@ -330,13 +360,26 @@ impl Driver {
                 self.set_visibility(apps, session)
             }
             Command::Authorize(app, state) => match (AppId::new(app), LinkState::new(state)) {
-                (Ok(app), Ok(state)) => session.authorize(app, state).map_err(|e| e.to_string()),
+                (Ok(app), Ok(state)) if session.is_active() => {
+                    session.authorize(app, state).map_err(|e| e.to_string())
+                }
+                (Ok(app), Ok(state)) => {
+                    self.deferred.push(Deferred::Authorize(app, state));
+                    Ok(())
+                }
                 _ => Err("app id or state too long".into()),
             },
-            Command::Revoke(app) => match AppId::new(app) {
-                Ok(app) => session.revoke(app).map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            },
+            Command::Revoke(app) => {
+                self.visibility.retain(|listed| listed != &app);
+                match AppId::new(app) {
+                    Ok(app) if session.is_active() => session.revoke(app).map_err(|e| e.to_string()),
+                    Ok(app) => {
+                        self.deferred.push(Deferred::Revoke(app));
+                        Ok(())
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
+            }
             Command::Respond(id, response) => session.respond(id, response).map_err(|e| e.to_string()),
             Command::Reauth(token) => match Token::new(token) {
                 Ok(token) => {
@@ -394,6 +437,19 @@ impl Driver {
                 let result = std::net::UdpSocket::bind(local).and_then(|socket| self.endpoint.rebind(socket));
                 let _ = done.send(result);
             }
+            Command::Authorize(app, state) => match (AppId::new(app), LinkState::new(state)) {
+                (Ok(app), Ok(state)) => self.deferred.push(Deferred::Authorize(app, state)),
+                _ => warn!("app id or state too long; authorize dropped"),
+            },
+            Command::Revoke(app) => {
+                // The app leaves the list at once, so no Hello shows it the user again.
+                self.visibility.retain(|listed| listed != &app);
+                match AppId::new(app) {
+                    Ok(app) => self.deferred.push(Deferred::Revoke(app)),
+                    Err(error) => warn!(%error, "revoke dropped"),
+                }
+            }
+            // Notifications shown in the lost session expired with it.
             other => warn!(?other, "not connected; command dropped"),
         }
     }

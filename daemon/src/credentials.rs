@@ -1,5 +1,6 @@
 //! The daemon's secrets: TLS certificate and key, token-verification keys, PUID secret and
-//! admin token; created on first run in `--dev` mode, read from named files otherwise.
+//! admin token; created on first run in `--dev` mode, read from named files otherwise (the
+//! admin token is created in the data directory in both modes).
 //!
 //! Dev layout in the data directory (created once, reused after):
 //!
@@ -98,8 +99,8 @@ pub fn load(settings: &Settings) -> Result<Secrets> {
                 std::fs::read_to_string(jwks).with_context(|| format!("cannot read {}", jwks.display()))?;
             let verifier = TokenVerifier::from_jwks_json(&jwks).map_err(anyhow::Error::msg)?;
             let puid_key = read_puid_key(puid_secret_file)?;
-            let admin_path = settings.data_dir.join("admin-token");
-            let admin_token = std::fs::read_to_string(&admin_path).ok().map(|t| t.trim().to_owned());
+            create_dir(&settings.data_dir)?;
+            let admin_token = Some(admin_token(&settings.data_dir)?);
             Ok(Secrets { cert_chain, key, verifier, puid_key, admin_token })
         }
     }
@@ -129,14 +130,23 @@ fn load_dev(dir: &Path) -> Result<Secrets> {
         write_secret(&secret_path, B64.encode(random::<32>()?).as_bytes())?;
     }
     let puid_key = read_puid_key(&secret_path)?;
-    let admin_path = dir.join("admin-token");
-    if !admin_path.exists() {
+    let admin_token = Some(admin_token(dir)?);
+    Ok(Secrets { cert_chain, key, verifier, puid_key, admin_token })
+}
+
+/// The admin API's bearer token, `<data-dir>/admin-token`, created on first run in dev and
+/// production alike (readable by its owner only); operators read it from there.
+fn admin_token(dir: &Path) -> Result<String> {
+    let path = dir.join("admin-token");
+    if !path.exists() {
         let token =
             format!("adm_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<24>()?));
-        write_secret(&admin_path, token.as_bytes())?;
+        write_secret(&path, token.as_bytes())?;
     }
-    let admin_token = Some(std::fs::read_to_string(&admin_path)?.trim().to_owned());
-    Ok(Secrets { cert_chain, key, verifier, puid_key, admin_token })
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .trim()
+        .to_owned())
 }
 
 /// Writes `dev.json` for the addresses the daemon actually bound.
@@ -149,7 +159,11 @@ pub fn write_dev_info(dir: &Path, quic: SocketAddr, https: SocketAddr, admin_tok
         admin_token: admin_token.to_owned(),
         token_key: dir.join("token-signing.pk8"),
     };
-    std::fs::write(dir.join("dev.json"), serde_json::to_string_pretty(&info)?)?;
+    // It holds the admin token: owner-only, and replaced atomically on every start.
+    let temporary = dir.join("dev.json.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    write_secret(&temporary, serde_json::to_string_pretty(&info)?.as_bytes())?;
+    std::fs::rename(&temporary, dir.join("dev.json"))?;
     Ok(info)
 }
 
@@ -202,8 +216,14 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(bytes)
 }
 
-fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+/// Creates a directory (and its parents) readable by its owner only: the data directory
+/// holds keys, secrets and the database.
+pub fn create_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
 /// Writes a file readable by its owner only.

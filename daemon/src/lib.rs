@@ -84,6 +84,7 @@ pub struct Daemon {
     table: Arc<PresenceTable>,
     metrics: Arc<Metrics>,
     apps: Arc<Apps>,
+    notifications: Arc<Notifications>,
     fanout: Arc<Fanout>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -97,7 +98,11 @@ impl Daemon {
         let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
             credentials::load(&settings)?;
         let metrics = Arc::new(Metrics::default());
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&settings.data_dir.join(STORE_FILE))?);
+        let store_path = settings.data_dir.join(STORE_FILE);
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&store_path)?);
+        // It holds the webhook secrets: owner-only.
+        #[cfg(unix)]
+        std::fs::set_permissions(&store_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let apps = Arc::new(Apps::load(store.clone())?);
         let url_policy = Arc::new(UrlPolicy::new(settings.dev, &settings.webhook_allow)?);
         let fanout_config = FanoutConfig {
@@ -113,7 +118,9 @@ impl Daemon {
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
         let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), Some(sink)));
-        let notifications = Arc::new(Notifications::new(table.clone(), outbound.clone(), metrics.clone()));
+        let notifications =
+            Arc::new(Notifications::new(table.clone(), outbound.clone(), store.clone(), metrics.clone()));
+        let restored = notifications.restore()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = (cert_chain.clone(), key.clone_key());
         let services = quic::SessionServices {
@@ -139,7 +146,7 @@ impl Daemon {
             metrics: metrics.clone(),
             table: table.clone(),
             apps: apps.clone(),
-            notifications,
+            notifications: notifications.clone(),
             limiter: Arc::new(api::RateLimiter::new(settings.api_rate, settings.api_burst)),
             fanout: fanout.clone(),
             url_policy,
@@ -156,7 +163,7 @@ impl Daemon {
             }
             _ => None,
         };
-        info!(%quic_addr, %https_addr, dev = settings.dev, "presenced listening");
+        info!(%quic_addr, %https_addr, dev = settings.dev, restored_notifications = restored, "presenced listening");
         Ok(Daemon {
             quic,
             quic_addr,
@@ -165,6 +172,7 @@ impl Daemon {
             table,
             metrics,
             apps,
+            notifications,
             fanout,
             shutdown,
             tasks,
@@ -203,6 +211,7 @@ impl Daemon {
         info!(remaining = self.quic.open_connections(), "drain finished");
         self.quic.close(Duration::from_secs(1)).await;
         // Events published during the drain (devices going offline) reach the outbox.
+        self.notifications.shutdown();
         self.fanout.shutdown(Duration::from_secs(1)).await;
         for task in self.tasks {
             task.abort();

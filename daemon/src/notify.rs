@@ -10,7 +10,9 @@
 //!
 //! Every decided outcome goes out as a webhook event (at least once, through the durable
 //! outbox) and can be read with `GET /v1/notifications/{id}` until [`RETENTION`] after the
-//! expiry.
+//! expiry. Records are kept in the store as well: after a restart the daemon still answers
+//! `GET` for them, and recipients left pending (their devices' sessions are gone, so no
+//! answer can come) become `missed` at the expiry, so every recipient gets an outcome.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +25,7 @@ use crate::apps::now_ms;
 use crate::handle::{SessionCommand, SessionHandle};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::outbound::Outbound;
+use crate::store::{Store, StoreError};
 use crate::table::PresenceTable;
 
 /// How long a notification stays readable after it expired.
@@ -45,7 +48,7 @@ pub enum Mode {
 }
 
 /// A recipient's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Shown, not yet answered.
@@ -122,16 +125,18 @@ pub struct RecipientView {
     pub decided_at: Option<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Recipient {
     puid: String,
     user: Option<String>,
     outcome: Outcome,
     decided_at: Option<u64>,
+    /// The devices it was shown on; live handles, not stored.
+    #[serde(skip)]
     sessions: Vec<SessionHandle>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Record {
     app_id: String,
     mode: Mode,
@@ -146,13 +151,50 @@ pub struct Notifications {
     records: DashMap<u64, Mutex<Record>>,
     table: Arc<PresenceTable>,
     outbound: Arc<Outbound>,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// Set at shutdown: the timers stop and let go of the store.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Notifications {
-    /// A manager that reaches devices through `table` and reports through `outbound`.
-    pub fn new(table: Arc<PresenceTable>, outbound: Arc<Outbound>, metrics: Arc<Metrics>) -> Notifications {
-        Notifications { records: DashMap::new(), table, outbound, metrics }
+    /// A manager that reaches devices through `table`, reports through `outbound` and
+    /// keeps its records in `store`.
+    pub fn new(
+        table: Arc<PresenceTable>,
+        outbound: Arc<Outbound>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Notifications {
+        let (stopped, _) = tokio::sync::watch::channel(false);
+        Notifications { records: DashMap::new(), table, outbound, store, metrics, stopped }
+    }
+
+    /// Takes back the records of a previous run: readable again, and their pending
+    /// recipients decided as `missed` at the expiry.
+    pub fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut restored = 0;
+        for (id, bytes) in self.store.notifications()? {
+            let record: Record = match serde_json::from_slice(&bytes) {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::warn!(id, %error, "dropping an unreadable notification record");
+                    self.store.delete_notification(id)?;
+                    continue;
+                }
+            };
+            let forget_at = record.expires_at + RETENTION.as_millis() as u64;
+            if forget_at <= now {
+                self.store.delete_notification(id)?;
+                continue;
+            }
+            let until_expiry = Duration::from_millis(record.expires_at.saturating_sub(now));
+            self.records.insert(id, Mutex::new(record));
+            self.schedule(id, until_expiry);
+            restored += 1;
+        }
+        Ok(restored)
     }
 
     /// Sends a notification and returns its initial view (undeliverable recipients are
@@ -175,16 +217,9 @@ impl Notifications {
                 continue;
             }
             let user = self.table.user_of(&request.app_id, &puid);
-            let reachable =
+            let sessions =
                 user.as_deref().map(|u| self.table.reachable(u, &request.app_id)).unwrap_or_default();
-            let sessions: Vec<SessionHandle> =
-                reachable.into_iter().filter(|s| s.send(SessionCommand::Notify(notify.clone()))).collect();
-            let mut recipient =
-                Recipient { puid, user, outcome: Outcome::Pending, decided_at: None, sessions };
-            if recipient.sessions.is_empty() {
-                self.decide(&request.app_id, id, &mut recipient, Outcome::Undeliverable);
-            }
-            recipients.push(recipient);
+            recipients.push(Recipient { puid, user, outcome: Outcome::Pending, decided_at: None, sessions });
         }
         let record = Record {
             app_id: request.app_id.into_string(),
@@ -193,16 +228,70 @@ impl Notifications {
             expires_at: created_at + u64::from(ttl_ms),
             recipients,
         };
-        let view = view(id, &record);
+        // The record is in place before any device sees the notification, so even the
+        // fastest answer finds it.
         self.records.insert(id, Mutex::new(record));
-        let manager = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(request.ttl).await;
-            manager.expire(id);
-            tokio::time::sleep(RETENTION).await;
-            manager.records.remove(&id);
-        });
+        let view = match self.records.get(&id).map(|entry| {
+            let Ok(mut record) = entry.lock() else { return None };
+            let record = &mut *record;
+            for recipient in &mut record.recipients {
+                recipient.sessions.retain(|session| session.send(SessionCommand::Notify(notify.clone())));
+                if recipient.sessions.is_empty() && recipient.outcome == Outcome::Pending {
+                    self.decide(&record.app_id, id, recipient, Outcome::Undeliverable);
+                }
+            }
+            self.persist(id, record);
+            Some(view(id, record))
+        }) {
+            Some(Some(view)) => view,
+            // Only a poisoned lock gets here; the notification still expires normally.
+            _ => NotificationView {
+                id: id.to_string(),
+                mode: request.mode,
+                created_at,
+                expires_at: created_at,
+                recipients: Vec::new(),
+            },
+        };
+        self.schedule(id, request.ttl);
         view
+    }
+
+    /// Stops every timer. What is pending stays in the store, for the next start.
+    pub fn shutdown(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Decides what is pending at the expiry, then forgets the record after the retention.
+    fn schedule(self: &Arc<Self>, id: u64, until_expiry: Duration) {
+        let manager = Arc::clone(self);
+        let mut stopped = self.stopped.subscribe();
+        tokio::spawn(async move {
+            let timers = async {
+                tokio::time::sleep(until_expiry).await;
+                manager.expire(id);
+                tokio::time::sleep(RETENTION).await;
+                manager.records.remove(&id);
+                if let Err(error) = manager.store.delete_notification(id) {
+                    tracing::warn!(id, %error, "cannot forget a notification record");
+                }
+            };
+            tokio::select! {
+                _ = timers => {}
+                _ = stopped.wait_for(|stopped| *stopped) => {}
+            }
+        });
+    }
+
+    /// Writes a record through to the store; a failure costs the restart guarantee for
+    /// this notification, not the notification itself.
+    fn persist(&self, id: u64, record: &Record) {
+        let written = serde_json::to_vec(record)
+            .map_err(|e| StoreError::Backend(e.to_string()))
+            .and_then(|bytes| self.store.put_notification(id, &bytes));
+        if let Err(error) = written {
+            tracing::warn!(id, %error, "cannot store a notification record");
+        }
     }
 
     /// A device answered. Only the first answer per recipient counts.
@@ -232,6 +321,7 @@ impl Notifications {
                 }
             }
         }
+        self.persist(id, record);
     }
 
     /// The view of a notification, for the app that sent it only.
@@ -245,13 +335,18 @@ impl Notifications {
         let Some(record) = self.records.get(&id) else { return };
         let Ok(mut record) = record.lock() else { return };
         let record = &mut *record;
+        let mut changed = false;
         for recipient in &mut record.recipients {
             if recipient.outcome == Outcome::Pending {
                 self.decide(&record.app_id, id, recipient, Outcome::Missed);
                 // Devices expire it themselves at the same moment; the cancel tidies up any
                 // whose clock runs slow.
                 cancel(recipient.sessions.iter(), id, CancelReason::Expired);
+                changed = true;
             }
+        }
+        if changed {
+            self.persist(id, record);
         }
     }
 

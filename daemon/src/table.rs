@@ -18,6 +18,7 @@
 //! A user's entry lives while they have a session; the table holds nothing for users who
 //! are gone, so memory follows connected users only.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -87,6 +88,10 @@ struct Device {
     handle: SessionHandle,
     state: DeviceState,
     silent: bool,
+    /// When its state last changed, as a table-wide counter: among equally available
+    /// devices the most recently changed one wins, so the winner (and its message) does
+    /// not depend on where the device sits in the list.
+    changed: u64,
 }
 
 impl Device {
@@ -118,6 +123,10 @@ pub struct PresenceTable {
     events: broadcast::Sender<PresenceEvent>,
     sink: Option<std::sync::Arc<dyn PresenceSink>>,
     metrics: std::sync::Arc<Metrics>,
+    /// The highest sequence number handed out.
+    seq_high: AtomicU64,
+    /// Counts device changes, for the aggregation tie-break.
+    changes: AtomicU64,
 }
 
 impl PresenceTable {
@@ -128,7 +137,16 @@ impl PresenceTable {
         sink: Option<std::sync::Arc<dyn PresenceSink>>,
     ) -> PresenceTable {
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
-        PresenceTable { users: DashMap::new(), reverse: DashMap::new(), puid_key, events, sink, metrics }
+        PresenceTable {
+            users: DashMap::new(),
+            reverse: DashMap::new(),
+            puid_key,
+            events,
+            sink,
+            metrics,
+            seq_high: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+        }
     }
 
     /// A receiver of every presence event from now on.
@@ -152,7 +170,7 @@ impl PresenceTable {
     ) -> Option<SessionHandle> {
         let mut entry = self.users.entry(user.to_owned()).or_default();
         let mut apps: Vec<AppId> = state.visibility.clone();
-        let device = Device { id: device_id.to_owned(), handle, state, silent: false };
+        let device = Device { id: device_id.to_owned(), handle, state, silent: false, changed: self.tick() };
         self.metrics.move_session(None, Some(device.gauge_state()));
         let replaced = match entry.devices.iter_mut().find(|d| d.id == device_id) {
             Some(old) => {
@@ -274,6 +292,7 @@ impl PresenceTable {
         };
         let before = device.gauge_state();
         let mut apps = change(device);
+        device.changed = self.tick();
         self.metrics.move_session(Some(before), Some(device.gauge_state()));
         apps.extend(device.state.visibility.iter().cloned());
         self.refresh(user, &mut entry, apps);
@@ -285,7 +304,10 @@ impl PresenceTable {
         apps.dedup();
         for app in apps {
             let listing = entry.devices.iter().filter(|d| d.state.visibility.contains(&app));
-            let best = listing.clone().filter(|d| !d.silent).min_by_key(|d| d.state.status);
+            let best = listing
+                .clone()
+                .filter(|d| !d.silent)
+                .min_by_key(|d| (d.state.status, std::cmp::Reverse(d.changed)));
             let (status, message) =
                 best.map_or((Status::Offline, String::new()), |d| (d.state.status, d.state.message.clone()));
             let listed = listing.count() > 0;
@@ -297,7 +319,8 @@ impl PresenceTable {
                 Some(i) => {
                     let view = &mut entry.views[i].view;
                     let now = now_micros();
-                    *view = AppView { status, message, seq: next_seq(view.seq, now), since_ms: now / 1_000 };
+                    let seq = self.next_seq(view.seq, now);
+                    *view = AppView { status, message, seq, since_ms: now / 1_000 };
                     self.emit(&entry.views[i]);
                     Some(i)
                 }
@@ -307,7 +330,7 @@ impl PresenceTable {
                     let puid = self.puid(&app, user);
                     self.reverse.insert(puid.clone(), (app.clone(), user.to_owned()));
                     let now = now_micros();
-                    let view = AppView { status, message, seq: next_seq(0, now), since_ms: now / 1_000 };
+                    let view = AppView { status, message, seq: self.next_seq(0, now), since_ms: now / 1_000 };
                     entry.views.push(ViewEntry { app_id: app, puid, view });
                     self.emit(entry.views.last().expect("just pushed"));
                     None
@@ -318,6 +341,26 @@ impl PresenceTable {
                 self.reverse.remove(&gone.puid);
             }
         }
+    }
+
+    /// The next sequence number for a PUID whose last one was `previous`: above it, at least
+    /// the clock, and above every number this table handed out before, so a PUID whose view
+    /// was dropped and rebuilt, or a clock stepped back, never makes a sequence go backwards.
+    fn next_seq(&self, previous: u64, now_micros: u64) -> u64 {
+        let wanted = (previous + 1).max(now_micros);
+        let mut high = self.seq_high.load(Ordering::Relaxed);
+        loop {
+            let next = wanted.max(high + 1);
+            match self.seq_high.compare_exchange_weak(high, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(actual) => high = actual,
+            }
+        }
+    }
+
+    /// The next value of the table-wide change counter.
+    fn tick(&self) -> u64 {
+        self.changes.fetch_add(1, Ordering::Relaxed)
     }
 
     fn emit(&self, entry: &ViewEntry) {
@@ -340,9 +383,4 @@ impl PresenceTable {
 
 fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
-
-/// The next per-PUID sequence number: above the last, and at least the clock.
-fn next_seq(previous: u64, now_micros: u64) -> u64 {
-    (previous + 1).max(now_micros)
 }

@@ -399,3 +399,40 @@ async fn apps_cli_add_prints_keys_as_json() {
     assert!(output.status.success());
     assert!(daemon.daemon.table().users() == 0);
 }
+
+#[tokio::test]
+async fn a_restart_keeps_notifications_readable_and_decides_their_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = None;
+    let (app, id) = {
+        let daemon = TestDaemon::start(dir.path()).await;
+        let receiver = receiver.insert(Receiver::start(&dir.path().join("tls")).await);
+        let app = daemon.register("chat", &receiver.url()).await;
+        let mut client =
+            Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("connect");
+        let puid = daemon.daemon.table().puid(&app.id, "alice");
+        let (status, created) = api(
+            &daemon,
+            &app.api_key,
+            reqwest::Method::POST,
+            "/v1/notifications",
+            Some(json!({"to": [puid], "title": "still pending at the restart", "ttl_ms": 5_000})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        next_notification(&mut client).await;
+        drop(client);
+        daemon.daemon.shutdown().await;
+        (app, created["id"].as_str().expect("id").to_owned())
+    };
+    let daemon = TestDaemon::start(dir.path()).await;
+    let (status, view) =
+        api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/notifications/{id}"), None).await;
+    assert_eq!(status, 200, "readable after the restart: {view}");
+    let receiver = receiver.as_mut().expect("receiver");
+    let missed = receiver.event(|e| e["type"] == "notification" && e["id"] == id.as_str()).await;
+    assert_eq!(missed["outcome"], "missed");
+    let (_, view) =
+        api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/notifications/{id}"), None).await;
+    assert_eq!(view["recipients"][0]["outcome"], "missed");
+}

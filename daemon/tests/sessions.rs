@@ -339,8 +339,11 @@ async fn a_token_expiring_mid_session_closes_it_unless_renewed() {
     let daemon = TestDaemon::start(dir.path()).await;
     let mut events = daemon.events();
 
+    // The daemon honours the verifier's leeway: a token two seconds from the end of its
+    // leeway has two seconds of session left.
+    let leeway = presenced::auth::LEEWAY_SECS;
     let mut short = daemon.options("alice", "phone", &["chat"]);
-    short.token = daemon.signer.mint("alice", "phone", unix_now(), 2);
+    short.token = daemon.signer.mint("alice", "phone", unix_now() + 2 - leeway, 0);
     let mut client = Client::connect(short).await.expect("connect");
     assert!(matches!(next_client_event(&mut client).await, Event::Up { .. }));
     assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);
@@ -352,7 +355,7 @@ async fn a_token_expiring_mid_session_closes_it_unless_renewed() {
     assert_eq!(next_event(&mut events, "chat").await.status, Status::Offline);
 
     let mut renewed = daemon.options("bob", "phone", &["chat"]);
-    renewed.token = daemon.signer.mint("bob", "phone", unix_now(), 2);
+    renewed.token = daemon.signer.mint("bob", "phone", unix_now() + 2 - leeway, 0);
     let mut client = Client::connect(renewed).await.expect("connect");
     assert!(matches!(next_client_event(&mut client).await, Event::Up { .. }));
     assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);

@@ -238,6 +238,17 @@ impl Driver<'_> {
             _ = std::future::ready(()) => true,
         };
         if zero_rtt {
+            // 0-RTT data can be replayed: nothing may happen on its strength alone
+            // (PROTOCOL.md §11). Welcome, the table and the ghost's close wait for the
+            // handshake, which proves the client is live.
+            let handshake = self.shared.protocol.handshake_timeout;
+            if tokio::time::timeout(handshake, &mut self.handshake_done).await.is_err() {
+                return self.refuse(
+                    ErrorCode::HANDSHAKE_TIMEOUT,
+                    "0-RTT hello without a completed handshake",
+                    "handshake_timeout",
+                );
+            }
             self.shared.metrics.zero_rtt_accepted.inc();
         }
         let span = tracing::Span::current();
@@ -246,7 +257,7 @@ impl Driver<'_> {
         let accept = Accept {
             session_id: self.id,
             server_time_ms: now * 1_000,
-            token_valid_for: Some(Duration::from_secs(claims.exp.saturating_sub(now))),
+            token_valid_for: Some(valid_for(&claims, now)),
         };
         if let Err(error) = self.session.accept(Instant::now(), accept) {
             return warn!(%error, "accept out of phase");
@@ -312,8 +323,7 @@ impl Driver<'_> {
         let now = unix_now();
         match self.shared.services.verifier.verify(token, now) {
             Ok(claims) if claims.sub == identity.user && claims.did == identity.device => {
-                let valid = Duration::from_secs(claims.exp.saturating_sub(now));
-                self.session.renew_token(Instant::now(), Some(valid));
+                self.session.renew_token(Instant::now(), Some(valid_for(&claims, now)));
             }
             Ok(_) => {
                 self.session.close(ErrorCode::UNAUTHENTICATED, "reauth token names another user or device")
@@ -371,6 +381,12 @@ impl Driver<'_> {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
     }
+}
+
+/// How long a verified token stays valid, with the same leeway `verify` allowed it, so a
+/// token accepted at the edge of its expiry is not closed the moment its session starts.
+fn valid_for(claims: &crate::auth::DeviceClaims, now: u64) -> Duration {
+    Duration::from_secs(claims.exp.saturating_add(crate::auth::LEEWAY_SECS).saturating_sub(now))
 }
 
 fn close_code(code: ErrorCode) -> VarInt {

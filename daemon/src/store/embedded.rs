@@ -41,6 +41,7 @@ const OUTBOX: TableDefinition<'_, (&str, &str), (u64, &[u8])> = TableDefinition:
 const ORDER: TableDefinition<'_, (&str, u64), &str> = TableDefinition::new("outbox_order");
 const DEPTH: TableDefinition<'_, &str, u64> = TableDefinition::new("outbox_depth");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
 
 /// The `meta` key of the last serial handed out.
 const SERIAL: &str = "serial";
@@ -68,6 +69,7 @@ impl EmbeddedStore {
             txn.open_table(ORDER).map_err(backend)?;
             txn.open_table(DEPTH).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
+            txn.open_table(NOTIFICATIONS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db })
@@ -156,6 +158,31 @@ impl Store for EmbeddedStore {
             let existed = txn.open_table(APPS).map_err(backend)?.remove(id).map_err(backend)?.is_some();
             clear_outbox(txn, id)?;
             Ok(existed)
+        })
+    }
+
+    fn put_notification(&self, id: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(NOTIFICATIONS).map_err(backend)?.insert(id, record).map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn notifications(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(NOTIFICATIONS).map_err(backend)?;
+        let mut records = Vec::new();
+        for item in table.iter().map_err(backend)? {
+            let (id, record) = item.map_err(backend)?;
+            records.push((id.value(), record.value().to_vec()));
+        }
+        Ok(records)
+    }
+
+    fn delete_notification(&self, id: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(NOTIFICATIONS).map_err(backend)?.remove(id).map_err(backend)?;
+            Ok(())
         })
     }
 
@@ -398,6 +425,22 @@ mod tests {
         store.enqueue("app_b", &[ev("p:1", "a")]).expect("enqueue");
         assert_eq!(store.depth("app_a").expect("depth"), 2);
         assert_eq!(store.depth("app_b").expect("depth"), 1);
+    }
+
+    #[test]
+    fn notifications_persist_until_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("n.redb");
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            assert!(store.notifications().expect("none yet").is_empty());
+            store.put_notification(7, b"first").expect("put");
+            store.put_notification(7, b"second").expect("replace");
+            store.put_notification(9, b"other").expect("put");
+            store.delete_notification(9).expect("delete");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.notifications().expect("list"), vec![(7, b"second".to_vec())]);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! Two things are stored:
 //!
 //! - **Apps**: the registered AppServices ([`AppRecord`]).
+//! - **Notifications**: the live notifications still pending or readable, so a restart
+//!   neither loses an outcome nor forgets a notification an app may still ask about.
 //! - **The outbox**: per app, the webhook events not yet delivered. It is *state-compacted*:
 //!   every entry has a key, and enqueueing an entry whose key is already waiting replaces it
 //!   (and moves it to the back). Presence events are keyed by PUID, so the outbox grows with
@@ -90,4 +92,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn ack(&self, app_id: &str, delivered: &[(String, u64)]) -> Result<usize, StoreError>;
     /// Entries waiting in an app's outbox.
     fn depth(&self, app_id: &str) -> Result<u64, StoreError>;
+    /// Inserts or replaces a live notification's record (opaque JSON), so that its outcomes
+    /// and `GET /v1/notifications/{id}` survive a restart.
+    fn put_notification(&self, id: u64, record: &[u8]) -> Result<(), StoreError>;
+    /// Every stored notification record.
+    fn notifications(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Forgets a notification once its retention has passed.
+    fn delete_notification(&self, id: u64) -> Result<(), StoreError>;
 }
