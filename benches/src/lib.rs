@@ -1,19 +1,28 @@
 //! # presence-bench
 //!
-//! Performance measurement for Presence. For now this crate holds the criterion benches of
-//! the wire protocol (`benches/codec.rs`: frame and ping codecs, and the server session's
-//! per-heartbeat hot path); later it will also hold the `presence-load` binary, a load
-//! generator that opens many device sessions against a daemon and measures connection
-//! density.
+//! Performance measurement for Presence, in two parts.
 //!
-//! The library part is [`fixtures`]: the realistic messages and sessions the benches
-//! measure, shared so that every bench (and, later, the load generator) speaks of the same
-//! "typical" traffic.
+//! - **Micro-benchmarks** (criterion, `benches/`): the wire protocol's codecs and the
+//!   server session's per-heartbeat hot path (`benches/codec.rs`). They say what one
+//!   operation costs, in isolation.
+//! - **The load generator** ([`load`], the `presence-load` binary): many simulated devices
+//!   against a running daemon, measuring what engineers choose a presence system by:
+//!   sessions held and the daemon memory per session (as a ratio to a bare quinn server
+//!   measured in the same run), handshake rates, heartbeat traffic, and how long a status
+//!   change takes to reach the AppService as a webhook. BENCHMARKS.md at the repository root
+//!   has the commands and this machine's figures.
+//!
+//! The shared [`fixtures`] are the realistic messages and sessions the benches measure, so
+//! every bench speaks of the same "typical" traffic.
 //!
 //! Run the benches with `cargo bench -p presence-bench`; a quick pass is
 //! `cargo bench -p presence-bench --bench codec -- --warm-up-time 1 --measurement-time 2`.
+//! Run the load generator with `cargo run --release -p presence-bench --bin presence-load --
+//! --help`.
 
 #![forbid(unsafe_code)]
+
+pub mod load;
 
 pub mod fixtures {
     //! Typical messages and an accepted server session.
