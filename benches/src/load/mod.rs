@@ -296,8 +296,11 @@ impl Context<'_> {
     async fn load(self) -> Result<Report, LoadError> {
         let config = self.config;
         let probe = DaemonProbe::new(config.daemon_pid, self.dev.http.clone(), self.dev.url("/metrics"));
+        let own = DaemonProbe::pid(std::process::id());
         let mut daemon = DaemonFigures::default();
+        let mut generator = DaemonFigures::default();
         daemon.observe(probe.sample().await, Phase::Start);
+        generator.observe(own.sample().await, Phase::Start);
         let tls = ClientConfigs::new(&self.dev.roots)?;
         let app_id =
             AppId::new(self.app.id.as_str()).map_err(|e| LoadError::Admin(format!("app id: {e}")))?;
@@ -355,6 +358,7 @@ impl Context<'_> {
         }
         let ramp_secs = began.elapsed().as_secs_f64();
         daemon.observe(probe.sample().await, Phase::AfterRamp);
+        generator.observe(own.sample().await, Phase::AfterRamp);
 
         // Steady state.
         let steady_end = Instant::now() + config.duration;
@@ -365,9 +369,11 @@ impl Context<'_> {
             if Instant::now() >= next_sample {
                 next_sample += Duration::from_secs(1);
                 daemon.observe(probe.sample().await, Phase::Peak);
+                generator.observe(own.sample().await, Phase::Peak);
             }
         }
         daemon.observe(probe.sample().await, Phase::End);
+        generator.observe(own.sample().await, Phase::End);
         let up_at_end = u64::try_from(counters.up.load(Ordering::Relaxed)).unwrap_or(0);
 
         // Settle: no more changes or probes; wait for the webhooks of those in flight.
@@ -456,6 +462,7 @@ impl Context<'_> {
             webhook_deliveries: self.sink.deliveries.get(),
             webhook_events: self.sink.events.get(),
             daemon: daemon_report,
+            generator: generator.report(Some(std::process::id()), up_at_end),
             baseline,
             density_ratio_to_quinn,
             errors: self.errors.snapshot(),
@@ -636,7 +643,7 @@ impl Progress {
         let latency = fleet.tracker.change_latency.summary();
         let p99 = latency.p99_ms.map_or_else(|| "-".to_owned(), |p| format!("{p:.0}"));
         let line = format!(
-            "[{:>6.1}s] {phase:<6} up {} / {} (failed {}) | pings {} | changes {} → hooks {} (p99 {p99} ms) | webhooks {} | errors {}",
+            "[{:>6.1}s] {phase:<6} up {} / {} (failed {}) | pings {} | changes {} -> hooks {} (p99 {p99} ms) | webhooks {} | errors {}",
             began.elapsed().as_secs_f64(),
             c.up.load(Ordering::Relaxed),
             fleet.puids.lock().map_or(0, |p| p.len()),

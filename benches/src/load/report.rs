@@ -74,6 +74,10 @@ pub struct Report {
     pub webhook_events: u64,
     /// The daemon's resources.
     pub daemon: DaemonReport,
+    /// The load generator's own resources (`/proc/self`): it shares the machine with the
+    /// daemon, and a figure taken while the generator was saturated says more about it
+    /// than about the daemon.
+    pub generator: DaemonReport,
     /// The bare-quinn baseline, with `--baseline`.
     pub baseline: Option<BaselineReport>,
     /// Daemon bytes per session divided by bare-quinn bytes per connection, same run.
@@ -82,7 +86,7 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
 }
 
-/// The daemon's memory and CPU; all `null` when no source had them.
+/// A process's memory and CPU during a run; all `null` when no source had them.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DaemonReport {
     /// The PID read, with `--daemon-pid`.
@@ -148,7 +152,7 @@ impl fmt::Display for Report {
             self.status_changes_coalesced,
             self.status_changes_unconfirmed
         )?;
-        writeln!(f, "  change→hook  {}", ms(&self.status_change_to_webhook_ms))?;
+        writeln!(f, "  change->hook  {}", ms(&self.status_change_to_webhook_ms))?;
         writeln!(
             f,
             "  notify rtt   {} ({} sent)",
@@ -160,7 +164,7 @@ impl fmt::Display for Report {
         let pct = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}%"));
         writeln!(
             f,
-            "  daemon       rss {} → {} (peak {}), {} per session; cpu {} ramp, {} steady",
+            "  daemon       rss {} -> {} (peak {}), {} per session; cpu {} ramp, {} steady",
             bytes(d.rss_start_bytes),
             bytes(d.rss_end_bytes),
             bytes(d.rss_peak_bytes),
@@ -168,10 +172,18 @@ impl fmt::Display for Report {
             pct(d.cpu_percent_ramp),
             pct(d.cpu_percent_steady)
         )?;
+        let g = &self.generator;
+        writeln!(
+            f,
+            "  generator    rss {}, cpu {} ramp, {} steady",
+            bytes(g.rss_end_bytes),
+            pct(g.cpu_percent_ramp),
+            pct(g.cpu_percent_steady)
+        )?;
         if let Some(b) = &self.baseline {
             writeln!(
                 f,
-                "  bare quinn   {} of {} connections, rss {} → {}, {} per connection",
+                "  bare quinn   {} of {} connections, rss {} -> {}, {} per connection",
                 b.established,
                 b.connections,
                 bytes(Some(b.rss_start_bytes)),
@@ -180,7 +192,7 @@ impl fmt::Display for Report {
             )?;
         }
         if let Some(ratio) = self.density_ratio_to_quinn {
-            writeln!(f, "  density      {ratio:.2}× bare quinn per session")?;
+            writeln!(f, "  density      {ratio:.2}x bare quinn per session")?;
         }
         if self.errors.is_empty() {
             writeln!(f, "  errors       none")?;
