@@ -86,6 +86,7 @@ pub struct Daemon {
     apps: Arc<Apps>,
     notifications: Arc<Notifications>,
     fanout: Arc<Fanout>,
+    store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
@@ -121,6 +122,10 @@ impl Daemon {
         let notifications =
             Arc::new(Notifications::new(table.clone(), outbound.clone(), store.clone(), metrics.clone()));
         let restored = notifications.restore()?;
+        if store.begin_run()? {
+            tracing::warn!("the previous run ended without a clean shutdown; telling apps to reset presence");
+            outbound.reset_all(apps.list()?.into_iter().map(|app| app.id));
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = (cert_chain.clone(), key.clone_key());
         let services = quic::SessionServices {
@@ -174,6 +179,7 @@ impl Daemon {
             apps,
             notifications,
             fanout,
+            store,
             shutdown,
             tasks,
             drain: settings.drain,
@@ -213,6 +219,9 @@ impl Daemon {
         // Events published during the drain (devices going offline) reach the outbox.
         self.notifications.shutdown();
         self.fanout.shutdown(Duration::from_secs(1)).await;
+        if let Err(error) = self.store.end_run() {
+            tracing::warn!(%error, "cannot record the clean shutdown; apps will be told to reset");
+        }
         for task in self.tasks {
             task.abort();
         }

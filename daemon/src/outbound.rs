@@ -7,6 +7,11 @@
 //! | `grant` | `puid`, `state`, `at` | `a:<puid>`: grant and revoke replace each other |
 //! | `revoke` | `puid`, `at` | `a:<puid>` |
 //! | `notification` | `id`, `puid`, `outcome`, `at` | `n:<id>:<puid>`: every outcome is delivered |
+//! | `reset` | `at` | `r`: one waits at most |
+//!
+//! `reset` follows a daemon crash: the sessions died without their `offline` events, so
+//! every user the app saw is offline unless a later event (with a higher `seq`) says
+//! otherwise. A clean shutdown needs none: its drain reports every user offline.
 //!
 //! `at` is Unix milliseconds; `seq` increases per PUID (see [`crate::table`]).
 
@@ -17,6 +22,9 @@ use serde_json::json;
 use crate::apps::{Apps, now_ms};
 use crate::table::{PresenceEvent, PresenceSink};
 use crate::webhook::fanout::Fanout;
+
+/// Every event `type` this module sends (openapi.json documents each one; a test checks).
+pub const EVENT_TYPES: &[&str] = &["presence", "grant", "revoke", "notification", "reset"];
 
 /// Turns daemon happenings into webhook events for registered apps.
 #[derive(Debug)]
@@ -41,6 +49,15 @@ impl Outbound {
     pub fn revoke(&self, app_id: &str, puid: &str) {
         let event = json!({"type": "revoke", "puid": puid, "at": now_ms()});
         self.send(app_id, format!("a:{puid}"), &event);
+    }
+
+    /// The daemon restarted after a crash: tell every app that all its users are offline
+    /// until their devices reconnect.
+    pub fn reset_all(&self, app_ids: impl IntoIterator<Item = String>) {
+        for app_id in app_ids {
+            let event = json!({"type": "reset", "at": now_ms()});
+            self.send(&app_id, "r".to_owned(), &event);
+        }
     }
 
     /// A notification's outcome for one recipient.

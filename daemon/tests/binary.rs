@@ -210,6 +210,14 @@ async fn undelivered_events_survive_kill_9_and_go_out_after_restart() {
     let (mut again, _) = serve(dir.path());
     let event = receiver.event(|e| e["type"] == "presence").await;
     assert_eq!((event["status"].as_str(), event["message"].as_str()), (Some("away"), Some("gone fishing")));
+    // The crash lost the session's offline event: the app is told to reset, after the
+    // state that was waiting.
+    let reset = receiver.event(|e| e["type"] == "reset").await;
+    assert!(reset["at"].as_u64().expect("at") >= event["at"].as_u64().expect("at"));
+    let order: Vec<serde_json::Value> =
+        receiver.seen.lock().expect("lock").iter().flat_map(|d| d.events()).collect();
+    let position = |wanted: &serde_json::Value| order.iter().position(|e| e == wanted);
+    assert!(position(&reset) > position(&event), "reset comes after the state that was waiting");
     sigterm(&again);
     assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
 }

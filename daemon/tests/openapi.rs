@@ -194,7 +194,7 @@ fn the_document_is_self_consistent() {
         .as_object()
         .expect("mapping");
     let types: BTreeSet<&str> = mapping.keys().map(String::as_str).collect();
-    assert_eq!(types, BTreeSet::from(["presence", "grant", "revoke", "notification"]));
+    assert_eq!(types, presenced::outbound::EVENT_TYPES.iter().copied().collect::<BTreeSet<_>>());
 }
 
 /// The error codes a documented error response lists (its examples).

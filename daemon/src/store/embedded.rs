@@ -45,6 +45,8 @@ const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("not
 
 /// The `meta` key of the last serial handed out.
 const SERIAL: &str = "serial";
+/// The `meta` key that is 1 while a run is in progress.
+const RUNNING: &str = "running";
 
 /// A [`Store`] in a single redb file.
 ///
@@ -158,6 +160,22 @@ impl Store for EmbeddedStore {
             let existed = txn.open_table(APPS).map_err(backend)?.remove(id).map_err(backend)?.is_some();
             clear_outbox(txn, id)?;
             Ok(existed)
+        })
+    }
+
+    fn begin_run(&self) -> Result<bool, StoreError> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let crashed = meta.get(RUNNING).map_err(backend)?.is_some_and(|v| v.value() == 1);
+            meta.insert(RUNNING, 1).map_err(backend)?;
+            Ok(crashed)
+        })
+    }
+
+    fn end_run(&self) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(META).map_err(backend)?.insert(RUNNING, 0).map_err(backend)?;
+            Ok(())
         })
     }
 
@@ -425,6 +443,19 @@ mod tests {
         store.enqueue("app_b", &[ev("p:1", "a")]).expect("enqueue");
         assert_eq!(store.depth("app_a").expect("depth"), 2);
         assert_eq!(store.depth("app_b").expect("depth"), 1);
+    }
+
+    #[test]
+    fn a_run_without_an_end_is_a_crash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("runs.redb");
+        let store = EmbeddedStore::open(&path).expect("open");
+        assert!(!store.begin_run().expect("first run"), "a new database has no crashed run");
+        store.end_run().expect("clean end");
+        assert!(!store.begin_run().expect("after a clean end"));
+        drop(store);
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert!(store.begin_run().expect("after a run that never ended"));
     }
 
     #[test]

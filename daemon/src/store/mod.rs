@@ -99,4 +99,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn notifications(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Forgets a notification once its retention has passed.
     fn delete_notification(&self, id: u64) -> Result<(), StoreError>;
+    /// Records that a daemon run has started. Returns true when the previous run never
+    /// called [`end_run`](Self::end_run): it crashed, and what it told apps about who is
+    /// online can no longer be trusted.
+    fn begin_run(&self) -> Result<bool, StoreError>;
+    /// Records a clean end of the run (after the drain told apps every user went offline).
+    fn end_run(&self) -> Result<(), StoreError>;
 }

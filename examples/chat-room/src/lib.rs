@@ -106,6 +106,8 @@ enum Event {
         puid: String,
         outcome: String,
     },
+    /// The daemon came back from a crash: everyone is offline until heard from again.
+    Reset,
     #[serde(other)]
     Unknown,
 }
@@ -215,6 +217,14 @@ impl Room {
                 let name = members.by_puid.get(&puid).map_or_else(|| puid.clone(), |m| who(m, &puid));
                 println!("notification {id} to {name}: {outcome}");
                 members.outcomes.push(Outcome { id, puid, outcome });
+            }
+            Event::Reset => {
+                println!("the presence daemon restarted: everyone is offline until their devices reconnect");
+                for member in members.by_puid.values_mut() {
+                    // Keep each seq: the events that follow carry higher ones.
+                    member.status = "offline".into();
+                    member.message.clear();
+                }
             }
             Event::Unknown => {}
         }
