@@ -58,6 +58,9 @@ async fn fifty_sessions_report_webhook_latencies() {
     assert!(value["handshake_full_ms"]["p50_ms"].is_f64());
     assert!(value["daemon"]["rss_per_session_bytes"].is_null());
     assert!(value["baseline"].is_null());
+    assert!(value["generator"]["cpu_percent_steady"].is_f64());
+    assert!(value["machine"]["cores"].as_u64().is_some_and(|cores| cores > 0));
+    assert!(value["udp_drops"]["daemon_socket"].is_u64(), "a loopback daemon's socket is visible");
     assert!(value["errors"].as_object().is_some_and(|errors| errors.is_empty()));
 
     daemon.shutdown().await;

@@ -98,6 +98,10 @@ pub struct Fleet {
     pub change_every: Option<Duration>,
     /// Mean time between one device's reconnects (`None`: no reconnects).
     pub reconnect_every: Option<Duration>,
+    /// On the stop signal each device waits a random part of this before it closes, so the
+    /// daemon is not sent every CONNECTION_CLOSE at once (a burst its socket buffer would
+    /// drop, leaving those connections to the idle timeout).
+    pub close_spread: Duration,
     /// Token validity, seconds.
     pub token_ttl_secs: u64,
     /// Status changes are made only while this is set.
@@ -345,6 +349,7 @@ async fn drive(fleet: &Fleet, up: &mut Up, device: &mut Device) -> End {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => {
+                tokio::time::sleep(fleet.close_spread.mul_f64(fastrand::f64())).await;
                 close(fleet, up).await;
                 return End::Stop;
             }

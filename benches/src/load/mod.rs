@@ -56,7 +56,7 @@ pub use report::Report;
 use self::baseline::BaselinePlan;
 use self::device::{DeviceCounters, Fleet};
 use self::procfs::{DaemonProbe, ProcSample};
-use self::report::DaemonReport;
+use self::report::{DaemonReport, MachineReport, UdpDrops};
 use self::setup::{App, ClientConfigs, DevSetup};
 use self::sink::{Sink, SinkState};
 use self::stats::{Errors, Latencies};
@@ -84,6 +84,9 @@ pub const MAX_CHANGES: f64 = 1_000_000.0;
 /// After the steady state: longest wait for the last changes' webhooks and the last
 /// notification outcomes.
 pub const SETTLE_BOUND: Duration = Duration::from_secs(5);
+/// Longest spread of the sessions' closes after the stop signal (the ramp's length when
+/// shorter): closes go out at about the rate sessions came in.
+pub const CLOSE_SPREAD_MAX: Duration = Duration::from_secs(5);
 /// Longest wait for every session to close after the stop signal.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 /// Slices of the ramp and steady loops; progress is redrawn and RSS sampled once a second.
@@ -320,6 +323,7 @@ impl Context<'_> {
             heartbeat: config.heartbeat,
             change_every: per_session(config.changes),
             reconnect_every: per_session(config.reconnects),
+            close_spread: config.ramp_time().min(CLOSE_SPREAD_MAX),
             token_ttl_secs: run_secs,
             changes_on: AtomicBool::new(true),
             stop: stop_rx.clone(),
@@ -331,6 +335,18 @@ impl Context<'_> {
             puids: std::sync::Mutex::new(vec![None; config.sessions]),
             live: AtomicUsize::new(0),
         });
+        let generator_ports: Vec<u16> = fleet
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| endpoint.local_addr().ok())
+            .map(|a| a.port())
+            .collect();
+        // The daemon's socket is only visible here when it runs on this machine.
+        let daemon_ports: Vec<u16> =
+            if config.server.ip().is_loopback() { vec![config.server.port()] } else { Vec::new() };
+        let drops = |ports: &[u16]| if ports.is_empty() { None } else { procfs::udp_drops(ports) };
+        let (daemon_drops_start, generator_drops_start) = (drops(&daemon_ports), drops(&generator_ports));
+        let machine_start = procfs::read_machine_cpu().ok();
         let mut progress = Progress::new(config.progress);
         let began = Instant::now();
         let inflight = Arc::new(Semaphore::new(config.inflight));
@@ -358,6 +374,7 @@ impl Context<'_> {
         }
         let ramp_secs = began.elapsed().as_secs_f64();
         daemon.observe(probe.sample().await, Phase::AfterRamp);
+        let machine_after_ramp = procfs::read_machine_cpu().ok();
         generator.observe(own.sample().await, Phase::AfterRamp);
 
         // Steady state.
@@ -373,6 +390,8 @@ impl Context<'_> {
             }
         }
         daemon.observe(probe.sample().await, Phase::End);
+        let machine_end = procfs::read_machine_cpu().ok();
+        let daemon_drops_end = drops(&daemon_ports);
         generator.observe(own.sample().await, Phase::End);
         let up_at_end = u64::try_from(counters.up.load(Ordering::Relaxed)).unwrap_or(0);
 
@@ -397,6 +416,8 @@ impl Context<'_> {
             tokio::time::sleep(TICK).await;
         }
         progress.finish();
+        let daemon_drops_closed = drops(&daemon_ports);
+        let generator_drops_end = drops(&generator_ports);
         let idle = fleet.endpoints.iter().map(|endpoint| endpoint.wait_idle());
         let _ = tokio::time::timeout(Duration::from_secs(2), wait_all(idle)).await;
 
@@ -463,11 +484,31 @@ impl Context<'_> {
             webhook_events: self.sink.events.get(),
             daemon: daemon_report,
             generator: generator.report(Some(std::process::id()), up_at_end),
+            machine: MachineReport {
+                cores: std::thread::available_parallelism().map_or(0, |n| n.get() as u64),
+                cpu_percent_ramp: between(&machine_start, &machine_after_ramp),
+                cpu_percent_steady: between(&machine_after_ramp, &machine_end),
+            },
+            udp_drops: UdpDrops {
+                daemon_socket: delta(daemon_drops_start, daemon_drops_end),
+                daemon_socket_at_close: delta(daemon_drops_end, daemon_drops_closed),
+                generator_sockets: delta(generator_drops_start, generator_drops_end),
+            },
             baseline,
             density_ratio_to_quinn,
             errors: self.errors.snapshot(),
         })
     }
+}
+
+/// Machine CPU between two readings, percent of one core.
+fn between(a: &Option<procfs::MachineCpu>, b: &Option<procfs::MachineCpu>) -> Option<f64> {
+    a.as_ref().zip(b.as_ref()).and_then(|(a, b)| a.cpu_percent_until(b))
+}
+
+/// The growth of a counter between two readings.
+fn delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?))
 }
 
 /// Resolves once the stop signal is set (or its sender is gone), holding no borrow of the

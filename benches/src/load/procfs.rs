@@ -5,6 +5,12 @@
 //! `USER_HZ`, which Linux fixes at 100 on every architecture it exports to user space
 //! (`sysconf(_SC_CLK_TCK)` reports the same), so no `libc` call is needed to read it.
 //!
+//! Two machine-wide readings put the daemon's figures in context, since the generator and
+//! the daemon share the machine (and, here, other people's builds may too):
+//! `/proc/stat` gives the CPU time of every process together ([`read_machine_cpu`]), and
+//! `/proc/net/udp` and `/proc/net/udp6` give each UDP socket's receive-buffer drops
+//! ([`udp_drops`]), which is where a QUIC handshake or a status ping is lost on loopback.
+//!
 //! Without a PID the tool asks the daemon's `/metrics` for the conventional Prometheus
 //! process metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`); a daemon
 //! that does not export them gets `null` in the report rather than a guess.
@@ -116,6 +122,66 @@ impl DaemonProbe {
     }
 }
 
+/// CPU time of the whole machine, from the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    /// Time spent not idle (everything but `idle` and `iowait`), summed over cores, seconds.
+    pub busy_seconds: f64,
+    /// When it was taken.
+    pub at: Instant,
+}
+
+impl MachineCpu {
+    /// Average machine CPU use until a later reading, as a percentage of one core (so a
+    /// fully busy 2-core machine reads 200).
+    pub fn cpu_percent_until(&self, later: &MachineCpu) -> Option<f64> {
+        let wall = later.at.checked_duration_since(self.at)?.as_secs_f64();
+        (wall > 0.0).then(|| ((later.busy_seconds - self.busy_seconds) / wall * 1_000.0).round() / 10.0)
+    }
+}
+
+/// Reads `/proc/stat`.
+pub fn read_machine_cpu() -> std::io::Result<MachineCpu> {
+    let at = Instant::now();
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    machine_busy_ticks(&stat)
+        .map(|ticks| MachineCpu { busy_seconds: ticks as f64 / USER_HZ, at })
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad /proc/stat"))
+}
+
+/// Busy ticks from the aggregate `cpu` line: user, nice, system, irq, softirq, steal (guest
+/// time is already inside user and nice).
+fn machine_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Some(field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
+}
+
+/// Receive-buffer drops so far, summed over the UDP sockets (IPv4 and IPv6) bound to any of
+/// `ports`; `None` when `/proc/net/udp` cannot be read. The counter lives as long as the
+/// socket, so callers subtract two readings.
+pub fn udp_drops(ports: &[u16]) -> Option<u64> {
+    let v4 = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let v6 = std::fs::read_to_string("/proc/net/udp6").unwrap_or_default();
+    Some(socket_drops(&v4, ports) + socket_drops(&v6, ports))
+}
+
+/// Sums the last column (`drops`) of the lines whose local port is in `ports`.
+fn socket_drops(table: &str, ports: &[u16]) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            let drops: u64 = fields.last()?.parse().ok()?;
+            ports.contains(&port).then_some(drops)
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +196,23 @@ mod tests {
     fn stat_fields_count_from_the_last_parenthesis() {
         let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
         assert_eq!(cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn machine_busy_skips_idle_and_iowait() {
+        let stat = "cpu  100 5 50 9000 30 2 3 1 0 0\ncpu0 50 2 25 4500 15 1 1 0 0 0\n";
+        assert_eq!(machine_busy_ticks(stat), Some(100 + 5 + 50 + 2 + 3 + 1));
+        assert!(read_machine_cpu().is_ok());
+    }
+
+    #[test]
+    fn drops_are_summed_per_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n \
+             1: 0100007F:3861 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 48\n \
+             2: 0100007F:A573 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 2 2 0000000000000000 7\n";
+        assert_eq!(socket_drops(table, &[0x3861]), 48);
+        assert_eq!(socket_drops(table, &[0x3861, 0xA573]), 55);
+        assert_eq!(socket_drops(table, &[1]), 0);
     }
 
     #[test]

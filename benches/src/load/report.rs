@@ -78,6 +78,12 @@ pub struct Report {
     /// daemon, and a figure taken while the generator was saturated says more about it
     /// than about the daemon.
     pub generator: DaemonReport,
+    /// The whole machine's CPU (every process together).
+    pub machine: MachineReport,
+    /// UDP receive-buffer drops (the kernel's per-socket counters): where a handshake
+    /// packet or a status ping is lost on loopback, and the usual cause of latency tails of
+    /// one retransmission timeout or more.
+    pub udp_drops: UdpDrops,
     /// The bare-quinn baseline, with `--baseline`.
     pub baseline: Option<BaselineReport>,
     /// Daemon bytes per session divided by bare-quinn bytes per connection, same run.
@@ -105,6 +111,30 @@ pub struct DaemonReport {
     pub cpu_percent_ramp: Option<f64>,
     /// Average CPU during the steady state, percent of one core.
     pub cpu_percent_steady: Option<f64>,
+}
+
+/// The machine the run shared.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MachineReport {
+    /// Cores available to the generator.
+    pub cores: u64,
+    /// Average CPU use of every process during the ramp, percent of one core (so the
+    /// ceiling is 100 times `cores`); minus the daemon's and the generator's, what else ran.
+    pub cpu_percent_ramp: Option<f64>,
+    /// The same during the steady state.
+    pub cpu_percent_steady: Option<f64>,
+}
+
+/// Receive-buffer drops counted by the kernel; `null` when not readable (a daemon on
+/// another host, no `/proc`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UdpDrops {
+    /// At the daemon's socket during the ramp and the steady state.
+    pub daemon_socket: Option<u64>,
+    /// At the daemon's socket while the sessions closed.
+    pub daemon_socket_at_close: Option<u64>,
+    /// At the generator's sockets over the whole run.
+    pub generator_sockets: Option<u64>,
 }
 
 fn ms(summary: &Summary) -> String {
@@ -179,6 +209,23 @@ impl fmt::Display for Report {
             bytes(g.rss_end_bytes),
             pct(g.cpu_percent_ramp),
             pct(g.cpu_percent_steady)
+        )?;
+        let m = &self.machine;
+        writeln!(
+            f,
+            "  machine      {} cores, cpu {} ramp, {} steady (all processes)",
+            m.cores,
+            pct(m.cpu_percent_ramp),
+            pct(m.cpu_percent_steady)
+        )?;
+        let u = &self.udp_drops;
+        let count = |v: Option<u64>| v.map_or_else(|| "n/a".to_owned(), |v| v.to_string());
+        writeln!(
+            f,
+            "  udp drops    daemon socket {} (+{} at close), generator sockets {}",
+            count(u.daemon_socket),
+            count(u.daemon_socket_at_close),
+            count(u.generator_sockets)
         )?;
         if let Some(b) = &self.baseline {
             writeln!(

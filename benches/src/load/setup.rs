@@ -211,8 +211,14 @@ impl ClientSessionStore for DepositOnly {
     }
 }
 
-/// `count` client endpoints, each on its own UDP socket, bound to the loopback (or
-/// wildcard) address of the server's family.
+/// Receive and send buffer asked for on each client socket. The kernel default (about
+/// 208 KiB on Linux) holds only some 90 loopback packets, and one client socket carries a
+/// quarter of all sessions; the kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max`. The generator must not be where packets are lost.
+pub const CLIENT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// `count` client endpoints, each on its own UDP socket (with [`CLIENT_SOCKET_BUFFER`]),
+/// bound to the loopback (or wildcard) address of the server's family.
 pub fn endpoints(count: usize, server: SocketAddr) -> Result<Vec<quinn::Endpoint>, LoadError> {
     let ip: IpAddr = match (server.ip().is_loopback(), server) {
         (true, SocketAddr::V4(_)) => [127, 0, 0, 1].into(),
@@ -220,10 +226,16 @@ pub fn endpoints(count: usize, server: SocketAddr) -> Result<Vec<quinn::Endpoint
         (false, SocketAddr::V4(_)) => std::net::Ipv4Addr::UNSPECIFIED.into(),
         (false, SocketAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
     };
+    let bind = |source| LoadError::Bind { what: "client endpoint", source };
     (0..count)
         .map(|_| {
-            quinn::Endpoint::client(SocketAddr::new(ip, 0))
-                .map_err(|source| LoadError::Bind { what: "client endpoint", source })
+            let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(bind)?;
+            let state = quinn::udp::UdpSocketState::new((&socket).into()).map_err(bind)?;
+            // Best effort: a smaller buffer than asked for is still a working socket.
+            let _ = state.set_recv_buffer_size((&socket).into(), CLIENT_SOCKET_BUFFER);
+            let _ = state.set_send_buffer_size((&socket).into(), CLIENT_SOCKET_BUFFER);
+            let runtime = Arc::new(quinn::TokioRuntime);
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map_err(bind)
         })
         .collect()
 }
