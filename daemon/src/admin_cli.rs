@@ -4,12 +4,11 @@
 //! from the dev daemon's `dev.json`; `--api`, `--ca` and `--admin-token` override them.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::credentials::{DevInfo, read_certs};
+use crate::credentials::{DevInfo, https_client};
 
 /// How to reach the admin API.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,18 +96,8 @@ impl Admin {
             .clone()
             .or_else(|| dev.as_ref().map(|d| d.admin_token.clone()))
             .context("no --admin-token given and no dev.json to read it from")?;
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = ca {
-            for cert in read_certs(&ca)? {
-                roots.add(cert).context("unusable CA certificate")?;
-            }
-        }
-        let tls =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build()?;
+        let ca = ca.context("no --ca given and no dev.json to find the CA certificate in")?;
+        let http = https_client(&ca)?;
         Ok(Admin { http, base, token })
     }
 

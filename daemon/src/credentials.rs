@@ -240,6 +240,21 @@ fn write_secret(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// An HTTPS client that trusts exactly the certificates in the PEM file `ca` (the dev
+/// daemon's `tls/cert.pem`, or an operator's private CA): for the admin CLI, tools and
+/// tests that talk to a daemon whose certificate no public CA signed.
+pub fn https_client(ca: &Path) -> Result<reqwest::Client> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots.add(cert).context("unusable CA certificate")?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls).build()?)
+}
+
 /// rustls needs a process-wide crypto provider; both ends use ring.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -7,7 +7,6 @@ use common::receiver::Receiver;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -55,16 +54,7 @@ fn token(dir: &Path, user: &str, device: &str) -> String {
 }
 
 fn https_client(info: &DevInfo) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in transport::read_roots(&info.ca_cert).expect("roots") {
-        roots.add(cert).expect("root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("https client")
+    presenced::credentials::https_client(&info.ca_cert).expect("https client")
 }
 
 fn sigterm(child: &Child) {

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -303,16 +302,7 @@ fn assert_valid(doc: &Value, schema: &Value, value: &Value, what: &str) {
 }
 
 fn https_client(info: &DevInfo) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in presence_client::transport::read_roots(&info.ca_cert).expect("roots") {
-        roots.add(cert).expect("root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("https client")
+    presenced::credentials::https_client(&info.ca_cert).expect("https client")
 }
 
 /// What a request carries.

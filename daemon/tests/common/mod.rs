@@ -75,18 +75,7 @@ impl TestDaemon {
 
     /// An HTTPS client trusting the dev CA.
     pub fn http(&self) -> reqwest::Client {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in &self.roots {
-            roots.add(cert.clone()).expect("root");
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("https client")
+        presenced::credentials::https_client(&self.info.ca_cert).expect("https client")
     }
 
     pub fn url(&self, path: &str) -> String {

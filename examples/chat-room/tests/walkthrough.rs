@@ -31,16 +31,7 @@ async fn next_event(client: &mut Client) -> Event {
 }
 
 fn https(info: &DevInfo) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in transport::read_roots(&info.ca_cert).expect("roots") {
-        roots.add(cert).expect("root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("client")
+    presenced::credentials::https_client(&info.ca_cert).expect("https client")
 }
 
 #[tokio::test(flavor = "multi_thread")]
