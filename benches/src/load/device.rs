@@ -99,8 +99,7 @@ pub struct Fleet {
     /// Mean time between one device's reconnects (`None`: no reconnects).
     pub reconnect_every: Option<Duration>,
     /// On the stop signal each device waits a random part of this before it closes, so the
-    /// daemon is not sent every CONNECTION_CLOSE at once (a burst its socket buffer would
-    /// drop, leaving those connections to the idle timeout).
+    /// daemon is not sent every CONNECTION_CLOSE at once (see [`CLOSE_RATE`](super::CLOSE_RATE)).
     pub close_spread: Duration,
     /// Token validity, seconds.
     pub token_ttl_secs: u64,
