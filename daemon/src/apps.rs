@@ -107,12 +107,16 @@ impl Apps {
         Ok(removed)
     }
 
-    fn modify(&self, id: &str, change: impl FnOnce(&mut AppRecord)) -> Result<Option<AppRecord>, StoreError> {
-        let Some(mut app) = self.store.get_app(id)? else { return Ok(None) };
-        change(&mut app);
-        self.store.put_app(&app)?;
-        self.cache(app.clone());
-        Ok(Some(app))
+    fn modify(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut AppRecord),
+    ) -> Result<Option<AppRecord>, StoreError> {
+        let app = self.store.update_app(id, &mut change)?;
+        if let Some(app) = &app {
+            self.cache(app.clone());
+        }
+        Ok(app)
     }
 
     fn cache(&self, app: AppRecord) {

@@ -144,6 +144,25 @@ impl Store for EmbeddedStore {
         found.map(|bytes| decode_app(bytes.value())).transpose()
     }
 
+    fn update_app(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut AppRecord),
+    ) -> Result<Option<AppRecord>, StoreError> {
+        self.write(|txn| {
+            let mut apps = txn.open_table(APPS).map_err(backend)?;
+            let Some(mut app) =
+                apps.get(id).map_err(backend)?.map(|bytes| decode_app(bytes.value())).transpose()?
+            else {
+                return Ok(None);
+            };
+            change(&mut app);
+            let json = serde_json::to_vec(&app).map_err(|e| StoreError::Backend(e.to_string()))?;
+            apps.insert(id, json.as_slice()).map_err(backend)?;
+            Ok(Some(app))
+        })
+    }
+
     fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let apps = txn.open_table(APPS).map_err(backend)?;
@@ -443,6 +462,20 @@ mod tests {
         store.enqueue("app_b", &[ev("p:1", "a")]).expect("enqueue");
         assert_eq!(store.depth("app_a").expect("depth"), 2);
         assert_eq!(store.depth("app_b").expect("depth"), 1);
+    }
+
+    #[test]
+    fn update_app_changes_one_field_in_place() {
+        let (_dir, store) = open();
+        assert_eq!(store.update_app("app_none", &mut |app| app.disabled = true).expect("update"), None);
+        assert_eq!(store.get_app("app_none").expect("get"), None, "no app is created by an update");
+        let secret = store.get_app("app_a").expect("get").expect("app").webhook_secret;
+        let changed =
+            store.update_app("app_a", &mut |app| app.disabled = true).expect("update").expect("app");
+        assert!(changed.disabled);
+        let stored = store.get_app("app_a").expect("get").expect("app");
+        assert!(stored.disabled);
+        assert_eq!(stored.webhook_secret, secret);
     }
 
     #[test]

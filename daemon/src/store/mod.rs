@@ -72,6 +72,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn put_app(&self, app: &AppRecord) -> Result<(), StoreError>;
     /// One app by id.
     fn get_app(&self, id: &str) -> Result<Option<AppRecord>, StoreError>;
+    /// Changes one app in a single transaction (read, change, write), so that concurrent
+    /// changes (an admin rotating the secret while a 410 disables the endpoint) cannot undo
+    /// each other. Returns the changed record, or `None` if there is no such app.
+    fn update_app(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut AppRecord),
+    ) -> Result<Option<AppRecord>, StoreError>;
     /// Every app, ordered by id.
     fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError>;
     /// Removes an app and its whole outbox; false if there was none.

@@ -928,14 +928,7 @@ async fn delivered(
 /// Marks an app disabled after its endpoint answered 410 Gone.
 async fn disable(inner: &Inner, app_id: &str) {
     let (store, id) = (inner.store.clone(), app_id.to_owned());
-    let result = blocking(move || {
-        if let Some(mut app) = store.get_app(&id)? {
-            app.disabled = true;
-            store.put_app(&app)?;
-        }
-        Ok(())
-    })
-    .await;
+    let result = blocking(move || store.update_app(&id, &mut |app| app.disabled = true).map(drop)).await;
     match result {
         Ok(()) => info!(app = app_id, "webhook endpoint answered 410 Gone; deliveries disabled"),
         Err(error) => warn!(app = app_id, %error, "410 Gone, but the app could not be marked disabled"),
