@@ -87,7 +87,7 @@ pub struct Fleet {
     /// TLS configurations (full, resumed).
     pub tls: ClientConfigs,
     /// Mints device tokens.
-    pub signer: TokenSigner,
+    pub signer: Arc<TokenSigner>,
     /// The tool's app, in every device's visibility list.
     pub app_id: AppId,
     /// Distinguishes this run's users from earlier runs' on the same daemon.

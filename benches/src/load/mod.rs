@@ -328,9 +328,7 @@ impl Context<'_> {
             server: config.server,
             endpoints: setup::endpoints(config.endpoints, config.server)?,
             tls: tls.clone(),
-            signer: presenced::credentials::dev_signer(&config.data_dir).map_err(|e| {
-                LoadError::Credentials { dir: config.data_dir.clone(), detail: format!("{e:#}") }
-            })?,
+            signer: self.dev.signer.clone(),
             app_id,
             run_id: self.run_id.clone(),
             heartbeat: config.heartbeat,

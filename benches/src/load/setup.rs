@@ -32,7 +32,7 @@ pub struct DevSetup {
     /// `dev.json`: HTTPS URL, CA path, admin token.
     pub info: DevInfo,
     /// Mints device tokens with the dev key (`token-signing.pk8`).
-    pub signer: TokenSigner,
+    pub signer: Arc<TokenSigner>,
     /// Certificates the devices trust for QUIC (`--ca`).
     pub roots: Vec<CertificateDer<'static>>,
     /// An HTTPS client trusting the dev CA.
@@ -59,7 +59,7 @@ impl DevSetup {
         let roots = credentials::read_certs(ca).map_err(|e| fail(format!("{e:#}")))?;
         let api_roots = credentials::read_certs(&info.ca_cert).map_err(|e| fail(format!("{e:#}")))?;
         let http = https_client(&api_roots)?;
-        Ok(DevSetup { info, signer, roots, http, tls_dir: data_dir.join("tls") })
+        Ok(DevSetup { info, signer: Arc::new(signer), roots, http, tls_dir: data_dir.join("tls") })
     }
 
     /// `dev.json`'s HTTPS URL followed by `path`.
