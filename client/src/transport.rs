@@ -46,14 +46,17 @@ pub fn endpoint(bind: SocketAddr, roots: &[CertificateDer<'static>]) -> Result<q
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClientError::Options(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(transport_config()));
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
 
-/// Trimmed like the server's: the device opens one stream and accepts none.
-fn transport() -> TransportConfig {
+/// The device's transport settings, trimmed like the server's: the device opens one stream
+/// and accepts none, small windows and datagram buffers, no MTU discovery and no QUIC
+/// keep-alives (the heartbeat is the only periodic traffic). Public so that load tools
+/// simulate devices with exactly these settings.
+pub fn transport_config() -> TransportConfig {
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(0))

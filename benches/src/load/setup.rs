@@ -9,7 +9,6 @@ use std::time::Duration;
 use presence_protocol::ALPN;
 use presenced::auth::TokenSigner;
 use presenced::credentials::{self, DevInfo};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::client::{Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -20,9 +19,6 @@ use super::LoadError;
 pub const SERVER_NAME: &str = "localhost";
 /// Bound on every admin and AppService API request the tool makes.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// QUIC idle timeout of the simulated devices, as the client library sets it: past the
-/// longest heartbeat interval plus grace, so liveness, not QUIC, decides.
-const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(31 * 60);
 /// Server names the resumption cache remembers; the tool talks to one.
 const RESUMPTION_NAMES: usize = 4;
 
@@ -155,28 +151,8 @@ fn quic_client(
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LoadError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(client_transport()));
+    config.transport_config(Arc::new(presence_client::transport::transport_config()));
     Ok(config)
-}
-
-/// The transport settings of `presence-client` (its `transport` module): the device opens
-/// one stream and accepts none, small windows and datagram buffers, no MTU discovery and no
-/// QUIC keep-alives (the heartbeat is the only periodic traffic).
-fn client_transport() -> TransportConfig {
-    let mut transport = TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(0))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .stream_receive_window(VarInt::from_u32(64 * 1024))
-        .receive_window(VarInt::from_u32(128 * 1024))
-        .datagram_receive_buffer_size(Some(256))
-        .datagram_send_buffer_size(256)
-        .mtu_discovery_config(None)
-        .keep_alive_interval(None);
-    if let Ok(timeout) = IdleTimeout::try_from(CLIENT_IDLE_TIMEOUT) {
-        transport.max_idle_timeout(Some(timeout));
-    }
-    transport
 }
 
 /// A session store that keeps what it is given in a shared pool but never hands a ticket
