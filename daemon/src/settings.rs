@@ -45,6 +45,10 @@ pub const DEFAULT_WEBHOOK_MAX_EVENTS: usize = 1_000;
 pub const DEFAULT_WEBHOOK_MAX_BYTES: usize = 256 * 1024;
 /// Default webhook request timeout, seconds.
 pub const DEFAULT_WEBHOOK_TIMEOUT_SECS: u64 = 10;
+/// Default receive and send buffer of the QUIC UDP socket, bytes. The kernel default
+/// (about 208 KiB) overflows under a burst of handshakes; the kernel caps the value at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const DEFAULT_UDP_BUFFER: usize = 8 * 1024 * 1024;
 /// Default AppService API rate per app, requests per second.
 pub const DEFAULT_API_RATE: u32 = 100;
 /// Default AppService API burst per app.
@@ -125,6 +129,10 @@ pub struct SettingsLayer {
     /// Let the admin API answer clients that are not on loopback [default: false].
     #[arg(long, env = "PRESENCED_ADMIN_REMOTE", num_args = 0..=1, default_missing_value = "true")]
     pub admin_remote: Option<bool>,
+    /// Receive and send buffer of the QUIC UDP socket in bytes, capped by the kernel's
+    /// rmem_max/wmem_max [default: 8388608].
+    #[arg(long, env = "PRESENCED_UDP_BUFFER")]
+    pub udp_buffer: Option<usize>,
     /// AppService API requests per second per app [default: 100].
     #[arg(long, env = "PRESENCED_API_RATE")]
     pub api_rate: Option<u32>,
@@ -174,6 +182,8 @@ pub struct Settings {
     pub webhook_allow: Vec<String>,
     /// Admin API open beyond loopback. Default false.
     pub admin_remote: bool,
+    /// QUIC UDP socket buffer size. Default 8 MiB (capped by the kernel).
+    pub udp_buffer: usize,
     /// API requests per second per app. Default 100.
     pub api_rate: u32,
     /// API burst per app. Default 200.
@@ -240,7 +250,8 @@ impl SettingsLayer {
             webhook_allow,
             admin_remote,
             api_rate,
-            api_burst
+            api_burst,
+            udp_buffer
         )
     }
 
@@ -334,6 +345,7 @@ impl SettingsLayer {
             admin_remote: self.admin_remote.unwrap_or(false),
             api_rate,
             api_burst,
+            udp_buffer: self.udp_buffer.unwrap_or(DEFAULT_UDP_BUFFER),
         };
         if settings.quic_listen.port() != 0 && settings.quic_listen == settings.https_listen {
             errors.push("quic_listen and https_listen must differ".into());

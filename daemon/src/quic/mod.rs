@@ -111,8 +111,12 @@ impl QuicServer {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport_config(settings.idle_timeout)?));
         server_config.migration(true);
-        let endpoint = quinn::Endpoint::server(server_config, settings.quic_listen)
+        let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
             .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+                .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
         let protocol = ProtocolConfig {
             handshake_timeout: settings.handshake_timeout,
             heartbeat_grace: settings.heartbeat_grace,
@@ -177,6 +181,29 @@ impl QuicServer {
     pub fn open_connections(&self) -> usize {
         self.endpoint.open_connections()
     }
+}
+
+/// The endpoint's UDP socket with large buffers: one socket carries every device's packets,
+/// and a burst of handshakes overflows the kernel's default receive buffer (packets then
+/// wait for QUIC's resend timers, seconds each). The kernel caps the sizes at
+/// `net.core.rmem_max` / `wmem_max`; what it granted is logged.
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 devices too, as the std socket quinn would bind does.
+        let _ = socket.set_only_v6(false);
+    }
+    // A refused size is not fatal: the kernel default still works, only worse under bursts.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    tracing::info!(
+        recv_buffer = socket.recv_buffer_size().unwrap_or(0),
+        send_buffer = socket.send_buffer_size().unwrap_or(0),
+        "QUIC socket bound"
+    );
+    Ok(socket.into())
 }
 
 fn reason(reason: &'static str) -> ReasonLabel {
