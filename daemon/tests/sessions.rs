@@ -268,7 +268,10 @@ async fn a_rebound_socket_keeps_the_session_online() {
     // A change after the move still arrives, and nothing flapped in between.
     client.set_status(Status::Away, None).await.expect("set");
     assert_eq!(next_event(&mut events, "chat").await.status, Status::Away);
+    // The first client event after the move is the ack: no Down, no new session.
     assert!(matches!(next_client_event(&mut client).await, Event::StatusAcked { .. }));
+    assert_eq!(daemon.metric("presence_handshakes_total"), 1.0, "the same connection migrated");
+    assert_eq!(daemon.metric("presence_sessions{state=\"away\"}"), 1.0);
     client.close().await;
 }
 
