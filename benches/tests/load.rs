@@ -11,15 +11,7 @@ use presenced::settings::SettingsLayer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_sessions_report_webhook_latencies() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let layer = SettingsLayer {
-        dev: Some(true),
-        data_dir: Some(dir.path().to_path_buf()),
-        quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        drain_secs: Some(1),
-        log: Some("warn".into()),
-        ..Default::default()
-    };
+    let layer = SettingsLayer { drain_secs: Some(1), ..SettingsLayer::dev_loopback(dir.path()) };
     let daemon = Daemon::start(layer.resolve().expect("settings")).await.expect("daemon starts");
     let info = daemon.dev_info.clone().expect("dev info");
 

@@ -14,13 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = SettingsLayer {
-        dev: Some(true),
-        data_dir: Some(dir.path().to_path_buf()),
-        quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        ..Default::default()
-    };
+    let settings = SettingsLayer::dev_loopback(dir.path());
     let daemon = Daemon::start(settings.resolve().expect("settings")).await.expect("daemon");
     let info = daemon.dev_info.clone().expect("dev info");
     let app = daemon.apps().create("chat", "https://127.0.0.1:9/hook").expect("register app").app.id;

@@ -14,7 +14,7 @@
 //! `GET` for them, and recipients left pending (their devices' sessions are gone, so no
 //! answer can come) become `missed` at the expiry, so every recipient gets an outcome.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -230,29 +230,19 @@ impl Notifications {
         };
         // The record is in place before any device sees the notification, so even the
         // fastest answer finds it.
-        self.records.insert(id, Mutex::new(record));
-        let view = match self.records.get(&id).map(|entry| {
-            let Ok(mut record) = entry.lock() else { return None };
-            let record = &mut *record;
-            for recipient in &mut record.recipients {
-                recipient.sessions.retain(|session| session.send(SessionCommand::Notify(notify.clone())));
-                if recipient.sessions.is_empty() && recipient.outcome == Outcome::Pending {
-                    self.decide(&record.app_id, id, recipient, Outcome::Undeliverable);
-                }
+        // The record is in place before any device sees the notification: an answer that
+        // comes at once waits on this entry's shard lock, then finds it.
+        let mut entry = self.records.entry(id).insert(Mutex::new(record));
+        let record = entry.value_mut().get_mut().unwrap_or_else(PoisonError::into_inner);
+        for recipient in &mut record.recipients {
+            recipient.sessions.retain(|session| session.send(SessionCommand::Notify(notify.clone())));
+            if recipient.sessions.is_empty() && recipient.outcome == Outcome::Pending {
+                self.decide(&record.app_id, id, recipient, Outcome::Undeliverable);
             }
-            self.persist(id, record);
-            Some(view(id, record))
-        }) {
-            Some(Some(view)) => view,
-            // Only a poisoned lock gets here; the notification still expires normally.
-            _ => NotificationView {
-                id: id.to_string(),
-                mode: request.mode,
-                created_at,
-                expires_at: created_at,
-                recipients: Vec::new(),
-            },
-        };
+        }
+        self.persist(id, record);
+        let view = view(id, record);
+        drop(entry);
         self.schedule(id, request.ttl);
         view
     }
@@ -297,7 +287,7 @@ impl Notifications {
     /// A device answered. Only the first answer per recipient counts.
     pub fn respond(&self, id: u64, user: &str, session: u64, response: Response) {
         let Some(record) = self.records.get(&id) else { return };
-        let Ok(mut record) = record.lock() else { return };
+        let mut record = lock(&record);
         let record = &mut *record;
         let Some(index) = record.recipients.iter().position(|r| {
             r.outcome == Outcome::Pending
@@ -327,13 +317,13 @@ impl Notifications {
     /// The view of a notification, for the app that sent it only.
     pub fn get(&self, app_id: &str, id: u64) -> Option<NotificationView> {
         let record = self.records.get(&id)?;
-        let record = record.lock().ok()?;
+        let record = lock(&record);
         (record.app_id == app_id).then(|| view(id, &record))
     }
 
     fn expire(&self, id: u64) {
         let Some(record) = self.records.get(&id) else { return };
-        let Ok(mut record) = record.lock() else { return };
+        let mut record = lock(&record);
         let record = &mut *record;
         let mut changed = false;
         for recipient in &mut record.recipients {
@@ -366,6 +356,12 @@ impl Notifications {
             }
         }
     }
+}
+
+/// Locks a record. A panic while it was locked left plain data behind (outcomes are set
+/// one field at a time), so a poisoned lock is used as it is rather than losing the record.
+fn lock(record: &Mutex<Record>) -> MutexGuard<'_, Record> {
+    record.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn cancel<'a>(sessions: impl Iterator<Item = &'a SessionHandle>, id: u64, reason: CancelReason) {

@@ -221,6 +221,21 @@ impl SettingsLayer {
         toml::from_str(&text).map_err(|e| ConfigError(vec![format!("config file {}: {e}", path.display())]))
     }
 
+    /// A `--dev` daemon in `data_dir` on loopback ports the OS picks, logging warnings only:
+    /// what tests, examples and load tools start in-process (read the bound addresses from
+    /// [`crate::Daemon`]). Fields can be overridden with struct update syntax.
+    pub fn dev_loopback(data_dir: &Path) -> SettingsLayer {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        SettingsLayer {
+            dev: Some(true),
+            data_dir: Some(data_dir.to_path_buf()),
+            quic_listen: Some(loopback),
+            https_listen: Some(loopback),
+            log: Some("warn".into()),
+            ..SettingsLayer::default()
+        }
+    }
+
     /// This layer with gaps filled from `lower`.
     pub fn over(self, lower: SettingsLayer) -> SettingsLayer {
         macro_rules! merge {

@@ -397,7 +397,11 @@ async fn apps_cli_add_prints_keys_as_json() {
         .await
         .expect("run");
     assert!(output.status.success());
-    assert!(daemon.daemon.table().users() == 0);
+    // Removed for real: the registry no longer knows the app or its API key.
+    assert!(!daemon.daemon.apps().exists(id));
+    let key = added["api_key"].as_str().expect("api_key");
+    let (status, _) = api(&daemon, key, reqwest::Method::GET, "/v1/presence/x", None).await;
+    assert_eq!(status, 401, "a removed app's key no longer works");
 }
 
 #[tokio::test]

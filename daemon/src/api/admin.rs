@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{AdminAuth, ApiJson, ApiPath};
 use super::{ApiError, ApiState};
-use crate::store::AppRecord;
+use crate::store::{AppRecord, StoreError};
 
 /// Longest app name.
 const MAX_NAME: usize = 200;
@@ -49,6 +49,15 @@ fn view(state: &ApiState, app: AppRecord) -> AppView {
         disabled: app.disabled,
         outbox_depth,
     }
+}
+
+/// A store lookup's answer: the app, 404 `not_found` if there is none, 500 on a failure.
+fn found(lookup: Result<Option<AppRecord>, StoreError>) -> Result<AppRecord, ApiError> {
+    lookup.map_err(ApiError::internal)?.ok_or_else(no_such_app)
+}
+
+fn no_such_app() -> ApiError {
+    ApiError::not_found("no such app")
 }
 
 pub(super) async fn create(
@@ -95,11 +104,7 @@ pub(super) async fn show(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    let app = state
-        .apps
-        .fresh(&id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found("no such app"))?;
+    let app = found(state.apps.fresh(&id))?;
     Ok(axum::Json(view(&state, app)))
 }
 
@@ -114,11 +119,7 @@ pub(super) async fn rotate_secret(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<Rotated>, ApiError> {
-    let app = state
-        .apps
-        .rotate_secret(&id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found("no such app"))?;
+    let app = found(state.apps.rotate_secret(&id))?;
     state.fanout.app_changed(&app.id);
     Ok(axum::Json(Rotated { app_id: app.id, webhook_secret: app.webhook_secret }))
 }
@@ -128,11 +129,7 @@ pub(super) async fn enable(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    let app = state
-        .apps
-        .enable(&id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found("no such app"))?;
+    let app = found(state.apps.enable(&id))?;
     state.fanout.app_changed(&app.id);
     Ok(axum::Json(view(&state, app)))
 }
@@ -143,7 +140,7 @@ pub(super) async fn remove(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.apps.remove(&id).map_err(ApiError::internal)? {
-        return Err(ApiError::not_found("no such app"));
+        return Err(no_such_app());
     }
     state.fanout.app_changed(&id);
     Ok(StatusCode::NO_CONTENT)

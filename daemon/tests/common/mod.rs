@@ -31,16 +31,7 @@ pub struct TestDaemon {
 }
 
 pub fn settings(dir: &Path) -> SettingsLayer {
-    SettingsLayer {
-        dev: Some(true),
-        data_dir: Some(dir.to_path_buf()),
-        quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        heartbeat_grace_secs: Some(1),
-        drain_secs: Some(2),
-        log: Some("warn".into()),
-        ..Default::default()
-    }
+    SettingsLayer { heartbeat_grace_secs: Some(1), drain_secs: Some(2), ..SettingsLayer::dev_loopback(dir) }
 }
 
 impl TestDaemon {

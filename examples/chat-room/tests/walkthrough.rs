@@ -38,14 +38,7 @@ fn https(info: &DevInfo) -> reqwest::Client {
 async fn an_appservice_in_five_minutes() {
     // 1. presenced serve --dev
     let dir = tempfile::tempdir().expect("tempdir");
-    let layer = SettingsLayer {
-        dev: Some(true),
-        data_dir: Some(dir.path().to_path_buf()),
-        quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        log: Some("warn".into()),
-        ..Default::default()
-    };
+    let layer = SettingsLayer::dev_loopback(dir.path());
     let daemon = presenced::Daemon::start(layer.resolve().expect("settings")).await.expect("daemon");
     let info = daemon.dev_info.clone().expect("dev.json");
     let http = https(&info);
