@@ -34,62 +34,72 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-pub(super) async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// Accepts one incoming connection and spawns its session task. The accept is done here,
+/// before the task exists, so the task does not carry the `Incoming` (384 bytes, twice in
+/// the future's layout) for the whole life of the session.
+pub(super) fn start(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", id, remote = %incoming.remote_address(), user = tracing::field::Empty, device = tracing::field::Empty);
-    async move {
-        shared.handshaking.fetch_add(1, Ordering::Relaxed);
-        let guard = Handshaking(&shared);
-        shared.metrics.handshakes.inc();
-        let connecting = match incoming.accept() {
-            Ok(connecting) => connecting,
-            Err(error) => {
-                debug!(%error, "handshake refused");
-                shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
-                return;
-            }
-        };
-        // Server side, 0.5-RTT always works; `handshake_done` resolves when the handshake
-        // completes, so a Hello read before it must have arrived in the client's 0-RTT.
-        let Ok((connection, handshake_done)) = connecting.into_0rtt() else {
-            // quinn documents that this always succeeds for incoming connections.
+    let entered = span.enter();
+    shared.metrics.handshakes.inc();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(error) => {
+            debug!(%error, "handshake refused");
             shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
             return;
-        };
-        let stream = tokio::time::timeout(shared.protocol.handshake_timeout, connection.accept_bi()).await;
-        let (send, recv) = match stream {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(error)) => {
-                debug!(%error, "connection ended before the control stream opened");
-                shared.metrics.handshakes_failed.get_or_create(&reason("no_stream")).inc();
-                return;
-            }
-            Err(_) => {
-                shared.metrics.handshakes_failed.get_or_create(&reason("handshake_timeout")).inc();
-                connection.close(close_code(ErrorCode::HANDSHAKE_TIMEOUT), b"no control stream");
-                return;
-            }
-        };
-        let mut driver = Driver {
-            shared: &shared,
-            connection,
-            send,
-            recv,
-            session: ServerSession::new(shared.protocol.clone(), Instant::now()),
-            id,
-            identity: None,
-            handshake: Some(guard),
-            handshake_done: Box::pin(handshake_done),
-            closed: None,
-        };
-        driver.run().await;
-        if driver.closed.is_some_and(|code| code != ErrorCode::NO_ERROR) {
-            driver.linger().await;
         }
-        driver.finish();
+    };
+    // Server side, 0.5-RTT always works; `handshake_done` resolves when the handshake
+    // completes, so a Hello read before it must have arrived in the client's 0-RTT.
+    let Ok((connection, handshake_done)) = connecting.into_0rtt() else {
+        // quinn documents that this always succeeds for incoming connections.
+        shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
+        return;
+    };
+    drop(entered);
+    tokio::spawn(run(connection, handshake_done, id, shared).instrument(span));
+}
+
+async fn run(
+    connection: quinn::Connection,
+    handshake_done: quinn::ZeroRttAccepted,
+    id: u64,
+    shared: Arc<Shared>,
+) {
+    shared.handshaking.fetch_add(1, Ordering::Relaxed);
+    let guard = Handshaking(&shared);
+    let stream = tokio::time::timeout(shared.protocol.handshake_timeout, connection.accept_bi()).await;
+    let (send, recv) = match stream {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(error)) => {
+            debug!(%error, "connection ended before the control stream opened");
+            shared.metrics.handshakes_failed.get_or_create(&reason("no_stream")).inc();
+            return;
+        }
+        Err(_) => {
+            shared.metrics.handshakes_failed.get_or_create(&reason("handshake_timeout")).inc();
+            connection.close(close_code(ErrorCode::HANDSHAKE_TIMEOUT), b"no control stream");
+            return;
+        }
+    };
+    let mut driver = Driver {
+        shared: &shared,
+        connection,
+        send,
+        recv,
+        session: ServerSession::new(shared.protocol.clone(), Instant::now()),
+        id,
+        identity: None,
+        handshake: Some(guard),
+        handshake_done: Box::pin(handshake_done),
+        closed: None,
+    };
+    driver.run().await;
+    if driver.closed.is_some_and(|code| code != ErrorCode::NO_ERROR) {
+        driver.linger().await;
     }
-    .instrument(span)
-    .await
+    driver.finish();
 }
 
 struct Driver<'a> {
@@ -136,7 +146,7 @@ impl Driver<'_> {
                     }
                     Err(error) => return debug!(%error, "connection ended"),
                 },
-                Some(command) = commands.recv() => self.apply(command),
+                command = commands.recv() => self.apply(command),
                 _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(Instant::now()),
                 _ = shutdown.wait_for(|stop| *stop), if !draining => {
                     draining = true;
@@ -184,7 +194,9 @@ impl Driver<'_> {
     async fn handle_events(&mut self, handle: &SessionHandle) {
         while let Some(event) = self.session.poll_event() {
             match event {
-                ServerEvent::Hello(hello) => self.authenticate(hello, handle).await,
+                // Boxed: it runs once per session, and inline it would make every session's
+                // task future larger for the session's whole life.
+                ServerEvent::Hello(hello) => Box::pin(self.authenticate(hello, handle)).await,
                 ServerEvent::StatusChanged { status, idle, message } => {
                     self.shared.metrics.status_changes.inc();
                     self.update(|state| {

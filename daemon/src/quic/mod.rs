@@ -166,7 +166,7 @@ impl QuicServer {
                 let _ = incoming.retry();
                 continue;
             }
-            tokio::spawn(connection::run(incoming, self.shared.clone()));
+            connection::start(incoming, self.shared.clone());
         }
     }
 
