@@ -13,8 +13,8 @@
 //!   drives a sans-IO [`presence_protocol::ServerSession`].
 //! - [`table`]: the presence table, its aggregation rule and its per-(app, PUID) events.
 //! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
-//! - [`apps`]: the registered AppServices; [`store`]: apps and the outbox behind one trait
-//!   (embedded: a redb file).
+//! - [`apps`]: the registered AppServices; [`store`]: apps, the outbox and TLS sessions
+//!   behind one trait (embedded: a redb file).
 //! - [`outbound`]: every webhook event's shape; [`webhook`]: signing, the SSRF guard and
 //!   the batched, retried, durable fan-out.
 //! - [`notify`]: live notifications and their outcomes.
@@ -117,6 +117,7 @@ impl Daemon {
         };
         let fanout = Arc::new(Fanout::start(store.clone(), fanout_config, metrics.clone())?);
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
+        let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
         let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), Some(sink)));
         let notifications =
@@ -136,7 +137,8 @@ impl Daemon {
             outbound,
             notifications: notifications.clone(),
         };
-        let quic = Arc::new(QuicServer::bind(&settings, identity, services, shutdown_rx.clone())?);
+        let persisted = (store.clone(), endpoint_secret);
+        let quic = Arc::new(QuicServer::bind(&settings, identity, services, persisted, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?

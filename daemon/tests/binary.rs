@@ -17,11 +17,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_presenced");
 
 /// Starts `presenced serve --dev` on loopback ports chosen by the OS, waiting for dev.json.
 /// The caller owns the child and waits for it (after SIGTERM).
-#[allow(clippy::zombie_processes)]
 fn serve(dir: &Path) -> (Child, DevInfo) {
+    serve_on(dir, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+/// [`serve`] on the given QUIC and HTTPS addresses (a restart on the same ports).
+#[allow(clippy::zombie_processes)]
+fn serve_on(dir: &Path, quic: &str, https: &str) -> (Child, DevInfo) {
     let _ = std::fs::remove_file(dir.join("dev.json"));
     let mut child = Command::new(BIN)
-        .args(["serve", "--dev", "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
+        .args(["serve", "--dev", "--quic-listen", quic, "--https-listen", https])
         .arg("--data-dir")
         .arg(dir)
         .args(["--drain-secs", "3", "--log", "warn"])
@@ -208,6 +213,91 @@ async fn undelivered_events_survive_kill_9_and_go_out_after_restart() {
         receiver.seen.lock().expect("lock").iter().flat_map(|d| d.events()).collect();
     let position = |wanted: &serde_json::Value| order.iter().position(|e| e == wanted);
     assert!(position(&reset) > position(&event), "reset comes after the state that was waiting");
+    sigterm(&again);
+    assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
+}
+
+/// `GET /metrics` of a daemon, as text.
+async fn metrics_text(http: &reqwest::Client, info: &DevInfo) -> String {
+    http.get(format!("{}/metrics", info.https)).send().await.expect("metrics").text().await.expect("text")
+}
+
+#[tokio::test]
+async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, info) = serve(dir.path());
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    receiver.status.store(500, std::sync::atomic::Ordering::Relaxed);
+    let http = https_client(&info);
+    let created: serde_json::Value = http
+        .post(format!("{}/v1/admin/apps", info.https))
+        .bearer_auth(&info.admin_token)
+        .json(&serde_json::json!({"name": "chat", "webhook_url": receiver.url()}))
+        .send()
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("json");
+    let app_id = created["app_id"].as_str().expect("app id").to_owned();
+
+    // Two devices up (full handshakes: no ticket yet), each holding a resumption ticket.
+    let roots = transport::read_roots(&info.ca_cert).expect("roots");
+    let mut devices = Vec::new();
+    for user in ["alice", "bob"] {
+        let mut options = ClientOptions::new(info.quic, roots.clone(), token(dir.path(), user, "phone"));
+        options.visibility = vec![app_id.clone()];
+        options.heartbeat = Duration::from_secs(5);
+        let mut client = Client::connect(options).await.expect("connect");
+        let up = next_client_event(&mut client).await;
+        assert!(matches!(up, Event::Up { zero_rtt: false, .. }), "{up:?}");
+        devices.push(client);
+    }
+    // A change the receiver cannot take yet: it waits in the outbox.
+    devices[0].set_status(presence_protocol::Status::Away, Some("gone fishing".into())).await.expect("status");
+    let depth = format!("presence_outbox_depth{{app=\"{app_id}\"}}");
+    let started = Instant::now();
+    while metric_value(&metrics_text(&http, &info).await, &depth) < 2.0 {
+        assert!(started.elapsed() < WAIT, "events never reached the outbox");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the group commits (outbox and TLS sessions) reach the disk, then kill -9.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.kill().expect("kill -9");
+    let _ = daemon.wait();
+    let killed = Instant::now();
+    let killed_ms = unix_now() * 1_000;
+
+    // The same data dir and ports.
+    receiver.status.store(200, std::sync::atomic::Ordering::Relaxed);
+    let quic = info.quic.to_string();
+    let https = info.https.trim_start_matches("https://").to_owned();
+    let (mut again, info) = serve_on(dir.path(), &quic, &https);
+    assert_eq!(info.quic.to_string(), quic);
+
+    // Each device's next heartbeat meets a stateless reset it trusts (the restarted
+    // endpoint derives the same keys), and it comes back resuming in 0-RTT.
+    for client in &mut devices {
+        let down = next_client_event(client).await;
+        assert!(matches!(down, Event::Down { retry_in: Some(_), .. }), "{down:?}");
+        let up = next_client_event(client).await;
+        assert!(matches!(up, Event::Up { zero_rtt: true, .. }), "resumed in 0-RTT after the restart: {up:?}");
+    }
+    println!("both devices back in 0-RTT {:?} after the kill", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(9), "the devices noticed the restart within a heartbeat");
+    let text = metrics_text(&http, &info).await;
+    assert_eq!(metric_value(&text, "presence_zero_rtt_accepted_total"), 2.0, "{text}");
+    assert_eq!(metric_value(&text, "presence_sessions{state=\"online\"}"), 1.0);
+    assert_eq!(metric_value(&text, "presence_sessions{state=\"away\"}"), 1.0);
+
+    // What waited in the outbox before the kill arrives, then the reset for the crash.
+    let away = receiver.event(|e| e["type"] == "presence" && e["status"] == "away").await;
+    assert_eq!(away["message"], "gone fishing");
+    assert!(away["at"].as_u64().expect("at") < killed_ms, "the event from before the kill: {away}");
+    receiver.event(|e| e["type"] == "reset").await;
+    for client in devices {
+        client.close().await;
+    }
     sigterm(&again);
     assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
 }
