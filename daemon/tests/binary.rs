@@ -3,80 +3,14 @@
 
 mod common;
 
+use common::process::*;
 use common::receiver::Receiver;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use presence_client::{Client, ClientOptions, Event, transport};
-use presenced::credentials::DevInfo;
-
-const BIN: &str = env!("CARGO_BIN_EXE_presenced");
-
-/// Starts `presenced serve --dev` on loopback ports chosen by the OS, waiting for dev.json.
-/// The caller owns the child and waits for it (after SIGTERM).
-fn serve(dir: &Path) -> (Child, DevInfo) {
-    serve_on(dir, "127.0.0.1:0", "127.0.0.1:0")
-}
-
-/// [`serve`] on the given QUIC and HTTPS addresses (a restart on the same ports).
-#[allow(clippy::zombie_processes)]
-fn serve_on(dir: &Path, quic: &str, https: &str) -> (Child, DevInfo) {
-    let _ = std::fs::remove_file(dir.join("dev.json"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--dev", "--quic-listen", quic, "--https-listen", https])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--drain-secs", "3", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn presenced");
-    let started = Instant::now();
-    loop {
-        if let Ok(info) = DevInfo::load(dir) {
-            return (child, info);
-        }
-        if started.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dev.json not written in time");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn token(dir: &Path, user: &str, device: &str) -> String {
-    let output = Command::new(BIN)
-        .args(["token", "--user", user, "--device", device, "--ttl", "1h", "--data-dir"])
-        .arg(dir)
-        .output()
-        .expect("run presenced token");
-    assert!(output.status.success(), "token failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
-}
-
-fn https_client(info: &DevInfo) -> reqwest::Client {
-    presenced::credentials::https_client(&info.ca_cert).expect("https client")
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(started.elapsed() < within, "daemon did not exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[tokio::test]
 async fn dev_daemon_shows_a_live_session_in_metrics_and_drains_on_sigterm() {
@@ -161,17 +95,7 @@ async fn undelivered_events_survive_kill_9_and_go_out_after_restart() {
     let mut receiver = Receiver::start(&dir.path().join("tls")).await;
     receiver.status.store(500, std::sync::atomic::Ordering::Relaxed);
     let http = https_client(&info);
-    let created: serde_json::Value = http
-        .post(format!("{}/v1/admin/apps", info.https))
-        .bearer_auth(&info.admin_token)
-        .json(&serde_json::json!({"name": "chat", "webhook_url": receiver.url()}))
-        .send()
-        .await
-        .expect("admin API")
-        .json()
-        .await
-        .expect("json");
-    let app_id = created["app_id"].as_str().expect("app id").to_owned();
+    let app_id = register_app(&info, "chat", &receiver.url()).await;
 
     // A device comes and goes while the receiver fails: the outbox holds its latest state.
     let roots = transport::read_roots(&info.ca_cert).expect("roots");
@@ -217,11 +141,6 @@ async fn undelivered_events_survive_kill_9_and_go_out_after_restart() {
     assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
 }
 
-/// `GET /metrics` of a daemon, as text.
-async fn metrics_text(http: &reqwest::Client, info: &DevInfo) -> String {
-    http.get(format!("{}/metrics", info.https)).send().await.expect("metrics").text().await.expect("text")
-}
-
 #[tokio::test]
 async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -229,17 +148,7 @@ async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
     let mut receiver = Receiver::start(&dir.path().join("tls")).await;
     receiver.status.store(500, std::sync::atomic::Ordering::Relaxed);
     let http = https_client(&info);
-    let created: serde_json::Value = http
-        .post(format!("{}/v1/admin/apps", info.https))
-        .bearer_auth(&info.admin_token)
-        .json(&serde_json::json!({"name": "chat", "webhook_url": receiver.url()}))
-        .send()
-        .await
-        .expect("admin API")
-        .json()
-        .await
-        .expect("json");
-    let app_id = created["app_id"].as_str().expect("app id").to_owned();
+    let app_id = register_app(&info, "chat", &receiver.url()).await;
 
     // Two devices up (full handshakes: no ticket yet), each holding a resumption ticket.
     let roots = transport::read_roots(&info.ca_cert).expect("roots");
@@ -266,13 +175,13 @@ async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
     daemon.kill().expect("kill -9");
     let _ = daemon.wait();
     let killed = Instant::now();
-    let killed_ms = unix_now() * 1_000;
+    let killed_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
 
     // The same data dir and ports.
     receiver.status.store(200, std::sync::atomic::Ordering::Relaxed);
     let quic = info.quic.to_string();
     let https = info.https.trim_start_matches("https://").to_owned();
-    let (mut again, info) = serve_on(dir.path(), &quic, &https);
+    let (mut again, info) = serve_with(dir.path(), &quic, &https, &[]);
     assert_eq!(info.quic.to_string(), quic);
 
     // Each device's next heartbeat meets a stateless reset it trusts (the restarted
