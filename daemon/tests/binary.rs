@@ -163,7 +163,10 @@ async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
         devices.push(client);
     }
     // A change the receiver cannot take yet: it waits in the outbox.
-    devices[0].set_status(presence_protocol::Status::Away, Some("gone fishing".into())).await.expect("status");
+    devices[0]
+        .set_status(presence_protocol::Status::Away, Some("gone fishing".into()))
+        .await
+        .expect("status");
     let depth = format!("presence_outbox_depth{{app=\"{app_id}\"}}");
     let started = Instant::now();
     while metric_value(&metrics_text(&http, &info).await, &depth) < 2.0 {
@@ -175,7 +178,8 @@ async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
     daemon.kill().expect("kill -9");
     let _ = daemon.wait();
     let killed = Instant::now();
-    let killed_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let killed_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
 
     // The same data dir and ports.
     receiver.status.store(200, std::sync::atomic::Ordering::Relaxed);

@@ -76,7 +76,9 @@ fn hours_off(event: &serde_json::Value) -> i64 {
 #[tokio::test]
 async fn a_wall_clock_step_drops_no_session_and_keeps_seqs_increasing() {
     let Some(library) = LIBFAKETIME.iter().map(PathBuf::from).find(|path| path.exists()) else {
-        println!("SKIPPED: libfaketime not found (apt-get install faketime); the clock-step test did not run");
+        println!(
+            "SKIPPED: libfaketime not found (apt-get install faketime); the clock-step test did not run"
+        );
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -145,8 +147,13 @@ async fn a_wall_clock_step_drops_no_session_and_keeps_seqs_increasing() {
     let events: Vec<serde_json::Value> =
         receiver.seen.lock().expect("lock").iter().flat_map(|d| d.events()).collect();
     assert!(events.iter().all(|e| e["status"] != "offline"), "a presence flap: {events:?}");
-    let timestamp: i64 = receiver.seen.lock().expect("lock").last().expect("delivery").timestamp.parse().expect("ts");
-    assert_eq!((timestamp * 1_000 - now_ms() + HOUR_MS / 2).div_euclid(HOUR_MS), -1, "webhook-timestamp follows the daemon's clock");
+    let timestamp: i64 =
+        receiver.seen.lock().expect("lock").last().expect("delivery").timestamp.parse().expect("ts");
+    assert_eq!(
+        (timestamp * 1_000 - now_ms() + HOUR_MS / 2).div_euclid(HOUR_MS),
+        -1,
+        "webhook-timestamp follows the daemon's clock"
+    );
     let http = https_client(&info);
     let text = metrics_text(&http, &info).await;
     assert_eq!(metric_value(&text, "presence_sessions{state=\"online\"}"), 2.0, "{text}");

@@ -906,7 +906,8 @@ async fn resets_before_tls_and_during_the_request_are_failures_and_are_retried()
     let receiver = FaultyReceiver::start(Fault::None).await;
     receiver.script([Fault::ResetOnAccept, Fault::ResetMidRequest, Fault::ResetOnAccept]);
     let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
-    h.fanout.publish("app_a", vec![presence("u", 1), ("n:1:u".to_owned(), br#"{"type":"outcome"}"#.to_vec())]);
+    h.fanout
+        .publish("app_a", vec![presence("u", 1), ("n:1:u".to_owned(), br#"{"type":"outcome"}"#.to_vec())]);
     until(Duration::from_secs(10), "the delivery", || !receiver.requests().is_empty()).await;
     until(Duration::from_secs(2), "the ack", || h.store.depth("app_a").expect("depth") == 0).await;
     let requests = receiver.requests();
@@ -979,10 +980,15 @@ async fn bad_receivers_never_delay_a_healthy_app_and_lose_nothing() {
         let published = Instant::now();
         for app in apps.iter().map(|(app, _)| *app) {
             let outcome = (format!("n:{round}:u"), json!({"type": "outcome", "round": round}).to_string());
-            h.fanout.publish(app, vec![presence(&format!("u{}", round % 3), round), (outcome.0, outcome.1.into_bytes())]);
+            h.fanout.publish(
+                app,
+                vec![presence(&format!("u{}", round % 3), round), (outcome.0, outcome.1.into_bytes())],
+            );
         }
-        until(Duration::from_secs(3), "the healthy app's batch", || healthy.requests().len() == round as usize)
-            .await;
+        until(Duration::from_secs(3), "the healthy app's batch", || {
+            healthy.requests().len() == round as usize
+        })
+        .await;
         latencies.push(healthy.requests()[round as usize - 1].at - published);
         tokio::time::sleep(Duration::from_millis(500).saturating_sub(published.elapsed())).await;
     }

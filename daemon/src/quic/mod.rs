@@ -29,8 +29,8 @@ use crate::outbound::Outbound;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::table::PresenceTable;
-use sessions::DurableSessions;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sessions::DurableSessions;
 
 /// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
 const DATAGRAM_BUFFER: usize = 256;
@@ -125,9 +125,13 @@ impl QuicServer {
         let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
             .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
-        let endpoint =
-            quinn::Endpoint::new(restart::endpoint_config(&endpoint_secret), Some(server_config), socket, runtime)
-                .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
+        let endpoint = quinn::Endpoint::new(
+            restart::endpoint_config(&endpoint_secret),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
         let protocol = ProtocolConfig {
             handshake_timeout: settings.handshake_timeout,
             heartbeat_grace: settings.heartbeat_grace,

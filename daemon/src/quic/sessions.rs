@@ -347,7 +347,8 @@ mod tests {
             assert_eq!(sessions.get(&[5; 32]), Some(vec![5]));
             sessions.flush(Duration::from_secs(5)).await;
         }
-        let stored: Vec<Vec<u8>> = store.load_sessions(0).expect("load").into_iter().map(|s| s.value).collect();
+        let stored: Vec<Vec<u8>> =
+            store.load_sessions(0).expect("load").into_iter().map(|s| s.value).collect();
         assert_eq!(stored.len(), 3, "the disk holds no more than memory: {stored:?}");
         // A smaller capacity at the next start keeps the newest.
         let sessions = DurableSessions::start(store.clone(), 2).expect("restart");
@@ -364,7 +365,11 @@ mod tests {
         store
             .save_sessions(&[
                 SessionChange::Put(StoredSession { key: vec![1; 32], created_secs: old, value: vec![1] }),
-                SessionChange::Put(StoredSession { key: vec![2; 32], created_secs: unix_secs(), value: vec![2] }),
+                SessionChange::Put(StoredSession {
+                    key: vec![2; 32],
+                    created_secs: unix_secs(),
+                    value: vec![2],
+                }),
             ])
             .expect("save");
         let sessions = DurableSessions::start(store.clone(), 10).expect("start");

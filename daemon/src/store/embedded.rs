@@ -231,7 +231,11 @@ impl Store for EmbeddedStore {
                 let (key, value) = item.map_err(backend)?;
                 let (created_secs, state) = value.value();
                 if created_secs >= since_secs {
-                    live.push(StoredSession { key: key.value().to_vec(), created_secs, value: state.to_vec() });
+                    live.push(StoredSession {
+                        key: key.value().to_vec(),
+                        created_secs,
+                        value: state.to_vec(),
+                    });
                 } else {
                     expired.push(key.value().to_vec());
                 }
