@@ -10,6 +10,8 @@
 //!   clock: a step forward does not end it early, nor does a step back lengthen it. Every
 //!   new verification (a connection, a reauth) uses the wall clock as it now is, so a token
 //!   that expired by the new clock is refused.
+//! - The same after a crash and restart with the clock stepped back: the daemon records
+//!   the highest `seq` and starts above it.
 //! - Webhooks keep flowing; their `webhook-timestamp` and events' `at` follow the daemon's
 //!   wall clock (a receiver with a correct clock and a 5-minute tolerance would refuse
 //!   signatures from a daemon whose clock is an hour off: that is the clock's fault to fix).
@@ -159,9 +161,26 @@ async fn a_wall_clock_step_drops_no_session_and_keeps_seqs_increasing() {
     assert_eq!(metric_value(&text, "presence_sessions{state=\"online\"}"), 2.0, "{text}");
     assert_eq!(metric_value(&text, "presence_sessions{state=\"unavailable\"}"), 1.0, "{text}");
 
-    for client in [alice, bob, dave] {
-        client.close().await;
+    // A crash while the clock is behind, and a restart on it: the seqs of the new run
+    // start above the old run's, which followed the clock while it was an hour ahead.
+    dave.close().await;
+    bob.close().await;
+    daemon.kill().expect("kill -9");
+    let _ = daemon.wait();
+    let quic = info.quic.to_string();
+    let https = info.https.trim_start_matches("https://").to_owned();
+    let (mut daemon, _) = serve_with(dir.path(), &quic, &https, &env);
+    loop {
+        // Alice's next heartbeat meets a stateless reset and she reconnects.
+        if let Event::Up { .. } = next_client_event(&mut alice).await {
+            break;
+        }
     }
+    let a3 = receiver.event(|e| e["message"] == "a").await;
+    assert_eq!(hours_off(&a3), -1, "{a3}");
+    assert!(seq(&a3) > seq(&a2), "seq went back across the restart: {} after {}", seq(&a3), seq(&a2));
+
+    alice.close().await;
     sigterm(&daemon);
     assert!(wait_exit(&mut daemon, Duration::from_secs(8)).success());
 }

@@ -192,7 +192,7 @@ impl QuicServer {
         self.endpoint
             .close(VarInt::from_u32(u32::from(presence_protocol::ErrorCode::SHUTTING_DOWN.0)), b"shutdown");
         let _ = tokio::time::timeout(bound, self.endpoint.wait_idle()).await;
-        self.tls_sessions.flush(bound).await;
+        self.tls_sessions.close(bound).await;
     }
 
     /// Sessions currently open.

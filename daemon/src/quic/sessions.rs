@@ -47,7 +47,9 @@ pub struct DurableSessions {
     queued: Arc<Notify>,
     /// Wakes [`flush`](DurableSessions::flush) callers after each round.
     written: Notify,
-    store: Arc<dyn Store>,
+    /// Taken by [`close`](DurableSessions::close), so that a stopped daemon's database is
+    /// released even while rustls configurations still hold this cache.
+    store: Mutex<Option<Arc<dyn Store>>>,
     capacity: usize,
 }
 
@@ -143,7 +145,7 @@ impl DurableSessions {
             state: Mutex::new(state),
             queued: Arc::new(Notify::new()),
             written: Notify::new(),
-            store,
+            store: Mutex::new(Some(store)),
             capacity,
         });
         tokio::spawn(write_loop(Arc::downgrade(&sessions), sessions.queued.clone()));
@@ -179,6 +181,14 @@ impl DurableSessions {
                 return;
             }
         }
+    }
+
+    /// Writes what is queued (up to `bound`), then lets go of the store: later changes stay
+    /// in memory only.
+    pub async fn close(&self, bound: Duration) {
+        self.flush(bound).await;
+        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        self.queued.notify_one();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -258,7 +268,12 @@ async fn write_loop(sessions: std::sync::Weak<DurableSessions>, queued: Arc<Noti
             queued.notified().await;
             continue;
         }
-        let store = this.store.clone();
+        let Some(store) = this.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone() else {
+            // Closed: the changes have nowhere to go.
+            this.lock().rounds_done += 1;
+            this.written.notify_waiters();
+            continue;
+        };
         let result = tokio::task::spawn_blocking(move || {
             let result = store.save_sessions(&changes);
             result.map_err(|error| (error, changes))

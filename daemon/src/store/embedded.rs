@@ -12,7 +12,7 @@
 //! | `outbox`       | (app id, key)       | (serial, event)       | compaction: one entry per key     |
 //! | `outbox_order` | (app id, serial)    | key                   | peek is a range scan in order     |
 //! | `outbox_depth` | app id              | entries waiting       | depth without a scan              |
-//! | `meta`         | name                | u64                   | the serial counter                |
+//! | `meta`         | name                | u64                   | serial counter, run flag, seq floor |
 //! | `tls_sessions` | ticket              | (issued secs, state)  | 0-RTT resumption across restarts  |
 //!
 //! Serials come from one counter shared by all apps and are never reused, so a serial
@@ -49,6 +49,8 @@ const SESSIONS: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new(
 const SERIAL: &str = "serial";
 /// The `meta` key that is 1 while a run is in progress.
 const RUNNING: &str = "running";
+/// The `meta` key of the highest presence `seq` recorded.
+const SEQ_FLOOR: &str = "seq_floor";
 
 /// A [`Store`] in a single redb file.
 ///
@@ -197,6 +199,21 @@ impl Store for EmbeddedStore {
     fn end_run(&self) -> Result<(), StoreError> {
         self.write(|txn| {
             txn.open_table(META).map_err(backend)?.insert(RUNNING, 0).map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn seq_floor(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        Ok(meta.get(SEQ_FLOOR).map_err(backend)?.map_or(0, |v| v.value()))
+    }
+
+    fn set_seq_floor(&self, seq: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let now = meta.get(SEQ_FLOOR).map_err(backend)?.map_or(0, |v| v.value());
+            meta.insert(SEQ_FLOOR, now.max(seq)).map_err(backend)?;
             Ok(())
         })
     }
@@ -539,6 +556,20 @@ mod tests {
         drop(store);
         let store = EmbeddedStore::open(&path).expect("reopen");
         assert!(store.begin_run().expect("after a run that never ended"));
+    }
+
+    #[test]
+    fn the_seq_floor_persists_and_never_goes_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            assert_eq!(store.seq_floor().expect("none yet"), 0);
+            store.set_seq_floor(500).expect("set");
+            store.set_seq_floor(300).expect("lower");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.seq_floor().expect("floor"), 500);
     }
 
     #[test]

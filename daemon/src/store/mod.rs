@@ -136,6 +136,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn begin_run(&self) -> Result<bool, StoreError>;
     /// Records a clean end of the run (after the drain told apps every user went offline).
     fn end_run(&self) -> Result<(), StoreError>;
+    /// The highest presence `seq` recorded by [`set_seq_floor`](Self::set_seq_floor), 0 if
+    /// none: a restarted daemon never hands out a lower one, whatever its clock says.
+    fn seq_floor(&self) -> Result<u64, StoreError>;
+    /// Records the highest presence `seq` handed out so far.
+    fn set_seq_floor(&self, seq: u64) -> Result<(), StoreError>;
     /// Applies TLS session changes, in order, in one durable transaction (the session cache
     /// batches them off the handshake path).
     fn save_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError>;
