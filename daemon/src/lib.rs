@@ -13,8 +13,8 @@
 //!   drives a sans-IO [`presence_protocol::ServerSession`].
 //! - [`table`]: the presence table, its aggregation rule and its per-(app, PUID) events.
 //! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
-//! - [`apps`]: the registered AppServices; [`store`]: apps and the outbox behind one trait
-//!   (embedded: a redb file).
+//! - [`apps`]: the registered AppServices; [`store`]: apps, the outbox and TLS sessions
+//!   behind one trait (embedded: a redb file).
 //! - [`outbound`]: every webhook event's shape; [`webhook`]: signing, the SSRF guard and
 //!   the batched, retried, durable fan-out.
 //! - [`notify`]: live notifications and their outcomes.
@@ -71,6 +71,39 @@ use crate::webhook::guard::UrlPolicy;
 /// The database file in the data directory.
 pub const STORE_FILE: &str = "presenced.redb";
 
+/// How often the highest presence `seq` handed out is recorded in the store.
+const SEQ_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+/// How far above the last recorded `seq` a daemon starts after a crash: a minute of
+/// microseconds, far more than one interval's worth of seqs (they follow the clock, or
+/// count one per event when the clock is behind).
+const SEQ_CRASH_MARGIN_MICROS: u64 = 60_000_000;
+
+/// Records the table's highest `seq` whenever it changed, once per interval, off the
+/// event path, until shutdown (which records the last one itself).
+async fn record_seq_floor(
+    table: Arc<PresenceTable>,
+    store: Arc<dyn Store>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut recorded = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SEQ_RECORD_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let high = table.seq_high();
+        if high == recorded {
+            continue;
+        }
+        let writer = store.clone();
+        match tokio::task::spawn_blocking(move || writer.set_seq_floor(high)).await {
+            Ok(Ok(())) => recorded = high,
+            Ok(Err(error)) => tracing::warn!(%error, "cannot record the presence seq floor"),
+            Err(error) => tracing::warn!(%error, "seq floor task failed"),
+        }
+    }
+}
+
 /// A running daemon.
 #[derive(Debug)]
 pub struct Daemon {
@@ -117,15 +150,21 @@ impl Daemon {
         };
         let fanout = Arc::new(Fanout::start(store.clone(), fanout_config, metrics.clone())?);
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
+        let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
         let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), Some(sink)));
         let notifications =
             Arc::new(Notifications::new(table.clone(), outbound.clone(), store.clone(), metrics.clone()));
         let restored = notifications.restore()?;
-        if store.begin_run()? {
+        let crashed = store.begin_run()?;
+        if crashed {
             tracing::warn!("the previous run ended without a clean shutdown; telling apps to reset presence");
             outbound.reset_all(apps.list()?.into_iter().map(|app| app.id));
         }
+        // Seqs handed out after the last record of a crashed run lie above it by at most the
+        // margin; a clean run recorded its last one exactly.
+        let floor = store.seq_floor()?;
+        table.raise_seq_floor(if crashed { floor.saturating_add(SEQ_CRASH_MARGIN_MICROS) } else { floor });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = (cert_chain.clone(), key.clone_key());
         let services = quic::SessionServices {
@@ -136,7 +175,8 @@ impl Daemon {
             outbound,
             notifications: notifications.clone(),
         };
-        let quic = Arc::new(QuicServer::bind(&settings, identity, services, shutdown_rx.clone())?);
+        let persisted = (store.clone(), endpoint_secret);
+        let quic = Arc::new(QuicServer::bind(&settings, identity, services, persisted, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
@@ -159,9 +199,10 @@ impl Daemon {
             admin_remote: settings.admin_remote,
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(http::serve(listener, Arc::new(tls), router, shutdown_rx)));
+        tasks.push(tokio::spawn(http::serve(listener, Arc::new(tls), router, shutdown_rx.clone())));
         let serving = quic.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
+        tasks.push(tokio::spawn(record_seq_floor(table.clone(), store.clone(), shutdown_rx)));
         let dev_info = match (&settings.dev, &admin_token) {
             (true, Some(admin)) => {
                 Some(credentials::write_dev_info(&settings.data_dir, quic_addr, https_addr, admin)?)
@@ -219,6 +260,9 @@ impl Daemon {
         // Events published during the drain (devices going offline) reach the outbox.
         self.notifications.shutdown();
         self.fanout.shutdown(Duration::from_secs(1)).await;
+        if let Err(error) = self.store.set_seq_floor(self.table.seq_high()) {
+            tracing::warn!(%error, "cannot record the last presence seq");
+        }
         if let Err(error) = self.store.end_run() {
             tracing::warn!(%error, "cannot record the clean shutdown; apps will be told to reset");
         }

@@ -45,6 +45,18 @@ impl PuidKey {
         // 22 characters always fit the 64-byte PUID limit.
         Puid::new(encoded).unwrap_or_default()
     }
+
+    /// A secret for another purpose (`label`), derived from the same daemon secret so that
+    /// it is as stable as the PUIDs are, with no file of its own. The input starts with an
+    /// all-ones length no app id can have, so it never collides with a PUID derivation.
+    pub fn derive_secret(&self, label: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(&u64::MAX.to_be_bytes());
+        ctx.update(label.as_bytes());
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&ctx.sign().as_ref()[..32]);
+        secret
+    }
 }
 
 #[cfg(test)]
@@ -58,6 +70,9 @@ mod tests {
         assert_eq!(key.derive("chat", "alice"), again.derive("chat", "alice"));
         assert_ne!(key.derive("chat", "alice"), key.derive("mail", "alice"));
         assert_ne!(key.derive("ab", "c"), key.derive("a", "bc"));
+        assert_eq!(key.derive_secret("x"), again.derive_secret("x"));
+        assert_ne!(key.derive_secret("x"), key.derive_secret("y"));
+        assert_ne!(key.derive_secret("x"), PuidKey::new(&[8; 32]).expect("key").derive_secret("x"));
         assert_ne!(key.derive("chat", "alice"), PuidKey::new(&[8; 32]).expect("key").derive("chat", "alice"));
         assert_eq!(key.derive("chat", "alice").len(), 22);
         assert!(PuidKey::new(&[0; 16]).is_err());

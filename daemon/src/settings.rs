@@ -91,7 +91,7 @@ pub struct SettingsLayer {
     /// Handshakes in flight above which QUIC Retry validates addresses [default: 256].
     #[arg(long, env = "PRESENCED_RETRY_THRESHOLD")]
     pub retry_threshold: Option<u32>,
-    /// TLS resumption tickets held for 0-RTT [default: 200000].
+    /// TLS resumption tickets held for 0-RTT, kept in the data dir across restarts [default: 200000].
     #[arg(long, env = "PRESENCED_SESSION_STORE")]
     pub session_store: Option<usize>,
     /// Seconds of silence past the heartbeat interval before offline [default: 15].
@@ -158,7 +158,7 @@ pub struct Settings {
     pub max_sessions: u32,
     /// Handshakes in flight before Retry. Default 256.
     pub retry_threshold: u32,
-    /// Resumption tickets held. Default 200,000.
+    /// Resumption tickets held (in memory and in the store). Default 200,000.
     pub session_store: usize,
     /// Heartbeat grace. Default 15 s.
     pub heartbeat_grace: Duration,

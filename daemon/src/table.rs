@@ -11,9 +11,13 @@
 //! # Events and sequence numbers
 //!
 //! Whenever that aggregate changes, the table emits a [`PresenceEvent`] for the (app, PUID)
-//! pair. Its `seq` increases per PUID, across reconnects and daemon restarts alike, without
-//! storage: `seq = max(previous + 1, now in Unix microseconds)`. Receivers drop any event
-//! whose `seq` is not above the last one they saw for that PUID.
+//! pair. Its `seq` increases per PUID, across reconnects and daemon restarts alike:
+//! `seq = max(previous + 1, now in Unix microseconds, highest handed out + 1)`. Receivers
+//! drop any event whose `seq` is not above the last one they saw for that PUID. The highest
+//! one handed out survives a step of the clock back; the daemon also records it in the
+//! store about once a second and starts above it after a restart (with a margin after a
+//! crash), so a restart with the clock stepped back cannot make a sequence go backwards
+//! either.
 //!
 //! A user's entry lives while they have a session; the table holds nothing for users who
 //! are gone, so memory follows connected users only.
@@ -341,6 +345,17 @@ impl PresenceTable {
                 self.reverse.remove(&gone.puid);
             }
         }
+    }
+
+    /// The highest sequence number handed out (or the floor, if higher).
+    pub fn seq_high(&self) -> u64 {
+        self.seq_high.load(Ordering::Relaxed)
+    }
+
+    /// Makes every later sequence number higher than `floor`: a restarted daemon starts
+    /// above what its previous run handed out, even with its clock stepped back.
+    pub fn raise_seq_floor(&self, floor: u64) {
+        self.seq_high.fetch_max(floor, Ordering::Relaxed);
     }
 
     /// The next sequence number for a PUID whose last one was `previous`: above it, at least

@@ -3,75 +3,14 @@
 
 mod common;
 
+use common::process::*;
 use common::receiver::Receiver;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use presence_client::{Client, ClientOptions, Event, transport};
-use presenced::credentials::DevInfo;
-
-const BIN: &str = env!("CARGO_BIN_EXE_presenced");
-
-/// Starts `presenced serve --dev` on loopback ports chosen by the OS, waiting for dev.json.
-/// The caller owns the child and waits for it (after SIGTERM).
-#[allow(clippy::zombie_processes)]
-fn serve(dir: &Path) -> (Child, DevInfo) {
-    let _ = std::fs::remove_file(dir.join("dev.json"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--dev", "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--drain-secs", "3", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn presenced");
-    let started = Instant::now();
-    loop {
-        if let Ok(info) = DevInfo::load(dir) {
-            return (child, info);
-        }
-        if started.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dev.json not written in time");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn token(dir: &Path, user: &str, device: &str) -> String {
-    let output = Command::new(BIN)
-        .args(["token", "--user", user, "--device", device, "--ttl", "1h", "--data-dir"])
-        .arg(dir)
-        .output()
-        .expect("run presenced token");
-    assert!(output.status.success(), "token failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
-}
-
-fn https_client(info: &DevInfo) -> reqwest::Client {
-    presenced::credentials::https_client(&info.ca_cert).expect("https client")
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(started.elapsed() < within, "daemon did not exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[tokio::test]
 async fn dev_daemon_shows_a_live_session_in_metrics_and_drains_on_sigterm() {
@@ -156,17 +95,7 @@ async fn undelivered_events_survive_kill_9_and_go_out_after_restart() {
     let mut receiver = Receiver::start(&dir.path().join("tls")).await;
     receiver.status.store(500, std::sync::atomic::Ordering::Relaxed);
     let http = https_client(&info);
-    let created: serde_json::Value = http
-        .post(format!("{}/v1/admin/apps", info.https))
-        .bearer_auth(&info.admin_token)
-        .json(&serde_json::json!({"name": "chat", "webhook_url": receiver.url()}))
-        .send()
-        .await
-        .expect("admin API")
-        .json()
-        .await
-        .expect("json");
-    let app_id = created["app_id"].as_str().expect("app id").to_owned();
+    let app_id = register_app(&info, "chat", &receiver.url()).await;
 
     // A device comes and goes while the receiver fails: the outbox holds its latest state.
     let roots = transport::read_roots(&info.ca_cert).expect("roots");
@@ -208,6 +137,80 @@ async fn undelivered_events_survive_kill_9_and_go_out_after_restart() {
         receiver.seen.lock().expect("lock").iter().flat_map(|d| d.events()).collect();
     let position = |wanted: &serde_json::Value| order.iter().position(|e| e == wanted);
     assert!(position(&reset) > position(&event), "reset comes after the state that was waiting");
+    sigterm(&again);
+    assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
+}
+
+#[tokio::test]
+async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, info) = serve(dir.path());
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    receiver.status.store(500, std::sync::atomic::Ordering::Relaxed);
+    let http = https_client(&info);
+    let app_id = register_app(&info, "chat", &receiver.url()).await;
+
+    // Two devices up (full handshakes: no ticket yet), each holding a resumption ticket.
+    let roots = transport::read_roots(&info.ca_cert).expect("roots");
+    let mut devices = Vec::new();
+    for user in ["alice", "bob"] {
+        let mut options = ClientOptions::new(info.quic, roots.clone(), token(dir.path(), user, "phone"));
+        options.visibility = vec![app_id.clone()];
+        options.heartbeat = Duration::from_secs(5);
+        let mut client = Client::connect(options).await.expect("connect");
+        let up = next_client_event(&mut client).await;
+        assert!(matches!(up, Event::Up { zero_rtt: false, .. }), "{up:?}");
+        devices.push(client);
+    }
+    // A change the receiver cannot take yet: it waits in the outbox.
+    devices[0]
+        .set_status(presence_protocol::Status::Away, Some("gone fishing".into()))
+        .await
+        .expect("status");
+    let depth = format!("presence_outbox_depth{{app=\"{app_id}\"}}");
+    let started = Instant::now();
+    while metric_value(&metrics_text(&http, &info).await, &depth) < 2.0 {
+        assert!(started.elapsed() < WAIT, "events never reached the outbox");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the group commits (outbox and TLS sessions) reach the disk, then kill -9.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.kill().expect("kill -9");
+    let _ = daemon.wait();
+    let killed = Instant::now();
+    let killed_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+
+    // The same data dir and ports.
+    receiver.status.store(200, std::sync::atomic::Ordering::Relaxed);
+    let quic = info.quic.to_string();
+    let https = info.https.trim_start_matches("https://").to_owned();
+    let (mut again, info) = serve_with(dir.path(), &quic, &https, &[]);
+    assert_eq!(info.quic.to_string(), quic);
+
+    // Each device's next heartbeat meets a stateless reset it trusts (the restarted
+    // endpoint derives the same keys), and it comes back resuming in 0-RTT.
+    for client in &mut devices {
+        let down = next_client_event(client).await;
+        assert!(matches!(down, Event::Down { retry_in: Some(_), .. }), "{down:?}");
+        let up = next_client_event(client).await;
+        assert!(matches!(up, Event::Up { zero_rtt: true, .. }), "resumed in 0-RTT after the restart: {up:?}");
+    }
+    println!("both devices back in 0-RTT {:?} after the kill", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(9), "the devices noticed the restart within a heartbeat");
+    let text = metrics_text(&http, &info).await;
+    assert_eq!(metric_value(&text, "presence_zero_rtt_accepted_total"), 2.0, "{text}");
+    assert_eq!(metric_value(&text, "presence_sessions{state=\"online\"}"), 1.0);
+    assert_eq!(metric_value(&text, "presence_sessions{state=\"away\"}"), 1.0);
+
+    // What waited in the outbox before the kill arrives, then the reset for the crash.
+    let away = receiver.event(|e| e["type"] == "presence" && e["status"] == "away").await;
+    assert_eq!(away["message"], "gone fishing");
+    assert!(away["at"].as_u64().expect("at") < killed_ms, "the event from before the kill: {away}");
+    receiver.event(|e| e["type"] == "reset").await;
+    for client in devices {
+        client.close().await;
+    }
     sigterm(&again);
     assert!(wait_exit(&mut again, Duration::from_secs(8)).success());
 }

@@ -687,3 +687,364 @@ async fn a_lone_change_arrives_one_window_after_it_happened() {
     assert!(latencies[9] < WINDOW + Duration::from_millis(300), "max {:?}", latencies[9]);
     h.fanout.shutdown(Duration::from_secs(1)).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Receivers that fail below HTTP: resets, slow answers, silence.
+
+/// How a [`FaultyReceiver`] treats one connection or request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Reads the request and answers 200.
+    None,
+    /// Reads the request and answers 500.
+    Status500,
+    /// Accepts the TCP connection and resets it at once (SO_LINGER 0, then close), before
+    /// TLS: the daemon sees a connection error.
+    ResetOnAccept,
+    /// Reads the request's head, then resets the connection before the body is read or any
+    /// answer is written.
+    ResetMidRequest,
+    /// Reads the request, writes a 200 status line with a promised body, part of that body,
+    /// and resets the connection.
+    ResetMidResponse,
+    /// Reads the request, answers 200 after this long.
+    Slow(Duration),
+    /// Reads the request and never answers (the connection stays open).
+    Hang,
+}
+
+/// A request a [`FaultyReceiver`] read in full.
+#[derive(Debug, Clone)]
+struct FaultyRequest {
+    at: Instant,
+    fault: Fault,
+    json: Value,
+}
+
+#[derive(Default)]
+struct FaultyState {
+    script: Mutex<VecDeque<Fault>>,
+    default: Mutex<Option<Fault>>,
+    /// TCP connections accepted.
+    connections: Mutex<usize>,
+    /// Requests whose head was read (a mid-request reset counts here, not below).
+    heads: Mutex<usize>,
+    /// Requests read in full.
+    requests: Mutex<Vec<FaultyRequest>>,
+}
+
+impl FaultyState {
+    /// The fault for the next event: a connection (`at_accept`, where only `ResetOnAccept`
+    /// applies and is consumed) or a request.
+    fn next(&self, at_accept: bool) -> Fault {
+        let mut script = self.script.lock().expect("lock");
+        let fault = script.front().copied().or(*self.default.lock().expect("lock")).unwrap_or(Fault::None);
+        if at_accept && fault != Fault::ResetOnAccept {
+            return Fault::None;
+        }
+        script.pop_front();
+        fault
+    }
+}
+
+/// A real HTTPS receiver (TLS from tokio-rustls, HTTP/1.1 written by hand) that can fail in
+/// ways an HTTP framework cannot: TCP resets before TLS, during the request and during the
+/// response, answers slower than the daemon's timeout, and silence.
+struct FaultyReceiver {
+    addr: SocketAddr,
+    state: Arc<FaultyState>,
+    server: JoinHandle<()>,
+}
+
+impl FaultyReceiver {
+    async fn start(default: Fault) -> FaultyReceiver {
+        let (cert, key) = identity();
+        let mut tls =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
+                )
+                .expect("certificate");
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(FaultyState { default: Mutex::new(Some(default)), ..FaultyState::default() });
+        let shared = state.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                *shared.connections.lock().expect("lock") += 1;
+                if shared.next(true) == Fault::ResetOnAccept {
+                    reset(stream);
+                    continue;
+                }
+                let (acceptor, state) = (acceptor.clone(), shared.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve_faulty(tls, state).await;
+                    }
+                });
+            }
+        });
+        FaultyReceiver { addr, state, server }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/hook", self.addr.port())
+    }
+
+    fn script(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.script.lock().expect("lock").extend(faults);
+    }
+
+    fn set_default(&self, fault: Fault) {
+        *self.state.default.lock().expect("lock") = Some(fault);
+    }
+
+    fn connections(&self) -> usize {
+        *self.state.connections.lock().expect("lock")
+    }
+
+    fn heads(&self) -> usize {
+        *self.state.heads.lock().expect("lock")
+    }
+
+    fn requests(&self) -> Vec<FaultyRequest> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// Every event of every request read in full (whether or not its answer got through).
+    fn events(&self) -> Vec<Value> {
+        self.requests().iter().flat_map(|r| r.json["events"].as_array().cloned().expect("events")).collect()
+    }
+}
+
+impl Drop for FaultyReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Closes a TCP connection with RST instead of FIN.
+fn reset(stream: tokio::net::TcpStream) {
+    stream.set_zero_linger().expect("SO_LINGER 0");
+    drop(stream);
+}
+
+/// Serves HTTP/1.1 requests on one TLS connection, each as the script says.
+async fn serve_faulty(
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    state: Arc<FaultyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    loop {
+        // The head: up to the blank line.
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        *state.heads.lock().expect("lock") += 1;
+        let fault = state.next(false);
+        if fault == Fault::ResetMidRequest {
+            let (tcp, _) = tls.into_inner();
+            return reset(tcp);
+        }
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |value| value.trim().parse().expect("content-length"));
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buffer.drain(..head_end + length).skip(head_end).collect();
+        let json = serde_json::from_slice(&body).expect("body is JSON");
+        state.requests.lock().expect("lock").push(FaultyRequest { at: Instant::now(), fault, json });
+        let answer: &[u8] = match fault {
+            Fault::None | Fault::ResetOnAccept | Fault::ResetMidRequest => {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+            }
+            Fault::Status500 => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
+            Fault::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+            }
+            Fault::Hang => std::future::pending().await,
+            Fault::ResetMidResponse => {
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"partial\":").await;
+                let _ = tls.flush().await;
+                // Let the status line reach the daemon before the reset does.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let (tcp, _) = tls.into_inner();
+                return reset(tcp);
+            }
+        };
+        if tls.write_all(answer).await.is_err() || tls.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_before_tls_and_during_the_request_are_failures_and_are_retried() {
+    let receiver = FaultyReceiver::start(Fault::None).await;
+    receiver.script([Fault::ResetOnAccept, Fault::ResetMidRequest, Fault::ResetOnAccept]);
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    h.fanout
+        .publish("app_a", vec![presence("u", 1), ("n:1:u".to_owned(), br#"{"type":"outcome"}"#.to_vec())]);
+    until(Duration::from_secs(10), "the delivery", || !receiver.requests().is_empty()).await;
+    until(Duration::from_secs(2), "the ack", || h.store.depth("app_a").expect("depth") == 0).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "only the last attempt was read in full");
+    assert_eq!(requests[0].fault, Fault::None);
+    assert_eq!(requests[0].json["events"].as_array().expect("events").len(), 2, "nothing lost");
+    assert!(receiver.connections() >= 3, "a new connection after each reset");
+    assert_eq!(receiver.heads(), 2, "the mid-request reset read a head, the accept resets none");
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"failed\"}"), 3.0);
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"delivered\"}"), 1.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_a_2xx_status_line_counts_as_delivered() {
+    // The receiver said 2xx before the connection broke: Standard Webhooks success is the
+    // status, so the batch is acknowledged, not sent again.
+    let receiver = FaultyReceiver::start(Fault::None).await;
+    receiver.script([Fault::ResetMidResponse]);
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    h.fanout.publish("app_a", vec![presence("u", 1)]);
+    until(Duration::from_secs(5), "the ack", || {
+        h.metric("presence_webhook_batches_total{result=\"delivered\"}") == 1.0
+    })
+    .await;
+    assert_eq!(h.store.depth("app_a").expect("depth"), 0);
+    h.fanout.publish("app_a", vec![presence("u", 2)]);
+    until(Duration::from_secs(5), "the next batch", || receiver.requests().len() == 2).await;
+    let seqs: Vec<u64> = receiver.events().iter().map(seq_of).collect();
+    assert_eq!(seqs, [1, 2], "the reset batch was not sent again");
+    assert_eq!(h.metric("presence_webhook_batches_total{result=\"failed\"}"), 0.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Every kind of bad receiver at once, each behind its own app, beside a healthy app, with
+/// the daemon's default 10 s request timeout against a receiver that answers after 30 s:
+/// the healthy app's every batch arrives within the window plus a small bound while the
+/// others fail, time out and retry; once they recover, every event they missed arrives
+/// (notification outcomes one by one, presence as the latest state) and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_receivers_never_delay_a_healthy_app_and_lose_nothing() {
+    let faults = [
+        ("app_slow", Fault::Slow(Duration::from_secs(30))),
+        ("app_500", Fault::Status500),
+        ("app_rst_accept", Fault::ResetOnAccept),
+        ("app_rst_request", Fault::ResetMidRequest),
+        ("app_hang", Fault::Hang),
+    ];
+    let healthy = FaultyReceiver::start(Fault::None).await;
+    let mut bad = Vec::new();
+    for (app, fault) in faults {
+        bad.push((app, FaultyReceiver::start(fault).await));
+    }
+    let mut apps: Vec<(&str, String)> = vec![("app_ok", healthy.url())];
+    apps.extend(bad.iter().map(|(app, receiver)| (*app, receiver.url())));
+    let apps: Vec<(&str, &str)> = apps.iter().map(|(app, url)| (*app, url.as_str())).collect();
+    let config = FanoutConfig {
+        request_timeout: presenced::webhook::fanout::DEFAULT_REQUEST_TIMEOUT,
+        backoff_max: Duration::from_secs(1),
+        ..config()
+    };
+    assert_eq!(config.request_timeout, Duration::from_secs(10));
+    let (h, _) = Harness::start(&apps, config);
+
+    // Twelve seconds of traffic: past the 10 s timeout, so the slow and the silent
+    // receivers' first attempts time out and are retried while the healthy app is served.
+    const ROUNDS: u64 = 24;
+    let mut latencies = Vec::new();
+    for round in 1..=ROUNDS {
+        let published = Instant::now();
+        for app in apps.iter().map(|(app, _)| *app) {
+            let outcome = (format!("n:{round}:u"), json!({"type": "outcome", "round": round}).to_string());
+            h.fanout.publish(
+                app,
+                vec![presence(&format!("u{}", round % 3), round), (outcome.0, outcome.1.into_bytes())],
+            );
+        }
+        until(Duration::from_secs(3), "the healthy app's batch", || {
+            healthy.requests().len() == round as usize
+        })
+        .await;
+        latencies.push(healthy.requests()[round as usize - 1].at - published);
+        tokio::time::sleep(Duration::from_millis(500).saturating_sub(published.elapsed())).await;
+    }
+    latencies.sort();
+    println!(
+        "healthy app beside five bad ones: latency min {:?}, median {:?}, max {:?}",
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    let max = latencies[latencies.len() - 1];
+    assert!(max < WINDOW + Duration::from_millis(400), "a healthy batch waited {max:?}");
+    assert_eq!(h.store.depth("app_ok").expect("depth"), 0);
+
+    let receiver = |app: &str| &bad.iter().find(|(a, _)| *a == app).expect("app").1;
+    // Every bad receiver was tried, more than once, and nothing it saw was acknowledged.
+    assert!(receiver("app_slow").requests().len() >= 2, "the 30 s answer timed out and was retried");
+    assert!(receiver("app_hang").requests().len() >= 2, "the silent receiver timed out and was retried");
+    assert!(receiver("app_500").requests().len() >= 5);
+    assert!(receiver("app_rst_accept").connections() >= 5);
+    assert!(receiver("app_rst_request").heads() >= 5);
+    assert!(receiver("app_rst_request").requests().is_empty());
+    for (app, _) in &bad {
+        // The outbox holds each outcome and the latest state of each PUID: bounded by keys.
+        assert_eq!(h.store.depth(app).expect("depth"), ROUNDS + 3, "{app}");
+    }
+
+    // Recovery: every receiver answers 200 from now on.
+    let recovered = Instant::now();
+    for (_, receiver) in &bad {
+        receiver.set_default(Fault::None);
+    }
+    // The slow and silent receivers' batches in flight run into their timeouts first.
+    until(Duration::from_secs(20), "every outbox drained", || {
+        bad.iter().all(|(app, _)| h.store.depth(app).expect("depth") == 0)
+    })
+    .await;
+    println!("bad apps drained {:?} after recovery", recovered.elapsed());
+    for (app, receiver) in &bad {
+        let delivered: Vec<Value> = receiver
+            .requests()
+            .into_iter()
+            .filter(|r| r.fault == Fault::None)
+            .flat_map(|r| r.json["events"].as_array().cloned().expect("events"))
+            .collect();
+        for round in 1..=ROUNDS {
+            let outcomes = delivered.iter().filter(|e| e["type"] == "outcome" && e["round"] == round).count();
+            assert!(outcomes >= 1, "{app}: the outcome of round {round} was lost");
+        }
+        for puid in 0..3u64 {
+            let last = (1..=ROUNDS).rev().find(|round| round % 3 == puid).expect("round");
+            let seqs: Vec<u64> =
+                delivered.iter().filter(|e| e["puid"] == format!("u{puid}")).map(seq_of).collect();
+            assert_eq!(seqs.last(), Some(&last), "{app}: u{puid} ends at its latest state: {seqs:?}");
+        }
+    }
+    assert_eq!(healthy.requests().len(), ROUNDS as usize, "the healthy app never needed a retry");
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}

@@ -7,6 +7,8 @@
 //! ([`SessionHandle`](crate::handle::SessionHandle), the presence table), never quinn.
 
 mod connection;
+pub mod restart;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +27,10 @@ use crate::metrics::{Metrics, ReasonLabel};
 use crate::notify::Notifications;
 use crate::outbound::Outbound;
 use crate::settings::Settings;
+use crate::store::Store;
 use crate::table::PresenceTable;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sessions::DurableSessions;
 
 /// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
 const DATAGRAM_BUFFER: usize = 256;
@@ -87,14 +91,18 @@ pub struct QuicServer {
     shared: Arc<Shared>,
     max_sessions: usize,
     retry_threshold: u32,
+    tls_sessions: Arc<DurableSessions>,
 }
 
 impl QuicServer {
-    /// Binds the QUIC endpoint.
+    /// Binds the QUIC endpoint. `store` keeps the TLS sessions that make 0-RTT possible
+    /// across restarts ([`sessions`]); `endpoint_secret` makes stateless resets reach the
+    /// devices of a previous process ([`restart`]).
     pub(crate) fn bind(
         settings: &Settings,
         (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
         services: SessionServices,
+        (store, endpoint_secret): (Arc<dyn Store>, [u8; 32]),
         shutdown: watch::Receiver<bool>,
     ) -> Result<QuicServer> {
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
@@ -103,9 +111,12 @@ impl QuicServer {
             .with_single_cert(cert_chain, key)
             .context("TLS certificate and key do not match")?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        // 0-RTT needs stateful resumption: a ticket store sized for the devices.
+        // 0-RTT needs stateful resumption: a ticket store sized for the devices, durable so
+        // that a restarted daemon still resumes them.
         tls.max_early_data_size = u32::MAX;
-        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(settings.session_store);
+        let tls_sessions =
+            DurableSessions::start(store, settings.session_store).context("cannot load TLS sessions")?;
+        tls.session_storage = tls_sessions.clone();
         tls.send_tls13_tickets = 1;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -114,9 +125,13 @@ impl QuicServer {
         let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
             .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-                .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
+        let endpoint = quinn::Endpoint::new(
+            restart::endpoint_config(&endpoint_secret),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
         let protocol = ProtocolConfig {
             handshake_timeout: settings.handshake_timeout,
             heartbeat_grace: settings.heartbeat_grace,
@@ -136,6 +151,7 @@ impl QuicServer {
             shared,
             max_sessions: settings.max_sessions as usize,
             retry_threshold: settings.retry_threshold,
+            tls_sessions,
         })
     }
 
@@ -170,11 +186,13 @@ impl QuicServer {
         }
     }
 
-    /// Closes every connection and waits (bounded) for the close to reach the peers.
+    /// Closes every connection and waits (bounded) for the close to reach the peers, then
+    /// writes the TLS sessions still queued.
     pub(crate) async fn close(&self, bound: Duration) {
         self.endpoint
             .close(VarInt::from_u32(u32::from(presence_protocol::ErrorCode::SHUTTING_DOWN.0)), b"shutdown");
         let _ = tokio::time::timeout(bound, self.endpoint.wait_idle()).await;
+        self.tls_sessions.close(bound).await;
     }
 
     /// Sessions currently open.

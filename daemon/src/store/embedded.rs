@@ -12,7 +12,8 @@
 //! | `outbox`       | (app id, key)       | (serial, event)       | compaction: one entry per key     |
 //! | `outbox_order` | (app id, serial)    | key                   | peek is a range scan in order     |
 //! | `outbox_depth` | app id              | entries waiting       | depth without a scan              |
-//! | `meta`         | name                | u64                   | the serial counter                |
+//! | `meta`         | name                | u64                   | serial counter, run flag, seq floor |
+//! | `tls_sessions` | ticket              | (issued secs, state)  | 0-RTT resumption across restarts  |
 //!
 //! Serials come from one counter shared by all apps and are never reused, so a serial
 //! names one version of one entry for good: an acknowledgement that carries a replaced
@@ -31,7 +32,7 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-use super::{AppRecord, OutboxEntry, Store, StoreError};
+use super::{AppRecord, OutboxEntry, SessionChange, Store, StoreError, StoredSession};
 
 /// The file name the daemon uses inside its data directory.
 pub const FILE_NAME: &str = "presenced.redb";
@@ -42,11 +43,14 @@ const ORDER: TableDefinition<'_, (&str, u64), &str> = TableDefinition::new("outb
 const DEPTH: TableDefinition<'_, &str, u64> = TableDefinition::new("outbox_depth");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
+const SESSIONS: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("tls_sessions");
 
 /// The `meta` key of the last serial handed out.
 const SERIAL: &str = "serial";
 /// The `meta` key that is 1 while a run is in progress.
 const RUNNING: &str = "running";
+/// The `meta` key of the highest presence `seq` recorded.
+const SEQ_FLOOR: &str = "seq_floor";
 
 /// A [`Store`] in a single redb file.
 ///
@@ -72,6 +76,7 @@ impl EmbeddedStore {
             txn.open_table(DEPTH).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
             txn.open_table(NOTIFICATIONS).map_err(backend)?;
+            txn.open_table(SESSIONS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db })
@@ -195,6 +200,68 @@ impl Store for EmbeddedStore {
         self.write(|txn| {
             txn.open_table(META).map_err(backend)?.insert(RUNNING, 0).map_err(backend)?;
             Ok(())
+        })
+    }
+
+    fn seq_floor(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        Ok(meta.get(SEQ_FLOOR).map_err(backend)?.map_or(0, |v| v.value()))
+    }
+
+    fn set_seq_floor(&self, seq: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let now = meta.get(SEQ_FLOOR).map_err(backend)?.map_or(0, |v| v.value());
+            meta.insert(SEQ_FLOOR, now.max(seq)).map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn save_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            for change in changes {
+                match change {
+                    SessionChange::Put(session) => {
+                        let value = (session.created_secs, session.value.as_slice());
+                        sessions.insert(session.key.as_slice(), value).map_err(backend)?;
+                    }
+                    SessionChange::Remove(key) => {
+                        sessions.remove(key.as_slice()).map_err(backend)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn load_sessions(&self, since_secs: u64) -> Result<Vec<StoredSession>, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(SESSIONS).map_err(backend)?;
+            let mut live = Vec::new();
+            let mut expired = Vec::new();
+            for item in table.iter().map_err(backend)? {
+                let (key, value) = item.map_err(backend)?;
+                let (created_secs, state) = value.value();
+                if created_secs >= since_secs {
+                    live.push(StoredSession {
+                        key: key.value().to_vec(),
+                        created_secs,
+                        value: state.to_vec(),
+                    });
+                } else {
+                    expired.push(key.value().to_vec());
+                }
+            }
+            for key in expired {
+                table.remove(key.as_slice()).map_err(backend)?;
+            }
+            live.sort_by_key(|session| session.created_secs);
+            Ok(live)
         })
     }
 
@@ -492,6 +559,20 @@ mod tests {
     }
 
     #[test]
+    fn the_seq_floor_persists_and_never_goes_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            assert_eq!(store.seq_floor().expect("none yet"), 0);
+            store.set_seq_floor(500).expect("set");
+            store.set_seq_floor(300).expect("lower");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.seq_floor().expect("floor"), 500);
+    }
+
+    #[test]
     fn notifications_persist_until_deleted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("n.redb");
@@ -539,6 +620,37 @@ mod tests {
         let store = EmbeddedStore::open(&path).expect("reopen");
         assert_eq!(keys(&store.peek("app_a", 10, 1 << 20).expect("peek")), ["p:2", "p:3"]);
         assert_eq!(store.depth("app_a").expect("depth"), 2);
+    }
+
+    fn session(key: u8, created_secs: u64) -> StoredSession {
+        StoredSession { key: vec![key; 32], created_secs, value: vec![key, 1, 2, 3] }
+    }
+
+    #[test]
+    fn tls_sessions_persist_and_expire_and_removals_stick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            assert!(store.load_sessions(0).expect("empty").is_empty());
+            store
+                .save_sessions(&[
+                    SessionChange::Put(session(1, 1_000)),
+                    SessionChange::Put(session(2, 500)),
+                    SessionChange::Put(session(3, 2_000)),
+                    SessionChange::Put(session(4, 1_500)),
+                ])
+                .expect("save");
+            store.save_sessions(&[SessionChange::Remove(vec![3; 32])]).expect("take");
+            // A put then a remove of the same ticket in one batch leaves nothing.
+            store
+                .save_sessions(&[SessionChange::Put(session(5, 1_700)), SessionChange::Remove(vec![5; 32])])
+                .expect("save");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        let loaded = store.load_sessions(900).expect("load");
+        assert_eq!(loaded, [session(1, 1_000), session(4, 1_500)], "oldest first, expired and taken gone");
+        assert_eq!(store.load_sessions(0).expect("load"), loaded, "the expired one was deleted");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //!   (and moves it to the back). Presence events are keyed by PUID, so the outbox grows with
 //!   the number of distinct PUIDs that changed, never with the number of flaps; notification
 //!   outcomes have unique keys, so every one is delivered.
+//! - **TLS sessions**: the server side of TLS 1.3 resumption tickets ([`StoredSession`]).
+//!   rustls accepts 0-RTT only with stateful resumption, so devices reconnect in 0-RTT
+//!   after a restart (a crash included) only if these outlive the process.
 
 pub mod embedded;
 
@@ -46,6 +49,26 @@ pub struct OutboxEntry {
     pub serial: u64,
     /// The event, serialized JSON (one element of the webhook body's `events` array).
     pub event: Vec<u8>,
+}
+
+/// One TLS session (the server's half of a resumption ticket), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The ticket the client presents (random, 32 bytes from rustls).
+    pub key: Vec<u8>,
+    /// When it was issued, Unix seconds (a wall-clock time, since it outlives the process).
+    pub created_secs: u64,
+    /// rustls's encoded session state: the resumption secret. As sensitive as a key.
+    pub value: Vec<u8>,
+}
+
+/// A change to the stored TLS sessions, written in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A session was issued.
+    Put(StoredSession),
+    /// A session was used (tickets are single-use), evicted or expired.
+    Remove(Vec<u8>),
 }
 
 /// A storage failure.
@@ -113,4 +136,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn begin_run(&self) -> Result<bool, StoreError>;
     /// Records a clean end of the run (after the drain told apps every user went offline).
     fn end_run(&self) -> Result<(), StoreError>;
+    /// The highest presence `seq` recorded by [`set_seq_floor`](Self::set_seq_floor), 0 if
+    /// none: a restarted daemon never hands out a lower one, whatever its clock says.
+    fn seq_floor(&self) -> Result<u64, StoreError>;
+    /// Records the highest presence `seq` handed out so far.
+    fn set_seq_floor(&self, seq: u64) -> Result<(), StoreError>;
+    /// Applies TLS session changes, in order, in one durable transaction (the session cache
+    /// batches them off the handshake path).
+    fn save_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError>;
+    /// Every stored TLS session issued at or after `since_secs`, oldest first; older ones
+    /// are deleted on the way.
+    fn load_sessions(&self, since_secs: u64) -> Result<Vec<StoredSession>, StoreError>;
 }

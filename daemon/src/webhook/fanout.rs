@@ -904,6 +904,7 @@ async fn delivered(
         let created = event_at_ms(&entry.event).unwrap_or(enqueued_ms);
         metrics.webhook_delivery_seconds.0.observe(now_ms.saturating_sub(created) as f64 / 1000.0);
     }
+    let full = batch.len() >= inner.config.max_events;
     let delivered: Vec<(String, u64)> = batch.into_iter().map(|e| (e.key, e.serial)).collect();
     let (store, id) = (inner.store.clone(), app_id.to_owned());
     match blocking(move || {
@@ -914,10 +915,16 @@ async fn delivered(
     {
         Ok(depth) => {
             set_depth(metrics, app_id, depth);
-            // Entries left behind by a size-limited batch have no wake of their own.
+            // Entries left behind by a size-limited batch have no wake of their own: after
+            // a full batch (or with a full one waiting) the next goes at once; otherwise
+            // they wait one window like any new event. Not "at once" in that case: the
+            // entries may be an event the committer wrote a moment ago and has not yet
+            // woken this task for, and it too must wait its window.
             let pending = shared.snapshot();
-            if depth > 0 && (pending.since.is_none() || depth >= inner.config.max_events as u64) {
+            if depth > 0 && (full || depth >= inner.config.max_events as u64) {
                 shared.note(inner.long_ago(), 0, 0);
+            } else if depth > 0 && pending.since.is_none() {
+                shared.note(Instant::now(), 0, 0);
             }
         }
         // The batch goes again (same id): at-least-once.
