@@ -39,8 +39,13 @@ impl ApiError {
 
     /// 429 `rate_limited` with a `Retry-After`.
     pub fn rate_limited(retry_after: Duration) -> ApiError {
-        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests");
-        error.retry_after = Some(retry_after);
+        ApiError::too_many("rate_limited", "too many requests", Some(retry_after))
+    }
+
+    /// 429 with its own `code`, and a `Retry-After` when the wait is known.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: Option<Duration>) -> ApiError {
+        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        error.retry_after = retry_after;
         error
     }
 

@@ -8,7 +8,6 @@
 mod admin;
 pub mod error;
 mod extract;
-mod limit;
 mod notifications;
 mod presence;
 
@@ -23,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use limit::RateLimiter;
+pub use crate::limit::RateLimiter;
 
 use crate::apps::Apps;
 use crate::metrics::Metrics;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiPath, AppAuth};
 use super::{ApiError, ApiState};
-use crate::notify::{MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView};
+use crate::notify::{MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView, NotifyRefused};
 
 /// Default time to live when the request names none.
 const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -61,7 +61,27 @@ pub(super) async fn create(
         ttl,
         mode: request.mode.unwrap_or(Mode::All),
     };
-    Ok((StatusCode::CREATED, axum::Json(state.notifications.send(notification))))
+    match state.notifications.send(notification) {
+        Ok(view) => Ok((StatusCode::CREATED, axum::Json(view))),
+        Err(refused) => Err(refused_error(&refused)),
+    }
+}
+
+/// The 429 for a refused notification; the codes are documented in openapi.json.
+fn refused_error(refused: &NotifyRefused) -> ApiError {
+    let message = refused.to_string();
+    match *refused {
+        NotifyRefused::AppRate { retry_after } => {
+            ApiError::too_many("notify_rate_limited", message, Some(retry_after))
+        }
+        NotifyRefused::RecipientRate { retry_after } => {
+            ApiError::too_many("recipient_rate_limited", message, Some(retry_after))
+        }
+        // Places free up as outcomes are decided; within a TTL at the most.
+        NotifyRefused::Outstanding { .. } => {
+            ApiError::too_many("too_many_outstanding", message, Some(Duration::from_secs(1)))
+        }
+    }
 }
 
 pub(super) async fn get_one(

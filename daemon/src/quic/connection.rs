@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{Shared, reason};
 use crate::auth::TokenError;
 use crate::handle::{SessionCommand, SessionHandle};
+use crate::metrics::Refusal;
 use crate::table::DeviceState;
 
 /// Largest chunk read from the control stream at once; bounds per-read work.
@@ -128,10 +129,13 @@ impl Driver<'_> {
                 datagram = self.connection.read_datagram() => match datagram {
                     Ok(payload) => {
                         self.shared.metrics.pings_received.inc();
-                        let bad = self.session.bad_datagrams();
+                        let (bad, limited) = (self.session.bad_datagrams(), self.session.limited_datagrams());
                         self.session.handle_datagram(Instant::now(), &payload);
                         if self.session.bad_datagrams() > bad {
                             self.shared.metrics.bad_datagrams.inc();
+                        }
+                        if self.session.limited_datagrams() > limited {
+                            self.shared.metrics.refuse(Refusal::PingRate);
                         }
                     }
                     Err(error) => return debug!(%error, "connection ended"),
@@ -213,6 +217,9 @@ impl Driver<'_> {
                     self.closed = Some(close.code);
                     let label = reason(close.code.name());
                     self.shared.metrics.sessions_closed.get_or_create(&label).inc();
+                    if close.code == ErrorCode::RATE_LIMITED && !close.by_peer {
+                        self.shared.metrics.refuse(Refusal::SessionRateLimited);
+                    }
                     debug!(code = %close.code, reason = %close.reason, by_peer = close.by_peer, "session closed");
                 }
                 other => debug!(?other, "unhandled session event"),
@@ -346,13 +353,23 @@ impl Driver<'_> {
         }
     }
 
-    /// Sends what the session queued; false once the connection is unusable.
+    /// Sends what the session queued; false once the connection is unusable. A device that
+    /// stops reading its control stream blocks the write once flow control is spent; after
+    /// the slow-reader bound it is closed, so it can neither hold this task (and its
+    /// queue) forever nor keep looking online while nothing reaches it.
     async fn flush(&mut self) -> bool {
         while let Some(transmit) = self.session.poll_transmit() {
             match transmit {
                 Transmit::Stream(bytes) => {
-                    if self.send.write_all(&bytes).await.is_err() {
-                        return false;
+                    match tokio::time::timeout(self.shared.slow_reader, self.send.write_all(&bytes)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return false,
+                        Err(_) => {
+                            self.shared.metrics.refuse(Refusal::SlowReader);
+                            warn!("device does not read its control stream; closing");
+                            self.closed = Some(ErrorCode::PROTOCOL_VIOLATION);
+                            return false;
+                        }
                     }
                 }
                 Transmit::Datagram(bytes) => {
