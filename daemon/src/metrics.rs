@@ -69,7 +69,8 @@ impl Default for DeliveryHistogram {
 pub struct Metrics {
     /// `presence_sessions{state}`: sessions up, by the device's effective state.
     pub sessions: Family<StateLabel, Gauge>,
-    /// `presence_handshakes_total`: QUIC connections that reached the daemon's accept.
+    /// `presence_handshakes_total`: QUIC connection attempts whose Initial decrypted and that
+    /// passed the handshake limits (junk Initials count under `handshakes_failed{reason="initial"}`).
     pub handshakes: Counter,
     /// `presence_handshakes_failed_total{reason}`: connections that never became a session.
     pub handshakes_failed: Family<ReasonLabel, Counter>,

@@ -35,21 +35,12 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-pub(super) async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
+pub(super) async fn run(connecting: quinn::Connecting, shared: Arc<Shared>) {
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("session", id, remote = %incoming.remote_address(), user = tracing::field::Empty, device = tracing::field::Empty);
+    let span = info_span!("session", id, remote = %connecting.remote_address(), user = tracing::field::Empty, device = tracing::field::Empty);
     async move {
         shared.handshaking.fetch_add(1, Ordering::Relaxed);
         let guard = Handshaking(&shared);
-        shared.metrics.handshakes.inc();
-        let connecting = match incoming.accept() {
-            Ok(connecting) => connecting,
-            Err(error) => {
-                debug!(%error, "handshake refused");
-                shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
-                return;
-            }
-        };
         // Server side, 0.5-RTT always works; `handshake_done` resolves when the handshake
         // completes, so a Hello read before it must have arrived in the client's 0-RTT.
         let Ok((connection, handshake_done)) = connecting.into_0rtt() else {

@@ -198,7 +198,19 @@ impl QuicServer {
                 let _ = incoming.retry();
                 continue;
             }
-            tokio::spawn(connection::run(incoming, self.shared.clone()));
+            // Accepting decrypts the Initial here, in the accept loop: junk that looks like
+            // an Initial but does not decrypt costs no task and never counts as in flight
+            // (which would push honest devices into Retry).
+            match incoming.accept() {
+                Ok(connecting) => {
+                    metrics.handshakes.inc();
+                    tokio::spawn(connection::run(connecting, self.shared.clone()));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "connection attempt refused at accept");
+                    metrics.handshakes_failed.get_or_create(&reason("initial")).inc();
+                }
+            }
         }
     }
 
