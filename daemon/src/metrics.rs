@@ -122,6 +122,9 @@ pub struct Metrics {
 /// Why a defence refused something: the `reason` label of `presence_refusals_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// A token-less Initial from a source sending them far over its handshake rate,
+    /// dropped at the socket before quinn parsed it.
+    InitialFlood,
     /// A handshake over its source address's rate, answered with a QUIC Retry.
     HandshakeRetry,
     /// A handshake over its (validated) source address's rate, ignored.
@@ -148,6 +151,7 @@ impl Refusal {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
+            Refusal::InitialFlood => "initial_flood",
             Refusal::HandshakeRetry => "handshake_retry",
             Refusal::HandshakeIgnored => "handshake_ignored",
             Refusal::PingRate => "ping_rate",

@@ -125,7 +125,8 @@ impl QuicServer {
         let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
             .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
-        let socket = Arc::new(socket::CountingSocket::new(runtime.wrap_udp_socket(socket)?, services.metrics.clone()));
+        let socket = runtime.wrap_udp_socket(socket)?;
+        let socket = Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), settings.handshake_limit));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config),
