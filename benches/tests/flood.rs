@@ -9,7 +9,6 @@
 //! both crates test with the same daemon, receiver and honest device.
 
 #[path = "../../daemon/tests/common/mod.rs"]
-#[allow(dead_code, unreachable_pub, unused_imports)]
 mod common;
 
 use std::time::{Duration, Instant};

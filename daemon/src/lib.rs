@@ -127,8 +127,13 @@ impl Daemon {
             recipient: settings.notify_user,
             outstanding: settings.notify_outstanding,
         };
-        let notifications =
-            Arc::new(Notifications::new(table.clone(), outbound.clone(), store.clone(), metrics.clone(), notify_limits));
+        let notifications = Arc::new(Notifications::new(
+            table.clone(),
+            outbound.clone(),
+            store.clone(),
+            metrics.clone(),
+            notify_limits,
+        ));
         let restored = notifications.restore()?;
         if store.begin_run()? {
             tracing::warn!("the previous run ended without a clean shutdown; telling apps to reset presence");
@@ -165,6 +170,7 @@ impl Daemon {
             url_policy,
             admin_token: admin_token.as_deref().map(Arc::from),
             admin_remote: settings.admin_remote,
+            metrics_remote: settings.metrics_remote,
         });
         let mut tasks = Vec::new();
         let http_limits = http::HttpLimits {

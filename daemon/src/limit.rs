@@ -148,7 +148,9 @@ mod tests {
         let limiter = HashedLimiter::new(Rate { rate: 1, burst: 1 }, 4_096);
         let now = Instant::now();
         // Two keys in different slots (the hash key is random per run).
-        let b = (0..).map(|i| format!("b{i}")).find(|b| limiter.slot_of(b, 4_096) != limiter.slot_of(&"a", 4_096));
+        let b = (0..)
+            .map(|i| format!("b{i}"))
+            .find(|b| limiter.slot_of(b, 4_096) != limiter.slot_of(&"a", 4_096));
         let b = b.expect("a key in another slot");
         assert!(limiter.check(&b, now).is_ok());
         // "b" is empty, so "a" keeps its token.

@@ -29,8 +29,8 @@ use crate::apps::now_ms;
 use crate::handle::{SessionCommand, SessionHandle};
 use crate::limit::{HashedLimiter, RateLimiter};
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
-use crate::settings::Rate;
 use crate::outbound::Outbound;
+use crate::settings::Rate;
 use crate::store::{Store, StoreError};
 use crate::table::PresenceTable;
 

@@ -213,6 +213,9 @@ pub struct SettingsLayer {
     /// Seconds for an HTTPS client's TLS handshake and each request's headers [default: 10].
     #[arg(long, env = "PRESENCED_HTTPS_HEADER_TIMEOUT_SECS")]
     pub https_header_timeout_secs: Option<u64>,
+    /// Let /metrics answer clients that are not on loopback [default: false].
+    #[arg(long, env = "PRESENCED_METRICS_REMOTE", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_remote: Option<bool>,
 }
 
 /// Resolved settings; every field has its default applied.
@@ -280,6 +283,8 @@ pub struct Settings {
     pub https_max_connections: u32,
     /// TLS handshake and request-header timeout on HTTPS. Default 10 s.
     pub https_header_timeout: Duration,
+    /// `/metrics` open beyond loopback (it tells load, error rates and app ids). Default false.
+    pub metrics_remote: bool,
 }
 
 /// A token-bucket limit: `rate` per second on average, `burst` at once; both at least 1.
@@ -381,7 +386,8 @@ impl SettingsLayer {
             notify_user_burst,
             notify_outstanding,
             https_max_connections,
-            https_header_timeout_secs
+            https_header_timeout_secs,
+            metrics_remote
         )
     }
 
@@ -533,6 +539,7 @@ impl SettingsLayer {
             notify_outstanding,
             https_max_connections,
             https_header_timeout,
+            metrics_remote: self.metrics_remote.unwrap_or(false),
         };
         if settings.quic_listen.port() != 0 && settings.quic_listen == settings.https_listen {
             errors.push("quic_listen and https_listen must differ".into());
@@ -570,8 +577,7 @@ mod tests {
         };
         let ConfigError(errors) = layer.resolve().expect_err("invalid");
         let all = errors.join("\n");
-        for needle in
-            [
+        for needle in [
             "--tls-cert",
             "--tls-key",
             "--jwks",
@@ -581,8 +587,7 @@ mod tests {
             "log",
             "notify_user_burst",
             "handshake_rate",
-        ]
-        {
+        ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
     }

@@ -152,11 +152,12 @@ fn endpoint_with_alpn(daemon: &TestDaemon, alpn: &[u8]) -> quinn::Endpoint {
     for root in &daemon.roots {
         roots.add(root.clone()).expect("root");
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("endpoint");
@@ -174,7 +175,8 @@ async fn wrong_alpn_and_other_protocol_versions_are_refused_clearly() {
     for alpn in [&b"h3"[..], b"presence/2"] {
         let endpoint = endpoint_with_alpn(&daemon, alpn);
         let connecting = endpoint.connect(daemon.daemon.quic_addr, "localhost").expect("connect");
-        let error = tokio::time::timeout(WAIT, connecting).await.expect("answer in time").expect_err("refused");
+        let error =
+            tokio::time::timeout(WAIT, connecting).await.expect("answer in time").expect_err("refused");
         match error {
             quinn::ConnectionError::ConnectionClosed(close) => {
                 assert_eq!(u64::from(close.error_code), 0x178, "{alpn:?}: {close:?}");
@@ -198,7 +200,8 @@ async fn wrong_alpn_and_other_protocol_versions_are_refused_clearly() {
     // Pings of another version inside a good session are dropped and counted, never fatal.
     let token = daemon.token("mallory", "m2");
     let (device, answer) =
-        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, "m2", Status::Online, &[])).await;
+        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, "m2", Status::Online, &[]))
+            .await;
     assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
     let bad = daemon.metric("presence_bad_datagrams_total");
     for version in [0u8, 2, 3] {
@@ -218,7 +221,11 @@ async fn truncated_oversized_and_non_utf8_frames_close_with_clear_codes() {
     let good = encode_body(&Message::Hello(hello(&token, "phone", Status::Online, &[]))).expect("body");
 
     // A Hello cut short inside its token, framed at its shortened length.
-    assert_refused(send_bytes(&daemon, &frame(&good[..good.len() / 2])).await, ErrorCode::MALFORMED_FRAME, "truncated");
+    assert_refused(
+        send_bytes(&daemon, &frame(&good[..good.len() / 2])).await,
+        ErrorCode::MALFORMED_FRAME,
+        "truncated",
+    );
     // One byte over the maximum frame size.
     assert_refused(
         send_bytes(&daemon, &frame(&vec![0; limits::MAX_FRAME_LEN + 1])).await,
@@ -232,7 +239,11 @@ async fn truncated_oversized_and_non_utf8_frames_close_with_clear_codes() {
     let mut long = hello(&token, "phone", Status::Online, &[]);
     long.message = StatusText::new("x".repeat(200)).expect("message");
     let body = encode_body(&Message::Hello(long)).expect("body");
-    let over = replace(&body, &[&[0xc8, 0x01][..], &[b'x'; 200]].concat(), &[&[0xac, 0x02][..], &[b'x'; 300]].concat());
+    let over = replace(
+        &body,
+        &[&[0xc8, 0x01][..], &[b'x'; 200]].concat(),
+        &[&[0xac, 0x02][..], &[b'x'; 300]].concat(),
+    );
     assert_refused(send_bytes(&daemon, &frame(&over)).await, ErrorCode::MALFORMED_FRAME, "long message");
     // A visibility list over the server's announced limit (64), within the wire limit.
     let apps: Vec<String> = (0..65).map(|i| format!("app-{i}")).collect();
@@ -241,11 +252,16 @@ async fn truncated_oversized_and_non_utf8_frames_close_with_clear_codes() {
     assert_refused(send_bytes(&daemon, &wide).await, ErrorCode::LIMIT_EXCEEDED, "visibility in hello");
     // The same list mid-session.
     let (mut device, answer) =
-        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, "phone", Status::Online, &[])).await;
+        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, "phone", Status::Online, &[]))
+            .await;
     assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
     let list = AppList::new(apps.iter().map(|a| AppId::new(*a).expect("app")).collect()).expect("list");
     device.send_message(&Message::Visibility(Visibility { apps: list })).await;
-    assert_refused((device.next_message().await, device.close_code().await), ErrorCode::LIMIT_EXCEEDED, "visibility");
+    assert_refused(
+        (device.next_message().await, device.close_code().await),
+        ErrorCode::LIMIT_EXCEEDED,
+        "visibility",
+    );
     honest.assert_unharmed(&daemon).await;
 }
 
@@ -255,8 +271,12 @@ async fn a_device_flooding_pings_or_frames_is_closed_as_rate_limited() {
     let (daemon, mut honest) = start(settings(dir.path())).await;
 
     let token = daemon.token("mallory", "pinger");
-    let (device, _) =
-        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, "pinger", Status::Online, &[])).await;
+    let (device, _) = RawDevice::hello(
+        daemon.daemon.quic_addr,
+        &daemon.roots,
+        hello(&token, "pinger", Status::Online, &[]),
+    )
+    .await;
     // Paced just enough that the sender's small datagram queue does not drop them first.
     for seq in 0..400u32 {
         if device.connection.close_reason().is_some() {
@@ -271,8 +291,12 @@ async fn a_device_flooding_pings_or_frames_is_closed_as_rate_limited() {
     assert!(daemon.metric(&refusals("ping_rate")) > 0.0);
 
     let token = daemon.token("mallory", "talker");
-    let (mut device, _) =
-        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, "talker", Status::Online, &[])).await;
+    let (mut device, _) = RawDevice::hello(
+        daemon.daemon.quic_addr,
+        &daemon.roots,
+        hello(&token, "talker", Status::Online, &[]),
+    )
+    .await;
     let frame = encode_frame(&Message::Visibility(Visibility { apps: AppList::default() })).expect("frame");
     device.send_raw(&frame.repeat(200)).await;
     let answer = device.next_message().await;
@@ -312,16 +336,20 @@ async fn a_device_that_never_reads_is_closed_as_a_slow_reader() {
     let (daemon, mut honest) = start(layer).await;
     let app = daemon.register("pusher", "https://127.0.0.1:9/hook").await;
     let token = daemon.token("sloth", "phone");
-    let (device, answer) =
-        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, "phone", Status::Online, &[&app.id]))
-            .await;
+    let (device, answer) = RawDevice::hello(
+        daemon.daemon.quic_addr,
+        &daemon.roots,
+        hello(&token, "phone", Status::Online, &[&app.id]),
+    )
+    .await;
     assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
     let puid = daemon.daemon.table().puid(&app.id, "sloth").to_string();
     // About 4 KiB each: the device's 64 KiB stream window fills after some 16 of them, and
     // the device never reads.
     let data = "d".repeat(4_000);
     for _ in 0..40 {
-        let (status, body, _) = notify(&daemon, &app.api_key, &json!({"to": [puid], "title": "t", "data": data})).await;
+        let (status, body, _) =
+            notify(&daemon, &app.api_key, &json!({"to": [puid], "title": "t", "data": data})).await;
         assert_eq!(status, 201, "{body}");
     }
     assert_eq!(device.close_code().await, Some(u64::from(ErrorCode::PROTOCOL_VIOLATION.0)));
@@ -355,11 +383,13 @@ async fn notification_limits_answer_429_with_stable_codes() {
 
     // Undecided notifications per app: two pending to live devices, then 429; an answer
     // frees a place.
-    let mut bob = presence_client::Client::connect(daemon.options("bob", "phone", &[&app.id])).await.expect("bob");
+    let mut bob =
+        presence_client::Client::connect(daemon.options("bob", "phone", &[&app.id])).await.expect("bob");
     let carol =
         presence_client::Client::connect(daemon.options("carol", "phone", &[&app.id])).await.expect("carol");
     let table = daemon.daemon.table();
-    let (bob_puid, carol_puid) = (table.puid(&app.id, "bob").to_string(), table.puid(&app.id, "carol").to_string());
+    let (bob_puid, carol_puid) =
+        (table.puid(&app.id, "bob").to_string(), table.puid(&app.id, "carol").to_string());
     let pending = |puid: &str| json!({"to": [puid], "title": "t", "ttl_ms": 60_000});
     let (status, first, _) = notify(&daemon, key, &pending(&bob_puid)).await;
     assert_eq!((status, first["recipients"][0]["outcome"].as_str()), (201, Some("pending")), "{first}");
@@ -407,7 +437,8 @@ async fn notification_limits_answer_429_with_stable_codes() {
 
     // Duplicates: ids are the daemon's, so a body naming one is an unknown field; a
     // recipient named twice is notified once.
-    let (status, body, _) = notify(&daemon, &honest.app.api_key, &json!({"id": 5, "to": ["x"], "title": "t"})).await;
+    let (status, body, _) =
+        notify(&daemon, &honest.app.api_key, &json!({"id": 5, "to": ["x"], "title": "t"})).await;
     assert_eq!((status, code(&body)), (422, "invalid_request"), "{body}");
     // A body that is not UTF-8.
     let response = daemon
@@ -463,8 +494,9 @@ async fn handshakes_over_the_per_source_rate_get_a_retry_then_are_ignored() {
     let layer = SettingsLayer { handshake_rate: Some(1), handshake_burst: Some(2), ..settings(dir.path()) };
     let (daemon, mut honest) = start(layer).await;
     let attempts = (0..8).map(|_| {
-        let endpoint = presence_client::transport::endpoint("127.0.0.1:0".parse().expect("addr"), &daemon.roots)
-            .expect("endpoint");
+        let endpoint =
+            presence_client::transport::endpoint("127.0.0.1:0".parse().expect("addr"), &daemon.roots)
+                .expect("endpoint");
         let addr = daemon.daemon.quic_addr;
         async move {
             let connecting = endpoint.connect(addr, "localhost").expect("connect");
@@ -499,19 +531,30 @@ async fn a_token_opens_a_session_for_its_own_user_and_device_only() {
     let alice = daemon.token("alice", "phone");
 
     // The device id must be the token's: alice's phone token cannot open her tablet.
-    let (device, answer) =
-        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&alice, "tablet", Status::Online, &[&app.id]))
-            .await;
+    let (device, answer) = RawDevice::hello(
+        daemon.daemon.quic_addr,
+        &daemon.roots,
+        hello(&alice, "tablet", Status::Online, &[&app.id]),
+    )
+    .await;
     assert!(matches!(answer, Message::Error(ref e) if e.code == ErrorCode::UNAUTHENTICATED), "{answer:?}");
     assert_eq!(device.close_code().await, Some(u64::from(ErrorCode::UNAUTHENTICATED.0)));
 
     // The Hello names no user: the session is the token's user, whatever else it claims.
     // With alice's token, the app sees alice online, and neither the honest user nor bob.
-    let (mut device, answer) =
-        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&alice, "phone", Status::Online, &[&app.id]))
-            .await;
+    let (mut device, answer) = RawDevice::hello(
+        daemon.daemon.quic_addr,
+        &daemon.roots,
+        hello(&alice, "phone", Status::Online, &[&app.id]),
+    )
+    .await;
     assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
-    device.send_message(&Message::Authorize(Authorize { app_id: AppId::new(&app.id).expect("app"), state: Text::default() })).await;
+    device
+        .send_message(&Message::Authorize(Authorize {
+            app_id: AppId::new(&app.id).expect("app"),
+            state: Text::default(),
+        }))
+        .await;
     let Some(Message::Authorized(authorized)) = device.next_message().await else { panic!("authorized") };
     let table = daemon.daemon.table();
     assert_eq!(authorized.puid, table.puid(&app.id, "alice"));

@@ -205,7 +205,9 @@ impl ServerSession {
     pub fn handle_stream_data(&mut self, now: Instant, mut data: &[u8]) {
         while self.phase != Phase::Closed {
             let decoded = self.decoder.decode(&mut data);
-            if matches!(decoded, Ok(Some(_))) && self.phase == Phase::Active && self.frames.take(now) != Verdict::Allowed
+            if matches!(decoded, Ok(Some(_)))
+                && self.phase == Phase::Active
+                && self.frames.take(now) != Verdict::Allowed
             {
                 return self.close(ErrorCode::RATE_LIMITED, "control frames over the rate limit");
             }

@@ -29,7 +29,12 @@ use tokio::io::AsyncReadExt;
 /// handshake rates, status-change-to-webhook latency, notification round trips and the
 /// daemon's memory and CPU.
 #[derive(Debug, Parser)]
-#[command(name = "presence-load", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "presence-load",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
     #[command(subcommand)]
     mode: Option<Mode>,

@@ -101,7 +101,12 @@ impl std::fmt::Display for FloodReport {
         writeln!(
             f,
             "flood: {} datagrams ({} junk Initials, {} bytes) in {:.1} s, {:.0} per second, {} send errors",
-            self.packets_sent, self.initials_sent, self.bytes_sent, self.seconds, self.packets_per_second, self.send_errors
+            self.packets_sent,
+            self.initials_sent,
+            self.bytes_sent,
+            self.seconds,
+            self.packets_per_second,
+            self.send_errors
         )
     }
 }

@@ -43,7 +43,11 @@ impl ApiError {
     }
 
     /// 429 with its own `code`, and a `Retry-After` when the wait is known.
-    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: Option<Duration>) -> ApiError {
+    pub fn too_many(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> ApiError {
         let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
         error.retry_after = retry_after;
         error

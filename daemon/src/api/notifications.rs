@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiPath, AppAuth};
 use super::{ApiError, ApiState};
-use crate::notify::{MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView, NotifyRefused};
+use crate::notify::{
+    MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView, NotifyRefused,
+};
 
 /// Default time to live when the request names none.
 const DEFAULT_TTL: Duration = Duration::from_secs(30);

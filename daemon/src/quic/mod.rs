@@ -126,7 +126,8 @@ impl QuicServer {
             .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
         let socket = runtime.wrap_udp_socket(socket)?;
-        let socket = Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), settings.handshake_limit));
+        let socket =
+            Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), settings.handshake_limit));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config),

@@ -41,7 +41,11 @@ pub(crate) struct CountingSocket {
 }
 
 impl CountingSocket {
-    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, metrics: Arc<Metrics>, handshakes: Rate) -> CountingSocket {
+    pub(crate) fn new(
+        inner: Arc<dyn AsyncUdpSocket>,
+        metrics: Arc<Metrics>,
+        handshakes: Rate,
+    ) -> CountingSocket {
         let flood = Rate {
             rate: handshakes.rate.saturating_mul(FLOOD_FACTOR),
             burst: handshakes.burst.saturating_mul(FLOOD_FACTOR),
@@ -72,7 +76,9 @@ fn carries_token(datagram: &[u8]) -> bool {
     let Some(&first) = datagram.get(token_at) else { return false };
     // The varint's value is zero only when every byte of it is zero.
     let len = 1usize << (first >> 6);
-    datagram.get(token_at..token_at + len).is_some_and(|bytes| bytes.iter().enumerate().any(|(i, &b)| if i == 0 { b & 0x3f != 0 } else { b != 0 }))
+    datagram.get(token_at..token_at + len).is_some_and(|bytes| {
+        bytes.iter().enumerate().any(|(i, &b)| if i == 0 { b & 0x3f != 0 } else { b != 0 })
+    })
 }
 
 impl AsyncUdpSocket for CountingSocket {

@@ -21,8 +21,9 @@ impl Honest {
     pub async fn start(daemon: &TestDaemon) -> Honest {
         let mut receiver = Receiver::start(&daemon.dir.join("tls")).await;
         let app = daemon.register("honest", &receiver.url()).await;
-        let mut client =
-            Client::connect(daemon.options("honest-user", "phone", &[&app.id])).await.expect("honest connects");
+        let mut client = Client::connect(daemon.options("honest-user", "phone", &[&app.id]))
+            .await
+            .expect("honest connects");
         client.authorize(app.id.clone(), "honest".into()).await.expect("authorize");
         let puid = loop {
             if let Event::Authorized { puid, .. } = next_client_event(&mut client).await {
@@ -30,7 +31,10 @@ impl Honest {
             }
         };
         let online = receiver.event(|e| e["type"] == "presence").await;
-        assert_eq!((online["puid"].as_str(), online["status"].as_str()), (Some(puid.as_str()), Some("online")));
+        assert_eq!(
+            (online["puid"].as_str(), online["status"].as_str()),
+            (Some(puid.as_str()), Some("online"))
+        );
         Honest { client, app, receiver, puid }
     }
 
@@ -73,7 +77,9 @@ impl Honest {
             }
         }
         self.client.accept(id).await.expect("accept");
-        let outcome = self.receiver.event(|e| e["type"] == "notification" && e["id"] == id.to_string()).await;
+        let id_text = id.to_string();
+        let outcome =
+            self.receiver.event(|e| e["type"] == "notification" && e["id"] == id_text.as_str()).await;
         assert_eq!(outcome["outcome"], "accepted");
     }
 }
