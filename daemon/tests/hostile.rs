@@ -10,8 +10,8 @@
 //! and wrong-audience tokens, a token for another device, a Reauth naming another user
 //! (`sessions.rs`); invalid JSON, unknown fields, wrong media type, out-of-range ttl, wrong
 //! and missing API keys, oversized bodies (`appservice.rs::api_errors_are_json_with_stable_codes`
-//! and `openapi.rs`). The state machine's answers to frames in the wrong phase, before
-//! `Welcome` included (what a 0-RTT replay could carry), are in `protocol/tests/sim.rs`.
+//! and `openapi.rs`). The state machine's answers to frames in the wrong phase are in
+//! `protocol/tests/sim.rs`; here the same rule is shown end to end for 0-RTT data.
 
 mod common;
 
@@ -572,5 +572,49 @@ async fn a_token_opens_a_session_for_its_own_user_and_device_only() {
         .expect("json");
     assert_eq!(polled["status"], "offline");
     // Alice's grant and presence went to the app; nothing about the honest user changed.
+    honest.assert_unharmed(&daemon).await;
+}
+
+#[tokio::test]
+async fn nothing_but_the_hello_is_acted_on_from_zero_rtt_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, mut honest) = start(settings(dir.path())).await;
+    let app_id = AppId::new(&honest.app.id).expect("app");
+    let endpoint = presence_client::transport::endpoint("127.0.0.1:0".parse().expect("addr"), &daemon.roots)
+        .expect("endpoint");
+    let token = daemon.token("replayer", "phone");
+    let hello_frame =
+        encode_frame(&Message::Hello(hello(&token, "phone", Status::Online, &[&honest.app.id])))
+            .expect("frame");
+
+    // A first, full session, for a resumption ticket.
+    let connection =
+        endpoint.connect(daemon.daemon.quic_addr, "localhost").expect("connect").await.expect("hs");
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&hello_frame).await.expect("hello");
+    recv.read_chunk(4096, true).await.expect("read").expect("welcome");
+    connection.close(0u32.into(), b"bye");
+    let replayer = daemon.daemon.table().puid(&honest.app.id, "replayer").to_string();
+    honest.receiver.event(|e| e["puid"] == replayer.as_str() && e["status"] == "offline").await;
+    let users = daemon.daemon.table().users();
+
+    // Resumed: the Hello and an Authorize ride together in 0-RTT, as a replay would.
+    let connecting = endpoint.connect(daemon.daemon.quic_addr, "localhost").expect("connect");
+    let Ok((connection, accepted)) = connecting.into_0rtt() else { panic!("0-RTT is offered on resumption") };
+    let (mut send, _recv) = connection.open_bi().await.expect("stream");
+    let authorize =
+        encode_frame(&Message::Authorize(Authorize { app_id, state: Text::default() })).expect("frame");
+    send.write_all(&[hello_frame, authorize].concat()).await.expect("0-RTT data");
+    assert!(accepted.await, "the server took the 0-RTT data");
+    let closed = tokio::time::timeout(WAIT, connection.closed()).await.expect("closed in time");
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else { panic!("{closed:?}") };
+    assert_eq!(close.error_code.into_inner(), u64::from(ErrorCode::PROTOCOL_VIOLATION.0));
+
+    // Neither the Authorize nor the Hello took effect: no grant, no presence, no session.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = honest.receiver.drain();
+    let mine: Vec<&Value> = events.iter().filter(|e| e["puid"] == replayer.as_str()).collect();
+    assert!(mine.is_empty(), "the 0-RTT data was acted on: {mine:?}");
+    assert_eq!(daemon.daemon.table().users(), users);
     honest.assert_unharmed(&daemon).await;
 }

@@ -43,7 +43,7 @@ impl Honest {
     /// outcome delivered).
     pub async fn assert_unharmed(&mut self, daemon: &TestDaemon) {
         for event in self.receiver.drain() {
-            if event["type"] == "presence" {
+            if event["type"] == "presence" && event["puid"] == self.puid.as_str() {
                 assert_eq!(event["status"], "online", "the honest device's presence changed: {event}");
             }
         }
