@@ -440,6 +440,19 @@ async fn notification_limits_answer_429_with_stable_codes() {
     let (status, body, _) =
         notify(&daemon, &honest.app.api_key, &json!({"id": 5, "to": ["x"], "title": "t"})).await;
     assert_eq!((status, code(&body)), (422, "invalid_request"), "{body}");
+    // Strings that are not PUIDs, in a path and in a body.
+    let response = daemon
+        .http()
+        .get(daemon.url(&format!("/v1/presence/{}", "x".repeat(2_000))))
+        .bearer_auth(&honest.app.api_key)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(response.status(), 400);
+    assert_eq!(code(&response.json().await.expect("json")), "invalid_puid");
+    let (status, body, _) =
+        notify(&daemon, &honest.app.api_key, &json!({"to": ["../etc"], "title": "t"})).await;
+    assert_eq!((status, code(&body)), (422, "invalid_puid"), "{body}");
     // A body that is not UTF-8.
     let response = daemon
         .http()

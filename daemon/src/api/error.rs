@@ -26,6 +26,12 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
 
+    /// `invalid_puid` (400 in a path, 422 in a body): not 22 characters of base64url.
+    pub fn invalid_puid(status: StatusCode, puid: &str) -> ApiError {
+        let shown: String = puid.chars().take(40).collect();
+        ApiError::new(status, "invalid_puid", format!("{shown:?} is not a PUID (22 characters of base64url)"))
+    }
+
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)

@@ -12,6 +12,7 @@ use super::{ApiError, ApiState};
 use crate::notify::{
     MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView, NotifyRefused,
 };
+use crate::puid::is_puid;
 
 /// Default time to live when the request names none.
 const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -53,6 +54,9 @@ pub(super) async fn create(
     let body = Body::new(request.body).map_err(|e| too_long("body", e.max))?;
     let data = request.data.map_or_else(String::new, |value| value.to_string());
     let data = Data::new(data).map_err(|e| too_long("data (as JSON text)", e.max))?;
+    if let Some(bad) = request.to.iter().find(|puid| !is_puid(puid)) {
+        return Err(ApiError::invalid_puid(StatusCode::UNPROCESSABLE_ENTITY, bad));
+    }
     let app_id = AppId::new(app.id.as_str()).map_err(ApiError::internal)?;
     let notification = NewNotification {
         app_id,
