@@ -1,28 +1,47 @@
 //! The HTTPS listener: TLS (HTTP/1.1 and HTTP/2 by ALPN) in front of [`crate::api`].
+//!
+//! Bounded against slow and many clients: at most `max_connections` at once (one more is
+//! closed as soon as it is accepted), `header_timeout` for the TLS handshake and again for
+//! each HTTP/1.1 request's headers (slowloris), and hyper's own limits on header size and
+//! HTTP/2 streams. Request bodies are bounded by the API's body limit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::debug;
 
 use crate::api::Peer;
+use crate::metrics::{Metrics, Refusal};
 
-/// Time a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 100;
+
+/// How the listener bounds its clients.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpLimits {
+    /// Most connections at once.
+    pub(crate) max_connections: u32,
+    /// Time for the TLS handshake, and for each request's headers.
+    pub(crate) header_timeout: Duration,
+    /// Where refusals are counted.
+    pub(crate) metrics: Arc<Metrics>,
+}
 
 /// Serves `router` over TLS until shutdown; every request carries its client's [`Peer`].
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    limits: HttpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -34,14 +53,28 @@ pub(crate) async fn serve(
             },
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            limits.metrics.refuse(Refusal::HttpsConnections);
+            debug!(%peer, "HTTPS connection cap reached; closing");
+            drop(stream);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone().layer(axum::Extension(Peer(peer))));
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
-                _ => return debug!(%peer, "TLS handshake failed"),
+                Ok(Err(_)) => return debug!(%peer, "TLS handshake failed"),
+                Err(_) => {
+                    limits.metrics.refuse(Refusal::HttpsHandshakeTimeout);
+                    return debug!(%peer, "TLS handshake timed out");
+                }
             };
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS);
             if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
                 debug!(%peer, %error, "HTTP connection ended with an error");
             }

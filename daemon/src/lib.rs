@@ -20,6 +20,8 @@
 //! - [`notify`]: live notifications and their outcomes.
 //! - [`api`]: the HTTPS APIs (AppService, admin, health, metrics, OpenAPI); [`http`]: the
 //!   TLS listener in front of them; [`metrics`]: metric names.
+//! - [`limit`]: the token buckets behind every rate limit (per app, per source address, per
+//!   recipient), bounded in memory whatever the peers send.
 //!
 //! [`Daemon::start`] binds everything and returns at once, so tests run a whole daemon
 //! in-process on loopback ports; [`Daemon::shutdown`] drains it as SIGTERM does.
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod credentials;
 pub mod handle;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;
@@ -153,8 +156,18 @@ impl Daemon {
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
         let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), Some(sink)));
-        let notifications =
-            Arc::new(Notifications::new(table.clone(), outbound.clone(), store.clone(), metrics.clone()));
+        let notify_limits = notify::NotifyLimits {
+            app: settings.notify_app,
+            recipient: settings.notify_user,
+            outstanding: settings.notify_outstanding,
+        };
+        let notifications = Arc::new(Notifications::new(
+            table.clone(),
+            outbound.clone(),
+            store.clone(),
+            metrics.clone(),
+            notify_limits,
+        ));
         let restored = notifications.restore()?;
         let crashed = store.begin_run()?;
         if crashed {
@@ -197,9 +210,21 @@ impl Daemon {
             url_policy,
             admin_token: admin_token.as_deref().map(Arc::from),
             admin_remote: settings.admin_remote,
+            metrics_remote: settings.metrics_remote,
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(http::serve(listener, Arc::new(tls), router, shutdown_rx.clone())));
+        let http_limits = http::HttpLimits {
+            max_connections: settings.https_max_connections,
+            header_timeout: settings.https_header_timeout,
+            metrics: metrics.clone(),
+        };
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            Arc::new(tls),
+            router,
+            http_limits,
+            shutdown_rx.clone(),
+        )));
         let serving = quic.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
         tasks.push(tokio::spawn(record_seq_floor(table.clone(), store.clone(), shutdown_rx)));

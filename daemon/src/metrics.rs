@@ -69,7 +69,8 @@ impl Default for DeliveryHistogram {
 pub struct Metrics {
     /// `presence_sessions{state}`: sessions up, by the device's effective state.
     pub sessions: Family<StateLabel, Gauge>,
-    /// `presence_handshakes_total`: QUIC connections that reached the daemon's accept.
+    /// `presence_handshakes_total`: QUIC connection attempts whose Initial decrypted and that
+    /// passed the handshake limits (junk Initials count under `handshakes_failed{reason="initial"}`).
     pub handshakes: Counter,
     /// `presence_handshakes_failed_total{reason}`: connections that never became a session.
     pub handshakes_failed: Family<ReasonLabel, Counter>,
@@ -108,6 +109,61 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// `presence_outbox_depth{app}`: events waiting in each app's outbox.
     pub outbox_depth: Family<AppLabel, Gauge>,
+    /// `presence_refusals_total{reason}`: work refused by a defence, by reason (see
+    /// [`Refusal`]).
+    pub refusals: Family<ReasonLabel, Counter>,
+    /// `presence_udp_datagrams_total`: UDP datagrams the QUIC socket received, junk included.
+    pub udp_datagrams: Counter,
+    /// `presence_udp_initials_total`: received datagrams shaped like a QUIC Initial (long
+    /// header, type 0); against `presence_handshakes_total` it shows junk Initials.
+    pub udp_initials: Counter,
+}
+
+/// Why a defence refused something: the `reason` label of `presence_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A token-less Initial from a source sending them far over its handshake rate,
+    /// dropped at the socket before quinn parsed it.
+    InitialFlood,
+    /// A handshake over its source address's rate, answered with a QUIC Retry.
+    HandshakeRetry,
+    /// A handshake over its (validated) source address's rate, ignored.
+    HandshakeIgnored,
+    /// A heartbeat ping over its session's rate, dropped.
+    PingRate,
+    /// A session closed with `RATE_LIMITED` (frames over the burst or a sustained ping flood).
+    SessionRateLimited,
+    /// A session closed because the device stopped reading its control stream.
+    SlowReader,
+    /// A notification request over its app's rate.
+    NotifyAppRate,
+    /// A notification request over a recipient's rate.
+    NotifyUserRate,
+    /// A notification request over its app's cap on undecided notifications.
+    NotifyOutstanding,
+    /// An HTTPS connection over the connection cap, closed at once.
+    HttpsConnections,
+    /// An HTTPS client too slow with its TLS handshake.
+    HttpsHandshakeTimeout,
+}
+
+impl Refusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::InitialFlood => "initial_flood",
+            Refusal::HandshakeRetry => "handshake_retry",
+            Refusal::HandshakeIgnored => "handshake_ignored",
+            Refusal::PingRate => "ping_rate",
+            Refusal::SessionRateLimited => "session_rate_limited",
+            Refusal::SlowReader => "slow_reader",
+            Refusal::NotifyAppRate => "notify_app_rate",
+            Refusal::NotifyUserRate => "notify_user_rate",
+            Refusal::NotifyOutstanding => "notify_outstanding",
+            Refusal::HttpsConnections => "https_connections",
+            Refusal::HttpsHandshakeTimeout => "https_handshake_timeout",
+        }
+    }
 }
 
 impl Metrics {
@@ -189,10 +245,35 @@ impl Metrics {
             "Events waiting in each app's outbox",
             self.outbox_depth.clone(),
         );
+        registry.register(
+            "presence_refusals",
+            "Work refused by a defence (rate limits, caps, slow readers), by reason",
+            self.refusals.clone(),
+        );
+        registry.register(
+            "presence_udp_datagrams",
+            "UDP datagrams the QUIC socket received, junk included",
+            self.udp_datagrams.clone(),
+        );
+        registry.register(
+            "presence_udp_initials",
+            "Received datagrams shaped like a QUIC Initial",
+            self.udp_initials.clone(),
+        );
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
+    }
+
+    /// Counts one refusal.
+    pub fn refuse(&self, refusal: Refusal) {
+        self.refusals.get_or_create(&ReasonLabel { reason: refusal.as_str() }).inc();
+    }
+
+    /// Counts `n` refusals.
+    pub fn refuse_n(&self, refusal: Refusal, n: u64) {
+        self.refusals.get_or_create(&ReasonLabel { reason: refusal.as_str() }).inc_by(n);
     }
 
     /// Moves one session between state gauges.

@@ -13,9 +13,13 @@
 //! expiry. Records are kept in the store as well: after a restart the daemon still answers
 //! `GET` for them, and recipients left pending (their devices' sessions are gone, so no
 //! answer can come) become `missed` at the expiry, so every recipient gets an outcome.
+//!
+//! Apps are held to [`NotifyLimits`]: a rate per app, a rate per recipient (so one app
+//! cannot buzz one user's phone without end) and a cap on undecided notifications per app
+//! (each holds memory and timers until its expiry). A refused request changes nothing.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use presence_protocol::{AppId, Body, CancelReason, Data, Notify, Response, Title};
@@ -23,8 +27,10 @@ use serde::Serialize;
 
 use crate::apps::now_ms;
 use crate::handle::{SessionCommand, SessionHandle};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::limit::{HashedLimiter, RateLimiter};
+use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::outbound::Outbound;
+use crate::settings::Rate;
 use crate::store::{Store, StoreError};
 use crate::table::PresenceTable;
 
@@ -36,6 +42,43 @@ pub const MIN_TTL: Duration = Duration::from_secs(5);
 pub const MAX_TTL: Duration = Duration::from_secs(600);
 /// Most recipients of one notification.
 pub const MAX_RECIPIENTS: usize = 1_000;
+/// Buckets in the per-recipient rate table: fixed memory whatever PUIDs apps send.
+const RECIPIENT_SLOTS: usize = 65_536;
+
+/// How much apps may notify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifyLimits {
+    /// Notification requests per app.
+    pub app: Rate,
+    /// Notifications per recipient (app and PUID).
+    pub recipient: Rate,
+    /// Most undecided notifications per app.
+    pub outstanding: u32,
+}
+
+/// Why a notification was refused; nothing was sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotifyRefused {
+    /// The app sends notifications faster than its rate.
+    #[error("this app sends notifications faster than its rate allows")]
+    AppRate {
+        /// When a token is back.
+        retry_after: Duration,
+    },
+    /// A recipient was sent notifications faster than the per-recipient rate.
+    #[error("a recipient gets notifications from this app faster than the rate allows")]
+    RecipientRate {
+        /// When every recipient has a token again.
+        retry_after: Duration,
+    },
+    /// The app has as many undecided notifications as it may.
+    #[error("this app has {max} undecided notifications; wait for outcomes")]
+    Outstanding {
+        /// The cap.
+        max: u32,
+    },
+}
 
 /// Who decides a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -143,6 +186,9 @@ struct Record {
     created_at: u64,
     expires_at: u64,
     recipients: Vec<Recipient>,
+    /// Whether it counts towards its app's undecided notifications.
+    #[serde(skip)]
+    outstanding: bool,
 }
 
 /// The notification manager.
@@ -155,6 +201,11 @@ pub struct Notifications {
     metrics: Arc<Metrics>,
     /// Set at shutdown: the timers stop and let go of the store.
     stopped: tokio::sync::watch::Sender<bool>,
+    limits: NotifyLimits,
+    app_rate: RateLimiter,
+    recipient_rate: HashedLimiter,
+    /// Undecided notifications per app.
+    outstanding: DashMap<String, u32>,
 }
 
 impl Notifications {
@@ -165,9 +216,21 @@ impl Notifications {
         outbound: Arc<Outbound>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        limits: NotifyLimits,
     ) -> Notifications {
         let (stopped, _) = tokio::sync::watch::channel(false);
-        Notifications { records: DashMap::new(), table, outbound, store, metrics, stopped }
+        Notifications {
+            records: DashMap::new(),
+            table,
+            outbound,
+            store,
+            metrics,
+            stopped,
+            limits,
+            app_rate: RateLimiter::new(limits.app.rate, limits.app.burst),
+            recipient_rate: HashedLimiter::new(limits.recipient, RECIPIENT_SLOTS),
+            outstanding: DashMap::new(),
+        }
     }
 
     /// Takes back the records of a previous run: readable again, and their pending
@@ -190,6 +253,11 @@ impl Notifications {
                 continue;
             }
             let until_expiry = Duration::from_millis(record.expires_at.saturating_sub(now));
+            let mut record = record;
+            if record.recipients.iter().any(|r| r.outcome == Outcome::Pending) {
+                *self.outstanding.entry(record.app_id.clone()).or_insert(0) += 1;
+                record.outstanding = true;
+            }
             self.records.insert(id, Mutex::new(record));
             self.schedule(id, until_expiry);
             restored += 1;
@@ -198,8 +266,50 @@ impl Notifications {
     }
 
     /// Sends a notification and returns its initial view (undeliverable recipients are
-    /// already decided).
-    pub fn send(self: &Arc<Self>, request: NewNotification) -> NotificationView {
+    /// already decided), unless the app is over one of its [`NotifyLimits`].
+    pub fn send(self: &Arc<Self>, mut request: NewNotification) -> Result<NotificationView, NotifyRefused> {
+        let mut seen = std::collections::HashSet::new();
+        request.to.retain(|puid| seen.insert(puid.clone()));
+        self.admit(&request).inspect_err(|refused| {
+            let refusal = match refused {
+                NotifyRefused::AppRate { .. } => Refusal::NotifyAppRate,
+                NotifyRefused::RecipientRate { .. } => Refusal::NotifyUserRate,
+                NotifyRefused::Outstanding { .. } => Refusal::NotifyOutstanding,
+            };
+            self.metrics.refuse(refusal);
+        })?;
+        Ok(self.deliver(request))
+    }
+
+    /// Checks the limits and, on success, reserves a place among the app's undecided
+    /// notifications.
+    fn admit(&self, request: &NewNotification) -> Result<(), NotifyRefused> {
+        let app = request.app_id.as_str();
+        self.app_rate.check(app).map_err(|retry_after| NotifyRefused::AppRate { retry_after })?;
+        let mut outstanding = self.outstanding.entry(app.to_owned()).or_insert(0);
+        if *outstanding >= self.limits.outstanding {
+            return Err(NotifyRefused::Outstanding { max: self.limits.outstanding });
+        }
+        let keys: Vec<(&str, &str)> = request.to.iter().map(|puid| (app, puid.as_str())).collect();
+        self.recipient_rate
+            .check_all(&keys, Instant::now())
+            .map_err(|retry_after| NotifyRefused::RecipientRate { retry_after })?;
+        *outstanding += 1;
+        Ok(())
+    }
+
+    /// Gives back a record's place among its app's undecided notifications once nothing in
+    /// it is pending.
+    fn settle(&self, record: &mut Record) {
+        if record.outstanding && record.recipients.iter().all(|r| r.outcome != Outcome::Pending) {
+            record.outstanding = false;
+            if let Some(mut count) = self.outstanding.get_mut(&record.app_id) {
+                *count = count.saturating_sub(1);
+            }
+        }
+    }
+
+    fn deliver(self: &Arc<Self>, request: NewNotification) -> NotificationView {
         let id = self.fresh_id();
         let created_at = now_ms();
         let ttl_ms = u32::try_from(request.ttl.as_millis()).unwrap_or(u32::MAX);
@@ -212,10 +322,8 @@ impl Notifications {
             expires_in_ms: ttl_ms,
         };
         let mut recipients = Vec::with_capacity(request.to.len());
+        // `send` removed repeated recipients.
         for puid in request.to {
-            if recipients.iter().any(|r: &Recipient| r.puid == puid) {
-                continue;
-            }
             let user = self.table.user_of(&request.app_id, &puid);
             let sessions =
                 user.as_deref().map(|u| self.table.reachable(u, &request.app_id)).unwrap_or_default();
@@ -227,6 +335,7 @@ impl Notifications {
             created_at,
             expires_at: created_at + u64::from(ttl_ms),
             recipients,
+            outstanding: true,
         };
         // The record is in place before any device sees the notification, so even the
         // fastest answer finds it.
@@ -240,6 +349,7 @@ impl Notifications {
                 self.decide(&record.app_id, id, recipient, Outcome::Undeliverable);
             }
         }
+        self.settle(record);
         self.persist(id, record);
         let view = view(id, record);
         drop(entry);
@@ -311,6 +421,7 @@ impl Notifications {
                 }
             }
         }
+        self.settle(record);
         self.persist(id, record);
     }
 
@@ -336,6 +447,7 @@ impl Notifications {
             }
         }
         if changed {
+            self.settle(record);
             self.persist(id, record);
         }
     }

@@ -12,6 +12,15 @@ use ring::hmac;
 
 /// Bytes of HMAC output kept: 128 bits, 22 characters of base64url.
 const PUID_BYTES: usize = 16;
+/// Characters of every PUID.
+pub const PUID_LEN: usize = 22;
+
+/// Whether `text` has a PUID's shape (22 characters of base64url). The API refuses other
+/// strings before any lookup: the shape is public, so this tells nobody whether a user
+/// exists, and it bounds what a client can make the daemon hash and hold.
+pub fn is_puid(text: &str) -> bool {
+    text.len() == PUID_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// The keyed PUID derivation.
 pub struct PuidKey(hmac::Key);
@@ -74,7 +83,9 @@ mod tests {
         assert_ne!(key.derive_secret("x"), key.derive_secret("y"));
         assert_ne!(key.derive_secret("x"), PuidKey::new(&[8; 32]).expect("key").derive_secret("x"));
         assert_ne!(key.derive("chat", "alice"), PuidKey::new(&[8; 32]).expect("key").derive("chat", "alice"));
-        assert_eq!(key.derive("chat", "alice").len(), 22);
+        assert_eq!(key.derive("chat", "alice").len(), PUID_LEN);
+        assert!(is_puid(key.derive("chat", "alice").as_str()));
+        assert!(!is_puid("no-such-puid") && !is_puid(&"A".repeat(23)) && !is_puid("AAAAAAAAAAAAAAAAAAAAA="));
         assert!(PuidKey::new(&[0; 16]).is_err());
     }
 }

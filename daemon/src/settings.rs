@@ -53,6 +53,38 @@ pub const DEFAULT_UDP_BUFFER: usize = 8 * 1024 * 1024;
 pub const DEFAULT_API_RATE: u32 = 100;
 /// Default AppService API burst per app.
 pub const DEFAULT_API_BURST: u32 = 200;
+/// Default new QUIC handshakes per second from one source address. Generous, because many
+/// devices can share one address behind carrier-grade NAT; over it an unvalidated source
+/// gets a QUIC Retry and a validated one is ignored.
+pub const DEFAULT_HANDSHAKE_RATE: u32 = 500;
+/// Default handshakes at once from one source address (a reconnect storm behind one NAT).
+pub const DEFAULT_HANDSHAKE_BURST: u32 = 1_000;
+/// Default control frames per second per session.
+pub const DEFAULT_SESSION_FRAME_RATE: u32 = presence_protocol::server::DEFAULT_FRAME_RATE;
+/// Default control-frame burst per session.
+pub const DEFAULT_SESSION_FRAME_BURST: u32 = presence_protocol::server::DEFAULT_FRAME_BURST;
+/// Default heartbeat pings per second per session.
+pub const DEFAULT_SESSION_PING_RATE: u32 = presence_protocol::server::DEFAULT_PING_RATE;
+/// Default ping burst per session.
+pub const DEFAULT_SESSION_PING_BURST: u32 = presence_protocol::server::DEFAULT_PING_BURST;
+/// Default seconds a write to a device's control stream may wait for the device to read
+/// before the session is closed as a slow reader.
+pub const DEFAULT_SLOW_READER_SECS: u64 = 30;
+/// Default notifications per second per app (each request counts once).
+pub const DEFAULT_NOTIFY_APP_RATE: u32 = 50;
+/// Default notification burst per app.
+pub const DEFAULT_NOTIFY_APP_BURST: u32 = 100;
+/// Default notifications per second to one recipient (PUID) from one app.
+pub const DEFAULT_NOTIFY_USER_RATE: u32 = 1;
+/// Default notification burst to one recipient from one app.
+pub const DEFAULT_NOTIFY_USER_BURST: u32 = 10;
+/// Default most undecided notifications one app may have outstanding.
+pub const DEFAULT_NOTIFY_OUTSTANDING: u32 = 10_000;
+/// Default most concurrent HTTPS connections.
+pub const DEFAULT_HTTPS_MAX_CONNECTIONS: u32 = 4_096;
+/// Default seconds an HTTPS client has for its TLS handshake and then for each request's
+/// headers (slowloris bound).
+pub const DEFAULT_HTTPS_HEADER_TIMEOUT_SECS: u64 = 10;
 
 /// One layer of settings, every field optional. The same struct reads flags, environment
 /// and the TOML file, so the three can never disagree on names.
@@ -139,6 +171,51 @@ pub struct SettingsLayer {
     /// AppService API burst per app [default: 200].
     #[arg(long, env = "PRESENCED_API_BURST")]
     pub api_burst: Option<u32>,
+    /// New QUIC handshakes per second from one source address [default: 500].
+    #[arg(long, env = "PRESENCED_HANDSHAKE_RATE")]
+    pub handshake_rate: Option<u32>,
+    /// QUIC handshakes at once from one source address [default: 1000].
+    #[arg(long, env = "PRESENCED_HANDSHAKE_BURST")]
+    pub handshake_burst: Option<u32>,
+    /// Control frames per second a session may send [default: 10].
+    #[arg(long, env = "PRESENCED_SESSION_FRAME_RATE")]
+    pub session_frame_rate: Option<u32>,
+    /// Control frames a session may send at once [default: 50].
+    #[arg(long, env = "PRESENCED_SESSION_FRAME_BURST")]
+    pub session_frame_burst: Option<u32>,
+    /// Heartbeat pings per second a session may send [default: 5].
+    #[arg(long, env = "PRESENCED_SESSION_PING_RATE")]
+    pub session_ping_rate: Option<u32>,
+    /// Heartbeat pings a session may send at once [default: 20].
+    #[arg(long, env = "PRESENCED_SESSION_PING_BURST")]
+    pub session_ping_burst: Option<u32>,
+    /// Seconds a write to a device may wait for it to read before it is closed [default: 30].
+    #[arg(long, env = "PRESENCED_SLOW_READER_SECS")]
+    pub slow_reader_secs: Option<u64>,
+    /// Notifications per second per app [default: 50].
+    #[arg(long, env = "PRESENCED_NOTIFY_APP_RATE")]
+    pub notify_app_rate: Option<u32>,
+    /// Notification burst per app [default: 100].
+    #[arg(long, env = "PRESENCED_NOTIFY_APP_BURST")]
+    pub notify_app_burst: Option<u32>,
+    /// Notifications per second to one recipient from one app [default: 1].
+    #[arg(long, env = "PRESENCED_NOTIFY_USER_RATE")]
+    pub notify_user_rate: Option<u32>,
+    /// Notification burst to one recipient from one app [default: 10].
+    #[arg(long, env = "PRESENCED_NOTIFY_USER_BURST")]
+    pub notify_user_burst: Option<u32>,
+    /// Most undecided notifications per app [default: 10000].
+    #[arg(long, env = "PRESENCED_NOTIFY_OUTSTANDING")]
+    pub notify_outstanding: Option<u32>,
+    /// Most concurrent HTTPS connections [default: 4096].
+    #[arg(long, env = "PRESENCED_HTTPS_MAX_CONNECTIONS")]
+    pub https_max_connections: Option<u32>,
+    /// Seconds for an HTTPS client's TLS handshake and each request's headers [default: 10].
+    #[arg(long, env = "PRESENCED_HTTPS_HEADER_TIMEOUT_SECS")]
+    pub https_header_timeout_secs: Option<u64>,
+    /// Let /metrics answer clients that are not on loopback [default: false].
+    #[arg(long, env = "PRESENCED_METRICS_REMOTE", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_remote: Option<bool>,
 }
 
 /// Resolved settings; every field has its default applied.
@@ -188,6 +265,35 @@ pub struct Settings {
     pub api_rate: u32,
     /// API burst per app. Default 200.
     pub api_burst: u32,
+    /// Per-source-address handshake limit, as (per second, at once). Default (500, 1,000).
+    pub handshake_limit: Rate,
+    /// Per-session control-frame limit. Default (10, 50).
+    pub session_frames: Rate,
+    /// Per-session heartbeat-ping limit. Default (5, 20).
+    pub session_pings: Rate,
+    /// How long a write may wait on a device that does not read. Default 30 s.
+    pub slow_reader: Duration,
+    /// Notifications per app. Default (50, 100).
+    pub notify_app: Rate,
+    /// Notifications per recipient (PUID) per app. Default (1, 10).
+    pub notify_user: Rate,
+    /// Most undecided notifications per app. Default 10,000.
+    pub notify_outstanding: u32,
+    /// Most concurrent HTTPS connections. Default 4,096.
+    pub https_max_connections: u32,
+    /// TLS handshake and request-header timeout on HTTPS. Default 10 s.
+    pub https_header_timeout: Duration,
+    /// `/metrics` open beyond loopback (it tells load, error rates and app ids). Default false.
+    pub metrics_remote: bool,
+}
+
+/// A token-bucket limit: `rate` per second on average, `burst` at once; both at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Refill per second.
+    pub rate: u32,
+    /// Bucket size.
+    pub burst: u32,
 }
 
 /// Where the secrets come from.
@@ -266,7 +372,22 @@ impl SettingsLayer {
             admin_remote,
             api_rate,
             api_burst,
-            udp_buffer
+            udp_buffer,
+            handshake_rate,
+            handshake_burst,
+            session_frame_rate,
+            session_frame_burst,
+            session_ping_rate,
+            session_ping_burst,
+            slow_reader_secs,
+            notify_app_rate,
+            notify_app_burst,
+            notify_user_rate,
+            notify_user_burst,
+            notify_outstanding,
+            https_max_connections,
+            https_header_timeout_secs,
+            metrics_remote
         )
     }
 
@@ -310,6 +431,12 @@ impl SettingsLayer {
             positive(self.handshake_timeout_secs, DEFAULT_HANDSHAKE_TIMEOUT_SECS, "handshake_timeout_secs");
         let idle_timeout = positive(self.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "idle_timeout_secs");
         let drain = positive(self.drain_secs, DEFAULT_DRAIN_SECS, "drain_secs");
+        let slow_reader = positive(self.slow_reader_secs, DEFAULT_SLOW_READER_SECS, "slow_reader_secs");
+        let https_header_timeout = positive(
+            self.https_header_timeout_secs,
+            DEFAULT_HTTPS_HEADER_TIMEOUT_SECS,
+            "https_header_timeout_secs",
+        );
         let webhook_timeout =
             positive(self.webhook_timeout_secs, DEFAULT_WEBHOOK_TIMEOUT_SECS, "webhook_timeout_secs");
         let max_sessions = self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
@@ -338,6 +465,48 @@ impl SettingsLayer {
         if api_rate == 0 || api_burst == 0 {
             errors.push("api_rate and api_burst must be greater than zero".into());
         }
+        let mut rate = |rate: Option<u32>, burst: Option<u32>, defaults: (u32, u32), name: &str| {
+            let limit = Rate { rate: rate.unwrap_or(defaults.0), burst: burst.unwrap_or(defaults.1) };
+            if limit.rate == 0 || limit.burst == 0 {
+                errors.push(format!("{name}_rate and {name}_burst must be greater than zero"));
+            }
+            limit
+        };
+        let handshake_limit = rate(
+            self.handshake_rate,
+            self.handshake_burst,
+            (DEFAULT_HANDSHAKE_RATE, DEFAULT_HANDSHAKE_BURST),
+            "handshake",
+        );
+        let session_frames = rate(
+            self.session_frame_rate,
+            self.session_frame_burst,
+            (DEFAULT_SESSION_FRAME_RATE, DEFAULT_SESSION_FRAME_BURST),
+            "session_frame",
+        );
+        let session_pings = rate(
+            self.session_ping_rate,
+            self.session_ping_burst,
+            (DEFAULT_SESSION_PING_RATE, DEFAULT_SESSION_PING_BURST),
+            "session_ping",
+        );
+        let notify_app = rate(
+            self.notify_app_rate,
+            self.notify_app_burst,
+            (DEFAULT_NOTIFY_APP_RATE, DEFAULT_NOTIFY_APP_BURST),
+            "notify_app",
+        );
+        let notify_user = rate(
+            self.notify_user_rate,
+            self.notify_user_burst,
+            (DEFAULT_NOTIFY_USER_RATE, DEFAULT_NOTIFY_USER_BURST),
+            "notify_user",
+        );
+        let notify_outstanding = self.notify_outstanding.unwrap_or(DEFAULT_NOTIFY_OUTSTANDING);
+        let https_max_connections = self.https_max_connections.unwrap_or(DEFAULT_HTTPS_MAX_CONNECTIONS);
+        if notify_outstanding == 0 || https_max_connections == 0 {
+            errors.push("notify_outstanding and https_max_connections must be greater than zero".into());
+        }
         let settings = Settings {
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             quic_listen: self.quic_listen.unwrap_or_else(|| parse_default(DEFAULT_QUIC_LISTEN)),
@@ -361,6 +530,16 @@ impl SettingsLayer {
             api_rate,
             api_burst,
             udp_buffer: self.udp_buffer.unwrap_or(DEFAULT_UDP_BUFFER),
+            handshake_limit,
+            session_frames,
+            session_pings,
+            slow_reader,
+            notify_app,
+            notify_user,
+            notify_outstanding,
+            https_max_connections,
+            https_header_timeout,
+            metrics_remote: self.metrics_remote.unwrap_or(false),
         };
         if settings.quic_listen.port() != 0 && settings.quic_listen == settings.https_listen {
             errors.push("quic_listen and https_listen must differ".into());
@@ -392,13 +571,23 @@ mod tests {
             drain_secs: Some(0),
             max_sessions: Some(0),
             log: Some("=[".into()),
+            notify_user_burst: Some(0),
+            handshake_rate: Some(0),
             ..Default::default()
         };
         let ConfigError(errors) = layer.resolve().expect_err("invalid");
         let all = errors.join("\n");
-        for needle in
-            ["--tls-cert", "--tls-key", "--jwks", "--puid-secret-file", "drain_secs", "max_sessions", "log"]
-        {
+        for needle in [
+            "--tls-cert",
+            "--tls-key",
+            "--jwks",
+            "--puid-secret-file",
+            "drain_secs",
+            "max_sessions",
+            "log",
+            "notify_user_burst",
+            "handshake_rate",
+        ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
     }

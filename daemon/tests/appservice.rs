@@ -99,14 +99,14 @@ async fn grant_presence_poll_notify_accept_and_outcome() {
         &app.api_key,
         reqwest::Method::POST,
         "/v1/presence/query",
-        Some(json!({"puids": [puid, "no-such-puid"]})),
+        Some(json!({"puids": [puid, "AAAAAAAAAAAAAAAAAAAAAA"]})),
     )
     .await;
     assert_eq!(status, 200);
     assert_eq!(queried["presence"][0]["status"], "away");
     assert_eq!(
         queried["presence"][1],
-        json!({"puid": "no-such-puid", "status": "offline", "message": "", "since": null, "seq": null})
+        json!({"puid": "AAAAAAAAAAAAAAAAAAAAAA", "status": "offline", "message": "", "since": null, "seq": null})
     );
 
     let (status, created) = api(
@@ -171,7 +171,7 @@ async fn every_notification_outcome() {
     );
 
     // Offline or unknown recipients are undeliverable at once; carol has no session.
-    let created = post(notify(vec![&carol, "not-a-puid"], "all", 60_000)).await;
+    let created = post(notify(vec![&carol, "AAAAAAAAAAAAAAAAAAAAAA"], "all", 60_000)).await;
     assert_eq!(created["recipients"][0]["outcome"], "undeliverable");
     assert_eq!(created["recipients"][1]["outcome"], "undeliverable");
     let event = receiver.event(|e| e["type"] == "notification" && e["puid"] == carol.as_str()).await;

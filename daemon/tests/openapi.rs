@@ -455,17 +455,19 @@ async fn every_route_is_served_as_documented() {
     api.expect(("POST", "/v1/admin/apps/{id}/enable", &enable), admin, Body::None, 200, None).await;
 
     // AppService routes, with the app's API key.
-    let unknown = "/v1/presence/no-such-puid";
+    let unknown = "/v1/presence/AAAAAAAAAAAAAAAAAAAAAA";
     let presence = api.expect(("GET", "/v1/presence/{puid}", unknown), key, Body::None, 200, None).await;
     assert_eq!(
         presence,
-        json!({"puid": "no-such-puid", "status": "offline", "message": "", "since": null, "seq": null})
+        json!({"puid": "AAAAAAAAAAAAAAAAAAAAAA", "status": "offline", "message": "", "since": null, "seq": null})
     );
+    let (a, b) = ("AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB");
     let query = ("POST", "/v1/presence/query", "/v1/presence/query");
-    let answer = api.expect(query, key, Body::Json(json!({"puids": ["a", "b"]})), 200, None).await;
+    let answer = api.expect(query, key, Body::Json(json!({"puids": [a, b]})), 200, None).await;
     assert_eq!(answer["presence"].as_array().map(Vec::len), Some(2));
     let create = ("POST", "/v1/notifications", "/v1/notifications");
-    let note = json!({"to": ["a", "a", "b"], "title": "hi", "data": {"k": 1}, "ttl_ms": 5_000, "mode": "first-accept"});
+    let note =
+        json!({"to": [a, a, b], "title": "hi", "data": {"k": 1}, "ttl_ms": 5_000, "mode": "first-accept"});
     let sent = api.expect(create, key, Body::Json(note), 201, None).await;
     assert_eq!(sent["recipients"].as_array().map(Vec::len), Some(2), "repeated recipients count once");
     assert_eq!(sent["recipients"][0]["outcome"], "undeliverable", "unknown PUIDs are undeliverable at once");
@@ -520,7 +522,11 @@ async fn every_route_is_served_as_documented() {
     let puids: Vec<String> = (0..1_001).map(|i| format!("p{i}")).collect();
     api.expect(query, key, Body::Json(json!({"puids": puids})), 422, Some("invalid_request")).await;
     api.expect(query, key, Body::Json(json!({"puids": "a"})), 422, Some("invalid_request")).await;
+    let not_puid = ("GET", "/v1/presence/{puid}", "/v1/presence/no-such-puid");
+    api.expect(not_puid, key, Body::None, 400, Some("invalid_puid")).await;
+    api.expect(query, key, Body::Json(json!({"puids": [a, "b"]})), 422, Some("invalid_puid")).await;
     let bad_notes = [
+        (json!({"to": [a, "b"], "title": "t"}), "invalid_puid"),
         (json!({"to": ["a"], "title": "t", "ttl_ms": 4_999}), "ttl_out_of_range"),
         (json!({"to": ["a"], "title": "t", "ttl_ms": 600_001}), "ttl_out_of_range"),
         (json!({"to": [], "title": "t"}), "invalid_request"),
@@ -616,7 +622,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     let created =
         api.expect(("POST", apps, apps), Some(&daemon.info.admin_token), Body::Json(body), 201, None).await;
     let key = created["api_key"].as_str().expect("api_key");
-    let route = ("GET", "/v1/presence/{puid}", "/v1/presence/p");
+    let route = ("GET", "/v1/presence/{puid}", "/v1/presence/AAAAAAAAAAAAAAAAAAAAAA");
     api.expect(route, Some(key), Body::None, 200, None).await;
     api.expect(route, Some(key), Body::None, 200, None).await;
     let (status, headers, json) = api.call(route.0, route.1, route.2, Some(key), Body::None).await;
@@ -670,7 +676,7 @@ async fn webhooks_match_the_documented_payloads() {
         }
     };
     let create = ("POST", "/v1/notifications", "/v1/notifications");
-    let note = json!({"to": [puid, "nobody"], "title": "hello", "ttl_ms": 60_000});
+    let note = json!({"to": [puid, "AAAAAAAAAAAAAAAAAAAAAA"], "title": "hello", "ttl_ms": 60_000});
     api.expect(create, Some(&key), Body::Json(note), 201, None).await;
     let id = loop {
         if let Event::Notification { id, .. } = next_client_event(&mut client).await {
@@ -705,7 +711,11 @@ async fn webhooks_match_the_documented_payloads() {
         assert_valid(&doc, &json!({"$ref": "#/components/schemas/WebhookBatch"}), &batch, "webhook body");
         assert_eq!(batch["app_id"], app_id.as_str());
         for event in batch["events"].as_array().expect("events") {
-            assert_eq!(event["puid"].as_str().map(|p| p == puid || p == "nobody"), Some(true), "{event}");
+            assert_eq!(
+                event["puid"].as_str().map(|p| p == puid || p == "AAAAAAAAAAAAAAAAAAAAAA"),
+                Some(true),
+                "{event}"
+            );
             let kind = event["type"].as_str().expect("type").to_owned();
             seen.insert(match event["outcome"].as_str() {
                 Some(outcome) => format!("{kind}:{outcome}"),

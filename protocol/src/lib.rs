@@ -18,7 +18,8 @@
 //!   decoder checks the limit before it allocates.
 //! - [`message`]: the message types and their kind numbers; [`error`]: error codes and errors.
 //! - [`frame`] and [`ping`]: the codecs. Both are total: any bytes give a value or an error.
-//! - [`server`] and [`client`]: the two session state machines.
+//! - [`server`] and [`client`]: the two session state machines; the server's per-session
+//!   rate limits are token buckets on the caller's clock.
 //!
 //! ## Sans-IO
 //!
@@ -70,6 +71,7 @@ pub mod frame;
 pub mod limits;
 pub mod message;
 pub mod ping;
+mod rate;
 pub mod server;
 mod session;
 

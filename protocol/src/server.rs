@@ -15,6 +15,7 @@ use crate::frame::{Decoded, FrameDecoder};
 use crate::limits::{MAX_HEARTBEAT, MAX_MESSAGE_LEN, MIN_HEARTBEAT};
 use crate::message::*;
 use crate::ping::{Ping, PingKind, seq_newer};
+use crate::rate::{RateLimit, Verdict};
 use crate::session::{Close, SessionError, Transmit, error_message, queue_frame, queue_ping};
 
 /// Server-side session settings, shared by all sessions of a daemon.
@@ -34,7 +35,26 @@ pub struct ServerConfig {
     pub max_visibility: u16,
     /// Longest status message accepted in bytes, at most [`MAX_MESSAGE_LEN`]. Default 256.
     pub max_message_len: u16,
+    /// Control frames per second an active device may send. Default [`DEFAULT_FRAME_RATE`].
+    pub frame_rate: u32,
+    /// Control frames an active device may send at once. Default [`DEFAULT_FRAME_BURST`].
+    pub frame_burst: u32,
+    /// Heartbeat pings per second an active device may send. Default [`DEFAULT_PING_RATE`].
+    pub ping_rate: u32,
+    /// Heartbeat pings an active device may send at once. Default [`DEFAULT_PING_BURST`].
+    pub ping_burst: u32,
 }
+
+/// Default control frames per second: frames are user actions (a status message, a
+/// visibility change, an answer), a handful a minute for an honest device.
+pub const DEFAULT_FRAME_RATE: u32 = 10;
+/// Default control-frame burst: a reconnecting device's catch-up fits with room to spare.
+pub const DEFAULT_FRAME_BURST: u32 = 50;
+/// Default heartbeat pings per second: a heartbeat every 5 s at the most, plus one ping
+/// per status change.
+pub const DEFAULT_PING_RATE: u32 = 5;
+/// Default ping burst.
+pub const DEFAULT_PING_BURST: u32 = 20;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -45,6 +65,10 @@ impl Default for ServerConfig {
             max_heartbeat: MAX_HEARTBEAT,
             max_visibility: 64,
             max_message_len: MAX_MESSAGE_LEN as u16,
+            frame_rate: DEFAULT_FRAME_RATE,
+            frame_burst: DEFAULT_FRAME_BURST,
+            ping_rate: DEFAULT_PING_RATE,
+            ping_burst: DEFAULT_PING_BURST,
         }
     }
 }
@@ -140,6 +164,10 @@ pub struct ServerSession {
     /// Pending notifications and when each becomes missed.
     pending: Vec<(u64, Instant)>,
     bad_datagrams: u64,
+    /// Well-formed pings dropped over the ping rate.
+    limited_datagrams: u64,
+    frames: RateLimit,
+    pings: RateLimit,
     events: VecDeque<ServerEvent>,
     transmits: VecDeque<Transmit>,
 }
@@ -149,6 +177,9 @@ impl ServerSession {
     pub fn new(config: Arc<ServerConfig>, now: Instant) -> Self {
         let handshake_deadline = now + config.handshake_timeout;
         Self {
+            frames: RateLimit::new(config.frame_rate, config.frame_burst, now),
+            pings: RateLimit::new(config.ping_rate, config.ping_burst, now),
+            limited_datagrams: 0,
             heartbeat: config.max_heartbeat,
             config,
             phase: Phase::AwaitHello,
@@ -168,10 +199,19 @@ impl ServerSession {
         }
     }
 
-    /// Bytes that arrived on the control stream.
+    /// Bytes that arrived on the control stream. An active device over the frame rate is
+    /// closed with `RATE_LIMITED`: control frames are reliable, so dropping one would lose
+    /// state the device believes delivered.
     pub fn handle_stream_data(&mut self, now: Instant, mut data: &[u8]) {
         while self.phase != Phase::Closed {
-            match self.decoder.decode(&mut data) {
+            let decoded = self.decoder.decode(&mut data);
+            if matches!(decoded, Ok(Some(_)))
+                && self.phase == Phase::Active
+                && self.frames.take(now) != Verdict::Allowed
+            {
+                return self.close(ErrorCode::RATE_LIMITED, "control frames over the rate limit");
+            }
+            match decoded {
                 Ok(None) => return,
                 Ok(Some(Decoded::Unknown { .. })) => self.heard(now),
                 Ok(Some(Decoded::Message(message))) => self.handle_message(now, message),
@@ -182,6 +222,9 @@ impl ServerSession {
 
     /// A DATAGRAM frame's payload. Undecodable datagrams are dropped and counted, never
     /// fatal: on an unreliable channel a bad datagram and a lost one must look the same.
+    /// Heartbeats over the ping rate are dropped and counted too (no liveness, no ack, no
+    /// status change); a device that keeps sending well over the rate is closed with
+    /// `RATE_LIMITED`.
     pub fn handle_datagram(&mut self, now: Instant, payload: &[u8]) {
         if self.phase != Phase::Active {
             self.bad_datagrams += 1;
@@ -194,6 +237,17 @@ impl ServerSession {
                 return;
             }
         };
+        match self.pings.take(now) {
+            Verdict::Allowed => {}
+            Verdict::Dropped => {
+                self.limited_datagrams += 1;
+                return;
+            }
+            Verdict::Abusive => {
+                self.limited_datagrams += 1;
+                return self.close(ErrorCode::RATE_LIMITED, "pings over the rate limit");
+            }
+        }
         self.heard(now);
         if seq_newer(ping.seq, self.seq) {
             self.seq = ping.seq;
@@ -377,6 +431,11 @@ impl ServerSession {
     /// Datagrams dropped because they did not decode or arrived out of phase.
     pub fn bad_datagrams(&self) -> u64 {
         self.bad_datagrams
+    }
+
+    /// Well-formed heartbeats dropped because they came over the ping rate.
+    pub fn limited_datagrams(&self) -> u64 {
+        self.limited_datagrams
     }
 
     fn liveness_deadline(&self) -> Instant {

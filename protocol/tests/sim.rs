@@ -1689,3 +1689,95 @@ fn lossy_run_with_default_grace_does_go_silent_and_generous_grace_rarely_does() 
     assert!(short > 10, "{short}");
     assert!(long < short / 4, "{long} vs {short}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Per-session rate limits
+// ---------------------------------------------------------------------------------------
+
+fn heartbeat(seq: u8) -> Transmit {
+    Transmit::Datagram(Bytes::copy_from_slice(&Ping::heartbeat(Status::Online, false, seq).encode()))
+}
+
+#[test]
+fn a_ping_flood_is_dropped_then_closed_as_rate_limited() {
+    let config = ServerConfig { ping_rate: 5, ping_burst: 10, ..ServerConfig::default() };
+    let mut sim = Sim::new(config, ClientConfig::default(), hello(60_000));
+    let (_, welcomed) = sim.handshake();
+    sim.run_until(welcomed + secs(1));
+    // The burst is allowed; past it pings are dropped (no ack for an ack-requesting one),
+    // and past twice the burst the sender is abusive.
+    for seq in 0..15u8 {
+        sim.send_raw(Side::Client, heartbeat(seq));
+    }
+    sim.run_until(welcomed + secs(2));
+    assert!(sim.server.is_active(), "a single burst is dropped, not fatal");
+    assert_eq!(sim.server.limited_datagrams(), 5, "the burst of 10 passes, the rest is dropped");
+    let flood_at = sim.t();
+    for seq in 0..40u8 {
+        sim.send_raw(Side::Client, heartbeat(seq));
+    }
+    sim.run_until(flood_at + secs(5));
+    assert_violation(&sim, flood_at + DELAY, ErrorCode::RATE_LIMITED);
+    // 5 tokens refilled, 11 refusals overflow the burst of 10 and close; the 24 pings after
+    // the close arrive at a closed session and are merely bad.
+    assert_eq!((sim.server.limited_datagrams(), sim.server.bad_datagrams()), (5 + 11, 24));
+}
+
+#[test]
+fn pings_at_twice_the_rate_are_thinned_but_the_session_lives() {
+    let config = ServerConfig { ping_rate: 5, ping_burst: 10, ..ServerConfig::default() };
+    let mut sim = Sim::new(config, ClientConfig::default(), hello(60_000));
+    let (_, welcomed) = sim.handshake();
+    let mut at = welcomed;
+    for seq in 0..600u32 {
+        at += ms(100);
+        sim.run_until(at);
+        sim.send_raw(Side::Client, heartbeat(seq as u8));
+    }
+    sim.run_until(at + secs(1));
+    assert!(sim.server.is_active() && sim.server_closes().is_empty());
+    let limited = sim.server.limited_datagrams();
+    assert!((250..=310).contains(&limited), "about half of 600 dropped: {limited}");
+}
+
+#[test]
+fn garbage_datagrams_never_count_against_the_ping_rate() {
+    let config = ServerConfig { ping_rate: 1, ping_burst: 1, ..ServerConfig::default() };
+    let mut sim = Sim::new(config, ClientConfig::default(), hello(60_000));
+    let (_, welcomed) = sim.handshake();
+    for i in 0..500u32 {
+        sim.send_raw(Side::Client, Transmit::Datagram(Bytes::copy_from_slice(&[0xc3, i as u8, 0, 0, 0])));
+    }
+    sim.run_until(welcomed + secs(2));
+    assert!(sim.server.is_active(), "bad datagrams are never fatal (PROTOCOL.md §8.2)");
+    assert_eq!((sim.server.bad_datagrams(), sim.server.limited_datagrams()), (500, 0));
+}
+
+#[test]
+fn a_frame_flood_closes_as_rate_limited_and_a_steady_pace_does_not() {
+    let config = ServerConfig { frame_rate: 2, frame_burst: 5, ..ServerConfig::default() };
+    let mut sim = Sim::new(config.clone(), ClientConfig::default(), hello(60_000));
+    let (_, welcomed) = sim.handshake();
+    // Two frames a second for a minute: within the rate.
+    let mut at = welcomed;
+    for _ in 0..120 {
+        at += ms(500);
+        sim.run_until(at);
+        sim.send_raw(Side::Client, frame_bytes(Message::Visibility(Visibility { apps: apps(1) })));
+    }
+    sim.run_until(at + secs(1));
+    assert!(sim.server.is_active());
+    assert_eq!(sim.server_events_since(welcomed).len(), 120);
+
+    let mut sim = Sim::new(config, ClientConfig::default(), hello(60_000));
+    let (_, welcomed) = sim.handshake();
+    sim.run_until(welcomed + secs(1));
+    for _ in 0..6 {
+        sim.send_raw(Side::Client, frame_bytes(Message::Visibility(Visibility { apps: apps(1) })));
+    }
+    sim.run_until(welcomed + secs(5));
+    assert_violation(&sim, welcomed + secs(1) + DELAY, ErrorCode::RATE_LIMITED);
+    // The burst was acted on; the frame over it was not.
+    let acted = sim.server_events.iter().filter(|(_, e)| matches!(e, ServerEvent::Visibility(_))).count();
+    assert_eq!(acted, 5);
+}

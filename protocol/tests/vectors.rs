@@ -246,6 +246,13 @@ fn expectations() -> Vec<(&'static str, Expect)> {
             })),
         ),
         (
+            "error_rate_limited",
+            Frame(Message::Error(ErrorMessage {
+                code: ErrorCode::RATE_LIMITED,
+                message: text("pings over the rate limit"),
+            })),
+        ),
+        (
             "error_unknown_code",
             Frame(Message::Error(ErrorMessage { code: ErrorCode(300), message: text("") })),
         ),

@@ -8,6 +8,7 @@
 //! presence-load --server 127.0.0.1:4433 --data-dir ./presenced-data \
 //!     --sessions 10000 --ramp 1000 --heartbeat 30 --changes 100 --duration 30 \
 //!     --daemon-pid "$(pgrep -n presenced)" --baseline --json
+//! presence-load flood --server 127.0.0.1:4433 --kind both --unpaced --duration 10
 //! ```
 
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use presence_bench::load::baseline::{BareServer, LISTENING};
+use presence_bench::load::flood::{FloodConfig, FloodKind};
 use presence_bench::load::{self, LoadConfig};
 use tokio::io::AsyncReadExt;
 
@@ -27,8 +29,15 @@ use tokio::io::AsyncReadExt;
 /// handshake rates, status-change-to-webhook latency, notification round trips and the
 /// daemon's memory and CPU.
 #[derive(Debug, Parser)]
-#[command(name = "presence-load", version)]
+#[command(
+    name = "presence-load",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// The daemon's QUIC address (loopback unless --allow-remote).
     #[arg(long, required_unless_present = "baseline_server")]
     server: Option<SocketAddr>,
@@ -36,8 +45,8 @@ struct Args {
     #[arg(long)]
     ca: Option<PathBuf>,
     /// The dev daemon's data directory: dev.json, token-signing.pk8 and tls/.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
     /// Simulated devices, one session each.
     #[arg(long, default_value_t = 1_000)]
     sessions: usize,
@@ -83,12 +92,68 @@ struct Args {
     baseline_server: bool,
 }
 
+/// Other modes than the load run.
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Junk QUIC Initials and garbage datagrams at a daemon, bounded in time and packets.
+    Flood(FloodArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FloodArgs {
+    /// The daemon's QUIC address (loopback unless --allow-remote).
+    #[arg(long)]
+    server: SocketAddr,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = FloodKind::Both)]
+    kind: FloodKind,
+    /// Datagrams per second.
+    #[arg(long, conflicts_with = "unpaced", required_unless_present = "unpaced")]
+    rate: Option<f64>,
+    /// As fast as the socket takes them.
+    #[arg(long)]
+    unpaced: bool,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Most datagrams to send.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_packets: u64,
+    /// Print the report's JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Allow a server that is not on loopback.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+fn flood(args: &FloodArgs) -> Result<()> {
+    let config = FloodConfig {
+        server: args.server,
+        kind: args.kind,
+        rate: args.rate,
+        duration: Duration::from_secs(args.duration),
+        max_packets: args.max_packets,
+        allow_remote: args.allow_remote,
+    };
+    let report = load::flood::run(&config).context("flood failed")?;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{report}")?;
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Mode::Flood(flood_args)) = &args.mode {
+        return flood(flood_args);
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
     if args.baseline_server {
-        return runtime.block_on(baseline_server(args.data_dir));
+        return runtime.block_on(baseline_server(args.data_dir.context("--data-dir is required")?));
     }
     let report = runtime.block_on(load::run(config(&args)?)).context("load run failed")?;
     let mut stdout = std::io::stdout().lock();
@@ -101,8 +166,9 @@ fn main() -> Result<()> {
 
 fn config(args: &Args) -> Result<LoadConfig> {
     let server = args.server.context("--server is required")?;
-    let ca = args.ca.clone().unwrap_or_else(|| args.data_dir.join("tls/cert.pem"));
-    let mut config = LoadConfig::new(server, ca, args.data_dir.clone());
+    let data_dir = args.data_dir.clone().context("--data-dir is required")?;
+    let ca = args.ca.clone().unwrap_or_else(|| data_dir.join("tls/cert.pem"));
+    let mut config = LoadConfig::new(server, ca, data_dir);
     config.sessions = args.sessions;
     config.ramp = args.ramp;
     config.heartbeat = Duration::from_secs(args.heartbeat);

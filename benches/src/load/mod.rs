@@ -30,9 +30,14 @@
 //! only server it should load is the one the operator meant.
 //!
 //! The [`Report`] is one serializable struct ([`report`]).
+//!
+//! `presence-load flood` ([`flood`]) is the other mode: junk QUIC Initials and garbage
+//! datagrams at the daemon's port, bounded in time and packets, to show that live
+//! sessions keep their presence through it (`benches/tests/flood.rs`).
 
 pub mod baseline;
 pub mod device;
+pub mod flood;
 pub mod procfs;
 pub mod report;
 pub mod setup;

@@ -26,6 +26,12 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
 
+    /// `invalid_puid` (400 in a path, 422 in a body): not 22 characters of base64url.
+    pub fn invalid_puid(status: StatusCode, puid: &str) -> ApiError {
+        let shown: String = puid.chars().take(40).collect();
+        ApiError::new(status, "invalid_puid", format!("{shown:?} is not a PUID (22 characters of base64url)"))
+    }
+
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -39,8 +45,17 @@ impl ApiError {
 
     /// 429 `rate_limited` with a `Retry-After`.
     pub fn rate_limited(retry_after: Duration) -> ApiError {
-        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests");
-        error.retry_after = Some(retry_after);
+        ApiError::too_many("rate_limited", "too many requests", Some(retry_after))
+    }
+
+    /// 429 with its own `code`, and a `Retry-After` when the wait is known.
+    pub fn too_many(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> ApiError {
+        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        error.retry_after = retry_after;
         error
     }
 

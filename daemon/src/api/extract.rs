@@ -91,7 +91,9 @@ impl FromRequestParts<ApiState> for AppAuth {
     }
 }
 
-/// An admin request: the admin token, from an allowed address.
+/// An admin request: the admin token, from an allowed address. The address is the TCP
+/// peer's: behind a reverse proxy on the same host every client looks local, so such a
+/// proxy must not forward `/v1/admin` (or must authenticate it itself).
 #[derive(Debug)]
 pub(super) struct AdminAuth;
 

@@ -8,7 +8,6 @@
 mod admin;
 pub mod error;
 mod extract;
-mod limit;
 mod notifications;
 mod presence;
 
@@ -22,8 +21,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+pub use crate::limit::RateLimiter;
 pub use error::ApiError;
-pub use limit::RateLimiter;
 
 use crate::apps::Apps;
 use crate::metrics::Metrics;
@@ -63,6 +62,8 @@ pub struct ApiState {
     pub admin_token: Option<Arc<str>>,
     /// Whether the admin API answers non-loopback clients.
     pub admin_remote: bool,
+    /// Whether `/metrics` answers non-loopback clients.
+    pub metrics_remote: bool,
 }
 
 /// Every route [`router`] serves, as (method, path template), in the order it adds them.
@@ -115,8 +116,21 @@ async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok", "users": state.table.users()}))
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+/// Metrics tell load, error rates and app ids: loopback only unless `metrics_remote`. The
+/// check trusts the socket's peer address, which is the client's own unless a proxy on the
+/// same host forwards to the daemon (then that proxy must do the filtering).
+async fn metrics(
+    State(state): State<ApiState>,
+    peer: Option<axum::Extension<Peer>>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !state.metrics_remote && !peer.is_some_and(|peer| peer.0.0.ip().is_loopback()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "metrics_forbidden",
+            "/metrics answers loopback clients only (see metrics_remote)",
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()))
 }
 
 async fn openapi() -> impl IntoResponse {

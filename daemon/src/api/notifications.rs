@@ -9,7 +9,10 @@ use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiPath, AppAuth};
 use super::{ApiError, ApiState};
-use crate::notify::{MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView};
+use crate::notify::{
+    MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView, NotifyRefused,
+};
+use crate::puid::is_puid;
 
 /// Default time to live when the request names none.
 const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -51,6 +54,9 @@ pub(super) async fn create(
     let body = Body::new(request.body).map_err(|e| too_long("body", e.max))?;
     let data = request.data.map_or_else(String::new, |value| value.to_string());
     let data = Data::new(data).map_err(|e| too_long("data (as JSON text)", e.max))?;
+    if let Some(bad) = request.to.iter().find(|puid| !is_puid(puid)) {
+        return Err(ApiError::invalid_puid(StatusCode::UNPROCESSABLE_ENTITY, bad));
+    }
     let app_id = AppId::new(app.id.as_str()).map_err(ApiError::internal)?;
     let notification = NewNotification {
         app_id,
@@ -61,7 +67,27 @@ pub(super) async fn create(
         ttl,
         mode: request.mode.unwrap_or(Mode::All),
     };
-    Ok((StatusCode::CREATED, axum::Json(state.notifications.send(notification))))
+    match state.notifications.send(notification) {
+        Ok(view) => Ok((StatusCode::CREATED, axum::Json(view))),
+        Err(refused) => Err(refused_error(&refused)),
+    }
+}
+
+/// The 429 for a refused notification; the codes are documented in openapi.json.
+fn refused_error(refused: &NotifyRefused) -> ApiError {
+    let message = refused.to_string();
+    match *refused {
+        NotifyRefused::AppRate { retry_after } => {
+            ApiError::too_many("notify_rate_limited", message, Some(retry_after))
+        }
+        NotifyRefused::RecipientRate { retry_after } => {
+            ApiError::too_many("recipient_rate_limited", message, Some(retry_after))
+        }
+        // Places free up as outcomes are decided; within a TTL at the most.
+        NotifyRefused::Outstanding { .. } => {
+            ApiError::too_many("too_many_outstanding", message, Some(Duration::from_secs(1)))
+        }
+    }
 }
 
 pub(super) async fn get_one(

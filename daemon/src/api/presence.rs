@@ -5,11 +5,13 @@
 //! exists or has ever used the app.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiJson, ApiPath, AppAuth};
 use super::{ApiError, ApiState};
 use crate::notify::MAX_RECIPIENTS;
+use crate::puid::is_puid;
 
 /// Most PUIDs in one query.
 pub(super) const MAX_QUERY: usize = MAX_RECIPIENTS;
@@ -41,8 +43,11 @@ pub(super) async fn get_one(
     State(state): State<ApiState>,
     AppAuth(app): AppAuth,
     ApiPath(puid): ApiPath<String>,
-) -> axum::Json<PresenceView> {
-    axum::Json(view(&state, &app.id, puid))
+) -> Result<axum::Json<PresenceView>, ApiError> {
+    if !is_puid(&puid) {
+        return Err(ApiError::invalid_puid(StatusCode::BAD_REQUEST, &puid));
+    }
+    Ok(axum::Json(view(&state, &app.id, puid)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +68,9 @@ pub(super) async fn query(
 ) -> Result<axum::Json<QueryAnswer>, ApiError> {
     if query.puids.len() > MAX_QUERY {
         return Err(ApiError::invalid(format!("at most {MAX_QUERY} puids per query")));
+    }
+    if let Some(bad) = query.puids.iter().find(|puid| !is_puid(puid)) {
+        return Err(ApiError::invalid_puid(StatusCode::UNPROCESSABLE_ENTITY, bad));
     }
     let presence = query.puids.into_iter().map(|puid| view(&state, &app.id, puid)).collect();
     Ok(axum::Json(QueryAnswer { presence }))

@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{Shared, reason};
 use crate::auth::TokenError;
 use crate::handle::{SessionCommand, SessionHandle};
+use crate::metrics::Refusal;
 use crate::table::DeviceState;
 
 /// Largest chunk read from the control stream at once; bounds per-read work.
@@ -34,22 +35,12 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-/// Accepts one incoming connection and spawns its session task. The accept is done here,
-/// before the task exists, so the task does not carry the `Incoming` (384 bytes, twice in
-/// the future's layout) for the whole life of the session.
-pub(super) fn start(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// Starts the session task of a connection whose Initial decrypted. The 0-RTT split is
+/// done here, before the task exists, so the task does not carry quinn's `Connecting` for
+/// the whole life of the session.
+pub(super) fn start(connecting: quinn::Connecting, shared: Arc<Shared>) {
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("session", id, remote = %incoming.remote_address(), user = tracing::field::Empty, device = tracing::field::Empty);
-    let entered = span.enter();
-    shared.metrics.handshakes.inc();
-    let connecting = match incoming.accept() {
-        Ok(connecting) => connecting,
-        Err(error) => {
-            debug!(%error, "handshake refused");
-            shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
-            return;
-        }
-    };
+    let span = info_span!("session", id, remote = %connecting.remote_address(), user = tracing::field::Empty, device = tracing::field::Empty);
     // Server side, 0.5-RTT always works; `handshake_done` resolves when the handshake
     // completes, so a Hello read before it must have arrived in the client's 0-RTT.
     let Ok((connection, handshake_done)) = connecting.into_0rtt() else {
@@ -57,7 +48,6 @@ pub(super) fn start(incoming: quinn::Incoming, shared: Arc<Shared>) {
         shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
         return;
     };
-    drop(entered);
     tokio::spawn(run(connection, handshake_done, id, shared).instrument(span));
 }
 
@@ -138,10 +128,13 @@ impl Driver<'_> {
                 datagram = self.connection.read_datagram() => match datagram {
                     Ok(payload) => {
                         self.shared.metrics.pings_received.inc();
-                        let bad = self.session.bad_datagrams();
+                        let (bad, limited) = (self.session.bad_datagrams(), self.session.limited_datagrams());
                         self.session.handle_datagram(Instant::now(), &payload);
                         if self.session.bad_datagrams() > bad {
                             self.shared.metrics.bad_datagrams.inc();
+                        }
+                        if self.session.limited_datagrams() > limited {
+                            self.shared.metrics.refuse(Refusal::PingRate);
                         }
                     }
                     Err(error) => return debug!(%error, "connection ended"),
@@ -225,6 +218,9 @@ impl Driver<'_> {
                     self.closed = Some(close.code);
                     let label = reason(close.code.name());
                     self.shared.metrics.sessions_closed.get_or_create(&label).inc();
+                    if close.code == ErrorCode::RATE_LIMITED && !close.by_peer {
+                        self.shared.metrics.refuse(Refusal::SessionRateLimited);
+                    }
                     debug!(code = %close.code, reason = %close.reason, by_peer = close.by_peer, "session closed");
                 }
                 other => debug!(?other, "unhandled session event"),
@@ -358,13 +354,23 @@ impl Driver<'_> {
         }
     }
 
-    /// Sends what the session queued; false once the connection is unusable.
+    /// Sends what the session queued; false once the connection is unusable. A device that
+    /// stops reading its control stream blocks the write once flow control is spent; after
+    /// the slow-reader bound it is closed, so it can neither hold this task (and its
+    /// queue) forever nor keep looking online while nothing reaches it.
     async fn flush(&mut self) -> bool {
         while let Some(transmit) = self.session.poll_transmit() {
             match transmit {
                 Transmit::Stream(bytes) => {
-                    if self.send.write_all(&bytes).await.is_err() {
-                        return false;
+                    match tokio::time::timeout(self.shared.slow_reader, self.send.write_all(&bytes)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return false,
+                        Err(_) => {
+                            self.shared.metrics.refuse(Refusal::SlowReader);
+                            warn!("device does not read its control stream; closing");
+                            self.closed = Some(ErrorCode::PROTOCOL_VIOLATION);
+                            return false;
+                        }
                     }
                 }
                 Transmit::Datagram(bytes) => {

@@ -9,21 +9,23 @@
 mod connection;
 pub mod restart;
 pub mod sessions;
+mod socket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use presence_protocol::{ALPN, ServerConfig as ProtocolConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{IdleTimeout, Runtime, TransportConfig, VarInt};
 use tokio::sync::watch;
 
 use crate::apps::Apps;
 use crate::auth::TokenVerifier;
 use crate::credentials::crypto_provider;
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::limit::HashedLimiter;
+use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::notify::Notifications;
 use crate::outbound::Outbound;
 use crate::settings::Settings;
@@ -34,6 +36,9 @@ use sessions::DurableSessions;
 
 /// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
 const DATAGRAM_BUFFER: usize = 256;
+/// Buckets in each per-source-address handshake table: fixed memory (about 200 KiB
+/// each) however many addresses, spoofed or not, send Initials.
+const SOURCE_SLOTS: usize = 8_192;
 
 /// The transport settings for idle mobile sessions: one bidirectional stream, small windows
 /// and datagram buffers, no MTU discovery and no server keep-alives (the device's heartbeat
@@ -82,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// How long a draining device should wait before reconnecting.
     pub(crate) drain: Duration,
+    /// How long a write may wait on a device that does not read its control stream.
+    pub(crate) slow_reader: Duration,
 }
 
 /// The device-facing QUIC server.
@@ -92,6 +99,10 @@ pub struct QuicServer {
     max_sessions: usize,
     retry_threshold: u32,
     tls_sessions: Arc<DurableSessions>,
+    /// Handshakes per source address not yet validated; over it, a Retry.
+    sources: HashedLimiter,
+    /// Handshakes per validated source address; over it, ignored.
+    validated_sources: HashedLimiter,
 }
 
 impl QuicServer {
@@ -125,7 +136,10 @@ impl QuicServer {
         let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
             .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
-        let endpoint = quinn::Endpoint::new(
+        let socket = runtime.wrap_udp_socket(socket)?;
+        let socket =
+            Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), settings.handshake_limit));
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             restart::endpoint_config(&endpoint_secret),
             Some(server_config),
             socket,
@@ -135,6 +149,10 @@ impl QuicServer {
         let protocol = ProtocolConfig {
             handshake_timeout: settings.handshake_timeout,
             heartbeat_grace: settings.heartbeat_grace,
+            frame_rate: settings.session_frames.rate,
+            frame_burst: settings.session_frames.burst,
+            ping_rate: settings.session_pings.rate,
+            ping_burst: settings.session_pings.burst,
             ..ProtocolConfig::default()
         };
         let shared = Arc::new(Shared {
@@ -145,6 +163,7 @@ impl QuicServer {
             handshaking: AtomicU32::new(0),
             shutdown,
             drain: settings.drain,
+            slow_reader: settings.slow_reader,
         });
         Ok(QuicServer {
             endpoint,
@@ -152,6 +171,8 @@ impl QuicServer {
             max_sessions: settings.max_sessions as usize,
             retry_threshold: settings.retry_threshold,
             tls_sessions,
+            sources: HashedLimiter::new(settings.handshake_limit, SOURCE_SLOTS),
+            validated_sources: HashedLimiter::new(settings.handshake_limit, SOURCE_SLOTS),
         })
     }
 
@@ -170,6 +191,15 @@ impl QuicServer {
             };
             let Some(incoming) = incoming else { return };
             let metrics = &self.shared.metrics;
+            if let Some(refusal) = self.over_source_limit(&incoming) {
+                metrics.refuse(refusal);
+                match refusal {
+                    // Retry cannot fail after may_retry; a failure just drops the attempt.
+                    Refusal::HandshakeRetry => drop(incoming.retry()),
+                    _ => incoming.ignore(),
+                }
+                continue;
+            }
             if self.endpoint.open_connections() >= self.max_sessions {
                 metrics.sessions_refused.inc();
                 incoming.refuse();
@@ -182,8 +212,37 @@ impl QuicServer {
                 let _ = incoming.retry();
                 continue;
             }
-            connection::start(incoming, self.shared.clone());
+            // Accepting decrypts the Initial here, in the accept loop: junk that looks like
+            // an Initial but does not decrypt costs no task and never counts as in flight
+            // (which would push honest devices into Retry).
+            match incoming.accept() {
+                Ok(connecting) => {
+                    metrics.handshakes.inc();
+                    connection::start(connecting, self.shared.clone());
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "connection attempt refused at accept");
+                    metrics.handshakes_failed.get_or_create(&reason("initial")).inc();
+                }
+            }
         }
+    }
+
+    /// Whether a connection attempt is over its source address's handshake rate, and what
+    /// to do then. An address that has not proved itself gets a QUIC Retry: a spoofer
+    /// cannot answer it, so spoofed floods cannot spend a real device's budget, which is
+    /// kept apart for validated attempts. A validated address over its own rate is ignored
+    /// (no packet goes back).
+    fn over_source_limit(&self, incoming: &quinn::Incoming) -> Option<Refusal> {
+        let ip = incoming.remote_address().ip().to_canonical();
+        let now = Instant::now();
+        if incoming.remote_address_validated() {
+            return self.validated_sources.check(&ip, now).is_err().then_some(Refusal::HandshakeIgnored);
+        }
+        if self.sources.check(&ip, now).is_ok() {
+            return None;
+        }
+        Some(if incoming.may_retry() { Refusal::HandshakeRetry } else { Refusal::HandshakeIgnored })
     }
 
     /// Closes every connection and waits (bounded) for the close to reach the peers, then

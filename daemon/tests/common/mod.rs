@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod honest;
 pub mod process;
 pub mod receiver;
 

@@ -115,6 +115,14 @@ impl Receiver {
             .expect("receiver running")
     }
 
+    /// Every event received so far and not yet claimed, without waiting.
+    pub fn drain(&mut self) -> Vec<serde_json::Value> {
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            self.pending.extend(delivery.events());
+        }
+        self.pending.drain(..).collect()
+    }
+
     /// The first event, in delivery order, matching `pred`; earlier non-matching events
     /// stay for later calls.
     pub async fn event(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {

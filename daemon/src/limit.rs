@@ -1,0 +1,160 @@
+//! Token buckets for the daemon's defences, in two shapes.
+//!
+//! - [`RateLimiter`]: one bucket per key, exactly, for keys the daemon itself bounds (app
+//!   ids: only registered apps get one).
+//! - [`HashedLimiter`]: a fixed table of buckets indexed by a keyed hash, for keys a peer
+//!   chooses (source addresses, which can be spoofed; PUIDs in a request). Its memory is
+//!   fixed at start whatever arrives: a flood of fresh keys cannot grow it, only share
+//!   slots. The hash key is random per run, so nobody can aim at a victim's slot; sharing a
+//!   slot by chance only makes two keys share one budget.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::settings::Rate;
+
+/// One token bucket, refilled continuously.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(limit: Rate, now: Instant) -> Bucket {
+        Bucket { tokens: f64::from(limit.burst.max(1)), at: now }
+    }
+
+    /// Refills to `now`, then says whether a token is there, or how long until one is.
+    fn refill(&mut self, limit: Rate, now: Instant) -> Result<(), Duration> {
+        let rate = f64::from(limit.rate.max(1));
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(limit.burst.max(1)));
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 { Ok(()) } else { Err(Duration::from_secs_f64((1.0 - self.tokens) / rate)) }
+    }
+
+    fn take(&mut self, limit: Rate, now: Instant) -> Result<(), Duration> {
+        self.refill(limit, now)?;
+        self.tokens -= 1.0;
+        Ok(())
+    }
+}
+
+/// Token buckets keyed exactly, for a bounded set of keys.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: Rate,
+    buckets: DashMap<String, Bucket>,
+}
+
+impl RateLimiter {
+    /// `rate` requests per second on average, `burst` at once.
+    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+        RateLimiter { limit: Rate { rate, burst }, buckets: DashMap::new() }
+    }
+
+    /// Takes one token for `key`, or says how long until one is available.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut bucket = self.buckets.entry(key.to_owned()).or_insert_with(|| Bucket::full(self.limit, now));
+        bucket.take(self.limit, now)
+    }
+}
+
+/// A fixed table of token buckets indexed by a keyed hash of the key.
+#[derive(Debug)]
+pub struct HashedLimiter {
+    limit: Rate,
+    hasher: RandomState,
+    slots: Mutex<Box<[Bucket]>>,
+}
+
+impl HashedLimiter {
+    /// `slots` buckets (at least one), each `limit`, full at the start.
+    pub fn new(limit: Rate, slots: usize) -> HashedLimiter {
+        let now = Instant::now();
+        let slots = vec![Bucket::full(limit, now); slots.max(1)].into_boxed_slice();
+        HashedLimiter { limit, hasher: RandomState::new(), slots: Mutex::new(slots) }
+    }
+
+    /// Takes one token for `key` at `now`, or says how long until one is available.
+    pub fn check(&self, key: &impl Hash, now: Instant) -> Result<(), Duration> {
+        self.check_all(std::slice::from_ref(key), now)
+    }
+
+    /// Takes one token for every key, all or none: if any key's bucket is empty nothing is
+    /// taken, and the answer is the longest wait.
+    pub fn check_all<K: Hash>(&self, keys: &[K], now: Instant) -> Result<(), Duration> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let indices: Vec<usize> = keys.iter().map(|key| self.slot_of(key, slots.len())).collect();
+        let mut wait = Duration::ZERO;
+        for &index in &indices {
+            if let Err(more) = slots[index].refill(self.limit, now) {
+                wait = wait.max(more);
+            }
+        }
+        if wait > Duration::ZERO {
+            return Err(wait);
+        }
+        for &index in &indices {
+            // A second key in a slot may find it empty: that key shares the budget.
+            let _ = slots[index].take(self.limit, now);
+        }
+        Ok(())
+    }
+
+    fn slot_of(&self, key: &impl Hash, slots: usize) -> usize {
+        (self.hasher.hash_one(key) % slots as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refusal_with_a_wait() {
+        let limiter = RateLimiter::new(10, 3);
+        for _ in 0..3 {
+            assert!(limiter.check("a").is_ok());
+        }
+        let wait = limiter.check("a").expect_err("over the burst");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
+        assert!(limiter.check("b").is_ok(), "apps do not share buckets");
+    }
+
+    #[test]
+    fn hashed_buckets_hold_a_fixed_table_and_refill() {
+        let limiter = HashedLimiter::new(Rate { rate: 1, burst: 2 }, 64);
+        let now = Instant::now();
+        assert!(limiter.check(&"10.0.0.1", now).is_ok());
+        assert!(limiter.check(&"10.0.0.1", now).is_ok());
+        assert!(limiter.check(&"10.0.0.1", now).is_err());
+        assert!(limiter.check(&"10.0.0.1", now + Duration::from_secs(1)).is_ok());
+        // A hundred thousand fresh keys leave the table as it was: 64 slots.
+        for i in 0..100_000u32 {
+            let _ = limiter.check(&i, now);
+        }
+        assert_eq!(limiter.slots.lock().expect("lock").len(), 64);
+    }
+
+    #[test]
+    fn check_all_takes_all_or_nothing() {
+        let limiter = HashedLimiter::new(Rate { rate: 1, burst: 1 }, 4_096);
+        let now = Instant::now();
+        // Two keys in different slots (the hash key is random per run).
+        let b = (0..)
+            .map(|i| format!("b{i}"))
+            .find(|b| limiter.slot_of(b, 4_096) != limiter.slot_of(&"a", 4_096));
+        let b = b.expect("a key in another slot");
+        assert!(limiter.check(&b, now).is_ok());
+        // "b" is empty, so "a" keeps its token.
+        assert!(limiter.check_all(&["a", b.as_str()], now).is_err());
+        assert!(limiter.check(&"a", now).is_ok());
+    }
+}
