@@ -247,6 +247,7 @@ impl Printer {
                     AdaptCause::Echoed { delay } => ("echoed", Some(*delay)),
                     AdaptCause::Missed { delay } => ("missed", Some(*delay)),
                     AdaptCause::PathChanged => ("path_changed", None),
+                    AdaptCause::Settled => ("settled", None),
                     _ => ("other", None),
                 };
                 self.line(

@@ -100,6 +100,8 @@ pub enum AdaptCause {
     },
     /// The server saw the device's address change after a silence believed safe.
     PathChanged,
+    /// The search converged: the interval holds until the next re-probe.
+    Settled,
 }
 
 /// Probes the server never answered before the device concludes it does not echo (an
@@ -125,6 +127,8 @@ pub(crate) struct Adaptive {
     verify: bool,
     /// When the search converged, while it rests.
     converged_at: Option<Instant>,
+    /// The search converged at the last beat and nobody was told yet.
+    settled: bool,
     probe: Option<Outstanding>,
     echo_seen: bool,
     unanswered: u8,
@@ -158,6 +162,7 @@ impl Adaptive {
             failed: None,
             verify: false,
             converged_at: None,
+            settled: false,
             probe: None,
             echo_seen: false,
             unanswered: 0,
@@ -193,6 +198,11 @@ impl Adaptive {
     /// acknowledges): the NAT saw the device send, so an outstanding probe proves nothing.
     pub(crate) fn interrupted(&mut self) {
         self.probe = None;
+    }
+
+    /// Whether the search converged since the last call.
+    pub(crate) fn take_settled(&mut self) -> bool {
+        std::mem::take(&mut self.settled)
     }
 
     /// The heartbeat timer fired at `now`: what to send.
@@ -304,6 +314,7 @@ impl Adaptive {
             Some(candidate) => Some(Duration::from_secs(candidate.as_secs()).max(self.proven + step)),
             None => {
                 self.converged_at = Some(now);
+                self.settled = true;
                 None
             }
         }

@@ -376,6 +376,9 @@ impl ClientSession {
             Beat::Heartbeat => {
                 queue_ping(&mut self.transmits, Ping::heartbeat(self.status, self.idle, self.seq));
                 self.next_heartbeat = now + self.heartbeat;
+                if adaptive.take_settled() {
+                    self.adapted(AdaptCause::Settled);
+                }
             }
             Beat::Probe { delay_secs, with_heartbeat } => {
                 if with_heartbeat {

@@ -1848,7 +1848,8 @@ fn adaptive_heartbeat_converges_below_the_nat_timeout_and_pushes_keep_arriving()
         interval >= secs(45) && interval < nat_timeout,
         "learned {interval:?} for a {nat_timeout:?} NAT: {learned:?}"
     );
-    let converged_by = learned.last().expect("adapted").0;
+    let (converged_by, _, _, last) = *learned.last().expect("adapted");
+    assert_eq!(last, AdaptCause::Settled, "the search reports that it settled");
     assert!(converged_by < secs(15 * 60), "converged at {converged_by:?}");
 
     // Steady state: heartbeats at the learned interval, the binding never lapses, and what
@@ -1897,7 +1898,8 @@ fn a_shortened_nat_timeout_is_noticed_at_the_next_heartbeat_and_the_device_falls
     sim.run_until(noticed + secs(20 * 60));
     let interval = sim.client.heartbeat();
     assert!(interval >= secs(20) && interval < secs(25), "relearned {interval:?}");
-    let relearned = adaptations(&sim).last().expect("adapted").0;
+    let (relearned, _, _, last) = *adaptations(&sim).last().expect("adapted");
+    assert_eq!(last, AdaptCause::Settled);
     sim.run_until(relearned + secs(10 * 60));
     assert!(sim.nat().dropped.iter().all(|&t| t <= relearned), "{:?}", sim.nat().dropped);
     assert!(adaptations(&sim).iter().filter(|a| a.0 >= change).all(|a| a.2 < secs(25) || a.0 < noticed));
