@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod netns;
 pub mod receiver;
 
 use std::net::SocketAddr;
