@@ -384,8 +384,13 @@ impl ClientSession {
                 if with_heartbeat {
                     queue_ping(&mut self.transmits, Ping::heartbeat(self.status, self.idle, self.seq));
                 }
-                let probe =
-                    EchoPing { kind: EchoKind::Probe, status: self.status, idle: self.idle, seq: self.seq, delay_secs };
+                let probe = EchoPing {
+                    kind: EchoKind::Probe,
+                    status: self.status,
+                    idle: self.idle,
+                    seq: self.seq,
+                    delay_secs,
+                };
                 queue_echo(&mut self.transmits, probe);
                 self.next_heartbeat = adaptive.probe_deadline().unwrap_or(now + self.heartbeat);
             }
@@ -396,7 +401,8 @@ impl ClientSession {
         if echo.kind != EchoKind::Echo || self.phase != Phase::Active {
             return;
         }
-        let Some(cause) = self.adaptive.as_mut().and_then(|adaptive| adaptive.echoed(now, echo.delay_secs)) else {
+        let Some(cause) = self.adaptive.as_mut().and_then(|adaptive| adaptive.echoed(now, echo.delay_secs))
+        else {
             return;
         };
         self.adapted(cause);

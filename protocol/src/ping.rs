@@ -126,8 +126,10 @@ pub struct EchoPing {
 impl EchoPing {
     /// Encodes the ping; infallible, the layout has no variable parts.
     pub fn encode(&self) -> [u8; ECHO_LEN] {
-        let head =
-            (PROTOCOL_VERSION << 6) | (self.status.code() << 4) | (u8::from(self.idle) << 3) | self.kind as u8;
+        let head = (PROTOCOL_VERSION << 6)
+            | (self.status.code() << 4)
+            | (u8::from(self.idle) << 3)
+            | self.kind as u8;
         let [high, low] = self.delay_secs.to_be_bytes();
         [head, self.seq, high, low]
     }

@@ -226,8 +226,13 @@ impl ServerSession {
         if self.phase != Phase::Active {
             return;
         }
-        let notice =
-            EchoPing { kind: EchoKind::Echo, status: self.status, idle: self.idle, seq: self.seq, delay_secs: 0 };
+        let notice = EchoPing {
+            kind: EchoKind::Echo,
+            status: self.status,
+            idle: self.idle,
+            seq: self.seq,
+            delay_secs: 0,
+        };
         queue_echo(&mut self.transmits, notice);
     }
 
@@ -246,7 +251,8 @@ impl ServerSession {
                 }
                 if let Some((_, probe)) = self.echo.filter(|&(due, _)| now >= due) {
                     self.echo = None;
-                    let echo = EchoPing { kind: EchoKind::Echo, status: self.status, idle: self.idle, ..probe };
+                    let echo =
+                        EchoPing { kind: EchoKind::Echo, status: self.status, idle: self.idle, ..probe };
                     queue_echo(&mut self.transmits, echo);
                 }
                 if !self.silent && now >= self.liveness_deadline() {

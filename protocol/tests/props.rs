@@ -903,7 +903,9 @@ fn echo_ping_round_trips_and_every_four_byte_payload_decodes_by_the_rules() {
                 // Re-encoding clears only the ignored bit 2.
                 assert_eq!(echo.encode(), [head & !0b100, 3, 0, 20]);
             }
-            Err(DecodeError::PingVersion { version: v }) => assert_eq!((v, version != PROTOCOL_VERSION), (version, true)),
+            Err(DecodeError::PingVersion { version: v }) => {
+                assert_eq!((v, version != PROTOCOL_VERSION), (version, true))
+            }
             Err(DecodeError::PingKind { kind: k }) => assert_eq!((k, k < 2), (kind, true)),
             Err(other) => panic!("{other:?}"),
         }

@@ -1811,7 +1811,9 @@ fn adaptations(sim: &Sim) -> Vec<(Duration, Duration, Duration, AdaptCause)> {
     sim.client_events
         .iter()
         .filter_map(|(t, e)| match e {
-            ClientEvent::HeartbeatAdapted { interval, proven, cause } => Some((*t, *interval, *proven, *cause)),
+            ClientEvent::HeartbeatAdapted { interval, proven, cause } => {
+                Some((*t, *interval, *proven, *cause))
+            }
             _ => None,
         })
         .collect()
@@ -1824,8 +1826,12 @@ fn went_silent(sim: &Sim) -> bool {
 /// Device packets (pings and probes) sent in `[from, to)`, counting one per send instant
 /// (a probe and the heartbeat that goes with it share a packet).
 fn device_sends(sim: &Sim, from: Duration, to: Duration) -> usize {
-    let mut times: Vec<Duration> =
-        sim.sent.iter().filter(|s| s.from == Side::Client && s.at >= from && s.at < to).map(|s| s.at).collect();
+    let mut times: Vec<Duration> = sim
+        .sent
+        .iter()
+        .filter(|s| s.from == Side::Client && s.at >= from && s.at < to)
+        .map(|s| s.at)
+        .collect();
     times.dedup();
     times.len()
 }
@@ -1840,7 +1846,10 @@ fn adaptive_heartbeat_converges_below_the_nat_timeout_and_pushes_keep_arriving()
     for (t, interval, proven, cause) in &learned {
         println!("{t:>8.1?} interval {interval:?} proven {proven:?} {cause:?}");
     }
-    assert!(learned.iter().any(|a| matches!(a.3, AdaptCause::Missed { .. })), "the search overshot once at least");
+    assert!(
+        learned.iter().any(|a| matches!(a.3, AdaptCause::Missed { .. })),
+        "the search overshot once at least"
+    );
     // Only echoes prove a delay, and the NAT drops every echo past its timeout.
     assert!(learned.iter().all(|&(_, interval, proven, _)| proven < nat_timeout && interval < nat_timeout));
     let interval = sim.client.heartbeat();
@@ -1856,8 +1865,16 @@ fn adaptive_heartbeat_converges_below_the_nat_timeout_and_pushes_keep_arriving()
     // the server pushes arrives.
     let since = converged_by + secs(1);
     sim.run_until(secs(40 * 60));
-    assert!(sim.nat().dropped.iter().all(|&t| t < since), "NAT drops after convergence: {:?}", sim.nat().dropped);
-    assert!(sim.nat().rebinds.iter().all(|&t| t < since), "rebinds after convergence: {:?}", sim.nat().rebinds);
+    assert!(
+        sim.nat().dropped.iter().all(|&t| t < since),
+        "NAT drops after convergence: {:?}",
+        sim.nat().dropped
+    );
+    assert!(
+        sim.nat().rebinds.iter().all(|&t| t < since),
+        "rebinds after convergence: {:?}",
+        sim.nat().rebinds
+    );
     let window = secs(40 * 60) - since;
     let sends = device_sends(&sim, since, secs(40 * 60));
     let expected = window.as_secs_f64() / interval.as_secs_f64();
@@ -1910,7 +1927,11 @@ fn a_shortened_nat_timeout_is_noticed_at_the_next_heartbeat_and_the_device_falls
 fn a_server_that_never_echoes_gets_heartbeats_and_the_device_stops_probing() {
     let mut sim = adaptive_pair(secs(600));
     // An older server: probes are reserved-kind pings to it, dropped and never echoed.
-    sim.set_fate(|from, _, bytes| if from == Side::Client && bytes.len() == ECHO_LEN { Fate::Drop } else { Fate::Deliver });
+    sim.set_fate(
+        |from, _, bytes| {
+            if from == Side::Client && bytes.len() == ECHO_LEN { Fate::Drop } else { Fate::Deliver }
+        },
+    );
     sim.run_until(secs(30 * 60));
 
     let probes = sim.echo_pings(Side::Client, Duration::ZERO);
@@ -1921,7 +1942,8 @@ fn a_server_that_never_echoes_gets_heartbeats_and_the_device_stops_probing() {
         assert!(heartbeats.iter().any(|(t, p, _)| t == at && p.kind == PingKind::Heartbeat));
     }
     let last_probe = probes.last().expect("probes").0;
-    let after: Vec<_> = heartbeats.iter().filter(|(t, _, _)| *t > last_probe + secs(5)).map(|(t, _, _)| *t).collect();
+    let after: Vec<_> =
+        heartbeats.iter().filter(|(t, _, _)| *t > last_probe + secs(5)).map(|(t, _, _)| *t).collect();
     assert!(after.windows(2).all(|w| w[1] - w[0] == secs(20)), "fixed at the lower bound: {after:?}");
     assert!(!went_silent(&sim));
 }
@@ -1947,7 +1969,13 @@ fn adaptive_heartbeat_on_a_lossy_link_stays_below_the_nat_timeout_and_never_goes
 fn the_server_echoes_a_probe_after_its_delay_and_drops_bad_ones() {
     let mut sim = Sim::default_pair();
     sim.handshake();
-    let probe = |delay_secs| EchoPing { kind: EchoKind::Probe, status: Status::Away, idle: false, seq: 1, delay_secs };
+    let probe = |delay_secs| EchoPing {
+        kind: EchoKind::Probe,
+        status: Status::Away,
+        idle: false,
+        seq: 1,
+        delay_secs,
+    };
     let start = sim.t();
     sim.send_raw(Side::Client, Transmit::Datagram(Bytes::copy_from_slice(&probe(30).encode())));
     assert!(sim.run_until_server_event(start + secs(1), |e| matches!(e, ServerEvent::StatusChanged { .. })));
@@ -1961,11 +1989,9 @@ fn the_server_echoes_a_probe_after_its_delay_and_drops_bad_ones() {
     // Delay 0 (the server's own notice), past the longest heartbeat, or an echo from the
     // device: dropped and counted, never answered.
     let bad = sim.server.bad_datagrams();
-    for payload in [
-        probe(0).encode(),
-        probe(31 * 60).encode(),
-        EchoPing { kind: EchoKind::Echo, ..probe(5) }.encode(),
-    ] {
+    for payload in
+        [probe(0).encode(), probe(31 * 60).encode(), EchoPing { kind: EchoKind::Echo, ..probe(5) }.encode()]
+    {
         sim.send_raw(Side::Client, Transmit::Datagram(Bytes::copy_from_slice(&payload)));
     }
     sim.run_for(secs(60 * 40));

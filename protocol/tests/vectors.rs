@@ -433,7 +433,10 @@ fn expectations() -> Vec<(&'static str, Expect)> {
         ("probe_away_idle_300s", Echo(echo(EchoKind::Probe, Status::Away, true, 7, 300))),
         ("echo_online_30s", Echo(echo(EchoKind::Echo, Status::Online, false, 5, 30))),
         ("echo_path_changed", Echo(echo(EchoKind::Echo, Status::Online, false, 5, 0))),
-        ("invalid_probe_three_bytes", EchoRejected(vec![0x42, 0x05, 0x1e], DecodeError::PingLength { len: 3 })),
+        (
+            "invalid_probe_three_bytes",
+            EchoRejected(vec![0x42, 0x05, 0x1e], DecodeError::PingLength { len: 3 }),
+        ),
         (
             "invalid_probe_version_2",
             EchoRejected(vec![0x82, 0x05, 0x00, 0x1e], DecodeError::PingVersion { version: 2 }),

@@ -56,7 +56,11 @@ fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<O
     if output.status.success() {
         Ok(output)
     } else {
-        Err(format!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+        Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }
 
@@ -89,7 +93,8 @@ impl Net {
         run("ip", &["-V"]).map_err(|e| format!("no `ip` (iproute2): {e}"))?;
         remove_stale();
         let name = |role: &str| format!("{PREFIX}{}-{tag}-{role}", std::process::id());
-        let mut net = Net { device: name("dev"), router: name("rtr"), server: name("srv"), created: Vec::new() };
+        let mut net =
+            Net { device: name("dev"), router: name("rtr"), server: name("srv"), created: Vec::new() };
         for ns in [net.device.clone(), net.router.clone(), net.server.clone()] {
             run("ip", &["netns", "add", &ns]).map_err(|e| format!("cannot make a network namespace: {e}"))?;
             net.created.push(ns.clone());
@@ -109,7 +114,7 @@ impl Net {
             net.ip(ns, &["link", "set", link, "up"])?;
         }
         net.ip(&dev, &["route", "add", "default", "via", "10.77.1.1"])?;
-        net.exec(&rtr, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        net.sysctl(&rtr, "net/ipv4/ip_forward", 1)?;
         Ok(net)
     }
 
@@ -129,8 +134,7 @@ impl Net {
     /// Sets the router's UDP binding timeout (for new and refreshed bindings).
     pub fn set_nat_timeout(&self, timeout_secs: u32) -> Result<(), String> {
         for key in ["nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"] {
-            let setting = format!("net.netfilter.{key}={timeout_secs}");
-            self.exec(&self.router, "sysctl", &["-qw", &setting])?;
+            self.sysctl(&self.router, &format!("net/netfilter/{key}"), timeout_secs)?;
         }
         Ok(())
     }
@@ -140,8 +144,13 @@ impl Net {
     /// netem, random drops by nftables and no delay.
     pub fn impair(&self, loss_percent: u32, delay_ms: u32) -> Result<Impairment, String> {
         let netem = |link: &str| {
-            let (loss, delay, jitter) = (format!("{loss_percent}%"), format!("{delay_ms}ms"), format!("{}ms", delay_ms / 10));
-            self.exec(&self.router, "tc", &["qdisc", "add", "dev", link, "root", "netem", "loss", &loss, "delay", &delay, &jitter])
+            let (loss, delay, jitter) =
+                (format!("{loss_percent}%"), format!("{delay_ms}ms"), format!("{}ms", delay_ms / 10));
+            self.exec(
+                &self.router,
+                "tc",
+                &["qdisc", "add", "dev", link, "root", "netem", "loss", &loss, "delay", &delay, &jitter],
+            )
         };
         match netem("r0") {
             Ok(()) => {
@@ -152,13 +161,40 @@ impl Net {
                 let rules = format!(
                     "table inet presence_loss {{\n\
                        chain forward {{ type filter hook forward priority 0; policy accept;\n\
-                         numgen random mod 100 < {loss_percent} drop; }}\n\
+                         numgen random mod 100 < {loss_percent} counter drop; }}\n\
                      }}\n"
                 );
                 let args = ["netns", "exec", &self.router, "nft", "-f", "-"];
                 run_with_input("ip", &args, Some(&rules))
                     .map_err(|e| format!("neither netem ({netem_error}) nor nftables ({e})"))?;
                 Ok(Impairment::NftLoss)
+            }
+        }
+    }
+
+    /// Packets the impairment dropped so far (netem's or the nftables rule's count), to
+    /// show that the loss really happened.
+    pub fn dropped(&self, impairment: Impairment) -> u64 {
+        let numbers_after = |text: &str, word: &str| -> u64 {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            words
+                .windows(2)
+                .filter(|w| w[0] == word)
+                .filter_map(|w| w[1].trim_end_matches(',').parse::<u64>().ok())
+                .sum()
+        };
+        match impairment {
+            Impairment::Netem => ["r0", "r1"]
+                .iter()
+                .filter_map(|link| {
+                    run("ip", &["netns", "exec", &self.router, "tc", "-s", "qdisc", "show", "dev", link]).ok()
+                })
+                .map(|out| numbers_after(&String::from_utf8_lossy(&out.stdout), "dropped"))
+                .sum(),
+            Impairment::NftLoss => {
+                run("ip", &["netns", "exec", &self.router, "nft", "list", "table", "inet", "presence_loss"])
+                    .map(|out| numbers_after(&String::from_utf8_lossy(&out.stdout), "packets"))
+                    .unwrap_or(0)
             }
         }
     }
@@ -179,6 +215,17 @@ impl Net {
             .unwrap_or_else(|e| panic!("setns {path}: {e}"));
             f()
         })
+    }
+
+    /// Writes a network sysctl of namespace `ns` (`/proc/sys/net` shows the namespace of the
+    /// thread that opens it), without needing the `sysctl` tool.
+    fn sysctl(&self, ns: &str, key: &str, value: u32) -> Result<(), String> {
+        let path = format!("/proc/sys/{key}");
+        self.spawn_in(ns, move || {
+            std::fs::write(&path, value.to_string()).map_err(|e| format!("{path}: {e}"))
+        })
+        .join()
+        .map_err(|_| "sysctl thread panicked".to_owned())?
     }
 
     /// A command that runs `program` inside namespace `ns`.
