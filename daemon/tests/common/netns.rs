@@ -179,7 +179,7 @@ impl Net {
             let words: Vec<&str> = text.split_whitespace().collect();
             words
                 .windows(2)
-                .filter(|w| w[0] == word)
+                .filter(|w| w[0].trim_start_matches('(') == word)
                 .filter_map(|w| w[1].trim_end_matches(',').parse::<u64>().ok())
                 .sum()
         };
