@@ -263,7 +263,13 @@ fn adaptive_heartbeat_learns_a_real_nat_timeout_and_falls_back_when_it_shrinks()
                 let took = push_arrives(&daemon, &key, &puid, &mut client, &mut log, start).await;
                 assert!(took < Duration::from_secs(2), "push took {took:?}");
             }
-            tokio::time::sleep(learned * 2).await;
+            // Between pushes the device is silent but for its heartbeats: no QUIC keep-alives,
+            // no ACK-only chatter (each heartbeat is one packet; the push above was answered).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = net.device_packets();
+            tokio::time::sleep(learned * 3).await;
+            let sent = net.device_packets() - before;
+            assert!((2..=4).contains(&sent), "{sent} device packets in three heartbeat intervals");
             assert_eq!(daemon.metric("presence_migrations_total").await, migrations, "a binding lapsed");
 
             // The network now drops bindings after 5 s. The binding refreshed last keeps its
@@ -292,7 +298,8 @@ fn adaptive_heartbeat_learns_a_real_nat_timeout_and_falls_back_when_it_shrinks()
             let took = push_arrives(&daemon, &key, &puid, &mut client, &mut log, start).await;
             assert!(took < Duration::from_secs(2));
             eprintln!(
-                "NAT 10 s: learned {learned:?} at {learned_at:?}; NAT 5 s: noticed after {noticed:?}, relearned {relearned:?}"
+                "NAT 10 s: learned {learned:?} at {learned_at:?}, {sent} device packets in 3 intervals; \
+                 NAT 5 s: noticed after {noticed:?}, relearned {relearned:?}"
             );
             client.close().await;
             drop(stop);

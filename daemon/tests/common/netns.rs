@@ -122,9 +122,12 @@ impl Net {
     /// binding, as carrier-grade NATs do) and drops idle UDP bindings after `timeout_secs`.
     pub fn masquerade(&self, timeout_secs: u32) -> Result<(), String> {
         run("nft", &["--version"]).map_err(|e| format!("no `nft` (nftables): {e}"))?;
+        // The counter sees every packet the device sends through the router.
         let rules = "table ip presence_nat {\n\
              chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n\
                oifname \"r1\" masquerade random,fully-random; }\n\
+             chain forward { type filter hook forward priority -10; policy accept;\n\
+               iifname \"r0\" counter; }\n\
              }\n";
         let args = ["netns", "exec", &self.router, "nft", "-f", "-"];
         run_with_input("ip", &args, Some(rules)).map_err(|e| format!("no netfilter NAT here: {e}"))?;
@@ -172,17 +175,17 @@ impl Net {
         }
     }
 
+    /// Packets the device has sent through the router so far (QUIC ACKs included): what a
+    /// radio would have woken up for.
+    pub fn device_packets(&self) -> u64 {
+        run("ip", &["netns", "exec", &self.router, "nft", "list", "chain", "ip", "presence_nat", "forward"])
+            .map(|out| numbers_after(&String::from_utf8_lossy(&out.stdout), "packets"))
+            .unwrap_or(0)
+    }
+
     /// Packets the impairment dropped so far (netem's or the nftables rule's count), to
     /// show that the loss really happened.
     pub fn dropped(&self, impairment: Impairment) -> u64 {
-        let numbers_after = |text: &str, word: &str| -> u64 {
-            let words: Vec<&str> = text.split_whitespace().collect();
-            words
-                .windows(2)
-                .filter(|w| w[0].trim_start_matches('(') == word)
-                .filter_map(|w| w[1].trim_end_matches(',').parse::<u64>().ok())
-                .sum()
-        };
         match impairment {
             Impairment::Netem => ["r0", "r1"]
                 .iter()
@@ -256,6 +259,16 @@ impl Drop for Net {
             }
         }
     }
+}
+
+/// The sum of the numbers that follow `word` in `text` (`packets 12`, `(dropped 3,`).
+fn numbers_after(text: &str, word: &str) -> u64 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0].trim_start_matches('(') == word)
+        .filter_map(|w| w[1].trim_end_matches(',').parse::<u64>().ok())
+        .sum()
 }
 
 /// Deletes the namespaces of test processes that no longer run (killed before their drop).
