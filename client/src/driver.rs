@@ -159,7 +159,7 @@ impl Driver {
             idle: self.idle.auto.is_some(),
             message: self.message.clone(),
             visibility: app_list(&self.visibility).unwrap_or_default(),
-            heartbeat_ms: u32::try_from(self.options.heartbeat.as_millis()).unwrap_or(u32::MAX),
+            heartbeat_ms: u32::try_from(self.options.requested_heartbeat().as_millis()).unwrap_or(u32::MAX),
             status_seq: self.seq,
         }
     }
@@ -320,6 +320,10 @@ impl Driver {
                         after,
                         was_up: true,
                     });
+                }
+                ClientEvent::HeartbeatAdapted { interval, proven, cause } => {
+                    debug!(?interval, ?proven, ?cause, "heartbeat adapted");
+                    Event::HeartbeatAdapted { interval, proven, cause }
                 }
                 ClientEvent::Closed(close) => return Some(classify(Some(close.code), close.reason, *up)),
                 other => {

@@ -34,6 +34,7 @@ pub mod transport;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use presence_protocol::{AdaptCause, AdaptiveHeartbeat};
 use presence_protocol::{CancelReason, ErrorCode, Response, Status};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -52,6 +53,16 @@ pub enum Event {
         zero_rtt: bool,
         /// The heartbeat interval the server holds the device to.
         heartbeat: Duration,
+    },
+    /// The adaptive heartbeat ([`ClientOptions::adaptive_heartbeat`]) learned something
+    /// about the path's NAT and now heartbeats every `interval`.
+    HeartbeatAdapted {
+        /// The heartbeat interval now in force.
+        interval: Duration,
+        /// The longest silence the path's NAT binding is proven to survive.
+        proven: Duration,
+        /// What it learned.
+        cause: AdaptCause,
     },
     /// The session went down; the client reconnects after `retry_in` unless it is `None`.
     Down {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use presence_client::{Client, ClientOptions, Event, IdlePolicy, transport};
+use presence_client::{AdaptCause, AdaptiveHeartbeat, Client, ClientOptions, Event, IdlePolicy, transport};
 use presence_protocol::Status;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -51,9 +51,22 @@ struct ConnectArgs {
     /// An app allowed to see this device's presence; repeat for several.
     #[arg(long = "allow")]
     allow: Vec<String>,
-    /// Heartbeat interval in seconds.
+    /// Heartbeat interval in seconds (with `--adaptive-heartbeat`: unused).
     #[arg(long, default_value_t = 25)]
     heartbeat: u64,
+    /// Learn the longest heartbeat interval the path's NAT allows, between
+    /// `--heartbeat-min` and `--heartbeat-max`, with delayed echoes from the daemon.
+    #[arg(long)]
+    adaptive_heartbeat: bool,
+    /// Adaptive heartbeat: the shortest interval in seconds, used without proof.
+    #[arg(long, default_value_t = AdaptiveHeartbeat::DEFAULT_MIN.as_secs(), requires = "adaptive_heartbeat")]
+    heartbeat_min: u64,
+    /// Adaptive heartbeat: the longest interval in seconds, asked for in the Hello.
+    #[arg(long, default_value_t = AdaptiveHeartbeat::DEFAULT_MAX.as_secs(), requires = "adaptive_heartbeat")]
+    heartbeat_max: u64,
+    /// Adaptive heartbeat: seconds a learned interval is kept before probing again.
+    #[arg(long, default_value_t = AdaptiveHeartbeat::DEFAULT_REPROBE_AFTER.as_secs(), requires = "adaptive_heartbeat")]
+    heartbeat_reprobe: u64,
     /// Turn away after this many idle seconds (no `active` command).
     #[arg(long)]
     away_after: Option<u64>,
@@ -90,6 +103,17 @@ async fn connect(args: ConnectArgs) -> Result<ExitCode> {
     options.message = args.message;
     options.visibility = args.allow;
     options.heartbeat = Duration::from_secs(args.heartbeat);
+    if args.adaptive_heartbeat {
+        if args.heartbeat_min == 0 || args.heartbeat_min > args.heartbeat_max {
+            bail!("--heartbeat-min must be at least 1 and at most --heartbeat-max");
+        }
+        options.adaptive_heartbeat(AdaptiveHeartbeat {
+            min: Duration::from_secs(args.heartbeat_min),
+            max: Duration::from_secs(args.heartbeat_max),
+            reprobe_after: Duration::from_secs(args.heartbeat_reprobe),
+            ..AdaptiveHeartbeat::default()
+        });
+    }
     options.idle = IdlePolicy {
         away_after: args.away_after.map(Duration::from_secs),
         offline_after: args.offline_after.map(Duration::from_secs),
@@ -218,6 +242,22 @@ impl Printer {
                 json!({"status": status.as_str(), "idle": idle}),
                 &format!("status now {status}{}", if *idle { " (idle)" } else { "" }),
             ),
+            Event::HeartbeatAdapted { interval, proven, cause } => {
+                let (what, delay) = match cause {
+                    AdaptCause::Echoed { delay } => ("echoed", Some(*delay)),
+                    AdaptCause::Missed { delay } => ("missed", Some(*delay)),
+                    AdaptCause::PathChanged => ("path_changed", None),
+                    AdaptCause::Settled => ("settled", None),
+                    _ => ("other", None),
+                };
+                self.line(
+                    "heartbeat",
+                    json!({"interval_ms": interval.as_millis() as u64, "proven_ms": proven.as_millis() as u64,
+                        "cause": what, "delay_ms": delay.map(|d| d.as_millis() as u64)}),
+                    &format!("heartbeat every {interval:.1?} (proven {proven:?}; {what}{})",
+                        delay.map(|d| format!(" after {d:?}")).unwrap_or_default()),
+                )
+            }
             other => self.line("other", json!({"debug": format!("{other:?}")}), &format!("{other:?}")),
         }
     }

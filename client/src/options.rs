@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use presence_protocol::{ClientConfig, Status};
+use presence_protocol::{AdaptiveHeartbeat, ClientConfig, Status};
 use rustls::pki_types::CertificateDer;
 
 /// Default heartbeat interval. Mobile NATs may drop UDP bindings after 30 s of silence;
@@ -31,13 +31,15 @@ pub struct ClientOptions {
     pub message: String,
     /// Apps allowed to see this device's presence. Default none.
     pub visibility: Vec<String>,
-    /// The heartbeat interval asked for. Default [`DEFAULT_HEARTBEAT`].
+    /// The heartbeat interval asked for. Default [`DEFAULT_HEARTBEAT`]. Unused with
+    /// [`adaptive_heartbeat`](Self::adaptive_heartbeat), which asks for its `max`.
     pub heartbeat: Duration,
     /// When to turn away and offline by itself. Default: never.
     pub idle: IdlePolicy,
     /// Reconnect backoff.
     pub backoff: Backoff,
-    /// Session settings (handshake timeout, status retransmission).
+    /// Session settings (handshake timeout, status retransmission, and the adaptive
+    /// heartbeat in `session.adaptive`: see [`ClientOptions::adaptive_heartbeat`]).
     pub session: ClientConfig,
     /// Local address to bind. Default `0.0.0.0:0` (or `[::]:0` for an IPv6 server).
     pub bind: Option<SocketAddr>,
@@ -61,6 +63,24 @@ impl ClientOptions {
             session: ClientConfig::default(),
             bind: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// Learns the longest heartbeat interval the path's NAT allows, within `bounds`, instead
+    /// of heartbeating every [`heartbeat`](Self::heartbeat): fewer radio wake-ups wherever
+    /// the NAT keeps bindings longer than the fixed interval, and a fall-back to
+    /// `bounds.min` as soon as a push could have been lost. Needs a daemon that answers
+    /// probes (PROTOCOL.md §8.4); against an older one the device heartbeats at `bounds.min`.
+    pub fn adaptive_heartbeat(&mut self, bounds: AdaptiveHeartbeat) -> &mut Self {
+        self.session.adaptive = Some(bounds);
+        self
+    }
+
+    /// The interval the `Hello` asks for: the adaptive heartbeat's upper bound when it is
+    /// on (the server then holds the device to no more), else the fixed interval.
+    pub(crate) fn requested_heartbeat(&self) -> Duration {
+        self.session.adaptive.as_ref().map_or(self.heartbeat, |adaptive| adaptive.max)
     }
 }
 

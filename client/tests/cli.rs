@@ -78,3 +78,54 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     assert_eq!(offline.status, Status::Offline, "a clean quit is offline at once");
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn adaptive_heartbeat_flags_learn_up_to_the_bound_and_print_heartbeat_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(SettingsLayer::dev_loopback(dir.path()).resolve().expect("settings"))
+        .await
+        .expect("daemon");
+    let info = daemon.dev_info.clone().expect("dev info");
+    let signer = presenced::credentials::dev_signer(dir.path()).expect("signer");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let token = signer.mint("alice", "laptop", now, 600);
+
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_presence"))
+        .args(["connect", "--json", "--adaptive-heartbeat", "--heartbeat-min", "1", "--heartbeat-max", "4"])
+        .arg("--server")
+        .arg(info.quic.to_string())
+        .arg("--ca")
+        .arg(&info.ca_cert)
+        .arg("--token")
+        .arg(&token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn presence");
+    let mut lines = BufReader::new(cli.stdout.take().expect("stdout")).lines();
+    let mut next_line = async || -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("line in time").expect("read");
+        serde_json::from_str(&line.expect("a line")).expect("JSON line")
+    };
+
+    let up = next_line().await;
+    assert_eq!(up["event"], "up", "{up}");
+    // The Hello asked for the upper bound; the daemon raised it to its 5 s minimum.
+    assert_eq!(up["heartbeat_ms"], 5_000);
+    // On loopback every echo arrives: 2 s, 3 s, then the 4 s bound, where it settles.
+    let mut proven = Vec::new();
+    let settled = loop {
+        let line = next_line().await;
+        assert_eq!(line["event"], "heartbeat", "{line}");
+        match line["cause"].as_str() {
+            Some("echoed") => proven.push(line["delay_ms"].as_u64().expect("delay")),
+            Some("settled") => break line,
+            _ => panic!("unexpected {line}"),
+        }
+    };
+    assert_eq!(proven, [2_000, 3_000, 4_000]);
+    assert_eq!((settled["proven_ms"].as_u64(), settled["interval_ms"].as_u64()), (Some(4_000), Some(3_600)));
+    drop(cli);
+    daemon.shutdown().await;
+}

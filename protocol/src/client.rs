@@ -8,12 +8,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+pub use crate::adaptive::{AdaptCause, AdaptiveHeartbeat};
+use crate::adaptive::{Adaptive, Beat};
 use crate::error::ErrorCode;
 use crate::frame::{Decoded, FrameDecoder};
 use crate::limits::{MAX_HEARTBEAT, MIN_HEARTBEAT};
 use crate::message::*;
-use crate::ping::{Ping, PingKind};
-use crate::session::{Close, SessionError, Transmit, error_message, queue_frame, queue_ping};
+use crate::ping::{EchoKind, EchoPing, Ping, PingKind};
+use crate::session::{Close, SessionError, Transmit, error_message, queue_echo, queue_frame, queue_ping};
 
 /// Device-side session settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,10 @@ pub struct ClientConfig {
     /// Datagram tries of a status change (the first send included) before it goes on the
     /// control stream instead. Default 3.
     pub status_datagram_tries: u8,
+    /// Learn the longest heartbeat interval the path's NAT allows, within these bounds,
+    /// instead of heartbeating at the server's interval. Ask for `max` in `Hello`. Default
+    /// off: a fixed interval.
+    pub adaptive: Option<AdaptiveHeartbeat>,
 }
 
 impl Default for ClientConfig {
@@ -34,6 +40,7 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(10),
             status_retransmit: Duration::from_secs(1),
             status_datagram_tries: 3,
+            adaptive: None,
         }
     }
 }
@@ -63,6 +70,15 @@ pub enum ClientEvent {
     NotificationExpired {
         /// The notification's id.
         id: u64,
+    },
+    /// The adaptive heartbeat changed its interval or its proof.
+    HeartbeatAdapted {
+        /// The heartbeat interval now in force.
+        interval: Duration,
+        /// The longest silence proven survivable on this path.
+        proven: Duration,
+        /// What it learned.
+        cause: AdaptCause,
     },
     /// The server is draining: reconnect after `retry_after_ms`.
     GoAway(GoAway),
@@ -110,6 +126,8 @@ pub struct ClientSession {
     /// The sequence number the server knows (from `Hello`) until the session is active.
     announced_seq: u8,
     change: Option<PendingChange>,
+    /// The adaptive heartbeat's learning, once welcomed with it configured.
+    adaptive: Option<Adaptive>,
     /// Notifications shown and when each expires.
     shown: Vec<(u64, Instant)>,
     events: VecDeque<ClientEvent>,
@@ -135,6 +153,7 @@ impl ClientSession {
             seq: hello.status_seq,
             announced_seq: hello.status_seq,
             change: None,
+            adaptive: None,
             shown: Vec::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -149,15 +168,23 @@ impl ClientSession {
             match self.decoder.decode(&mut data) {
                 Ok(None) => return,
                 Ok(Some(Decoded::Unknown { .. })) => {}
-                Ok(Some(Decoded::Message(message))) => self.handle_message(now, message),
+                Ok(Some(Decoded::Message(message))) => {
+                    if let Some(adaptive) = &mut self.adaptive {
+                        adaptive.interrupted();
+                    }
+                    self.handle_message(now, message);
+                }
                 Err(error) => self.close_with(error.code(), &error.to_string()),
             }
         }
     }
 
-    /// A DATAGRAM frame's payload; anything but an acknowledgement is ignored.
-    pub fn handle_datagram(&mut self, _now: Instant, payload: &[u8]) {
+    /// A DATAGRAM frame's payload; anything but an acknowledgement or an echo is ignored.
+    pub fn handle_datagram(&mut self, now: Instant, payload: &[u8]) {
         let Ok(ping) = Ping::decode(payload) else {
+            if let Ok(echo) = EchoPing::decode(payload) {
+                self.handle_echo(now, echo);
+            }
             return;
         };
         if ping.kind == PingKind::Ack && ping.seq == self.seq && self.change.is_some() {
@@ -183,8 +210,14 @@ impl ClientSession {
                         self.send_status_frame();
                     }
                 }
-                if now >= self.next_heartbeat {
+                let missed = self.adaptive.as_mut().and_then(|adaptive| adaptive.check_deadline(now));
+                if let Some(cause) = missed {
+                    // The binding may be gone: open it again at once, at the safe interval.
+                    self.adapted(cause);
                     self.send_ping(now, false);
+                }
+                if now >= self.next_heartbeat {
+                    self.beat(now);
                 }
                 let events = &mut self.events;
                 self.shown.retain(|&(id, expiry)| {
@@ -307,7 +340,8 @@ impl ClientSession {
         self.change.is_some()
     }
 
-    /// The heartbeat interval in force (the server's answer once welcomed).
+    /// The heartbeat interval in force: the server's answer once welcomed, or what the
+    /// adaptive heartbeat learned.
     pub fn heartbeat(&self) -> Duration {
         self.heartbeat
     }
@@ -325,8 +359,69 @@ impl ClientSession {
     fn send_ping(&mut self, now: Instant, ack_requested: bool) {
         let ping = Ping { ack_requested, ..Ping::heartbeat(self.status, self.idle, self.seq) };
         queue_ping(&mut self.transmits, ping);
+        if let Some(adaptive) = &mut self.adaptive {
+            adaptive.sent(now);
+        }
         // Any ping proves liveness: the next heartbeat is due one interval after it.
         self.next_heartbeat = now + self.heartbeat;
+    }
+
+    /// The heartbeat timer fired: a heartbeat, or a probe when the adaptive heartbeat is
+    /// learning (then nothing more until the echo or its deadline).
+    fn beat(&mut self, now: Instant) {
+        let Some(adaptive) = &mut self.adaptive else {
+            return self.send_ping(now, false);
+        };
+        match adaptive.beat(now) {
+            Beat::Heartbeat => {
+                queue_ping(&mut self.transmits, Ping::heartbeat(self.status, self.idle, self.seq));
+                self.next_heartbeat = now + self.heartbeat;
+                if adaptive.take_settled() {
+                    self.adapted(AdaptCause::Settled);
+                }
+            }
+            Beat::Probe { delay_secs, with_heartbeat } => {
+                if with_heartbeat {
+                    queue_ping(&mut self.transmits, Ping::heartbeat(self.status, self.idle, self.seq));
+                }
+                let probe = EchoPing {
+                    kind: EchoKind::Probe,
+                    status: self.status,
+                    idle: self.idle,
+                    seq: self.seq,
+                    delay_secs,
+                };
+                queue_echo(&mut self.transmits, probe);
+                self.next_heartbeat = adaptive.probe_deadline().unwrap_or(now + self.heartbeat);
+            }
+        }
+    }
+
+    fn handle_echo(&mut self, now: Instant, echo: EchoPing) {
+        if echo.kind != EchoKind::Echo || self.phase != Phase::Active {
+            return;
+        }
+        let Some(cause) = self.adaptive.as_mut().and_then(|adaptive| adaptive.echoed(now, echo.delay_secs))
+        else {
+            return;
+        };
+        self.adapted(cause);
+        if matches!(cause, AdaptCause::Echoed { .. }) {
+            // The radio is awake for the echo: the next beat (a probe, or the heartbeat
+            // that the server's liveness timer counts on) goes now.
+            self.beat(now);
+        } else {
+            self.next_heartbeat = self.next_heartbeat.min(now + self.heartbeat);
+        }
+    }
+
+    /// Takes the adaptive heartbeat's new interval and tells the application.
+    fn adapted(&mut self, cause: AdaptCause) {
+        if let Some(adaptive) = &self.adaptive {
+            self.heartbeat = adaptive.interval();
+            let (interval, proven) = (self.heartbeat, adaptive.proven());
+            self.events.push_back(ClientEvent::HeartbeatAdapted { interval, proven, cause });
+        }
     }
 
     fn send_change_ping(&mut self, now: Instant, tries: u8) {
@@ -354,6 +449,9 @@ impl ClientSession {
 
     fn send(&mut self, message: Message) -> Result<(), SessionError> {
         self.expect_active()?;
+        if let Some(adaptive) = &mut self.adaptive {
+            adaptive.interrupted();
+        }
         queue_frame(&mut self.transmits, &message);
         Ok(())
     }
@@ -416,6 +514,11 @@ impl ClientSession {
         }
         self.phase = Phase::Active;
         self.heartbeat = heartbeat;
+        if let Some(config) = self.config.adaptive.clone() {
+            let adaptive = Adaptive::new(config, heartbeat, now);
+            self.heartbeat = adaptive.interval();
+            self.adaptive = Some(adaptive);
+        }
         self.next_heartbeat = now + self.heartbeat;
         self.events.push_back(ClientEvent::Welcome(welcome));
         if self.seq != self.announced_seq {

@@ -19,7 +19,8 @@
 //! - [`message`]: the message types and their kind numbers; [`error`]: error codes and errors.
 //! - [`frame`] and [`ping`]: the codecs. Both are total: any bytes give a value or an error.
 //! - [`server`] and [`client`]: the two session state machines; the server's per-session
-//!   rate limits are token buckets on the caller's clock.
+//!   rate limits are token buckets on the caller's clock, and the client's adaptive
+//!   heartbeat ([`AdaptiveHeartbeat`]) learns how long the path's NAT keeps a silent binding.
 //!
 //! ## Sans-IO
 //!
@@ -64,6 +65,7 @@
 
 #![forbid(unsafe_code)]
 
+mod adaptive;
 pub mod bounded;
 pub mod client;
 pub mod error;
@@ -76,10 +78,10 @@ pub mod server;
 mod session;
 
 pub use bounded::{LimitError, List, Text};
-pub use client::{ClientConfig, ClientEvent, ClientSession};
+pub use client::{AdaptCause, AdaptiveHeartbeat, ClientConfig, ClientEvent, ClientSession};
 pub use error::{DecodeError, EncodeError, ErrorCode};
 pub use frame::{Decoded, FrameDecoder, decode_body, encode_body, encode_frame};
 pub use message::*;
-pub use ping::{PING_LEN, Ping, PingKind, seq_newer};
+pub use ping::{ECHO_LEN, EchoKind, EchoPing, PING_LEN, Ping, PingKind, seq_newer};
 pub use server::{Accept, ServerConfig, ServerEvent, ServerSession};
 pub use session::{Close, SessionError, Transmit};

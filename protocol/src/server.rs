@@ -14,9 +14,9 @@ use crate::error::ErrorCode;
 use crate::frame::{Decoded, FrameDecoder};
 use crate::limits::{MAX_HEARTBEAT, MAX_MESSAGE_LEN, MIN_HEARTBEAT};
 use crate::message::*;
-use crate::ping::{Ping, PingKind, seq_newer};
+use crate::ping::{EchoKind, EchoPing, Ping, PingKind, seq_newer};
 use crate::rate::{RateLimit, Verdict};
-use crate::session::{Close, SessionError, Transmit, error_message, queue_frame, queue_ping};
+use crate::session::{Close, SessionError, Transmit, error_message, queue_echo, queue_frame, queue_ping};
 
 /// Server-side session settings, shared by all sessions of a daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +163,9 @@ pub struct ServerSession {
     seq: u8,
     /// Pending notifications and when each becomes missed.
     pending: Vec<(u64, Instant)>,
+    /// The echo a `Probe` asked for and when it is due; a newer probe replaces it, so a
+    /// device can never make the server hold more than one.
+    echo: Option<(Instant, EchoPing)>,
     bad_datagrams: u64,
     /// Well-formed pings dropped over the ping rate.
     limited_datagrams: u64,
@@ -193,6 +196,7 @@ impl ServerSession {
             message: StatusText::default(),
             seq: 0,
             pending: Vec::new(),
+            echo: None,
             bad_datagrams: 0,
             events: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -230,45 +234,55 @@ impl ServerSession {
             self.bad_datagrams += 1;
             return;
         }
-        let ping = match Ping::decode(payload) {
-            Ok(ping) if ping.kind == PingKind::Heartbeat => ping,
-            _ => {
-                self.bad_datagrams += 1;
-                return;
+        match Ping::decode(payload) {
+            Ok(ping) if ping.kind == PingKind::Heartbeat => {
+                if !self.ping_allowed(now) {
+                    return;
+                }
+                self.heard(now);
+                self.apply_ping_state(ping.status, ping.idle, ping.seq);
+                if ping.ack_requested {
+                    let ack = Ping {
+                        kind: PingKind::Ack,
+                        status: self.status,
+                        idle: self.idle,
+                        ack_requested: false,
+                        seq: ping.seq,
+                    };
+                    queue_ping(&mut self.transmits, ack);
+                }
             }
+            _ => match EchoPing::decode(payload) {
+                Ok(probe) if probe.kind == EchoKind::Probe && self.probe_delay_allowed(probe.delay_secs) => {
+                    if !self.ping_allowed(now) {
+                        return;
+                    }
+                    // A probe is a heartbeat that also asks for an echo.
+                    self.heard(now);
+                    self.apply_ping_state(probe.status, probe.idle, probe.seq);
+                    let due = now + Duration::from_secs(u64::from(probe.delay_secs));
+                    self.echo = Some((due, probe));
+                }
+                _ => self.bad_datagrams += 1,
+            },
+        }
+    }
+
+    /// The driver saw the device's address change (its NAT binding was lost and renewed,
+    /// or it moved to another network): tells the device at once with an unsolicited
+    /// `Echo` of delay 0, so that it stops trusting the heartbeat interval it learned.
+    pub fn handle_path_change(&mut self) {
+        if self.phase != Phase::Active {
+            return;
+        }
+        let notice = EchoPing {
+            kind: EchoKind::Echo,
+            status: self.status,
+            idle: self.idle,
+            seq: self.seq,
+            delay_secs: 0,
         };
-        match self.pings.take(now) {
-            Verdict::Allowed => {}
-            Verdict::Dropped => {
-                self.limited_datagrams += 1;
-                return;
-            }
-            Verdict::Abusive => {
-                self.limited_datagrams += 1;
-                return self.close(ErrorCode::RATE_LIMITED, "pings over the rate limit");
-            }
-        }
-        self.heard(now);
-        if seq_newer(ping.seq, self.seq) {
-            self.seq = ping.seq;
-            self.status = ping.status;
-            self.idle = ping.idle;
-            self.events.push_back(ServerEvent::StatusChanged {
-                status: ping.status,
-                idle: ping.idle,
-                message: None,
-            });
-        }
-        if ping.ack_requested {
-            let ack = Ping {
-                kind: PingKind::Ack,
-                status: self.status,
-                idle: self.idle,
-                ack_requested: false,
-                seq: ping.seq,
-            };
-            queue_ping(&mut self.transmits, ack);
-        }
+        queue_echo(&mut self.transmits, notice);
     }
 
     /// Runs every timer that is due at `now`.
@@ -283,6 +297,12 @@ impl ServerSession {
                 if self.token_deadline.is_some_and(|deadline| now >= deadline) {
                     self.close(ErrorCode::TOKEN_EXPIRED, "device token expired without reauth");
                     return;
+                }
+                if let Some((_, probe)) = self.echo.filter(|&(due, _)| now >= due) {
+                    self.echo = None;
+                    let echo =
+                        EchoPing { kind: EchoKind::Echo, status: self.status, idle: self.idle, ..probe };
+                    queue_echo(&mut self.transmits, echo);
                 }
                 if !self.silent && now >= self.liveness_deadline() {
                     self.silent = true;
@@ -308,7 +328,8 @@ impl ServerSession {
             Phase::Active => {
                 let liveness = (!self.silent).then(|| self.liveness_deadline());
                 let expiry = self.pending.iter().map(|&(_, expiry)| expiry).min();
-                [liveness, self.token_deadline, expiry].into_iter().flatten().min()
+                let echo = self.echo.map(|(due, _)| due);
+                [liveness, self.token_deadline, expiry, echo].into_iter().flatten().min()
             }
             Phase::Closed => None,
         }
@@ -438,6 +459,40 @@ impl ServerSession {
         self.limited_datagrams
     }
 
+    /// Counts a well-formed ping (heartbeat or probe) against the ping rate: false when it
+    /// must be dropped. Sustained abuse closes the session with `RATE_LIMITED`.
+    fn ping_allowed(&mut self, now: Instant) -> bool {
+        match self.pings.take(now) {
+            Verdict::Allowed => true,
+            Verdict::Dropped => {
+                self.limited_datagrams += 1;
+                false
+            }
+            Verdict::Abusive => {
+                self.limited_datagrams += 1;
+                self.close(ErrorCode::RATE_LIMITED, "pings over the rate limit");
+                false
+            }
+        }
+    }
+
+    /// A probe may ask for a delay of 1 s up to the longest heartbeat interval: a longer
+    /// wait could not prove anything the session uses, and 0 is the path-change notice.
+    fn probe_delay_allowed(&self, delay_secs: u16) -> bool {
+        delay_secs > 0 && Duration::from_secs(u64::from(delay_secs)) <= self.config.max_heartbeat
+    }
+
+    /// A heartbeat or probe states the device's whole ping state: applied when its seq is
+    /// newer than the session's.
+    fn apply_ping_state(&mut self, status: Status, idle: bool, seq: u8) {
+        if seq_newer(seq, self.seq) {
+            self.seq = seq;
+            self.status = status;
+            self.idle = idle;
+            self.events.push_back(ServerEvent::StatusChanged { status, idle, message: None });
+        }
+    }
+
     fn liveness_deadline(&self) -> Instant {
         self.last_heard + self.heartbeat + self.config.heartbeat_grace
     }
@@ -463,6 +518,7 @@ impl ServerSession {
     fn finish(&mut self, close: Close) {
         self.phase = Phase::Closed;
         self.pending = Vec::new();
+        self.echo = None;
         self.events.push_back(ServerEvent::Closed(close));
     }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::error::ErrorCode;
 use crate::frame::encode_frame;
 use crate::message::{ErrorMessage, Message, Reason};
-use crate::ping::Ping;
+use crate::ping::{EchoPing, Ping};
 
 /// Bytes a session wants sent; the driver moves them onto the QUIC connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,11 @@ pub(crate) fn queue_frame(transmits: &mut std::collections::VecDeque<Transmit>, 
 
 /// Queues a ping datagram.
 pub(crate) fn queue_ping(transmits: &mut std::collections::VecDeque<Transmit>, ping: Ping) {
+    transmits.push_back(Transmit::Datagram(Bytes::copy_from_slice(&ping.encode())));
+}
+
+/// Queues a probe or echo datagram.
+pub(crate) fn queue_echo(transmits: &mut std::collections::VecDeque<Transmit>, ping: EchoPing) {
     transmits.push_back(Transmit::Datagram(Bytes::copy_from_slice(&ping.encode())));
 }
 

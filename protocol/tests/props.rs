@@ -877,3 +877,41 @@ fn hostile_length_prefixes_fail_fast() {
     }
     assert!(began.elapsed() < Duration::from_secs(2), "hostile lengths must not allocate or loop");
 }
+
+#[test]
+fn echo_ping_round_trips_and_every_four_byte_payload_decodes_by_the_rules() {
+    for kind in [EchoKind::Probe, EchoKind::Echo] {
+        for status in Status::ALL {
+            for idle in [false, true] {
+                for delay_secs in [0, 1, 30, 255, 256, 1800, u16::MAX] {
+                    let echo = EchoPing { kind, status, idle, seq: 9, delay_secs };
+                    let bytes = echo.encode();
+                    assert_eq!(EchoPing::decode(&bytes), Ok(echo));
+                    assert_eq!(u16::from_be_bytes([bytes[2], bytes[3]]), delay_secs);
+                    // Kinds 2 and 3 never read as a heartbeat or ack.
+                    assert!(Ping::decode(&bytes).is_err());
+                }
+            }
+        }
+    }
+    for head in 0..=u8::MAX {
+        let payload = [head, 3, 0, 20];
+        let (version, kind) = (head >> 6, head & 0b11);
+        match EchoPing::decode(&payload) {
+            Ok(echo) => {
+                assert!(version == PROTOCOL_VERSION && kind >= 2);
+                // Re-encoding clears only the ignored bit 2.
+                assert_eq!(echo.encode(), [head & !0b100, 3, 0, 20]);
+            }
+            Err(DecodeError::PingVersion { version: v }) => {
+                assert_eq!((v, version != PROTOCOL_VERSION), (version, true))
+            }
+            Err(DecodeError::PingKind { kind: k }) => assert_eq!((k, k < 2), (kind, true)),
+            Err(other) => panic!("{other:?}"),
+        }
+        for len in [0, 1, 2, 3, 5] {
+            let long = [head; 5];
+            assert_eq!(EchoPing::decode(&long[..len]), Err(DecodeError::PingLength { len }));
+        }
+    }
+}

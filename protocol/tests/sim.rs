@@ -9,6 +9,11 @@
 //! configurable fate function that may drop or delay each one. The tests play the daemon's
 //! part: they answer `ServerEvent::Hello` with `accept`, `Reauth` with `renew_token`, and
 //! send notifications.
+//!
+//! An optional [`Nat`] sits in front of the device: it drops server → device datagrams once
+//! the device has been silent longer than its timeout, and opens a binding on a new port
+//! when the device sends again (the server then sees the device's address change). Stream
+//! data is not subject to it (QUIC would retransmit it once the binding is back).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +75,24 @@ struct InFlight {
     order: u64,
     to: Side,
     transmit: Transmit,
+    /// The NAT port the packet came from (device → server) or is addressed to.
+    port: u16,
+}
+
+/// A NAT in front of the device with outbound-only refresh (RFC 4787's minimum): a binding
+/// lives `timeout` past the device's last packet; after that the NAT drops what the server
+/// sends, and the device's next packet opens a new binding on a new port.
+struct Nat {
+    timeout: Duration,
+    last_outbound: Instant,
+    /// The port of the device's current binding.
+    port: u16,
+    /// The port the server last saw the device on (where it sends).
+    server_port: u16,
+    /// Server → device datagrams the NAT dropped, with their arrival offsets.
+    dropped: Vec<Duration>,
+    /// Bindings opened after the first, with their offsets.
+    rebinds: Vec<Duration>,
 }
 
 struct Sim {
@@ -91,6 +114,7 @@ struct Sim {
     client_events: Vec<(Duration, ClientEvent)>,
     server_events: Vec<(Duration, ServerEvent)>,
     steps_at_now: u32,
+    nat: Option<Nat>,
 }
 
 const DELAY: Duration = Duration::from_millis(50);
@@ -122,7 +146,30 @@ impl Sim {
             client_events: Vec::new(),
             server_events: Vec::new(),
             steps_at_now: 0,
+            nat: None,
         }
+    }
+
+    /// Puts a NAT with this binding timeout in front of the device, from now on.
+    fn set_nat(&mut self, timeout: Duration) {
+        match &mut self.nat {
+            Some(nat) => nat.timeout = timeout,
+            None => {
+                let nat = Nat {
+                    timeout,
+                    last_outbound: self.now,
+                    port: 1,
+                    server_port: 1,
+                    dropped: Vec::new(),
+                    rebinds: Vec::new(),
+                };
+                self.nat = Some(nat);
+            }
+        }
+    }
+
+    fn nat(&self) -> &Nat {
+        self.nat.as_ref().expect("a NAT is set")
     }
 
     fn default_pair() -> Sim {
@@ -198,9 +245,22 @@ impl Sim {
             }
         };
         self.sent.push(Sent { at: t, from, datagram, bytes, fate });
+        let now = self.now;
+        let port = match &mut self.nat {
+            None => 0,
+            Some(nat) if from == Side::Client => {
+                if now - nat.last_outbound > nat.timeout {
+                    nat.port += 1;
+                    nat.rebinds.push(t);
+                }
+                nat.last_outbound = now;
+                nat.port
+            }
+            Some(nat) => nat.server_port,
+        };
         if let Some(deliver_at) = deliver_at {
             self.order += 1;
-            self.in_flight.push(InFlight { deliver_at, order: self.order, to, transmit });
+            self.in_flight.push(InFlight { deliver_at, order: self.order, to, transmit, port });
         }
     }
 
@@ -238,7 +298,29 @@ impl Sim {
                 Transmit::Datagram(bytes) => (true, bytes),
                 Transmit::Stream(bytes) => (false, bytes),
             };
-            self.delivered.push(Delivered { at: self.t(), to: packet.to });
+            let t = self.t();
+            let mut path_changed = false;
+            if let Some(nat) = &mut self.nat {
+                match packet.to {
+                    Side::Server if packet.port != nat.server_port => {
+                        nat.server_port = packet.port;
+                        path_changed = true;
+                    }
+                    Side::Client if datagram => {
+                        let alive = packet.port == nat.port && now - nat.last_outbound <= nat.timeout;
+                        if !alive {
+                            nat.dropped.push(t);
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if path_changed {
+                // What a driver does when quinn reports the peer's new address.
+                self.server.handle_path_change();
+            }
+            self.delivered.push(Delivered { at: t, to: packet.to });
             match (packet.to, datagram) {
                 (Side::Client, true) => self.client.handle_datagram(now, bytes),
                 (Side::Client, false) => self.client.handle_stream_data(now, bytes),
@@ -319,8 +401,17 @@ impl Sim {
     fn pings(&self, from: Side, since: Duration) -> Vec<(Duration, Ping, Fate)> {
         self.sent
             .iter()
-            .filter(|s| s.from == from && s.datagram && s.at >= since)
+            .filter(|s| s.from == from && s.datagram && s.at >= since && s.bytes.len() == PING_LEN)
             .map(|s| (s.at, Ping::decode(&s.bytes).expect("sessions send valid pings"), s.fate))
+            .collect()
+    }
+
+    /// Probes or echoes one side sent at or after `since`, with their send times.
+    fn echo_pings(&self, from: Side, since: Duration) -> Vec<(Duration, EchoPing)> {
+        self.sent
+            .iter()
+            .filter(|s| s.from == from && s.datagram && s.at >= since && s.bytes.len() == ECHO_LEN)
+            .map(|s| (s.at, EchoPing::decode(&s.bytes).expect("sessions send valid echo pings")))
             .collect()
     }
 
@@ -1780,4 +1871,232 @@ fn a_frame_flood_closes_as_rate_limited_and_a_steady_pace_does_not() {
     // The burst was acted on; the frame over it was not.
     let acted = sim.server_events.iter().filter(|(_, e)| matches!(e, ServerEvent::Visibility(_))).count();
     assert_eq!(acted, 5);
+}
+
+// ---------------------------------------------------------------------------------------
+// Adaptive heartbeat through a NAT
+// ---------------------------------------------------------------------------------------
+
+fn adaptive_config() -> AdaptiveHeartbeat {
+    AdaptiveHeartbeat {
+        min: secs(20),
+        max: secs(300),
+        growth_percent: 150,
+        margin_percent: 90,
+        echo_slack: secs(2),
+        resolution: secs(3),
+        reprobe_after: secs(30 * 60),
+    }
+}
+
+/// A welcomed pair whose device learns its heartbeat, behind a NAT with `timeout`.
+fn adaptive_pair(timeout: Duration) -> Sim {
+    let client = ClientConfig { adaptive: Some(adaptive_config()), ..ClientConfig::default() };
+    let mut sim = Sim::new(ServerConfig::default(), client, hello(300_000));
+    sim.set_nat(timeout);
+    sim.handshake();
+    sim
+}
+
+/// Every `HeartbeatAdapted` the device reported: (offset, interval, proven, cause).
+fn adaptations(sim: &Sim) -> Vec<(Duration, Duration, Duration, AdaptCause)> {
+    sim.client_events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            ClientEvent::HeartbeatAdapted { interval, proven, cause } => {
+                Some((*t, *interval, *proven, *cause))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn went_silent(sim: &Sim) -> bool {
+    sim.server_events.iter().any(|(_, e)| matches!(e, ServerEvent::Silent))
+}
+
+/// Device packets (pings and probes) sent in `[from, to)`, counting one per send instant
+/// (a probe and the heartbeat that goes with it share a packet).
+fn device_sends(sim: &Sim, from: Duration, to: Duration) -> usize {
+    let mut times: Vec<Duration> = sim
+        .sent
+        .iter()
+        .filter(|s| s.from == Side::Client && s.at >= from && s.at < to)
+        .map(|s| s.at)
+        .collect();
+    times.dedup();
+    times.len()
+}
+
+#[test]
+fn adaptive_heartbeat_converges_below_the_nat_timeout_and_pushes_keep_arriving() {
+    let nat_timeout = secs(60);
+    let mut sim = adaptive_pair(nat_timeout);
+    sim.run_until(secs(25 * 60));
+
+    let learned = adaptations(&sim);
+    for (t, interval, proven, cause) in &learned {
+        println!("{t:>8.1?} interval {interval:?} proven {proven:?} {cause:?}");
+    }
+    assert!(
+        learned.iter().any(|a| matches!(a.3, AdaptCause::Missed { .. })),
+        "the search overshot once at least"
+    );
+    // Only echoes prove a delay, and the NAT drops every echo past its timeout.
+    assert!(learned.iter().all(|&(_, interval, proven, _)| proven < nat_timeout && interval < nat_timeout));
+    let interval = sim.client.heartbeat();
+    assert!(
+        interval >= secs(45) && interval < nat_timeout,
+        "learned {interval:?} for a {nat_timeout:?} NAT: {learned:?}"
+    );
+    let (converged_by, _, _, last) = *learned.last().expect("adapted");
+    assert_eq!(last, AdaptCause::Settled, "the search reports that it settled");
+    assert!(converged_by < secs(15 * 60), "converged at {converged_by:?}");
+
+    // Steady state: heartbeats at the learned interval, the binding never lapses, and what
+    // the server pushes arrives.
+    let since = converged_by + secs(1);
+    sim.run_until(secs(40 * 60));
+    assert!(
+        sim.nat().dropped.iter().all(|&t| t < since),
+        "NAT drops after convergence: {:?}",
+        sim.nat().dropped
+    );
+    assert!(
+        sim.nat().rebinds.iter().all(|&t| t < since),
+        "rebinds after convergence: {:?}",
+        sim.nat().rebinds
+    );
+    let window = secs(40 * 60) - since;
+    let sends = device_sends(&sim, since, secs(40 * 60));
+    let expected = window.as_secs_f64() / interval.as_secs_f64();
+    assert!((sends as f64 - expected).abs() <= 2.0, "{sends} sends in {window:?} at {interval:?}");
+    sim.server.notify(sim.now, notify(1, 60_000)).expect("notify");
+    sim.server.handle_path_change(); // an echo datagram from the server, as a push stand-in
+    sim.run_for(secs(1));
+    assert!(sim.nat().dropped.iter().all(|&t| t < since));
+    assert!(!went_silent(&sim), "the server never lost the device");
+    // Reported for BENCHMARKS.md: against a fixed 20 s (the lower bound), the learned
+    // interval sends this many heartbeats an hour.
+    println!(
+        "NAT {nat_timeout:?}: learned {interval:?} ({:.0} heartbeats/h; fixed 20 s: 180/h)",
+        3600.0 / interval.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_shortened_nat_timeout_is_noticed_at_the_next_heartbeat_and_the_device_falls_back() {
+    let mut sim = adaptive_pair(secs(60));
+    sim.run_until(secs(20 * 60));
+    let before = sim.client.heartbeat();
+    assert!(before > secs(45), "converged first: {before:?}");
+
+    // The network now drops bindings after 25 s: the next heartbeat comes too late, opens
+    // a new binding, and the server sees the device's address change.
+    let change = sim.t();
+    sim.set_nat(secs(25));
+    assert!(sim.run_until_client_event(change + before + secs(2), |e| matches!(
+        e,
+        ClientEvent::HeartbeatAdapted { cause: AdaptCause::PathChanged, .. }
+    )));
+    let noticed = sim.t();
+    assert!(noticed - change <= before + secs(1), "noticed {:?} after the change", noticed - change);
+    assert_eq!(sim.client.heartbeat(), secs(20), "back to the lower bound at once");
+
+    // It learns the new path, staying below its timeout.
+    sim.run_until(noticed + secs(20 * 60));
+    let interval = sim.client.heartbeat();
+    assert!(interval >= secs(20) && interval < secs(25), "relearned {interval:?}");
+    let (relearned, _, _, last) = *adaptations(&sim).last().expect("adapted");
+    assert_eq!(last, AdaptCause::Settled);
+    sim.run_until(relearned + secs(10 * 60));
+    assert!(sim.nat().dropped.iter().all(|&t| t <= relearned), "{:?}", sim.nat().dropped);
+    assert!(adaptations(&sim).iter().filter(|a| a.0 >= change).all(|a| a.2 < secs(25) || a.0 < noticed));
+    assert!(!went_silent(&sim));
+}
+
+#[test]
+fn a_server_that_never_echoes_gets_heartbeats_and_the_device_stops_probing() {
+    let mut sim = adaptive_pair(secs(600));
+    // An older server: probes are reserved-kind pings to it, dropped and never echoed.
+    sim.set_fate(
+        |from, _, bytes| {
+            if from == Side::Client && bytes.len() == ECHO_LEN { Fate::Drop } else { Fate::Deliver }
+        },
+    );
+    sim.run_until(secs(30 * 60));
+
+    let probes = sim.echo_pings(Side::Client, Duration::ZERO);
+    assert_eq!(probes.len(), 3, "three unanswered probes, then none: {probes:?}");
+    // Each probe went with a plain heartbeat, in the same instant.
+    let heartbeats = sim.pings(Side::Client, Duration::ZERO);
+    for (at, _) in &probes {
+        assert!(heartbeats.iter().any(|(t, p, _)| t == at && p.kind == PingKind::Heartbeat));
+    }
+    let last_probe = probes.last().expect("probes").0;
+    let after: Vec<_> =
+        heartbeats.iter().filter(|(t, _, _)| *t > last_probe + secs(5)).map(|(t, _, _)| *t).collect();
+    assert!(after.windows(2).all(|w| w[1] - w[0] == secs(20)), "fixed at the lower bound: {after:?}");
+    assert!(!went_silent(&sim));
+}
+
+#[test]
+fn adaptive_heartbeat_on_a_lossy_link_stays_below_the_nat_timeout_and_never_goes_silent() {
+    let nat_timeout = secs(45);
+    let mut sim = adaptive_pair(nat_timeout);
+    let mut rng = XorShift(0x5eed_1234);
+    sim.set_fate(move |_, _, _| if rng.chance(15) { Fate::Drop } else { Fate::Delay(ms(rng.range(0, 150))) });
+    sim.run_until(secs(3 * 3600));
+
+    let learned = adaptations(&sim);
+    assert!(learned.iter().all(|&(_, interval, proven, _)| proven < nat_timeout && interval < nat_timeout));
+    let echoed = learned.iter().filter(|a| matches!(a.3, AdaptCause::Echoed { .. })).count();
+    assert!(echoed >= 5, "echoes still prove delays through the loss: {learned:?}");
+    let interval = sim.client.heartbeat();
+    assert!(interval > secs(20) && interval < nat_timeout, "{interval:?}");
+    assert!(!went_silent(&sim), "15% loss never made the device look offline");
+}
+
+#[test]
+fn the_server_echoes_a_probe_after_its_delay_and_drops_bad_ones() {
+    let mut sim = Sim::default_pair();
+    sim.handshake();
+    let probe = |delay_secs| EchoPing {
+        kind: EchoKind::Probe,
+        status: Status::Away,
+        idle: false,
+        seq: 1,
+        delay_secs,
+    };
+    let start = sim.t();
+    sim.send_raw(Side::Client, Transmit::Datagram(Bytes::copy_from_slice(&probe(30).encode())));
+    assert!(sim.run_until_server_event(start + secs(1), |e| matches!(e, ServerEvent::StatusChanged { .. })));
+    sim.run_until(start + secs(40));
+    let echoes = sim.echo_pings(Side::Server, start);
+    assert_eq!(echoes.len(), 1);
+    let (at, echo) = echoes[0];
+    assert_eq!(echo, EchoPing { kind: EchoKind::Echo, ..probe(30) });
+    assert_eq!(at, start + DELAY + secs(30), "sent the delay after the probe arrived");
+
+    // Delay 0 (the server's own notice), past the longest heartbeat, or an echo from the
+    // device: dropped and counted, never answered.
+    let bad = sim.server.bad_datagrams();
+    for payload in
+        [probe(0).encode(), probe(31 * 60).encode(), EchoPing { kind: EchoKind::Echo, ..probe(5) }.encode()]
+    {
+        sim.send_raw(Side::Client, Transmit::Datagram(Bytes::copy_from_slice(&payload)));
+    }
+    sim.run_for(secs(60 * 40));
+    assert_eq!(sim.server.bad_datagrams(), bad + 3);
+    assert_eq!(sim.echo_pings(Side::Server, start).len(), 1);
+    assert!(sim.server.is_active());
+
+    // A newer probe replaces a pending one: one echo, the newer delay.
+    let again = sim.t();
+    sim.send_raw(Side::Client, Transmit::Datagram(Bytes::copy_from_slice(&probe(20).encode())));
+    sim.run_for(secs(5));
+    sim.send_raw(Side::Client, Transmit::Datagram(Bytes::copy_from_slice(&probe(10).encode())));
+    sim.run_for(secs(60));
+    let echoes = sim.echo_pings(Side::Server, again);
+    assert_eq!(echoes.iter().map(|(_, e)| e.delay_secs).collect::<Vec<_>>(), vec![10]);
 }

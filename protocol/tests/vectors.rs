@@ -55,6 +55,10 @@ enum Expect {
     DatagramDecodesTo(Vec<u8>, Ping),
     /// A datagram a receiver drops (and counts).
     DatagramRejected(Vec<u8>, DecodeError),
+    /// A valid probe or echo as an encoder writes it; not a heartbeat or ack.
+    Echo(EchoPing),
+    /// Bytes of kind 2 or 3 that are no probe or echo: dropped (and counted).
+    EchoRejected(Vec<u8>, DecodeError),
 }
 
 impl Expect {
@@ -63,12 +67,14 @@ impl Expect {
         match self {
             Expect::Frame(message) => encode_frame(message).expect("every vector message encodes").to_vec(),
             Expect::Datagram(ping) => ping.encode().to_vec(),
+            Expect::Echo(echo) => echo.encode().to_vec(),
             Expect::DecodesTo(bytes, _)
             | Expect::Skipped(bytes, _)
             | Expect::Incomplete(bytes)
             | Expect::Rejected(bytes, _, _)
             | Expect::DatagramDecodesTo(bytes, _)
-            | Expect::DatagramRejected(bytes, _) => bytes.clone(),
+            | Expect::DatagramRejected(bytes, _)
+            | Expect::EchoRejected(bytes, _) => bytes.clone(),
         }
     }
 }
@@ -128,6 +134,7 @@ fn malformed(kind: &'static str, detail: postcard::Error) -> DecodeError {
 fn expectations() -> Vec<(&'static str, Expect)> {
     use Expect::*;
     let heartbeat = |status, idle, seq| Ping::heartbeat(status, idle, seq);
+    let echo = |kind, status, idle, seq, delay_secs| EchoPing { kind, status, idle, seq, delay_secs };
     let body_of = |message: &Message| encode_body(message).expect("vector message encodes");
     vec![
         // Kind 0: Hello.
@@ -428,6 +435,19 @@ fn expectations() -> Vec<(&'static str, Expect)> {
             "invalid_ping_reserved_kind_3",
             DatagramRejected(vec![0x43, 0x00], DecodeError::PingKind { kind: 3 }),
         ),
+        // Probes and echoes.
+        ("probe_online_30s", Echo(echo(EchoKind::Probe, Status::Online, false, 5, 30))),
+        ("probe_away_idle_300s", Echo(echo(EchoKind::Probe, Status::Away, true, 7, 300))),
+        ("echo_online_30s", Echo(echo(EchoKind::Echo, Status::Online, false, 5, 30))),
+        ("echo_path_changed", Echo(echo(EchoKind::Echo, Status::Online, false, 5, 0))),
+        (
+            "invalid_probe_three_bytes",
+            EchoRejected(vec![0x42, 0x05, 0x1e], DecodeError::PingLength { len: 3 }),
+        ),
+        (
+            "invalid_probe_version_2",
+            EchoRejected(vec![0x82, 0x05, 0x00, 0x1e], DecodeError::PingVersion { version: 2 }),
+        ),
     ]
 }
 
@@ -590,6 +610,19 @@ fn check(name: &str, bytes: &[u8], expect: &Expect) -> Option<u32> {
         }
         Expect::DatagramRejected(_, error) => {
             assert_eq!(Ping::decode(bytes), Err(error.clone()), "{name}");
+            None
+        }
+        Expect::Echo(echo) => {
+            assert_eq!(bytes.len(), ECHO_LEN, "{name}: a probe or echo is {ECHO_LEN} bytes");
+            assert_eq!(EchoPing::decode(bytes), Ok(*echo), "{name}");
+            // Kinds 2 and 3 are no heartbeat or ack: a receiver without them drops them.
+            let kind = bytes[0] & 0b11;
+            assert_eq!(Ping::decode(bytes), Err(DecodeError::PingKind { kind }), "{name}");
+            None
+        }
+        Expect::EchoRejected(_, error) => {
+            assert_eq!(EchoPing::decode(bytes), Err(error.clone()), "{name}");
+            assert!(Ping::decode(bytes).is_err(), "{name}");
             None
         }
     }

@@ -155,6 +155,8 @@ impl Driver<'_> {
                 remote = address;
                 self.shared.metrics.migrations.inc();
                 info!(%remote, "device migrated");
+                // Its NAT binding may have lapsed: pushes to the old address were lost.
+                self.session.handle_path_change();
             }
             self.handle_events(&handle).await;
             if !self.flush().await {

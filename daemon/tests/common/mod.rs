@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod honest;
+pub mod netns;
 pub mod process;
 pub mod receiver;
 
