@@ -12,6 +12,11 @@
 //!   change takes to reach the AppService as a webhook. BENCHMARKS.md at the repository root
 //!   has the commands and this machine's figures.
 //!
+//! - **Fan-out throughput** ([`fanout`], the `presence-fanout` binary): presence events
+//!   through the daemon's real webhook fan-out (durable redb outbox, batching, signing,
+//!   HTTPS) into a verifying receiver on loopback, in events per second with the CPU each
+//!   part used.
+//!
 //! The shared [`fixtures`] are the realistic messages and sessions the benches measure, so
 //! every bench speaks of the same "typical" traffic.
 //!
@@ -22,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fanout;
 pub mod load;
 
 pub mod fixtures {

@@ -42,13 +42,13 @@ impl Outbound {
     /// A user authorized an app; `state` lets the app link the PUID to its own account.
     pub fn grant(&self, app_id: &str, puid: &str, state: &str) {
         let event = json!({"type": "grant", "puid": puid, "state": state, "at": now_ms()});
-        self.send(app_id, format!("a:{puid}"), &event);
+        self.send(app_id, format!("a:{puid}"), event.to_string().into_bytes());
     }
 
     /// A user withdrew an app's authorization.
     pub fn revoke(&self, app_id: &str, puid: &str) {
         let event = json!({"type": "revoke", "puid": puid, "at": now_ms()});
-        self.send(app_id, format!("a:{puid}"), &event);
+        self.send(app_id, format!("a:{puid}"), event.to_string().into_bytes());
     }
 
     /// The daemon restarted after a crash: tell every app that all its users are offline
@@ -56,34 +56,41 @@ impl Outbound {
     pub fn reset_all(&self, app_ids: impl IntoIterator<Item = String>) {
         for app_id in app_ids {
             let event = json!({"type": "reset", "at": now_ms()});
-            self.send(&app_id, "r".to_owned(), &event);
+            self.send(&app_id, "r".to_owned(), event.to_string().into_bytes());
         }
     }
 
     /// A notification's outcome for one recipient.
     pub fn outcome(&self, app_id: &str, id: u64, puid: &str, outcome: &str) {
         let event = json!({"type": "notification", "id": id.to_string(), "puid": puid, "outcome": outcome, "at": now_ms()});
-        self.send(app_id, format!("n:{id}:{puid}"), &event);
+        self.send(app_id, format!("n:{id}:{puid}"), event.to_string().into_bytes());
     }
 
-    fn send(&self, app_id: &str, key: String, event: &serde_json::Value) {
+    fn send(&self, app_id: &str, key: String, event: Vec<u8>) {
         if !self.apps.exists(app_id) {
             return;
         }
-        self.fanout.publish(app_id, vec![(key, event.to_string().into_bytes())]);
+        self.fanout.publish(app_id, vec![(key, event)]);
     }
 }
 
 impl PresenceSink for Outbound {
     fn publish(&self, event: &PresenceEvent) {
-        let json = json!({
-            "type": "presence",
-            "puid": event.puid.as_str(),
-            "status": event.status.as_str(),
-            "message": event.message,
-            "seq": event.seq,
-            "at": event.at_ms,
-        });
-        self.send(&event.app_id, format!("p:{}", event.puid), &json);
+        let (key, json) = presence_event(event);
+        self.send(&event.app_id, key, json);
     }
+}
+
+/// A `presence` event's compaction key and JSON: the fan-out's per-event encoding, public
+/// so that the benches measure exactly what the daemon sends.
+pub fn presence_event(event: &PresenceEvent) -> (String, Vec<u8>) {
+    let json = json!({
+        "type": "presence",
+        "puid": event.puid.as_str(),
+        "status": event.status.as_str(),
+        "message": event.message,
+        "seq": event.seq,
+        "at": event.at_ms,
+    });
+    (format!("p:{}", event.puid), json.to_string().into_bytes())
 }
