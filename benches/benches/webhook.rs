@@ -4,6 +4,8 @@
 //!   HMAC-SHA256 and 16 bytes of base64url), paid once per (app, user) view.
 //! - `webhook_batch/encode/N`: N presence events to JSON (`outbound::presence_event`, the
 //!   daemon's own encoding) and spliced into the batch body (`fanout::batch_body`).
+//! - `webhook_batch/encode_json_value/N`: the same through a `serde_json::Value` map
+//!   (`json!`), as the daemon encoded presence events before: the same-run baseline.
 //! - `webhook_batch/sign/N`: the batch's `webhook-id` (`fanout::message_id`) and its
 //!   Standard Webhooks signature (`WebhookSecret::sign`, HMAC-SHA256 over id, timestamp and
 //!   body) for an already encoded body.
@@ -64,6 +66,28 @@ fn encode(events: &[PresenceEvent]) -> (Vec<OutboxEntry>, Vec<u8>) {
     (entries, body)
 }
 
+/// The former encoding: a `json!` map per event.
+fn encode_json_value(events: &[PresenceEvent]) -> (Vec<OutboxEntry>, Vec<u8>) {
+    let entries: Vec<OutboxEntry> = events
+        .iter()
+        .enumerate()
+        .map(|(serial, event)| {
+            let json = serde_json::json!({
+                "type": "presence",
+                "puid": event.puid.as_str(),
+                "status": event.status.as_str(),
+                "message": event.message,
+                "seq": event.seq,
+                "at": event.at_ms,
+            });
+            let event = json.to_string().into_bytes();
+            OutboxEntry { key: format!("p:{}", events[serial].puid), serial: serial as u64, event }
+        })
+        .collect();
+    let body = batch_body(APP, &entries);
+    (entries, body)
+}
+
 fn sign(secret: &WebhookSecret, entries: &[OutboxEntry], body: &[u8]) -> String {
     let id = message_id(APP, entries);
     secret.sign(&id, 1_764_400_000, body)
@@ -76,7 +100,11 @@ fn webhook_batch(c: &mut Criterion) {
         let events = events(n);
         let (entries, body) = encode(&events);
         group.throughput(Throughput::Elements(n as u64));
+        assert_eq!(encode_json_value(&events).1, body, "both encodings give the same bytes");
         group.bench_function(BenchmarkId::new("encode", n), |b| b.iter(|| encode(black_box(&events))));
+        group.bench_function(BenchmarkId::new("encode_json_value", n), |b| {
+            b.iter(|| encode_json_value(black_box(&events)))
+        });
         group.bench_function(BenchmarkId::new("sign", n), |b| {
             b.iter(|| sign(&secret, black_box(&entries), black_box(&body)))
         });

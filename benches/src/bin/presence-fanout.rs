@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use presence_bench::fanout::{self, FanoutRun};
+use presence_bench::fanout::{self, FanoutRun, StoreKind};
 
 /// Measures webhook fan-out throughput into a loopback receiver.
 #[derive(Debug, Parser)]
@@ -53,9 +53,20 @@ struct Args {
     /// temporary directory, removed afterwards].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where the outbox lives: `redb` (the daemon's) or `memory` (a diagnostic without the
+    /// durable outbox).
+    #[arg(long, value_enum, default_value = "redb")]
+    store: Store,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Store {
+    Redb,
+    Memory,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +81,10 @@ fn main() -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         fanout_threads: args.fanout_threads,
         receiver_threads: args.receiver_threads,
+        store: match args.store {
+            Store::Redb => StoreKind::Redb,
+            Store::Memory => StoreKind::Memory,
+        },
     };
     let temp = tempfile::tempdir().context("cannot create a temporary data directory")?;
     let dir = args.data_dir.unwrap_or_else(|| temp.path().to_path_buf());

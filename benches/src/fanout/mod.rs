@@ -25,6 +25,8 @@
 //! receiver and the publisher that share the machine with it. All the apps share one
 //! webhook secret, so that the one receiver verifies every delivery.
 
+pub mod memory;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +95,19 @@ pub struct FanoutRun {
     pub fanout_threads: usize,
     /// Worker threads of the receiver's runtime.
     pub receiver_threads: usize,
+    /// Where the outbox lives.
+    pub store: StoreKind,
+}
+
+/// The outbox behind the fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// The daemon's: a redb file in the data directory.
+    Redb,
+    /// [`memory::MemoryStore`], a diagnostic: what the fan-out does without the durable
+    /// outbox's cost.
+    Memory,
 }
 
 impl Default for FanoutRun {
@@ -108,6 +123,7 @@ impl Default for FanoutRun {
             timeout: Duration::from_secs(60),
             fanout_threads: 2,
             receiver_threads: 2,
+            store: StoreKind::Redb,
         }
     }
 }
@@ -129,6 +145,8 @@ pub struct CpuReport {
 /// The result of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
+    /// Where the outbox lived.
+    pub store: StoreKind,
     /// Presence changes published.
     pub published: u64,
     /// Apps, and PUIDs per app.
@@ -154,7 +172,7 @@ pub struct FanoutReport {
     pub events_per_batch: f64,
     /// CPU use per part.
     pub cpu_percent: CpuReport,
-    /// Size of the redb file at the end, bytes.
+    /// Size of the redb file at the end, bytes (0 with the memory store).
     pub store_bytes: u64,
     /// Problems the receiver saw (`webhook_signature`, `webhook_body`); empty when every
     /// delivery verified and parsed.
@@ -183,8 +201,10 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     state.set_secret(&secret)?;
 
     let store_path = data_dir.join(presenced::STORE_FILE);
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(&store_path).map_err(|e| setup("redb store", &e))?);
+    let store: Arc<dyn Store> = match config.store {
+        StoreKind::Redb => Arc::new(EmbeddedStore::open(&store_path).map_err(|e| setup("redb store", &e))?),
+        StoreKind::Memory => Arc::new(memory::MemoryStore::default()),
+    };
     let app_ids: Vec<AppId> = (0..config.apps)
         .map(|k| AppId::new(format!("app_fanout{k:04}")).map_err(|e| setup("app id", &e)))
         .collect::<Result<_, _>>()?;
@@ -258,6 +278,7 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     let cpu = |prefix: &str| percent(thread_ticks(&cpu_before, &cpu_after, prefix), seconds);
     let per_second = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
     Ok(FanoutReport {
+        store: config.store,
         published: config.events,
         apps: config.apps,
         puids_per_app: config.puids,
