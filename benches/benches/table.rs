@@ -146,7 +146,8 @@ fn default_shards() -> usize {
 
 fn variants(users: usize) -> Vec<(&'static str, Box<dyn Update>)> {
     let names = user_names(users);
-    let dash = Dash { map: names.iter().map(|u| (u.clone(), Entry::default())).collect(), users: names.clone() };
+    let dash =
+        Dash { map: names.iter().map(|u| (u.clone(), Entry::default())).collect(), users: names.clone() };
     let hasher = RandomState::new();
     let mut shards: Vec<HashMap<String, Entry>> = (0..default_shards()).map(|_| HashMap::new()).collect();
     for name in &names {
@@ -155,8 +156,10 @@ fn variants(users: usize) -> Vec<(&'static str, Box<dyn Update>)> {
     }
     let sharded =
         ShardedRwLock { shards: shards.into_iter().map(RwLock::new).collect(), hasher, users: names.clone() };
-    let single =
-        Single { map: Mutex::new(names.iter().map(|u| (u.clone(), Entry::default())).collect()), users: names };
+    let single = Single {
+        map: Mutex::new(names.iter().map(|u| (u.clone(), Entry::default())).collect()),
+        users: names,
+    };
     vec![
         ("presence_table", Box::new(Table::new(users))),
         ("dashmap", Box::new(dash)),

@@ -86,7 +86,12 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    fn peek(&self, app_id: &str, max_events: usize, max_bytes: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    fn peek(
+        &self,
+        app_id: &str,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
         let inner = self.lock();
         let Some(outbox) = inner.outboxes.get(app_id) else { return Ok(Vec::new()) };
         let mut batch = Vec::new();

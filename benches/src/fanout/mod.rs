@@ -184,12 +184,14 @@ pub struct FanoutReport {
 /// Runs one measurement in `data_dir` (created if needed; a fresh directory gives a fresh
 /// outbox). Builds its own runtimes, so call it from a plain thread, not from async code.
 pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBenchError> {
-    let setup = |what: &'static str, e: &dyn std::fmt::Display| FanoutBenchError::Setup { what, detail: e.to_string() };
+    let setup = |what: &'static str, e: &dyn std::fmt::Display| FanoutBenchError::Setup {
+        what,
+        detail: e.to_string(),
+    };
     if config.events == 0 || config.puids == 0 || config.apps == 0 {
         return Err(FanoutBenchError::Config("events, puids and apps must be at least 1"));
     }
-    let settings =
-        SettingsLayer::dev_loopback(data_dir).resolve().map_err(|e| setup("dev settings", &e))?;
+    let settings = SettingsLayer::dev_loopback(data_dir).resolve().map_err(|e| setup("dev settings", &e))?;
     let secrets = presenced::credentials::load(&settings).map_err(|e| setup("dev credentials", &e))?;
     let receiver_rt = runtime(RECEIVER, config.receiver_threads)?;
     let fanout_rt = runtime(FANOUT, config.fanout_threads)?;
@@ -289,7 +291,11 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
         seconds,
         events_per_second: per_second(delivered).round(),
         batches_per_second: (per_second(batches) * 10.0).round() / 10.0,
-        events_per_batch: if batches > 0 { (delivered as f64 / batches as f64 * 10.0).round() / 10.0 } else { 0.0 },
+        events_per_batch: if batches > 0 {
+            (delivered as f64 / batches as f64 * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
         cpu_percent: CpuReport {
             publisher: percent(publisher_ticks, seconds),
             fanout: cpu(FANOUT),
@@ -347,7 +353,6 @@ fn process_cpu() -> Result<u64, FanoutBenchError> {
         .map_err(|e| FanoutBenchError::Setup { what: "/proc/self/stat", detail: e.to_string() })?;
     cpu_ticks(&stat).ok_or(FanoutBenchError::Setup { what: "/proc/self/stat", detail: "unreadable".into() })
 }
-
 
 fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, FanoutBenchError> {
     tokio::runtime::Builder::new_multi_thread()
