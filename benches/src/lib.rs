@@ -3,7 +3,9 @@
 //! Performance measurement for Presence, in two parts.
 //!
 //! - **Micro-benchmarks** (criterion, `benches/`): the wire protocol's codecs and the
-//!   server session's per-heartbeat hot path (`benches/codec.rs`). They say what one
+//!   server session's per-heartbeat hot path (`benches/codec.rs`); presence-table updates
+//!   under two-thread contention against other maps (`benches/table.rs`); PUID derivation
+//!   and webhook batch encoding plus signing (`benches/webhook.rs`). They say what one
 //!   operation costs, in isolation.
 //! - **The load generator** ([`load`], the `presence-load` binary): many simulated devices
 //!   against a running daemon, measuring what engineers choose a presence system by:
@@ -12,8 +14,16 @@
 //!   change takes to reach the AppService as a webhook. BENCHMARKS.md at the repository root
 //!   has the commands and this machine's figures.
 //!
+//! - **Fan-out throughput** ([`fanout`], the `presence-fanout` binary): presence events
+//!   through the daemon's real webhook fan-out (durable redb outbox, batching, signing,
+//!   HTTPS) into a verifying receiver on loopback, in events per second with the CPU each
+//!   part used.
+//!
 //! The shared [`fixtures`] are the realistic messages and sessions the benches measure, so
 //! every bench speaks of the same "typical" traffic.
+//!
+//! `scripts/heartbeat-wire.sh` captures one heartbeat round trip on the wire (tcpdump on
+//! loopback) and prints its packets and bytes.
 //!
 //! Run the benches with `cargo bench -p presence-bench`; a quick pass is
 //! `cargo bench -p presence-bench --bench codec -- --warm-up-time 1 --measurement-time 2`.
@@ -22,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fanout;
 pub mod load;
 
 pub mod fixtures {

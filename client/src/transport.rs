@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_protocol::ALPN;
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
 use rustls::pki_types::CertificateDer;
 
 use crate::ClientError;
@@ -56,8 +56,19 @@ pub fn endpoint(bind: SocketAddr, roots: &[CertificateDer<'static>]) -> Result<q
 /// and accepts none, small windows and datagram buffers, no MTU discovery and no QUIC
 /// keep-alives (the heartbeat is the only periodic traffic). Public so that load tools
 /// simulate devices with exactly these settings.
+///
+/// The device also asks the daemon (ACK frequency extension, one `ACK_FREQUENCY` frame when
+/// the session opens) to acknowledge every ack-eliciting packet at once instead of after its
+/// 25 ms `max_ack_delay`. A heartbeat is alone on the path for its whole interval, so a
+/// delayed ACK never saves a packet; it only races the device's probe timeout, which on a
+/// short path is about the same 25 ms: when the ACK loses, the device sends two probe
+/// packets per heartbeat (measured on loopback, BENCHMARKS.md "Heartbeat on the wire"), and
+/// its radio stays up that much longer waiting.
 pub fn transport_config() -> TransportConfig {
+    let mut ack_frequency = AckFrequencyConfig::default();
+    ack_frequency.ack_eliciting_threshold(VarInt::from_u32(0));
     let mut transport = TransportConfig::default();
+    transport.ack_frequency_config(Some(ack_frequency));
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(0))

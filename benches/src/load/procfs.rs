@@ -69,9 +69,9 @@ pub fn read_proc(pid: u32) -> std::io::Result<ProcSample> {
     })
 }
 
-/// `utime + stime` from a `/proc/PID/stat` line. The command name (field 2) may hold spaces
-/// and parentheses, so fields are counted from the last `)`.
-fn cpu_ticks(stat: &str) -> Option<u64> {
+/// `utime + stime` from a `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) line. The command
+/// name (field 2) may hold spaces and parentheses, so fields are counted from the last `)`.
+pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state is field 3, utime field 14, stime field 15 (1-based).

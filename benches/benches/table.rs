@@ -1,0 +1,207 @@
+//! Presence-table updates under contention, against the alternatives measured in the same
+//! run.
+//!
+//! - `table_update/presence_table`: `PresenceTable::update` (dashmap underneath) flipping a
+//!   device between online and away, so every call re-aggregates, takes a sequence number
+//!   and emits an event: the whole per-change cost of the daemon's table.
+//! - `table_update/{dashmap,sharded_rwlock,mutex}`: the map alone, the same operation (find
+//!   the user's entry, flip its status, bump a counter) in the table's `DashMap`, in a
+//!   hand-sharded `RwLock<HashMap>` with as many shards as dashmap's default, and in one
+//!   `Mutex<HashMap>` (the unsharded floor).
+//!
+//! Each is run by 1 and by 2 threads over 10,000 users picked at random (spread: two
+//! threads rarely meet on a shard lock at the same instant), and by 2 threads over 16 users
+//! (hot: they keep meeting). Throughput is updates per second summed over the threads;
+//! every thread does the same number of updates and the time is until both are done.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use dashmap::DashMap;
+use presence_protocol::{AppId, Status};
+use presenced::handle::SessionHandle;
+use presenced::metrics::Metrics;
+use presenced::puid::PuidKey;
+use presenced::table::{DeviceState, PresenceTable};
+
+const DEVICE: &str = "phone";
+
+/// One user's entry in the map-only variants: what a table update touches.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    status: u8,
+    changes: u64,
+}
+
+impl Entry {
+    fn flip(&mut self) {
+        self.status ^= 1;
+        self.changes += 1;
+    }
+}
+
+/// The operation every variant performs for user `i`.
+trait Update: Sync {
+    fn update(&self, i: usize);
+}
+
+struct Table {
+    table: PresenceTable,
+    users: Vec<String>,
+}
+
+impl Table {
+    fn new(users: usize) -> Table {
+        let key = PuidKey::new(&[7; 32]).expect("32-byte secret");
+        let table = PresenceTable::new(key, Arc::new(Metrics::default()), None);
+        let app = AppId::new("app_benchmark000").expect("app id");
+        let users = user_names(users);
+        for (i, user) in users.iter().enumerate() {
+            let (handle, _commands) = SessionHandle::new(i as u64);
+            let state = DeviceState {
+                status: Status::Online,
+                idle: false,
+                message: String::new(),
+                visibility: vec![app.clone()],
+            };
+            table.connect(user, DEVICE, handle, state);
+        }
+        Table { table, users }
+    }
+}
+
+impl Update for Table {
+    fn update(&self, i: usize) {
+        self.table.update(&self.users[i], DEVICE, i as u64, |state| {
+            state.status = if state.status == Status::Online { Status::Away } else { Status::Online };
+        });
+    }
+}
+
+struct Dash {
+    map: DashMap<String, Entry>,
+    users: Vec<String>,
+}
+
+impl Update for Dash {
+    fn update(&self, i: usize) {
+        if let Some(mut entry) = self.map.get_mut(&self.users[i]) {
+            entry.flip();
+        }
+    }
+}
+
+/// A `RwLock<HashMap>` per shard, the shard picked by the key's hash (as dashmap does).
+struct ShardedRwLock {
+    shards: Vec<RwLock<HashMap<String, Entry>>>,
+    hasher: RandomState,
+    users: Vec<String>,
+}
+
+impl ShardedRwLock {
+    fn shard(&self, key: &str) -> &RwLock<HashMap<String, Entry>> {
+        let hash = self.hasher.hash_one(key) as usize;
+        &self.shards[hash % self.shards.len()]
+    }
+}
+
+impl Update for ShardedRwLock {
+    fn update(&self, i: usize) {
+        let key = &self.users[i];
+        let mut shard = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = shard.get_mut(key) {
+            entry.flip();
+        }
+    }
+}
+
+struct Single {
+    map: Mutex<HashMap<String, Entry>>,
+    users: Vec<String>,
+}
+
+impl Update for Single {
+    fn update(&self, i: usize) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = map.get_mut(&self.users[i]) {
+            entry.flip();
+        }
+    }
+}
+
+fn user_names(users: usize) -> Vec<String> {
+    (0..users).map(|i| format!("user-{i:08}")).collect()
+}
+
+/// dashmap's default shard count: four per core, rounded up to a power of two.
+fn default_shards() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 4).next_power_of_two()
+}
+
+fn variants(users: usize) -> Vec<(&'static str, Box<dyn Update>)> {
+    let names = user_names(users);
+    let dash =
+        Dash { map: names.iter().map(|u| (u.clone(), Entry::default())).collect(), users: names.clone() };
+    let hasher = RandomState::new();
+    let mut shards: Vec<HashMap<String, Entry>> = (0..default_shards()).map(|_| HashMap::new()).collect();
+    for name in &names {
+        let index = hasher.hash_one(name.as_str()) as usize % shards.len();
+        shards[index].insert(name.clone(), Entry::default());
+    }
+    let sharded =
+        ShardedRwLock { shards: shards.into_iter().map(RwLock::new).collect(), hasher, users: names.clone() };
+    let single = Single {
+        map: Mutex::new(names.iter().map(|u| (u.clone(), Entry::default())).collect()),
+        users: names,
+    };
+    vec![
+        ("presence_table", Box::new(Table::new(users))),
+        ("dashmap", Box::new(dash)),
+        ("sharded_rwlock", Box::new(sharded)),
+        ("mutex", Box::new(single)),
+    ]
+}
+
+/// `threads` threads each doing `iters` updates of random users; the wall time until all
+/// are done.
+fn run(variant: &dyn Update, users: usize, threads: usize, iters: u64) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t as u64 + 1);
+                barrier.wait();
+                for _ in 0..iters {
+                    variant.update(black_box(rng.usize(..users)));
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn table_update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("table_update");
+    for (users, threads) in [(10_000, 1), (10_000, 2), (16, 2)] {
+        group.throughput(Throughput::Elements(threads as u64));
+        for (name, variant) in variants(users) {
+            let id = BenchmarkId::new(name, format!("{users}_users_{threads}_threads"));
+            group.bench_function(id, |b| b.iter_custom(|iters| run(variant.as_ref(), users, threads, iters)));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, table_update);
+criterion_main!(benches);
