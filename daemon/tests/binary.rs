@@ -3,8 +3,10 @@
 
 mod common;
 
-use common::process::*;
+#[path = "common/process.rs"]
+mod process;
 use common::receiver::Receiver;
+use process::*;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -23,12 +23,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::process::*;
+#[path = "common/process.rs"]
+mod process;
 use common::receiver::Receiver;
 use common::*;
 use presence_client::{Client, ClientError, ClientOptions, Event, transport};
 use presence_protocol::{ErrorCode, Status};
 use presenced::credentials::{DevInfo, dev_signer};
+use process::*;
 
 const LIBFAKETIME: [&str; 3] = [
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",

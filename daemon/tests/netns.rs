@@ -15,8 +15,10 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use common::netns::{Impairment, Net, SERVER_ADDR, skip};
+#[path = "common/netns.rs"]
+mod netns;
 use common::receiver::Receiver;
+use netns::{Impairment, Net, SERVER_ADDR, skip};
 use presence_client::{AdaptCause, AdaptiveHeartbeat, Client, ClientOptions, Event, transport};
 use presence_protocol::Status;
 use presenced::credentials::DevInfo;

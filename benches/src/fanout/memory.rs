@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use presenced::store::{AppRecord, OutboxEntry, Store, StoreError};
+use presenced::store::{AppRecord, OutboxEntry, SessionChange, Store, StoreError, StoredSession};
 
 /// The in-memory store.
 #[derive(Debug, Default)]
@@ -23,6 +23,9 @@ struct Inner {
     serial: u64,
     notifications: BTreeMap<u64, Vec<u8>>,
     running: bool,
+    seq_floor: u64,
+    /// TLS sessions by ticket.
+    sessions: BTreeMap<Vec<u8>, StoredSession>,
 }
 
 #[derive(Debug, Default)]
@@ -146,5 +149,37 @@ impl Store for MemoryStore {
     fn end_run(&self) -> Result<(), StoreError> {
         self.lock().running = false;
         Ok(())
+    }
+
+    fn seq_floor(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().seq_floor)
+    }
+
+    fn set_seq_floor(&self, seq: u64) -> Result<(), StoreError> {
+        self.lock().seq_floor = seq;
+        Ok(())
+    }
+
+    fn save_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for change in changes {
+            match change {
+                SessionChange::Put(session) => {
+                    inner.sessions.insert(session.key.clone(), session.clone());
+                }
+                SessionChange::Remove(key) => {
+                    inner.sessions.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_sessions(&self, since_secs: u64) -> Result<Vec<StoredSession>, StoreError> {
+        let mut inner = self.lock();
+        inner.sessions.retain(|_, session| session.created_secs >= since_secs);
+        let mut sessions: Vec<StoredSession> = inner.sessions.values().cloned().collect();
+        sessions.sort_by_key(|session| session.created_secs);
+        Ok(sessions)
     }
 }

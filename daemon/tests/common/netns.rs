@@ -17,6 +17,8 @@
 //! constructors say why and the test prints a `SKIPPED` line on the terminal (past the test
 //! harness's capture) and returns.
 
+#![allow(dead_code, unreachable_pub)]
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;

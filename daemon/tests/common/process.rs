@@ -1,13 +1,15 @@
 //! The `presenced` binary as a child process: start it in dev mode, mint tokens with its
 //! CLI, stop it with SIGTERM (or `kill -9` through [`Child::kill`]).
 
+#![allow(dead_code, unreachable_pub)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use presenced::credentials::DevInfo;
 
-use super::WAIT;
+use crate::common::WAIT;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_presenced");
 
