@@ -90,6 +90,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
+    api: axum::Router,
 }
 
 impl Daemon {
@@ -159,7 +160,7 @@ impl Daemon {
             admin_remote: settings.admin_remote,
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(http::serve(listener, Arc::new(tls), router, shutdown_rx)));
+        tasks.push(tokio::spawn(http::serve(listener, Arc::new(tls), router.clone(), shutdown_rx)));
         let serving = quic.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
         let dev_info = match (&settings.dev, &admin_token) {
@@ -183,6 +184,7 @@ impl Daemon {
             shutdown,
             tasks,
             drain: settings.drain,
+            api: router,
         })
     }
 
@@ -199,6 +201,14 @@ impl Daemon {
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The HTTPS API as a tower service, the same one the listener serves, without TLS or a
+    /// socket: the `api_request` fuzz target drives it with `oneshot`, many thousand
+    /// requests a second. A request reaches the admin routes only with an
+    /// [`api::Peer`] extension on a loopback address, as the listener attaches.
+    pub fn api_router(&self) -> axum::Router {
+        self.api.clone()
     }
 
     /// Sessions currently open.
