@@ -529,10 +529,12 @@ async fn every_route_is_served_as_documented() {
     let puids: Vec<String> = (0..1_001).map(|i| format!("p{i}")).collect();
     api.expect(query, key, Body::Json(json!({"puids": puids})), 422, Some("invalid_request")).await;
     api.expect(query, key, Body::Json(json!({"puids": "a"})), 422, Some("invalid_request")).await;
+    api.expect(query, key, Body::Json(json!({"puids": ["a", ""]})), 422, Some("invalid_request")).await;
     let bad_notes = [
         (json!({"to": ["a"], "title": "t", "ttl_ms": 4_999}), "ttl_out_of_range"),
         (json!({"to": ["a"], "title": "t", "ttl_ms": 600_001}), "ttl_out_of_range"),
         (json!({"to": [], "title": "t"}), "invalid_request"),
+        (json!({"to": ["a", ""], "title": "t"}), "invalid_request"),
         (json!({"to": ["a"]}), "invalid_request"),
         (json!({"to": ["a"], "title": "t".repeat(129)}), "invalid_request"),
         (json!({"to": ["a"], "title": "t", "body": "b".repeat(1_025)}), "invalid_request"),

@@ -53,6 +53,9 @@ pub(super) async fn create(
     if request.to.is_empty() || request.to.len() > MAX_RECIPIENTS {
         return Err(ApiError::invalid(format!("`to` must name 1 to {MAX_RECIPIENTS} puids")));
     }
+    if request.to.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("`to` must not hold an empty PUID"));
+    }
     let ttl = request.ttl_ms.map_or(DEFAULT_TTL, Duration::from_millis);
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
         return Err(ApiError::new(

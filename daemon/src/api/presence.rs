@@ -64,6 +64,10 @@ pub(super) async fn query(
     if query.puids.len() > MAX_QUERY {
         return Err(ApiError::invalid(format!("at most {MAX_QUERY} puids per query")));
     }
+    // No PUID is empty, and `GET /v1/presence/{puid}` cannot name one.
+    if query.puids.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("`puids` must not hold an empty PUID"));
+    }
     let presence = query.puids.into_iter().map(|puid| view(&state, &app.id, puid)).collect();
     Ok(axum::Json(QueryAnswer { presence }))
 }
