@@ -126,6 +126,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
+    api: axum::Router,
 }
 
 impl Daemon {
@@ -221,7 +222,7 @@ impl Daemon {
         tasks.push(tokio::spawn(http::serve(
             listener,
             Arc::new(tls),
-            router,
+            router.clone(),
             http_limits,
             shutdown_rx.clone(),
         )));
@@ -249,6 +250,7 @@ impl Daemon {
             shutdown,
             tasks,
             drain: settings.drain,
+            api: router,
         })
     }
 
@@ -265,6 +267,14 @@ impl Daemon {
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The HTTPS API as a tower service, the same one the listener serves, without TLS or a
+    /// socket: the `api_request` fuzz target drives it with `oneshot`, many thousand
+    /// requests a second. A request reaches the admin routes only with an
+    /// [`api::Peer`] extension on a loopback address, as the listener attaches.
+    pub fn api_router(&self) -> axum::Router {
+        self.api.clone()
     }
 
     /// Sessions currently open.

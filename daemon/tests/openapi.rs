@@ -475,6 +475,15 @@ async fn every_route_is_served_as_documented() {
     let get = format!("/v1/notifications/{id}");
     let read = api.expect(("GET", "/v1/notifications/{id}", &get), key, Body::None, 200, None).await;
     assert_eq!(read, sent);
+    // The spellings schemathesis found the document allows: a whole number with a zero
+    // fraction (JSON Schema's `integer`), and null for the optional fields.
+    let spelled = json!({"to": ["AAAAAAAAAAAAAAAAAAAAAA"], "title": "t", "ttl_ms": 5_000.0, "mode": null, "data": null});
+    let sent = api.expect(create, key, Body::Json(spelled), 201, None).await;
+    assert_eq!(sent["expires_at"].as_u64(), sent["created_at"].as_u64().map(|at| at + 5_000));
+    assert_eq!(sent["mode"], "all");
+    let defaults = json!({"to": ["AAAAAAAAAAAAAAAAAAAAAA"], "title": "t", "ttl_ms": null});
+    let sent = api.expect(create, key, Body::Json(defaults), 201, None).await;
+    assert_eq!(sent["expires_at"].as_u64(), sent["created_at"].as_u64().map(|at| at + 30_000));
 
     // Authentication failures.
     let presence = ("GET", "/v1/presence/{puid}", unknown);
@@ -525,17 +534,21 @@ async fn every_route_is_served_as_documented() {
     let not_puid = ("GET", "/v1/presence/{puid}", "/v1/presence/no-such-puid");
     api.expect(not_puid, key, Body::None, 400, Some("invalid_puid")).await;
     api.expect(query, key, Body::Json(json!({"puids": [a, "b"]})), 422, Some("invalid_puid")).await;
+    api.expect(query, key, Body::Json(json!({"puids": [a, ""]})), 422, Some("invalid_puid")).await;
     let bad_notes = [
         (json!({"to": [a, "b"], "title": "t"}), "invalid_puid"),
         (json!({"to": ["a"], "title": "t", "ttl_ms": 4_999}), "ttl_out_of_range"),
         (json!({"to": ["a"], "title": "t", "ttl_ms": 600_001}), "ttl_out_of_range"),
         (json!({"to": [], "title": "t"}), "invalid_request"),
+        (json!({"to": [a, ""], "title": "t"}), "invalid_puid"),
         (json!({"to": ["a"]}), "invalid_request"),
         (json!({"to": ["a"], "title": "t".repeat(129)}), "invalid_request"),
         (json!({"to": ["a"], "title": "t", "body": "b".repeat(1_025)}), "invalid_request"),
         (json!({"to": ["a"], "title": "t", "data": "d".repeat(4_100)}), "invalid_request"),
         (json!({"to": ["a"], "title": "t", "mode": "any"}), "invalid_request"),
         (json!({"to": ["a"], "title": "t", "ttl_ms": -1}), "invalid_request"),
+        (json!({"to": ["a"], "title": "t", "ttl_ms": 5_000.5}), "invalid_request"),
+        (json!({"to": ["a"], "title": "t", "ttl_ms": 1e300}), "ttl_out_of_range"),
     ];
     for (note, code) in bad_notes {
         api.expect(create, key, Body::Json(note), 422, Some(code)).await;

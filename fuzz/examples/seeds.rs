@@ -1,13 +1,15 @@
 //! Writes the seed corpora: `cargo run --example seeds` from `fuzz/`.
 //!
-//! Seeds are real encoded frames of every message kind, pings of every shape, and session
-//! programs that walk the paths a real session takes. The files are committed; rerun this
+//! Seeds are real encoded frames of every message kind, pings of every shape, session
+//! programs that walk the paths a real session takes, and for the daemon's decoders valid
+//! and typical invalid tokens, API request programs, webhook secrets and URLs, and config
+//! files. The files are committed; rerun this
 //! after a wire change and commit the difference.
 
 use std::fs;
 use std::path::Path;
 
-use presence_fuzz::{client, messages, server};
+use presence_fuzz::{api, client, jwt, messages, server, settings, webhook};
 use presence_protocol::{Message, Ping, PingKind, Status};
 
 fn main() -> std::io::Result<()> {
@@ -50,6 +52,11 @@ fn main() -> std::io::Result<()> {
         |seeds: Vec<(&str, Vec<u8>)>| seeds.into_iter().map(|(n, s)| (n.to_owned(), s)).collect::<Vec<_>>();
     write(&root.join("server_session"), &owned(server::seeds()))?;
     write(&root.join("client_session"), &owned(client::seeds()))?;
+    write(&root.join("jwt"), &owned(jwt::seeds()))?;
+    write(&root.join("api_request"), &owned(api::seeds()))?;
+    write(&root.join("webhook_secret"), &owned(webhook::secret_seeds()))?;
+    write(&root.join("webhook_url"), &owned(webhook::url_seeds()))?;
+    write(&root.join("settings_toml"), &owned(settings::seeds()))?;
     Ok(())
 }
 

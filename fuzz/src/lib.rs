@@ -12,17 +12,35 @@
 //!   clock moves, timers and every API call of that end), with the state machine's
 //!   guarantees checked after each step.
 //!
+//!
+//! The daemon's decoders (`presenced`), each a target of its own:
+//!
+//! - [`jwt::jwt`]: device tokens (JWT header, claims, signature) and the JWKS document.
+//! - [`api::api_request`]: programs of HTTPS API requests through the daemon's real router,
+//!   every answer checked against openapi.json.
+//! - [`webhook::webhook_secret`]: Standard Webhooks secrets and signature verification.
+//! - [`webhook::webhook_url`]: the webhook URL policy and the operator's CIDR allow-list.
+//! - [`settings::settings_toml`]: the operator's TOML configuration.
+//!
 //! Seed corpora live in `corpus/<target>/`; `cargo run --example seeds` writes them anew
 //! from [`messages::every_kind`] and the seed programs of the session targets.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod client;
 pub mod codec;
 pub mod input;
+pub mod jwt;
 pub mod messages;
 pub mod server;
+pub mod settings;
+pub mod webhook;
 
+pub use api::api_request;
 pub use client::client_session;
 pub use codec::{control_frame, ping};
+pub use jwt::jwt;
 pub use server::server_session;
+pub use settings::settings_toml;
+pub use webhook::{webhook_secret, webhook_url};

@@ -37,6 +37,52 @@ fn client_session_seeds() {
     run("client_session", presence_fuzz::client_session);
 }
 
+#[test]
+fn jwt_seeds() {
+    run("jwt", presence_fuzz::jwt);
+}
+
+#[test]
+fn api_request_seeds() {
+    run("api_request", presence_fuzz::api_request);
+}
+
+#[test]
+fn webhook_secret_seeds() {
+    run("webhook_secret", presence_fuzz::webhook_secret);
+}
+
+#[test]
+fn webhook_url_seeds() {
+    run("webhook_url", presence_fuzz::webhook_url);
+}
+
+#[test]
+fn settings_toml_seeds() {
+    run("settings_toml", presence_fuzz::settings_toml);
+}
+
+/// The API seed programs get the answers they are named for: every operation succeeds in
+/// one of them, and the bad ones are refused with the documented statuses.
+#[test]
+fn api_seeds_reach_their_answers() {
+    let expected: [(&str, &[u16]); 8] = [
+        ("operator_endpoints", &[200, 200, 200]),
+        ("presence", &[200, 200]),
+        ("notify_then_get", &[201, 200]),
+        ("admin_lifecycle", &[201, 200, 200, 200]),
+        ("admin_list_remove", &[201, 200, 204]),
+        ("bad_bodies", &[422, 422, 400, 415]),
+        ("bad_credentials", &[401, 403, 401, 401]),
+        ("bad_routes", &[405, 404, 400, 405]),
+    ];
+    for (seed, statuses) in expected {
+        let answers = presence_fuzz::api::run(&seed_bytes("api_request", seed));
+        let got: Vec<u16> = answers.iter().map(|(_, status)| *status).collect();
+        assert_eq!(got, statuses, "{seed} (stale seeds? cargo run --example seeds): {answers:?}");
+    }
+}
+
 /// The seed programs reach the states they are named for (so the fuzzer starts deep).
 #[test]
 fn session_seeds_reach_their_states() {

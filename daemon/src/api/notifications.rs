@@ -26,10 +26,26 @@ pub(super) struct Create {
     body: String,
     #[serde(default)]
     data: Option<serde_json::Value>,
-    #[serde(default)]
+    /// JSON does not tell `6000` from `6000.0` (nor does JSON Schema's `integer`), so a
+    /// whole number written with a zero fraction is accepted too.
+    #[serde(default, deserialize_with = "whole_number")]
     ttl_ms: Option<u64>,
     #[serde(default)]
     mode: Option<Mode>,
+}
+
+/// An optional non-negative whole number, with or without a zero fraction; larger than
+/// `u64::MAX` reads as `u64::MAX` (out of every range checked later).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    match (number.as_u64(), number.as_f64()) {
+        (Some(whole), _) => Ok(Some(whole)),
+        // `as` saturates: 1e300 becomes u64::MAX.
+        (None, Some(float)) if float >= 0.0 && float.fract() == 0.0 => Ok(Some(float as u64)),
+        _ => Err(serde::de::Error::custom(format!("expected a whole number of milliseconds, got {number}"))),
+    }
 }
 
 pub(super) async fn create(
