@@ -412,7 +412,7 @@ impl Call<'_> {
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let program = |calls: &[Call<'_>]| calls.iter().fold(Script::new(), |s, c| c.write(s)).build();
     let app = r#"{"name": "chat", "webhook_url": "https://example.com/hook"}"#;
-    let note = r#"{"to": ["puid-a", "puid-b"], "title": "Join?", "body": "room 4", "data": {"room": 4}, "ttl_ms": 5000, "mode": "first-accept"}"#;
+    let note = r#"{"to": ["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB"], "title": "Join?", "body": "room 4", "data": {"room": 4}, "ttl_ms": 5000, "mode": "first-accept"}"#;
     let on_app = |template, auth| Call { parameter: (0, ""), ..Call::new(template, auth, "") };
     vec![
         (
@@ -427,7 +427,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "presence",
             program(&[
                 Call { parameter: (3, "q3Rz1Y7oGk0Xv4Pw2mHk9A"), ..Call::new("/v1/presence/{puid}", 1, "") },
-                Call::new("/v1/presence/query", 1, r#"{"puids": ["a", "b", "c"]}"#),
+                Call::new(
+                    "/v1/presence/query",
+                    1,
+                    r#"{"puids": ["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB", "q3Rz1Y7oGk0Xv4Pw2mHk9A"]}"#,
+                ),
             ]),
         ),
         (
@@ -457,7 +461,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "bad_bodies",
             program(&[
-                Call::new("/v1/notifications", 1, r#"{"to": ["a"], "title": "x", "ttl_ms": 1}"#),
+                Call::new(
+                    "/v1/notifications",
+                    1,
+                    r#"{"to": ["AAAAAAAAAAAAAAAAAAAAAA"], "title": "x", "ttl_ms": 1}"#,
+                ),
                 Call::new("/v1/presence/query", 1, r#"{"puids": "a", "extra": 1}"#),
                 Call::new("/v1/notifications", 1, "{\"to\": ["),
                 Call { content_type: 1, ..Call::new("/v1/presence/query", 1, r#"{"puids": []}"#) },

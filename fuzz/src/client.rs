@@ -76,6 +76,7 @@ pub fn run(data: &[u8]) -> Outcome {
             handshake_timeout: Duration::from_secs(u64::from(input.u8())),
             status_retransmit: Duration::from_millis(u64::from(input.u16())),
             status_datagram_tries: input.u8(),
+            adaptive: adaptive(&mut input),
         };
         (config, messages::hello(&mut input))
     };
@@ -84,6 +85,22 @@ pub fn run(data: &[u8]) -> Outcome {
         harness.step(&mut input);
     }
     harness.outcome
+}
+
+/// An adaptive heartbeat with fuzzed bounds (possibly inverted or zero), or none.
+fn adaptive(input: &mut Input<'_>) -> Option<AdaptiveHeartbeat> {
+    if input.u8() % 2 == 0 {
+        return None;
+    }
+    Some(AdaptiveHeartbeat {
+        min: Duration::from_secs(u64::from(input.u8())),
+        max: Duration::from_secs(u64::from(input.u16())),
+        growth_percent: u32::from(input.u16()),
+        margin_percent: u32::from(input.u8()),
+        echo_slack: Duration::from_millis(u64::from(input.u16())),
+        resolution: Duration::from_millis(u64::from(input.u16())),
+        reprobe_after: Duration::from_secs(u64::from(input.u16())),
+    })
 }
 
 struct Harness {

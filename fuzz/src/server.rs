@@ -89,6 +89,11 @@ fn config(input: &mut Input<'_>) -> ServerConfig {
         max_heartbeat: Duration::from_secs(u64::from(input.u16())),
         max_visibility: u16::from(input.u8()),
         max_message_len: u16::from(input.u8()) * 2,
+        // Zero included: the session must treat it as the smallest limit.
+        frame_rate: u32::from(input.u8()),
+        frame_burst: u32::from(input.u8()),
+        ping_rate: u32::from(input.u8()),
+        ping_burst: u32::from(input.u8()),
     }
 }
 
