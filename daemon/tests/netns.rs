@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/process.rs"]
+mod process;
 use common::receiver::Receiver;
 use netns::{Impairment, Net, SERVER_ADDR, skip};
 use presence_client::{AdaptCause, AdaptiveHeartbeat, Client, ClientOptions, Event, transport};
@@ -24,7 +26,7 @@ use presence_protocol::Status;
 use presenced::credentials::DevInfo;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_presenced");
+use process::BIN;
 
 /// The daemon binary in the server namespace; killed on drop.
 struct Daemon {
@@ -67,13 +69,7 @@ impl Daemon {
     }
 
     fn token(&self, dir: &Path, user: &str, device: &str) -> String {
-        let output = std::process::Command::new(BIN)
-            .args(["token", "--user", user, "--device", device, "--ttl", "1h", "--data-dir"])
-            .arg(dir)
-            .output()
-            .expect("run presenced token");
-        assert!(output.status.success(), "token failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+        process::token(dir, user, device)
     }
 
     /// Registers an app through the admin API: (app id, API key).
@@ -210,7 +206,7 @@ async fn push_arrives(
 #[test]
 fn adaptive_heartbeat_learns_a_real_nat_timeout_and_falls_back_when_it_shrinks() {
     const TEST: &str = "netns::adaptive_heartbeat_learns_a_real_nat_timeout_and_falls_back_when_it_shrinks";
-    let net = match Net::create("nat").and_then(|net| net.masquerade(10).map(|()| net)) {
+    let net = match Net::behind_nat("nat", 10) {
         Ok(net) => net,
         Err(reason) => return skip(TEST, &reason),
     };
@@ -326,9 +322,7 @@ fn heartbeats_per_hour_against_the_nat_timeout() {
         .into_iter()
         .map(|timeout| {
             std::thread::spawn(move || {
-                let net = match Net::create(&format!("hb{timeout}"))
-                    .and_then(|net| net.masquerade(timeout).map(|()| net))
-                {
+                let net = match Net::behind_nat(&format!("hb{timeout}"), timeout) {
                     Ok(net) => net,
                     Err(reason) => {
                         skip(TEST, &reason);
@@ -390,7 +384,7 @@ fn heartbeats_per_hour_against_the_nat_timeout() {
 #[test]
 fn presence_converges_without_flapping_under_loss_and_delay() {
     const TEST: &str = "netns::presence_converges_without_flapping_under_loss_and_delay";
-    let net = match Net::create("loss").and_then(|net| net.masquerade(120).map(|()| net)) {
+    let net = match Net::behind_nat("loss", 120) {
         Ok(net) => net,
         Err(reason) => return skip(TEST, &reason),
     };

@@ -120,6 +120,14 @@ impl Net {
         Ok(net)
     }
 
+    /// New namespaces with the device behind a masquerading NAT whose UDP bindings expire
+    /// after `timeout_secs` of silence.
+    pub fn behind_nat(name: &str, timeout_secs: u32) -> Result<Net, String> {
+        let net = Net::create(name)?;
+        net.masquerade(timeout_secs)?;
+        Ok(net)
+    }
+
     /// Masquerades the device's traffic out of the router (a new random port for every new
     /// binding, as carrier-grade NATs do) and drops idle UDP bindings after `timeout_secs`.
     pub fn masquerade(&self, timeout_secs: u32) -> Result<(), String> {
