@@ -297,8 +297,15 @@ impl Harness {
                     assert!(!self.welcomed, "second Welcome");
                     self.welcomed = true;
                     let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
-                    assert_eq!(self.session.heartbeat(), heartbeat);
                     assert!((limits::MIN_HEARTBEAT..=limits::MAX_HEARTBEAT).contains(&heartbeat));
+                    if self.config.adaptive.is_none() {
+                        assert_eq!(self.session.heartbeat(), heartbeat);
+                    } else {
+                        // The adaptive heartbeat starts at its lower bound (1 s at least) and
+                        // never exceeds what the server holds the device to.
+                        let learned = self.session.heartbeat();
+                        assert!(learned >= Duration::from_secs(1) && learned <= heartbeat, "{learned:?}");
+                    }
                 }
                 ClientEvent::StatusAcked { seq } => {
                     assert!(was_pending, "Ack without a pending change");
