@@ -354,8 +354,16 @@ impl Harness {
                 Transmit::Stream(bytes) => self.check_frame(bytes),
                 Transmit::Datagram(bytes) => {
                     assert!(self.active(), "ping outside an active session");
-                    let ping = Ping::decode(bytes).expect("client pings decode");
-                    assert_eq!(ping.kind, PingKind::Heartbeat);
+                    // A heartbeat, or (adaptive heartbeat only) a Probe asking for an echo.
+                    match Ping::decode(bytes) {
+                        Ok(ping) => assert_eq!(ping.kind, PingKind::Heartbeat),
+                        Err(_) => {
+                            assert!(self.config.adaptive.is_some(), "a probe without an adaptive heartbeat");
+                            let probe = EchoPing::decode(bytes).expect("client pings decode");
+                            assert_eq!(probe.kind, EchoKind::Probe);
+                            assert!(probe.delay_secs > 0, "a probe asks for a delay");
+                        }
+                    }
                 }
             }
             transmits.push(transmit);
