@@ -256,19 +256,28 @@ impl Harness {
                 self.session.close(code, "closed by the daemon, reason long enough to matter: ééééé");
             }
         }
+        // Whether the ping rate dropped the datagram (or closed the session over it).
+        let mut limited = false;
         if let Some(payload) = &datagram {
-            let bad = self.session.bad_datagrams();
+            let (bad, over) = (self.session.bad_datagrams(), self.session.limited_datagrams());
             self.session.handle_datagram(self.now, payload);
             let heartbeat = Ping::decode(payload).ok().filter(|ping| ping.kind == PingKind::Heartbeat);
+            let probe = EchoPing::decode(payload).ok().filter(|probe| {
+                probe.kind == EchoKind::Probe
+                    && probe.delay_secs > 0
+                    && Duration::from_secs(u64::from(probe.delay_secs)) <= self.config.max_heartbeat
+            });
             let counted = self.session.bad_datagrams() - bad;
-            assert_eq!(counted, u64::from(!(self.active() && heartbeat.is_some())));
+            assert_eq!(counted, u64::from(!(self.active() && (heartbeat.is_some() || probe.is_some()))));
+            limited = self.session.limited_datagrams() > over;
         }
         let (events, transmits) = self.drain(timed);
         if was_closed {
             assert!(events.is_empty() && transmits.is_empty(), "output after Closed");
         }
-        if let Some(payload) = datagram {
+        if let Some(payload) = datagram.filter(|_| !limited) {
             // A steady-state heartbeat gets no answer; a status change gets exactly one Ack.
+            // (A ping over the rate gets none, and may close the session.)
             let ping = Ping::decode(&payload).ok().filter(|ping| ping.kind == PingKind::Heartbeat);
             match ping {
                 Some(ping) if ping.ack_requested && !was_closed && self.accepted => {
@@ -371,11 +380,17 @@ impl Harness {
             assert!(!self.sent_error, "transmit after the Error frame: {transmit:?}");
             match &transmit {
                 Transmit::Stream(bytes) => self.check_frame(bytes),
-                Transmit::Datagram(bytes) => {
-                    let ping = Ping::decode(bytes).expect("server pings decode");
-                    assert_eq!(ping.kind, PingKind::Ack);
-                    assert!(!ping.ack_requested);
-                }
+                // An Ack, or an Echo (a probe's, after its delay, or a path-change notice).
+                Transmit::Datagram(bytes) => match Ping::decode(bytes) {
+                    Ok(ping) => {
+                        assert_eq!(ping.kind, PingKind::Ack);
+                        assert!(!ping.ack_requested);
+                    }
+                    Err(_) => {
+                        let echo = EchoPing::decode(bytes).expect("server pings decode");
+                        assert_eq!(echo.kind, EchoKind::Echo);
+                    }
+                },
             }
             transmits.push(transmit);
         }
