@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dashmap::DashMap;
 use presence_protocol::{AppId, Status};
+use presenced::clock::Clock;
 use presenced::handle::SessionHandle;
 use presenced::metrics::Metrics;
 use presenced::puid::PuidKey;
@@ -58,7 +59,7 @@ struct Table {
 impl Table {
     fn new(users: usize) -> Table {
         let key = PuidKey::new(&[7; 32]).expect("32-byte secret");
-        let table = PresenceTable::new(key, Arc::new(Metrics::default()), None);
+        let table = PresenceTable::new(key, Arc::new(Metrics::default()), Clock::system(), None);
         let app = AppId::new("app_benchmark000").expect("app id");
         let users = user_names(users);
         for (i, user) in users.iter().enumerate() {

@@ -326,10 +326,6 @@ impl Driver {
                     Event::HeartbeatAdapted { interval, proven, cause }
                 }
                 ClientEvent::Closed(close) => return Some(classify(Some(close.code), close.reason, *up)),
-                other => {
-                    debug!(?other, "unhandled session event");
-                    continue;
-                }
             };
             if self.events.send(event).await.is_err() {
                 return Some(Outcome::Closed);

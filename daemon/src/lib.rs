@@ -35,6 +35,7 @@ pub mod admin_cli;
 pub mod api;
 pub mod apps;
 pub mod auth;
+pub mod clock;
 pub mod credentials;
 pub mod handle;
 pub mod http;
@@ -44,9 +45,11 @@ pub mod notify;
 pub mod outbound;
 pub mod puid;
 pub mod quic;
+pub mod session;
 pub mod settings;
 pub mod store;
 pub mod table;
+pub mod testing;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -127,6 +130,7 @@ pub struct Daemon {
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
     api: axum::Router,
+    recorder: std::sync::OnceLock<Arc<testing::EventRecorder>>,
 }
 
 impl Daemon {
@@ -136,6 +140,7 @@ impl Daemon {
         let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
             credentials::load(&settings)?;
         let metrics = Arc::new(Metrics::default());
+        let clock = clock::Clock::system();
         let store_path = settings.data_dir.join(STORE_FILE);
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&store_path)?);
         // It holds the webhook secrets: owner-only.
@@ -156,7 +161,7 @@ impl Daemon {
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
-        let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), Some(sink)));
+        let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), clock, Some(sink)));
         let notify_limits = notify::NotifyLimits {
             app: settings.notify_app,
             recipient: settings.notify_user,
@@ -181,14 +186,26 @@ impl Daemon {
         table.raise_seq_floor(if crashed { floor.saturating_add(SEQ_CRASH_MARGIN_MICROS) } else { floor });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = (cert_chain.clone(), key.clone_key());
-        let services = quic::SessionServices {
+        let protocol = presence_protocol::ServerConfig {
+            handshake_timeout: settings.handshake_timeout,
+            heartbeat_grace: settings.heartbeat_grace,
+            frame_rate: settings.session_frames.rate,
+            frame_burst: settings.session_frames.burst,
+            ping_rate: settings.session_pings.rate,
+            ping_burst: settings.session_pings.burst,
+            ..presence_protocol::ServerConfig::default()
+        };
+        let services = Arc::new(session::SessionServices {
             verifier,
             table: table.clone(),
             metrics: metrics.clone(),
             apps: apps.clone(),
             outbound,
             notifications: notifications.clone(),
-        };
+            protocol: Arc::new(protocol),
+            drain: settings.drain,
+            clock,
+        });
         let persisted = (store.clone(), endpoint_secret);
         let quic = Arc::new(QuicServer::bind(&settings, identity, services, persisted, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
@@ -251,12 +268,24 @@ impl Daemon {
             tasks,
             drain: settings.drain,
             api: router,
+            recorder: std::sync::OnceLock::new(),
         })
     }
 
-    /// The presence table (tests subscribe to its events).
+    /// The presence table.
     pub fn table(&self) -> &Arc<PresenceTable> {
         &self.table
+    }
+
+    /// Every presence event from now on, as the outbox sees them (tests and tools). The
+    /// first call attaches an [`EventRecorder`](testing::EventRecorder) to the table.
+    pub fn events(&self) -> testing::EventCursor {
+        let recorder = self.recorder.get_or_init(|| {
+            let recorder = Arc::new(testing::EventRecorder::default());
+            self.table.tap(recorder.clone());
+            recorder
+        });
+        recorder.cursor()
     }
 
     /// The registered apps.

@@ -23,25 +23,30 @@
 //! are gone, so memory follows connected users only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use presence_protocol::{AppId, Puid, Status};
-use tokio::sync::broadcast;
 
+use crate::clock::Clock;
 use crate::handle::SessionHandle;
 use crate::metrics::Metrics;
 use crate::puid::PuidKey;
 
-/// Capacity of the event channel; a subscriber that falls this far behind loses events.
-pub const EVENT_CHANNEL: usize = 65_536;
-
-/// Where presence events go besides the in-process subscribers: the webhook outbox.
-/// Called under the user's shard lock, so it must not block.
+/// Where presence events go: the webhook outbox, and in tests a recorder.
+///
+/// Called after the table has let go of the user's entry, so a slow sink delays only the
+/// caller, never another user's change. Events of one PUID from concurrent changes may
+/// reach the sink out of order; their `seq` orders them, and a sink that keeps only the
+/// latest per PUID must keep the one with the highest `seq`.
 pub trait PresenceSink: Send + Sync + std::fmt::Debug {
     /// Takes one event.
     fn publish(&self, event: &PresenceEvent);
 }
+
+/// The events one table change produced, published once the user's entry is released.
+/// Most changes produce none or one; a device listing many apps produces one per app.
+type Events = Vec<PresenceEvent>;
 
 /// One change of what an app sees of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,9 +129,11 @@ pub struct PresenceTable {
     /// PUID → (app, user), for users with a device that lists the app.
     reverse: DashMap<Puid, (AppId, String)>,
     puid_key: PuidKey,
-    events: broadcast::Sender<PresenceEvent>,
-    sink: Option<std::sync::Arc<dyn PresenceSink>>,
-    metrics: std::sync::Arc<Metrics>,
+    sink: Option<Arc<dyn PresenceSink>>,
+    /// A second sink attached after start (tests and tools watching the table).
+    tap: OnceLock<Arc<dyn PresenceSink>>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
     /// The highest sequence number handed out.
     seq_high: AtomicU64,
     /// Counts device changes, for the aggregation tie-break.
@@ -137,25 +144,27 @@ impl PresenceTable {
     /// An empty table.
     pub fn new(
         puid_key: PuidKey,
-        metrics: std::sync::Arc<Metrics>,
-        sink: Option<std::sync::Arc<dyn PresenceSink>>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        sink: Option<Arc<dyn PresenceSink>>,
     ) -> PresenceTable {
-        let (events, _) = broadcast::channel(EVENT_CHANNEL);
         PresenceTable {
             users: DashMap::new(),
             reverse: DashMap::new(),
             puid_key,
-            events,
             sink,
+            tap: OnceLock::new(),
             metrics,
+            clock,
             seq_high: AtomicU64::new(0),
             changes: AtomicU64::new(0),
         }
     }
 
-    /// A receiver of every presence event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
-        self.events.subscribe()
+    /// Attaches a second sink that sees every event from now on, besides the outbox; false
+    /// if one is attached already. For tests and tools that watch the table in process.
+    pub fn tap(&self, sink: Arc<dyn PresenceSink>) -> bool {
+        self.tap.set(sink).is_ok()
     }
 
     /// The PUID of `user` for `app_id`.
@@ -172,6 +181,7 @@ impl PresenceTable {
         handle: SessionHandle,
         state: DeviceState,
     ) -> Option<SessionHandle> {
+        let mut events = Events::new();
         let mut entry = self.users.entry(user.to_owned()).or_default();
         let mut apps: Vec<AppId> = state.visibility.clone();
         let device = Device { id: device_id.to_owned(), handle, state, silent: false, changed: self.tick() };
@@ -187,7 +197,9 @@ impl PresenceTable {
                 None
             }
         };
-        self.refresh(user, &mut entry, apps);
+        self.refresh(user, &mut entry, apps, &mut events);
+        drop(entry);
+        self.publish(events);
         replaced
     }
 
@@ -219,12 +231,14 @@ impl PresenceTable {
         };
         let device = entry.devices.swap_remove(index);
         self.metrics.move_session(Some(device.gauge_state()), None);
-        self.refresh(user, &mut entry, device.state.visibility);
+        let mut events = Events::new();
+        self.refresh(user, &mut entry, device.state.visibility, &mut events);
         let empty = entry.devices.is_empty();
         drop(entry);
         if empty {
             self.users.remove_if(user, |_, entry| entry.devices.is_empty());
         }
+        self.publish(events);
     }
 
     /// What `app_id` currently sees of the user behind `puid`; `None` reads as offline.
@@ -267,7 +281,10 @@ impl PresenceTable {
                 apps.push(device.state.visibility.remove(index));
             }
         }
-        self.refresh(user, &mut entry, apps);
+        let mut events = Events::new();
+        self.refresh(user, &mut entry, apps, &mut events);
+        drop(entry);
+        self.publish(events);
     }
 
     /// Every session of a user, for notifications and drains.
@@ -299,11 +316,15 @@ impl PresenceTable {
         device.changed = self.tick();
         self.metrics.move_session(Some(before), Some(device.gauge_state()));
         apps.extend(device.state.visibility.iter().cloned());
-        self.refresh(user, &mut entry, apps);
+        let mut events = Events::new();
+        self.refresh(user, &mut entry, apps, &mut events);
+        drop(entry);
+        self.publish(events);
     }
 
-    /// Recomputes what each of `apps` sees of the user and emits the changes.
-    fn refresh(&self, user: &str, entry: &mut UserEntry, mut apps: Vec<AppId>) {
+    /// Recomputes what each of `apps` sees of the user and collects the changes into
+    /// `events`, for the caller to publish once it has released the entry.
+    fn refresh(&self, user: &str, entry: &mut UserEntry, mut apps: Vec<AppId>, events: &mut Events) {
         apps.sort_unstable();
         apps.dedup();
         for app in apps {
@@ -322,10 +343,10 @@ impl PresenceTable {
                 }
                 Some(i) => {
                     let view = &mut entry.views[i].view;
-                    let now = now_micros();
+                    let now = self.clock.unix_micros();
                     let seq = self.next_seq(view.seq, now);
                     *view = AppView { status, message, seq, since_ms: now / 1_000 };
-                    self.emit(&entry.views[i]);
+                    events.push(event(&entry.views[i]));
                     Some(i)
                 }
                 // An app that never saw the user online learns nothing from "offline".
@@ -333,10 +354,11 @@ impl PresenceTable {
                 None => {
                     let puid = self.puid(&app, user);
                     self.reverse.insert(puid.clone(), (app.clone(), user.to_owned()));
-                    let now = now_micros();
+                    let now = self.clock.unix_micros();
                     let view = AppView { status, message, seq: self.next_seq(0, now), since_ms: now / 1_000 };
-                    entry.views.push(ViewEntry { app_id: app, puid, view });
-                    self.emit(entry.views.last().expect("just pushed"));
+                    let added = ViewEntry { app_id: app, puid, view };
+                    events.push(event(&added));
+                    entry.views.push(added);
                     None
                 }
             };
@@ -378,24 +400,27 @@ impl PresenceTable {
         self.changes.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn emit(&self, entry: &ViewEntry) {
-        self.metrics.events.inc();
-        let event = PresenceEvent {
-            app_id: entry.app_id.clone(),
-            puid: entry.puid.clone(),
-            status: entry.view.status,
-            message: entry.view.message.clone(),
-            seq: entry.view.seq,
-            at_ms: entry.view.since_ms,
-        };
-        if let Some(sink) = &self.sink {
-            sink.publish(&event);
+    /// Hands a change's events to the sinks; called with no entry of the table held.
+    fn publish(&self, events: Events) {
+        for event in events {
+            self.metrics.events.inc();
+            if let Some(sink) = &self.sink {
+                sink.publish(&event);
+            }
+            if let Some(tap) = self.tap.get() {
+                tap.publish(&event);
+            }
         }
-        // No subscriber is not an error: nobody is listening yet.
-        let _ = self.events.send(event);
     }
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+fn event(entry: &ViewEntry) -> PresenceEvent {
+    PresenceEvent {
+        app_id: entry.app_id.clone(),
+        puid: entry.puid.clone(),
+        status: entry.view.status,
+        message: entry.view.message.clone(),
+        seq: entry.view.seq,
+        at_ms: entry.view.since_ms,
+    }
 }

@@ -47,7 +47,6 @@ impl Default for ClientConfig {
 
 /// What a client session tells the device application.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ClientEvent {
     /// The session is up; heartbeats have started.
     Welcome(Welcome),

@@ -87,7 +87,6 @@ pub struct Accept {
 
 /// What a server session tells the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ServerEvent {
     /// A well-formed `Hello` within limits: authenticate it, then `accept` or `reject`.
     Hello(Hello),

@@ -1,30 +1,23 @@
-//! One task per connection: drives a [`ServerSession`] with quinn I/O and applies its
-//! events to the presence table.
+//! One task per connection: moves bytes between quinn and the connection's
+//! [`DeviceSession`], which owns what they mean (authentication, the table, apps).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use presence_protocol::{Accept, AppId, ErrorCode, Hello, Reason, ServerEvent, ServerSession, Transmit};
+use presence_protocol::{ErrorCode, Transmit};
 use quinn::VarInt;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::{Shared, reason};
-use crate::auth::TokenError;
-use crate::handle::{SessionCommand, SessionHandle};
-use crate::metrics::Refusal;
-use crate::table::DeviceState;
+use crate::handle::{Commands, SessionHandle};
+use crate::session::{DeviceSession, Effect};
 
 /// Largest chunk read from the control stream at once; bounds per-read work.
 const READ_CHUNK: usize = 4096;
 /// Longest wait for a closing session's last frames to be acknowledged.
 const LINGER: Duration = Duration::from_millis(500);
-
-/// Who a session belongs to, once authenticated.
-struct Identity {
-    user: String,
-    device: String,
-}
 
 /// Decrements the in-flight handshake count when the handshake phase ends, however it ends.
 struct Handshaking<'a>(&'a Shared);
@@ -59,7 +52,8 @@ async fn run(
 ) {
     shared.handshaking.fetch_add(1, Ordering::Relaxed);
     let guard = Handshaking(&shared);
-    let stream = tokio::time::timeout(shared.protocol.handshake_timeout, connection.accept_bi()).await;
+    let stream =
+        tokio::time::timeout(shared.services.protocol.handshake_timeout, connection.accept_bi()).await;
     let (send, recv) = match stream {
         Ok(Ok(pair)) => pair,
         Ok(Err(error)) => {
@@ -73,286 +67,111 @@ async fn run(
             return;
         }
     };
+    let (handle, commands) = SessionHandle::new(id);
+    let session = DeviceSession::new(shared.services.clone(), handle, shared.services.clock.now());
     let mut driver = Driver {
         shared: &shared,
         connection,
         send,
         recv,
-        session: ServerSession::new(shared.protocol.clone(), Instant::now()),
-        id,
-        identity: None,
+        session,
+        commands,
         handshake: Some(guard),
-        handshake_done: Box::pin(handshake_done),
-        closed: None,
+        handshake_done: Some(Box::pin(handshake_done)),
     };
     driver.run().await;
-    if driver.closed.is_some_and(|code| code != ErrorCode::NO_ERROR) {
+    if driver.session.should_linger() {
         driver.linger().await;
     }
     driver.finish();
 }
 
+/// The quinn side of one session: moves bytes between the connection and the
+/// [`DeviceSession`], which decides what they mean.
 struct Driver<'a> {
     shared: &'a Shared,
     connection: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    session: ServerSession,
-    id: u64,
-    identity: Option<Identity>,
+    session: DeviceSession,
+    commands: Commands,
+    /// Held while the session is not yet up: counts towards the handshakes in flight.
     handshake: Option<Handshaking<'a>>,
-    handshake_done: std::pin::Pin<Box<quinn::ZeroRttAccepted>>,
-    /// The code the session ended with, once it has.
-    closed: Option<ErrorCode>,
+    /// Resolves when the TLS handshake completes; gone once it has.
+    handshake_done: Option<std::pin::Pin<Box<quinn::ZeroRttAccepted>>>,
 }
 
 impl Driver<'_> {
     async fn run(&mut self) {
-        let (handle, mut commands) = SessionHandle::new(self.id);
+        let clock = self.shared.services.clock;
         let mut shutdown = self.shared.shutdown.clone();
         let mut draining = *shutdown.borrow();
+        if draining {
+            self.session.shutdown();
+        }
         let mut remote = self.connection.remote_address();
         let mut stream_open = true;
         loop {
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 chunk = self.recv.read_chunk(READ_CHUNK, true), if stream_open => match chunk {
-                    Ok(Some(chunk)) => self.session.handle_stream_data(Instant::now(), &chunk.bytes),
+                    Ok(Some(chunk)) => {
+                        // A handshake that completed with these bytes counts before them: a
+                        // Hello in 1-RTT data must not look like a 0-RTT one.
+                        self.note_confirmed();
+                        self.session.handle_stream_data(clock.now(), &chunk.bytes);
+                    }
                     Ok(None) => {
-                        // The device finished its side: a clean close.
                         stream_open = false;
-                        self.session.close(ErrorCode::NO_ERROR, "control stream finished");
+                        self.session.handle_stream_finished();
                     }
                     Err(error) => return debug!(%error, "control stream ended"),
                 },
                 datagram = self.connection.read_datagram() => match datagram {
-                    Ok(payload) => {
-                        self.shared.metrics.pings_received.inc();
-                        let (bad, limited) = (self.session.bad_datagrams(), self.session.limited_datagrams());
-                        self.session.handle_datagram(Instant::now(), &payload);
-                        if self.session.bad_datagrams() > bad {
-                            self.shared.metrics.bad_datagrams.inc();
-                        }
-                        if self.session.limited_datagrams() > limited {
-                            self.shared.metrics.refuse(Refusal::PingRate);
-                        }
-                    }
+                    Ok(payload) => self.session.handle_datagram(clock.now(), &payload),
                     Err(error) => return debug!(%error, "connection ended"),
                 },
-                command = commands.recv() => self.apply(command),
-                _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(Instant::now()),
+                command = self.commands.recv() => self.session.handle_command(clock.now(), command),
+                _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(clock.now()),
+                _ = confirmed(&mut self.handshake_done), if self.handshake_done.is_some() => {
+                    self.handshake_done = None;
+                    self.session.handshake_confirmed(clock.now());
+                }
                 _ = shutdown.wait_for(|stop| *stop), if !draining => {
                     draining = true;
-                    let reason = Reason::new("server shutting down").unwrap_or_default();
-                    // Before Welcome there is nothing to drain: the session just ends.
-                    if self.session.go_away(reason, self.shared.drain).is_err() {
-                        self.session.close(ErrorCode::SHUTTING_DOWN, "server shutting down");
-                    }
+                    self.session.shutdown();
                 }
             }
             let address = self.connection.remote_address();
             if address != remote {
                 remote = address;
-                self.shared.metrics.migrations.inc();
                 info!(%remote, "device migrated");
-                // Its NAT binding may have lapsed: pushes to the old address were lost.
-                self.session.handle_path_change();
+                self.session.path_changed();
             }
-            self.handle_events(&handle).await;
-            if !self.flush().await {
-                return;
-            }
-            if self.session.is_closed() {
-                return;
-            }
-        }
-    }
-
-    fn apply(&mut self, command: SessionCommand) {
-        let result = match command {
-            SessionCommand::Close { code, reason } => {
-                self.session.close(code, &reason);
-                Ok(())
-            }
-            SessionCommand::Notify(notify) => self.session.notify(Instant::now(), notify),
-            SessionCommand::Cancel { id, reason } => self.session.cancel(id, reason),
-            SessionCommand::Revoked { app_id } => self.session.revoked(app_id),
-            SessionCommand::GoAway { reason, retry_after } => {
-                self.session.go_away(Reason::truncating(&reason), retry_after)
-            }
-        };
-        if let Err(error) = result {
-            debug!(%error, "command not applicable");
-        }
-    }
-
-    async fn handle_events(&mut self, handle: &SessionHandle) {
-        while let Some(event) = self.session.poll_event() {
-            match event {
-                // Boxed: it runs once per session, and inline it would make every session's
-                // task future larger for the session's whole life.
-                ServerEvent::Hello(hello) => Box::pin(self.authenticate(hello, handle)).await,
-                ServerEvent::StatusChanged { status, idle, message } => {
-                    self.shared.metrics.status_changes.inc();
-                    self.update(|state| {
-                        state.status = status;
-                        state.idle = idle;
-                        if let Some(message) = message {
-                            state.message = message.into_string();
-                        }
-                    });
-                }
-                ServerEvent::Visibility(apps) => self.update(|state| state.visibility = apps.into_vec()),
-                ServerEvent::Authorize(authorize) => self.authorize(authorize.app_id, &authorize.state),
-                ServerEvent::Revoke(revoke) => self.revoke(revoke.app_id, handle),
-                ServerEvent::Reauth(token) => self.reauth(&token),
-                ServerEvent::NotifyResponse(response) => {
-                    if let Some(identity) = &self.identity {
-                        let notifications = &self.shared.services.notifications;
-                        notifications.respond(response.id, &identity.user, self.id, response.response);
+            while let Some(effect) = self.session.poll_effect() {
+                match effect {
+                    Effect::VerifyToken(check) => {
+                        let result = self.shared.services.verify(&check.token);
+                        self.session.token_verified(clock.now(), check, result);
                     }
                 }
-                // The notification manager's own timer decides `missed` for the whole user.
-                ServerEvent::NotificationMissed { id } => debug!(id, "notification expired on this device"),
-                ServerEvent::Silent => self.set_silent(true),
-                ServerEvent::Alive => self.set_silent(false),
-                ServerEvent::Closed(close) => {
-                    self.closed = Some(close.code);
-                    let label = reason(close.code.name());
-                    self.shared.metrics.sessions_closed.get_or_create(&label).inc();
-                    if close.code == ErrorCode::RATE_LIMITED && !close.by_peer {
-                        self.shared.metrics.refuse(Refusal::SessionRateLimited);
-                    }
-                    debug!(code = %close.code, reason = %close.reason, by_peer = close.by_peer, "session closed");
-                }
-                other => debug!(?other, "unhandled session event"),
+            }
+            if self.session.is_up() {
+                self.handshake = None;
+            }
+            if !self.flush().await || self.session.is_closed() {
+                return;
             }
         }
     }
 
-    async fn authenticate(&mut self, hello: Hello, handle: &SessionHandle) {
-        let now = unix_now();
-        let claims = match self.shared.services.verifier.verify(&hello.token, now) {
-            Ok(claims) if claims.did == hello.device_id.as_str() => claims,
-            Ok(_) => return self.refuse(ErrorCode::UNAUTHENTICATED, "token is for another device", "device"),
-            Err(TokenError::Expired) => {
-                return self.refuse(ErrorCode::TOKEN_EXPIRED, "token expired", "expired");
-            }
-            Err(error) => {
-                return self.refuse(ErrorCode::UNAUTHENTICATED, &error.to_string(), "unauthenticated");
-            }
-        };
-        let zero_rtt = tokio::select! {
-            biased;
-            _ = &mut self.handshake_done => false,
-            _ = std::future::ready(()) => true,
-        };
-        if zero_rtt {
-            // 0-RTT data can be replayed: nothing may happen on its strength alone
-            // (PROTOCOL.md §11). Welcome, the table and the ghost's close wait for the
-            // handshake, which proves the client is live.
-            let handshake = self.shared.protocol.handshake_timeout;
-            if tokio::time::timeout(handshake, &mut self.handshake_done).await.is_err() {
-                return self.refuse(
-                    ErrorCode::HANDSHAKE_TIMEOUT,
-                    "0-RTT hello without a completed handshake",
-                    "handshake_timeout",
-                );
-            }
-            self.shared.metrics.zero_rtt_accepted.inc();
-        }
-        let span = tracing::Span::current();
-        span.record("user", claims.sub.as_str());
-        span.record("device", claims.did.as_str());
-        let accept = Accept {
-            session_id: self.id,
-            server_time_ms: now * 1_000,
-            token_valid_for: Some(valid_for(&claims, now)),
-        };
-        if let Err(error) = self.session.accept(Instant::now(), accept) {
-            return warn!(%error, "accept out of phase");
-        }
-        let state = DeviceState {
-            status: hello.status,
-            idle: hello.idle,
-            message: hello.message.into_string(),
-            visibility: hello.visibility.into_vec(),
-        };
-        let replaced = self.shared.services.table.connect(&claims.sub, &claims.did, handle.clone(), state);
-        if let Some(ghost) = replaced {
-            ghost.send(SessionCommand::Close {
-                code: ErrorCode::REPLACED,
-                reason: "replaced by a new session".into(),
-            });
-        }
-        info!(zero_rtt, heartbeat = ?self.session.heartbeat(), "session up");
-        self.identity = Some(Identity { user: claims.sub, device: claims.did });
-        self.handshake = None;
-    }
-
-    /// The user authorizes an app: answer with its PUID and tell the app (`grant`).
-    fn authorize(&mut self, app_id: AppId, state: &str) {
-        let Some(identity) = &self.identity else { return };
-        let services = &self.shared.services;
-        if !services.apps.exists(&app_id) {
-            let _ = self.session.denied(app_id, ErrorCode::UNKNOWN_APP, Reason::truncating("no such app"));
-            return;
-        }
-        let puid = services.table.puid(&app_id, &identity.user);
-        services.outbound.grant(&app_id, &puid, state);
-        let _ = self.session.authorized(app_id, puid);
-    }
-
-    /// The user withdraws an app: it stops seeing the user on every device at once, learns
-    /// `revoke`, and every session of the user is told to drop it from its list.
-    fn revoke(&mut self, app_id: AppId, own: &SessionHandle) {
-        let Some(identity) = &self.identity else { return };
-        let services = &self.shared.services;
-        if !services.apps.exists(&app_id) {
-            let _ = self.session.denied(app_id, ErrorCode::UNKNOWN_APP, Reason::truncating("no such app"));
-            return;
-        }
-        services.table.revoke(&identity.user, &app_id);
-        services.outbound.revoke(&app_id, &services.table.puid(&app_id, &identity.user));
-        for session in services.table.sessions_of(&identity.user) {
-            if session.id != own.id {
-                session.send(SessionCommand::Revoked { app_id: app_id.clone() });
-            }
-        }
-        let _ = self.session.revoked(app_id);
-    }
-
-    fn refuse(&mut self, code: ErrorCode, detail: &str, label: &'static str) {
-        self.shared.metrics.handshakes_failed.get_or_create(&reason(label)).inc();
-        info!(code = %code, detail, "hello refused");
-        self.session.reject(code, detail);
-    }
-
-    fn reauth(&mut self, token: &str) {
-        let Some(identity) = &self.identity else { return };
-        let now = unix_now();
-        match self.shared.services.verifier.verify(token, now) {
-            Ok(claims) if claims.sub == identity.user && claims.did == identity.device => {
-                self.session.renew_token(Instant::now(), Some(valid_for(&claims, now)));
-            }
-            Ok(_) => {
-                self.session.close(ErrorCode::UNAUTHENTICATED, "reauth token names another user or device")
-            }
-            Err(TokenError::Expired) => self.session.close(ErrorCode::TOKEN_EXPIRED, "reauth token expired"),
-            Err(error) => self.session.close(ErrorCode::UNAUTHENTICATED, &error.to_string()),
-        }
-    }
-
-    fn update(&self, change: impl FnOnce(&mut DeviceState)) {
-        if let Some(identity) = &self.identity {
-            self.shared.services.table.update(&identity.user, &identity.device, self.id, change);
-        }
-    }
-
-    fn set_silent(&self, silent: bool) {
-        if let Some(identity) = &self.identity {
-            info!(silent, "liveness changed");
-            self.shared.services.table.set_silent(&identity.user, &identity.device, self.id, silent);
+    /// Tells the session if the handshake has completed by now, without waiting for it.
+    fn note_confirmed(&mut self) {
+        let Some(done) = self.handshake_done.as_mut() else { return };
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        if done.as_mut().poll(&mut context).is_ready() {
+            self.handshake_done = None;
+            self.session.handshake_confirmed(self.shared.services.clock.now());
         }
     }
 
@@ -368,9 +187,7 @@ impl Driver<'_> {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return false,
                         Err(_) => {
-                            self.shared.metrics.refuse(Refusal::SlowReader);
-                            warn!("device does not read its control stream; closing");
-                            self.closed = Some(ErrorCode::PROTOCOL_VIOLATION);
+                            self.session.slow_reader();
                             return false;
                         }
                     }
@@ -384,12 +201,10 @@ impl Driver<'_> {
         true
     }
 
-    /// Takes the device off the table and closes the connection with the session's code.
+    /// Closes the connection with the session's code. Dropping the session afterwards
+    /// takes the device off the table.
     fn finish(&mut self) {
-        if let Some(identity) = &self.identity {
-            self.shared.services.table.disconnect(&identity.user, &identity.device, self.id);
-        }
-        let code = self.closed.unwrap_or(ErrorCode::NO_ERROR);
+        let code = self.session.close_code();
         let _ = self.send.finish();
         self.connection.close(close_code(code), code.name().as_bytes());
     }
@@ -403,10 +218,14 @@ impl Driver<'_> {
     }
 }
 
-/// How long a verified token stays valid, with the same leeway `verify` allowed it, so a
-/// token accepted at the edge of its expiry is not closed the moment its session starts.
-fn valid_for(claims: &crate::auth::DeviceClaims, now: u64) -> Duration {
-    Duration::from_secs(claims.exp.saturating_add(crate::auth::LEEWAY_SECS).saturating_sub(now))
+/// Waits for the handshake to complete; pending forever once it has been seen.
+async fn confirmed(done: &mut Option<std::pin::Pin<Box<quinn::ZeroRttAccepted>>>) {
+    match done {
+        Some(done) => {
+            done.as_mut().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn close_code(code: ErrorCode) -> VarInt {
@@ -418,8 +237,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -1,10 +1,11 @@
 //! The QUIC driver: everything that touches quinn lives below this module.
 //!
 //! Density is the product's headline, and quinn's per-connection channel and task cost about
-//! as much as its protocol state (DESIGN.md). This boundary is where a direct quinn-proto
+//! as much as its protocol state (BENCHMARKS.md, heap profile). This boundary is where a direct quinn-proto
 //! driver with sharded event loops can replace the quinn `Endpoint`: the rest of the daemon
-//! sees only [`QuicServer`] (bind, serve, close) and the session-side types
-//! ([`SessionHandle`](crate::handle::SessionHandle), the presence table), never quinn.
+//! sees only [`QuicServer`] (bind, serve, close); what a session means lives in the
+//! driver-agnostic [`DeviceSession`](crate::session::DeviceSession), which this driver only
+//! feeds with bytes, datagrams, timers and the handshake's completion.
 
 mod connection;
 pub mod restart;
@@ -17,20 +18,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use presence_protocol::{ALPN, ServerConfig as ProtocolConfig};
+use presence_protocol::ALPN;
 use quinn::{IdleTimeout, Runtime, TransportConfig, VarInt};
 use tokio::sync::watch;
 
-use crate::apps::Apps;
-use crate::auth::TokenVerifier;
 use crate::credentials::crypto_provider;
 use crate::limit::HashedLimiter;
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
-use crate::notify::Notifications;
-use crate::outbound::Outbound;
+use crate::session::SessionServices;
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::table::PresenceTable;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sessions::DurableSessions;
 
@@ -59,34 +56,14 @@ pub fn transport_config(idle_timeout: Duration) -> Result<TransportConfig> {
     Ok(transport)
 }
 
-/// The daemon services a session uses.
-#[derive(Debug)]
-pub struct SessionServices {
-    /// Verifies device tokens.
-    pub verifier: TokenVerifier,
-    /// The presence table.
-    pub table: Arc<PresenceTable>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Registered apps (authorize and revoke check them).
-    pub apps: Arc<Apps>,
-    /// Grant and revoke webhook events.
-    pub outbound: Arc<Outbound>,
-    /// Live notifications (answers go here).
-    pub notifications: Arc<Notifications>,
-}
-
 /// What every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) protocol: Arc<ProtocolConfig>,
-    pub(crate) services: SessionServices,
+    pub(crate) services: Arc<SessionServices>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) next_session: AtomicU64,
     pub(crate) handshaking: AtomicU32,
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// How long a draining device should wait before reconnecting.
-    pub(crate) drain: Duration,
     /// How long a write may wait on a device that does not read its control stream.
     pub(crate) slow_reader: Duration,
 }
@@ -112,7 +89,7 @@ impl QuicServer {
     pub(crate) fn bind(
         settings: &Settings,
         (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
-        services: SessionServices,
+        services: Arc<SessionServices>,
         (store, endpoint_secret): (Arc<dyn Store>, [u8; 32]),
         shutdown: watch::Receiver<bool>,
     ) -> Result<QuicServer> {
@@ -146,23 +123,12 @@ impl QuicServer {
             runtime,
         )
         .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
-        let protocol = ProtocolConfig {
-            handshake_timeout: settings.handshake_timeout,
-            heartbeat_grace: settings.heartbeat_grace,
-            frame_rate: settings.session_frames.rate,
-            frame_burst: settings.session_frames.burst,
-            ping_rate: settings.session_pings.rate,
-            ping_burst: settings.session_pings.burst,
-            ..ProtocolConfig::default()
-        };
         let shared = Arc::new(Shared {
-            protocol: Arc::new(protocol),
             metrics: services.metrics.clone(),
             services,
             next_session: AtomicU64::new(1),
             handshaking: AtomicU32::new(0),
             shutdown,
-            drain: settings.drain,
             slow_reader: settings.slow_reader,
         });
         Ok(QuicServer {

@@ -19,8 +19,8 @@ use presenced::auth::TokenSigner;
 use presenced::credentials::{self, DevInfo};
 use presenced::settings::SettingsLayer;
 use presenced::table::PresenceEvent;
+use presenced::testing::EventCursor;
 use rustls::pki_types::CertificateDer;
-use tokio::sync::broadcast;
 
 /// Upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -63,8 +63,8 @@ impl TestDaemon {
         options
     }
 
-    pub fn events(&self) -> broadcast::Receiver<PresenceEvent> {
-        self.daemon.table().subscribe()
+    pub fn events(&self) -> EventCursor {
+        self.daemon.events()
     }
 
     /// An HTTPS client trusting the dev CA.
@@ -120,10 +120,10 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
 }
 
 /// The next event for `app_id`, skipping others.
-pub async fn next_event(events: &mut broadcast::Receiver<PresenceEvent>, app_id: &str) -> PresenceEvent {
+pub async fn next_event(events: &mut EventCursor, app_id: &str) -> PresenceEvent {
     tokio::time::timeout(WAIT, async {
         loop {
-            let event = events.recv().await.expect("event channel open");
+            let event = events.recv().await;
             if event.app_id.as_str() == app_id {
                 return event;
             }
@@ -134,13 +134,12 @@ pub async fn next_event(events: &mut broadcast::Receiver<PresenceEvent>, app_id:
 }
 
 /// Asserts that no event for `app_id` arrives within `quiet`.
-pub async fn no_event(events: &mut broadcast::Receiver<PresenceEvent>, app_id: &str, quiet: Duration) {
+pub async fn no_event(events: &mut EventCursor, app_id: &str, quiet: Duration) {
     let found = tokio::time::timeout(quiet, async {
         loop {
-            match events.recv().await {
-                Ok(event) if event.app_id.as_str() == app_id => return event,
-                Ok(_) => {}
-                Err(_) => std::future::pending::<()>().await,
+            let event = events.recv().await;
+            if event.app_id.as_str() == app_id {
+                return event;
             }
         }
     })

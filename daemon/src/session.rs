@@ -1,0 +1,532 @@
+//! The device session service: everything a device session means to the daemon, with no I/O.
+//!
+//! A QUIC driver (today [`crate::quic`], on quinn) owns the connection and moves bytes; a
+//! [`DeviceSession`] owns what the bytes mean. It wraps the sans-IO protocol state machine
+//! ([`ServerSession`]) and applies its events to the daemon's domain: it authenticates the
+//! `Hello`, puts the device on the presence table (closing the ghost it replaces), answers
+//! `Authorize` and `Revoke` (telling the app and the user's other sessions), checks `Reauth`
+//! tokens, hands notification answers to the notification manager and takes the device off
+//! the table when it ends.
+//!
+//! Like quinn-proto, it never waits and never reads a clock of its own: the driver feeds it
+//! inputs with `now` and drains its outputs.
+//!
+//! | input | method |
+//! | --- | --- |
+//! | control-stream bytes, stream finished | [`handle_stream_data`](DeviceSession::handle_stream_data), [`handle_stream_finished`](DeviceSession::handle_stream_finished) |
+//! | a DATAGRAM | [`handle_datagram`](DeviceSession::handle_datagram) |
+//! | the deadline from `poll_timeout` passed | [`handle_timeout`](DeviceSession::handle_timeout) |
+//! | a [`SessionCommand`] from the mailbox | [`handle_command`](DeviceSession::handle_command) |
+//! | the TLS handshake completed (the client is live, not a 0-RTT replay) | [`handshake_confirmed`](DeviceSession::handshake_confirmed) |
+//! | the peer's address changed | [`path_changed`](DeviceSession::path_changed) |
+//! | the daemon is draining | [`shutdown`](DeviceSession::shutdown) |
+//! | a token check asked for by an [`Effect`] is done | [`token_verified`](DeviceSession::token_verified) |
+//! | the device stopped reading its control stream | [`slow_reader`](DeviceSession::slow_reader) |
+//!
+//! | output | method |
+//! | --- | --- |
+//! | bytes for the control stream, DATAGRAMs | [`poll_transmit`](DeviceSession::poll_transmit) |
+//! | the next deadline | [`poll_timeout`](DeviceSession::poll_timeout) |
+//! | work for the driver (verify a token, possibly off its event loop) | [`poll_effect`](DeviceSession::poll_effect) |
+//! | whether to close, with which code, and whether to linger first | [`is_closed`](DeviceSession::is_closed), [`close_code`](DeviceSession::close_code), [`should_linger`](DeviceSession::should_linger) |
+//!
+//! **0-RTT.** A `Hello` may arrive in 0-RTT data, which an attacker can replay. Nothing
+//! happens on its strength alone (PROTOCOL.md §11): its token is verified, but `Welcome`,
+//! the table and the ghost's close wait for [`handshake_confirmed`](DeviceSession::handshake_confirmed),
+//! within the protocol's handshake timeout.
+//!
+//! A `DeviceSession` takes its device off the table when it is dropped, so a driver that
+//! loses a connection in any way (an error, a panic, an aborted task) leaves no ghost.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use presence_protocol::{
+    Accept, AppId, ErrorCode, Hello, Reason, ServerConfig as ProtocolConfig, ServerEvent, ServerSession,
+    Transmit,
+};
+use tracing::{debug, info, warn};
+
+use crate::apps::Apps;
+use crate::auth::{DeviceClaims, TokenError, TokenVerifier};
+use crate::clock::Clock;
+use crate::handle::{SessionCommand, SessionHandle};
+use crate::metrics::{Metrics, ReasonLabel, Refusal};
+use crate::notify::Notifications;
+use crate::outbound::Outbound;
+use crate::table::{DeviceState, PresenceTable};
+
+/// The daemon services every device session uses, whatever driver carries it.
+#[derive(Debug)]
+pub struct SessionServices {
+    /// Verifies device tokens.
+    pub verifier: TokenVerifier,
+    /// The presence table.
+    pub table: Arc<PresenceTable>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Registered apps (authorize and revoke check them).
+    pub apps: Arc<Apps>,
+    /// Grant and revoke webhook events.
+    pub outbound: Arc<Outbound>,
+    /// Live notifications (answers go here).
+    pub notifications: Arc<Notifications>,
+    /// The protocol's per-session settings.
+    pub protocol: Arc<ProtocolConfig>,
+    /// How long a draining device is asked to wait before reconnecting.
+    pub drain: Duration,
+    /// The daemon's clock.
+    pub clock: Clock,
+}
+
+impl SessionServices {
+    /// Checks a token against the daemon's keys and wall clock. Pure CPU (a signature
+    /// check), so a driver may run it wherever suits its event loop.
+    pub fn verify(&self, token: &str) -> Result<DeviceClaims, TokenError> {
+        self.verifier.verify(token, self.clock.unix_secs())
+    }
+}
+
+/// Work a session asks its driver to do and report back.
+#[derive(Debug)]
+pub enum Effect {
+    /// Verify this token (with [`SessionServices::verify`]) and give the result to
+    /// [`DeviceSession::token_verified`].
+    VerifyToken(TokenCheck),
+}
+
+/// A token waiting to be verified, and what it is for.
+#[derive(Debug)]
+pub struct TokenCheck {
+    /// The compact JWS.
+    pub token: String,
+    purpose: Purpose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Hello,
+    Reauth,
+}
+
+/// Who a session belongs to, once authenticated.
+#[derive(Debug)]
+struct Identity {
+    user: String,
+    device: String,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// No `Hello` yet.
+    Opening,
+    /// The `Hello`'s token is being verified.
+    Verifying(Box<Hello>),
+    /// The token verified, but the `Hello` came in 0-RTT: waiting for the handshake.
+    Confirming(Box<(Hello, DeviceClaims)>),
+    /// Welcomed and on the table.
+    Up(Identity),
+    /// Refused before it was up, or closed.
+    Done,
+}
+
+/// The domain side of one device session. See the [module docs](self).
+#[derive(Debug)]
+pub struct DeviceSession {
+    services: Arc<SessionServices>,
+    protocol: ServerSession,
+    handle: SessionHandle,
+    phase: Phase,
+    /// The TLS handshake completed: the peer is live, not a replay of 0-RTT data.
+    confirmed: bool,
+    /// Until when a verified 0-RTT `Hello` may wait for the handshake.
+    confirm_by: Option<Instant>,
+    effects: VecDeque<Effect>,
+    /// The code the session ended with, once it has.
+    closed: Option<ErrorCode>,
+}
+
+impl DeviceSession {
+    /// A session whose control stream opened at `now`. `handle` is how the rest of the
+    /// daemon reaches it; the driver keeps the mailbox's receiving end and feeds its
+    /// commands to [`handle_command`](Self::handle_command).
+    pub fn new(services: Arc<SessionServices>, handle: SessionHandle, now: Instant) -> DeviceSession {
+        let protocol = ServerSession::new(services.protocol.clone(), now);
+        DeviceSession {
+            services,
+            protocol,
+            handle,
+            phase: Phase::Opening,
+            confirmed: false,
+            confirm_by: None,
+            effects: VecDeque::new(),
+            closed: None,
+        }
+    }
+
+    /// The session id (unique per daemon run).
+    pub fn id(&self) -> u64 {
+        self.handle.id
+    }
+
+    /// Bytes read from the control stream.
+    pub fn handle_stream_data(&mut self, now: Instant, bytes: &[u8]) {
+        self.protocol.handle_stream_data(now, bytes);
+        self.process();
+    }
+
+    /// The device finished its side of the control stream: a clean close.
+    pub fn handle_stream_finished(&mut self) {
+        self.protocol.close(ErrorCode::NO_ERROR, "control stream finished");
+        self.process();
+    }
+
+    /// A DATAGRAM (a ping) arrived.
+    pub fn handle_datagram(&mut self, now: Instant, payload: &[u8]) {
+        let metrics = &self.services.metrics;
+        metrics.pings_received.inc();
+        let (bad, limited) = (self.protocol.bad_datagrams(), self.protocol.limited_datagrams());
+        self.protocol.handle_datagram(now, payload);
+        if self.protocol.bad_datagrams() > bad {
+            metrics.bad_datagrams.inc();
+        }
+        if self.protocol.limited_datagrams() > limited {
+            metrics.refuse(Refusal::PingRate);
+        }
+        self.process();
+    }
+
+    /// The deadline [`poll_timeout`](Self::poll_timeout) gave has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.confirm_by.is_some_and(|by| now >= by) {
+            self.confirm_by = None;
+            self.refuse(
+                ErrorCode::HANDSHAKE_TIMEOUT,
+                "0-RTT hello without a completed handshake",
+                "handshake_timeout",
+            );
+        }
+        self.protocol.handle_timeout(now);
+        self.process();
+    }
+
+    /// A command from the rest of the daemon arrived in the session's mailbox.
+    pub fn handle_command(&mut self, now: Instant, command: SessionCommand) {
+        let result = match command {
+            SessionCommand::Close { code, reason } => {
+                self.protocol.close(code, &reason);
+                Ok(())
+            }
+            SessionCommand::Notify(notify) => self.protocol.notify(now, notify),
+            SessionCommand::Cancel { id, reason } => self.protocol.cancel(id, reason),
+            SessionCommand::Revoked { app_id } => self.protocol.revoked(app_id),
+            SessionCommand::GoAway { reason, retry_after } => {
+                self.protocol.go_away(Reason::truncating(&reason), retry_after)
+            }
+        };
+        if let Err(error) = result {
+            debug!(%error, "command not applicable");
+        }
+        self.process();
+    }
+
+    /// The TLS handshake completed. A 0-RTT `Hello` waiting for it goes ahead now.
+    pub fn handshake_confirmed(&mut self, now: Instant) {
+        self.confirmed = true;
+        if matches!(self.phase, Phase::Confirming(_)) {
+            let Phase::Confirming(verified) = std::mem::replace(&mut self.phase, Phase::Opening) else {
+                unreachable!("matched above")
+            };
+            let (hello, claims) = *verified;
+            self.services.metrics.zero_rtt_accepted.inc();
+            self.confirm_by = None;
+            self.welcome(now, hello, claims, true);
+        }
+        self.process();
+    }
+
+    /// The device's address changed (a migration or a NAT rebinding).
+    pub fn path_changed(&mut self) {
+        self.services.metrics.migrations.inc();
+        // Its NAT binding may have lapsed: pushes to the old address were lost.
+        self.protocol.handle_path_change();
+    }
+
+    /// The daemon is draining: a welcomed device is asked to go away and come back after
+    /// the drain; one not yet welcomed just ends.
+    pub fn shutdown(&mut self) {
+        let reason = Reason::new("server shutting down").unwrap_or_default();
+        if self.protocol.go_away(reason, self.services.drain).is_err() {
+            self.protocol.close(ErrorCode::SHUTTING_DOWN, "server shutting down");
+        }
+        self.process();
+    }
+
+    /// The device does not read its control stream: a write waited past the slow-reader
+    /// bound. The session ends at once; nothing more can reach the device anyway.
+    pub fn slow_reader(&mut self) {
+        self.services.metrics.refuse(Refusal::SlowReader);
+        warn!("device does not read its control stream; closing");
+        self.closed = Some(ErrorCode::PROTOCOL_VIOLATION);
+        self.leave_table();
+    }
+
+    /// The result of an [`Effect::VerifyToken`].
+    pub fn token_verified(
+        &mut self,
+        now: Instant,
+        check: TokenCheck,
+        result: Result<DeviceClaims, TokenError>,
+    ) {
+        match check.purpose {
+            Purpose::Hello => self.hello_verified(now, result),
+            Purpose::Reauth => self.reauth_verified(now, result),
+        }
+        self.process();
+    }
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.protocol.poll_transmit()
+    }
+
+    /// The next piece of work for the driver.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.protocol.poll_timeout(), self.confirm_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The session has ended: flush what [`poll_transmit`](Self::poll_transmit) still
+    /// gives, then close the connection with [`close_code`](Self::close_code).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some() || self.protocol.is_closed()
+    }
+
+    /// Whether the device is welcomed and on the table.
+    pub fn is_up(&self) -> bool {
+        matches!(self.phase, Phase::Up(_))
+    }
+
+    /// The QUIC close code for the session's end (`NO_ERROR` while it has not ended).
+    pub fn close_code(&self) -> ErrorCode {
+        self.closed.unwrap_or(ErrorCode::NO_ERROR)
+    }
+
+    /// Whether the driver should let the final frames (an `Error`, a `GoAway`) reach the
+    /// device before closing: a QUIC close discards stream data still in flight.
+    pub fn should_linger(&self) -> bool {
+        self.closed.is_some_and(|code| code != ErrorCode::NO_ERROR)
+    }
+
+    /// The heartbeat interval agreed with the device.
+    pub fn heartbeat(&self) -> Duration {
+        self.protocol.heartbeat()
+    }
+
+    /// Applies the protocol's events to the daemon.
+    fn process(&mut self) {
+        while let Some(event) = self.protocol.poll_event() {
+            self.apply(event);
+        }
+    }
+
+    fn apply(&mut self, event: ServerEvent) {
+        match event {
+            ServerEvent::Hello(hello) => {
+                let token = hello.token.to_string();
+                self.phase = Phase::Verifying(Box::new(hello));
+                self.effects.push_back(Effect::VerifyToken(TokenCheck { token, purpose: Purpose::Hello }));
+            }
+            ServerEvent::StatusChanged { status, idle, message } => {
+                self.services.metrics.status_changes.inc();
+                self.update(|state| {
+                    state.status = status;
+                    state.idle = idle;
+                    if let Some(message) = message {
+                        state.message = message.into_string();
+                    }
+                });
+            }
+            ServerEvent::Visibility(apps) => self.update(|state| state.visibility = apps.into_vec()),
+            ServerEvent::Authorize(authorize) => self.authorize(authorize.app_id, &authorize.state),
+            ServerEvent::Revoke(revoke) => self.revoke(revoke.app_id),
+            ServerEvent::Reauth(token) => {
+                if self.is_up() {
+                    let check = TokenCheck { token: token.to_string(), purpose: Purpose::Reauth };
+                    self.effects.push_back(Effect::VerifyToken(check));
+                }
+            }
+            ServerEvent::NotifyResponse(response) => {
+                if let Phase::Up(identity) = &self.phase {
+                    let notifications = &self.services.notifications;
+                    notifications.respond(response.id, &identity.user, self.handle.id, response.response);
+                }
+            }
+            // The notification manager's own timer decides `missed` for the whole user.
+            ServerEvent::NotificationMissed { id } => debug!(id, "notification expired on this device"),
+            ServerEvent::Silent => self.set_silent(true),
+            ServerEvent::Alive => self.set_silent(false),
+            ServerEvent::Closed(close) => {
+                self.closed = Some(close.code);
+                let metrics = &self.services.metrics;
+                metrics.sessions_closed.get_or_create(&ReasonLabel { reason: close.code.name() }).inc();
+                if close.code == ErrorCode::RATE_LIMITED && !close.by_peer {
+                    metrics.refuse(Refusal::SessionRateLimited);
+                }
+                debug!(code = %close.code, reason = %close.reason, by_peer = close.by_peer, "session closed");
+                self.leave_table();
+            }
+        }
+    }
+
+    fn hello_verified(&mut self, now: Instant, result: Result<DeviceClaims, TokenError>) {
+        let Phase::Verifying(hello) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            // The session ended while the token was being checked.
+            return;
+        };
+        let claims = match result {
+            Ok(claims) if claims.did == hello.device_id.as_str() => claims,
+            Ok(_) => return self.refuse(ErrorCode::UNAUTHENTICATED, "token is for another device", "device"),
+            Err(TokenError::Expired) => {
+                return self.refuse(ErrorCode::TOKEN_EXPIRED, "token expired", "expired");
+            }
+            Err(error) => {
+                return self.refuse(ErrorCode::UNAUTHENTICATED, &error.to_string(), "unauthenticated");
+            }
+        };
+        if self.confirmed {
+            self.welcome(now, *hello, claims, false);
+        } else {
+            // 0-RTT data can be replayed: Welcome, the table and the ghost's close wait for
+            // the handshake, which proves the client is live.
+            self.confirm_by = Some(now + self.services.protocol.handshake_timeout);
+            self.phase = Phase::Confirming(Box::new((*hello, claims)));
+        }
+    }
+
+    fn welcome(&mut self, now: Instant, hello: Hello, claims: DeviceClaims, zero_rtt: bool) {
+        let span = tracing::Span::current();
+        span.record("user", claims.sub.as_str());
+        span.record("device", claims.did.as_str());
+        let accept = Accept {
+            session_id: self.handle.id,
+            server_time_ms: self.services.clock.unix_ms(),
+            token_valid_for: Some(self.valid_for(&claims)),
+        };
+        if let Err(error) = self.protocol.accept(now, accept) {
+            self.phase = Phase::Done;
+            return warn!(%error, "accept out of phase");
+        }
+        let state = DeviceState {
+            status: hello.status,
+            idle: hello.idle,
+            message: hello.message.into_string(),
+            visibility: hello.visibility.into_vec(),
+        };
+        let table = &self.services.table;
+        if let Some(ghost) = table.connect(&claims.sub, &claims.did, self.handle.clone(), state) {
+            ghost.send(SessionCommand::Close {
+                code: ErrorCode::REPLACED,
+                reason: "replaced by a new session".into(),
+            });
+        }
+        info!(zero_rtt, heartbeat = ?self.protocol.heartbeat(), "session up");
+        self.phase = Phase::Up(Identity { user: claims.sub, device: claims.did });
+    }
+
+    fn reauth_verified(&mut self, now: Instant, result: Result<DeviceClaims, TokenError>) {
+        let Phase::Up(identity) = &self.phase else { return };
+        match result {
+            Ok(claims) if claims.sub == identity.user && claims.did == identity.device => {
+                let valid_for = self.valid_for(&claims);
+                self.protocol.renew_token(now, Some(valid_for));
+            }
+            Ok(_) => {
+                self.protocol.close(ErrorCode::UNAUTHENTICATED, "reauth token names another user or device")
+            }
+            Err(TokenError::Expired) => self.protocol.close(ErrorCode::TOKEN_EXPIRED, "reauth token expired"),
+            Err(error) => self.protocol.close(ErrorCode::UNAUTHENTICATED, &error.to_string()),
+        }
+    }
+
+    /// How long a verified token stays valid, with the same leeway `verify` allowed it, so
+    /// a token accepted at the edge of its expiry is not closed the moment its session
+    /// starts.
+    fn valid_for(&self, claims: &DeviceClaims) -> Duration {
+        let now = self.services.clock.unix_secs();
+        Duration::from_secs(claims.exp.saturating_add(crate::auth::LEEWAY_SECS).saturating_sub(now))
+    }
+
+    fn refuse(&mut self, code: ErrorCode, detail: &str, label: &'static str) {
+        self.phase = Phase::Done;
+        self.services.metrics.handshakes_failed.get_or_create(&ReasonLabel { reason: label }).inc();
+        info!(code = %code, detail, "hello refused");
+        self.protocol.reject(code, detail);
+    }
+
+    /// The user authorizes an app: answer with its PUID and tell the app (`grant`).
+    fn authorize(&mut self, app_id: AppId, state: &str) {
+        let Phase::Up(identity) = &self.phase else { return };
+        let services = &self.services;
+        if !services.apps.exists(&app_id) {
+            let _ = self.protocol.denied(app_id, ErrorCode::UNKNOWN_APP, Reason::truncating("no such app"));
+            return;
+        }
+        let puid = services.table.puid(&app_id, &identity.user);
+        services.outbound.grant(&app_id, &puid, state);
+        let _ = self.protocol.authorized(app_id, puid);
+    }
+
+    /// The user withdraws an app: it stops seeing the user on every device at once, learns
+    /// `revoke`, and every other session of the user is told to drop it from its list.
+    fn revoke(&mut self, app_id: AppId) {
+        let Phase::Up(identity) = &self.phase else { return };
+        let services = &self.services;
+        if !services.apps.exists(&app_id) {
+            let _ = self.protocol.denied(app_id, ErrorCode::UNKNOWN_APP, Reason::truncating("no such app"));
+            return;
+        }
+        services.table.revoke(&identity.user, &app_id);
+        services.outbound.revoke(&app_id, &services.table.puid(&app_id, &identity.user));
+        for session in services.table.sessions_of(&identity.user) {
+            if session.id != self.handle.id {
+                session.send(SessionCommand::Revoked { app_id: app_id.clone() });
+            }
+        }
+        let _ = self.protocol.revoked(app_id);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut DeviceState)) {
+        if let Phase::Up(identity) = &self.phase {
+            self.services.table.update(&identity.user, &identity.device, self.handle.id, change);
+        }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        if let Phase::Up(identity) = &self.phase {
+            info!(silent, "liveness changed");
+            self.services.table.set_silent(&identity.user, &identity.device, self.handle.id, silent);
+        }
+    }
+
+    /// Takes the device off the table, once.
+    fn leave_table(&mut self) {
+        if let Phase::Up(identity) = std::mem::replace(&mut self.phase, Phase::Done) {
+            self.services.table.disconnect(&identity.user, &identity.device, self.handle.id);
+        }
+    }
+}
+
+impl Drop for DeviceSession {
+    fn drop(&mut self) {
+        self.leave_table();
+    }
+}
