@@ -4,10 +4,17 @@
 //! - `table_update/presence_table`: `PresenceTable::update` (dashmap underneath) flipping a
 //!   device between online and away, so every call re-aggregates, takes a sequence number
 //!   and emits an event: the whole per-change cost of the daemon's table.
-//! - `table_update/{dashmap,sharded_rwlock,mutex}`: the map alone, the same operation (find
-//!   the user's entry, flip its status, bump a counter) in the table's `DashMap`, in a
-//!   hand-sharded `RwLock<HashMap>` with as many shards as dashmap's default, and in one
-//!   `Mutex<HashMap>` (the unsharded floor).
+//! - `table_update/presence_table_outbox`: the same with a sink that does what the daemon's
+//!   outbox path does per event (encode the webhook JSON, push it into one shared
+//!   `Mutex<Vec>`): shows what publishing under, or after, the user's shard lock costs.
+//! - `table_update/{dashmap,papaya,scc,sharded_rwlock,mutex}`: the map alone, the same
+//!   operation (find the user's entry, flip its status, bump a counter) in the table's
+//!   `DashMap`, in the lock-free `papaya::HashMap` (copy-on-write values; its `update` takes
+//!   the key by value, so a `String` clone per update) and `scc::HashMap` (per-bucket locks),
+//!   in a hand-sharded `RwLock<HashMap>` with as many shards as dashmap's default, and in
+//!   one `Mutex<HashMap>` (the unsharded floor).
+//! - `table_read/{dashmap,papaya,scc}`: API reads (`GET /v1/presence`): two threads read
+//!   random users' entries while a third updates, the reads counted.
 //!
 //! Each is run by 1 and by 2 threads over 10,000 users picked at random (spread: two
 //! threads rarely meet on a shard lock at the same instant), and by 2 threads over 16 users
@@ -28,7 +35,7 @@ use presenced::clock::Clock;
 use presenced::handle::SessionHandle;
 use presenced::metrics::Metrics;
 use presenced::puid::PuidKey;
-use presenced::table::{DeviceState, PresenceTable};
+use presenced::table::{DeviceState, PresenceEvent, PresenceSink, PresenceTable};
 
 const DEVICE: &str = "phone";
 
@@ -56,10 +63,28 @@ struct Table {
     users: Vec<String>,
 }
 
+/// What the daemon's outbox path does with each event, in one shared buffer as the
+/// fan-out's `Mutex<Buffer>` is: encode it, keep it (bounded here by clearing).
+#[derive(Debug, Default)]
+struct OutboxLike {
+    buffer: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+impl PresenceSink for OutboxLike {
+    fn publish(&self, event: &PresenceEvent) {
+        let encoded = presenced::outbound::presence_event(event);
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if buffer.len() >= 4_096 {
+            buffer.clear();
+        }
+        buffer.push(encoded);
+    }
+}
+
 impl Table {
-    fn new(users: usize) -> Table {
+    fn new(users: usize, sink: Option<Arc<dyn PresenceSink>>) -> Table {
         let key = PuidKey::new(&[7; 32]).expect("32-byte secret");
-        let table = PresenceTable::new(key, Arc::new(Metrics::default()), Clock::system(), None);
+        let table = PresenceTable::new(key, Arc::new(Metrics::default()), Clock::system(), sink);
         let app = AppId::new("app_benchmark000").expect("app id");
         let users = user_names(users);
         for (i, user) in users.iter().enumerate() {
@@ -94,6 +119,55 @@ impl Update for Dash {
         if let Some(mut entry) = self.map.get_mut(&self.users[i]) {
             entry.flip();
         }
+    }
+}
+
+struct Papaya {
+    map: papaya::HashMap<String, Entry>,
+    users: Vec<String>,
+}
+
+impl Update for Papaya {
+    fn update(&self, i: usize) {
+        self.map.pin().update(self.users[i].clone(), |entry| {
+            let mut entry = entry.clone();
+            entry.flip();
+            entry
+        });
+    }
+}
+
+struct Scc {
+    map: scc::HashMap<String, Entry>,
+    users: Vec<String>,
+}
+
+impl Update for Scc {
+    fn update(&self, i: usize) {
+        self.map.update_sync(self.users[i].as_str(), |_, entry| entry.flip());
+    }
+}
+
+/// A read of one user's entry, as `GET /v1/presence/{puid}` does.
+trait Read: Update {
+    fn read(&self, i: usize) -> u64;
+}
+
+impl Read for Dash {
+    fn read(&self, i: usize) -> u64 {
+        self.map.get(&self.users[i]).map_or(0, |entry| entry.changes)
+    }
+}
+
+impl Read for Papaya {
+    fn read(&self, i: usize) -> u64 {
+        self.map.pin().get(&self.users[i]).map_or(0, |entry| entry.changes)
+    }
+}
+
+impl Read for Scc {
+    fn read(&self, i: usize) -> u64 {
+        self.map.read_sync(self.users[i].as_str(), |_, entry| entry.changes).unwrap_or(0)
     }
 }
 
@@ -145,10 +219,29 @@ fn default_shards() -> usize {
     (cores * 4).next_power_of_two()
 }
 
+fn dash(names: &[String]) -> Dash {
+    Dash { map: names.iter().map(|u| (u.clone(), Entry::default())).collect(), users: names.to_vec() }
+}
+
+fn papaya(names: &[String]) -> Papaya {
+    let map = papaya::HashMap::new();
+    for name in names {
+        map.pin().insert(name.clone(), Entry::default());
+    }
+    Papaya { map, users: names.to_vec() }
+}
+
+fn scc(names: &[String]) -> Scc {
+    let map = scc::HashMap::new();
+    for name in names {
+        let _ = map.insert_sync(name.clone(), Entry::default());
+    }
+    Scc { map, users: names.to_vec() }
+}
+
 fn variants(users: usize) -> Vec<(&'static str, Box<dyn Update>)> {
     let names = user_names(users);
-    let dash =
-        Dash { map: names.iter().map(|u| (u.clone(), Entry::default())).collect(), users: names.clone() };
+    let dash = dash(&names);
     let hasher = RandomState::new();
     let mut shards: Vec<HashMap<String, Entry>> = (0..default_shards()).map(|_| HashMap::new()).collect();
     for name in &names {
@@ -161,9 +254,13 @@ fn variants(users: usize) -> Vec<(&'static str, Box<dyn Update>)> {
         map: Mutex::new(names.iter().map(|u| (u.clone(), Entry::default())).collect()),
         users: names,
     };
+    let outbox: Arc<dyn PresenceSink> = Arc::new(OutboxLike::default());
     vec![
-        ("presence_table", Box::new(Table::new(users))),
+        ("presence_table", Box::new(Table::new(users, None))),
+        ("presence_table_outbox", Box::new(Table::new(users, Some(outbox)))),
         ("dashmap", Box::new(dash)),
+        ("papaya", Box::new(papaya(&user_names(users)))),
+        ("scc", Box::new(scc(&user_names(users)))),
         ("sharded_rwlock", Box::new(sharded)),
         ("mutex", Box::new(single)),
     ]
@@ -204,5 +301,55 @@ fn table_update(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, table_update);
+/// Two threads each doing `iters` reads of random users while a third keeps updating; the
+/// wall time until both readers are done.
+fn run_reads(variant: &dyn Read, users: usize, iters: u64) -> Duration {
+    let readers = 2;
+    let barrier = Barrier::new(readers + 1);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut rng = fastrand::Rng::with_seed(99);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                variant.update(rng.usize(..users));
+            }
+        });
+        for t in 0..readers {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t as u64 + 1);
+                barrier.wait();
+                for _ in 0..iters {
+                    black_box(variant.read(black_box(rng.usize(..users))));
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        let elapsed = start.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        elapsed
+    })
+}
+
+fn table_read(c: &mut Criterion) {
+    let mut group = c.benchmark_group("table_read");
+    let users = 10_000;
+    group.throughput(Throughput::Elements(2));
+    let names = user_names(users);
+    let variants: Vec<(&str, Box<dyn Read>)> = vec![
+        ("dashmap", Box::new(dash(&names))),
+        ("papaya", Box::new(papaya(&names))),
+        ("scc", Box::new(scc(&names))),
+    ];
+    for (name, variant) in variants {
+        let id = BenchmarkId::new(name, format!("{users}_users_2_readers_1_writer"));
+        group.bench_function(id, |b| b.iter_custom(|iters| run_reads(variant.as_ref(), users, iters)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, table_update, table_read);
 criterion_main!(benches);
