@@ -530,3 +530,194 @@ impl Drop for DeviceSession {
         self.leave_table();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use presence_protocol::{AppList, Message, Status, encode_frame};
+
+    use super::*;
+    use crate::auth::TokenSigner;
+    use crate::notify::NotifyLimits;
+    use crate::settings::Rate;
+    use crate::store::Store;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::testing::EventRecorder;
+    use crate::webhook::fanout::{Fanout, FanoutConfig};
+
+    struct World {
+        services: Arc<SessionServices>,
+        signer: TokenSigner,
+        events: Arc<EventRecorder>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn world() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signer =
+            TokenSigner::from_pkcs8("k1", &TokenSigner::generate_pkcs8().expect("key")).expect("signer");
+        let verifier = TokenVerifier::from_jwks_json(&serde_json::to_string(&signer.jwks()).expect("jwks"))
+            .expect("verifier");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"));
+        let metrics = Arc::new(Metrics::default());
+        let clock = Clock::system();
+        let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
+        let fanout =
+            Arc::new(Fanout::start(store.clone(), FanoutConfig::default(), metrics.clone()).expect("fanout"));
+        let outbound = Arc::new(Outbound::new(apps.clone(), fanout));
+        let events = Arc::new(EventRecorder::default());
+        let key = crate::puid::PuidKey::new(&[9; 32]).expect("key");
+        let table = Arc::new(PresenceTable::new(key, metrics.clone(), clock, Some(events.clone())));
+        let limits = NotifyLimits {
+            app: Rate { rate: 10, burst: 10 },
+            recipient: Rate { rate: 10, burst: 10 },
+            outstanding: 10,
+        };
+        let notifications =
+            Arc::new(Notifications::new(table.clone(), outbound.clone(), store, metrics.clone(), limits));
+        let services = Arc::new(SessionServices {
+            verifier,
+            table,
+            metrics,
+            apps,
+            outbound,
+            notifications,
+            protocol: Arc::new(ProtocolConfig::default()),
+            drain: Duration::from_secs(2),
+            clock,
+        });
+        World { services, signer, events, _dir: dir }
+    }
+
+    impl World {
+        fn session(&self, id: u64, now: Instant) -> (DeviceSession, crate::handle::Commands) {
+            let (handle, commands) = SessionHandle::new(id);
+            (DeviceSession::new(self.services.clone(), handle, now), commands)
+        }
+
+        fn hello(&self, user: &str, token_device: &str, device: &str) -> Vec<u8> {
+            let token = self.signer.mint(user, token_device, self.services.clock.unix_secs(), 3_600);
+            let hello = Hello {
+                version: 1,
+                token: token.parse_text(),
+                device_id: device.parse_text(),
+                status: Status::Online,
+                idle: false,
+                message: "hi".parse_text(),
+                visibility: AppList::new(vec![AppId::new("app_chat").expect("app id")]).expect("list"),
+                heartbeat_ms: 25_000,
+                status_seq: 0,
+            };
+            encode_frame(&Message::Hello(hello)).expect("frame").to_vec()
+        }
+    }
+
+    trait ParseText {
+        fn parse_text<const N: usize>(&self) -> presence_protocol::Text<N>;
+    }
+
+    impl ParseText for str {
+        fn parse_text<const N: usize>(&self) -> presence_protocol::Text<N> {
+            presence_protocol::Text::new(self).expect("within bounds")
+        }
+    }
+
+    /// Runs the effects a driver would: every token check, at once.
+    fn drive(session: &mut DeviceSession, services: &SessionServices, now: Instant) {
+        while let Some(Effect::VerifyToken(check)) = session.poll_effect() {
+            let result = services.verify(&check.token);
+            session.token_verified(now, check, result);
+        }
+    }
+
+    fn sent_welcome(session: &mut DeviceSession) -> bool {
+        std::iter::from_fn(|| session.poll_transmit()).any(|transmit| match transmit {
+            Transmit::Stream(bytes) => {
+                let mut decoder = presence_protocol::FrameDecoder::new();
+                let mut input = &bytes[..];
+                matches!(
+                    decoder.decode(&mut input),
+                    Ok(Some(presence_protocol::Decoded::Message(Message::Welcome(_))))
+                )
+            }
+            Transmit::Datagram(_) => false,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_zero_rtt_hello_waits_for_the_handshake_before_anything_happens() {
+        let world = world();
+        let now = world.services.clock.now();
+        let (mut session, _commands) = world.session(1, now);
+        session.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
+        drive(&mut session, &world.services, now);
+        assert!(!session.is_up(), "verified, but the handshake has not confirmed the client");
+        assert_eq!(world.services.table.users(), 0, "nothing on the table on 0-RTT alone");
+        assert!(!sent_welcome(&mut session), "no Welcome before the handshake");
+        assert!(world.events.all().is_empty());
+        session.handshake_confirmed(now);
+        assert!(session.is_up());
+        assert!(sent_welcome(&mut session));
+        assert_eq!(world.services.table.users(), 1);
+        assert_eq!(world.events.all().len(), 1, "the app sees the user online");
+        assert_eq!(world.services.metrics.zero_rtt_accepted.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_rtt_hello_whose_handshake_never_completes_is_refused() {
+        let world = world();
+        let now = world.services.clock.now();
+        let (mut session, _commands) = world.session(1, now);
+        session.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
+        drive(&mut session, &world.services, now);
+        let deadline = session.poll_timeout().expect("a deadline");
+        assert!(deadline <= now + world.services.protocol.handshake_timeout);
+        session.handle_timeout(deadline);
+        assert!(session.is_closed());
+        assert_eq!(session.close_code(), ErrorCode::HANDSHAKE_TIMEOUT);
+        assert_eq!(world.services.table.users(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_one_rtt_hello_goes_up_at_once_and_leaves_the_table_when_dropped() {
+        let world = world();
+        let now = world.services.clock.now();
+        let (mut session, _commands) = world.session(1, now);
+        session.handshake_confirmed(now);
+        session.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
+        drive(&mut session, &world.services, now);
+        assert!(session.is_up() && sent_welcome(&mut session));
+        assert_eq!(world.services.metrics.zero_rtt_accepted.get(), 0);
+        drop(session);
+        assert_eq!(world.services.table.users(), 0, "a dropped session leaves no ghost");
+        let statuses: Vec<Status> = world.events.all().iter().map(|e| e.status).collect();
+        assert_eq!(statuses, [Status::Online, Status::Offline]);
+    }
+
+    #[tokio::test]
+    async fn a_token_for_another_device_is_refused_and_a_new_session_closes_its_ghost() {
+        let world = world();
+        let now = world.services.clock.now();
+        let (mut forged, _c) = world.session(1, now);
+        forged.handshake_confirmed(now);
+        forged.handle_stream_data(now, &world.hello("alice", "laptop", "phone"));
+        drive(&mut forged, &world.services, now);
+        assert_eq!(forged.close_code(), ErrorCode::UNAUTHENTICATED);
+        assert_eq!(world.services.table.users(), 0);
+
+        let (mut first, mut first_commands) = world.session(2, now);
+        first.handshake_confirmed(now);
+        first.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
+        drive(&mut first, &world.services, now);
+        let (mut second, _c) = world.session(3, now);
+        second.handshake_confirmed(now);
+        second.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
+        drive(&mut second, &world.services, now);
+        assert!(second.is_up());
+        let command =
+            tokio::time::timeout(Duration::from_secs(1), first_commands.recv()).await.expect("a command");
+        first.handle_command(now, command);
+        assert_eq!(first.close_code(), ErrorCode::REPLACED);
+        drop(first);
+        assert_eq!(world.services.table.users(), 1, "the ghost's end does not take the new session off");
+    }
+}
