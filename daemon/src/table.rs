@@ -21,7 +21,26 @@
 //!
 //! A user's entry lives while they have a session; the table holds nothing for users who
 //! are gone, so memory follows connected users only.
+//!
+//! # Incremental aggregation
+//!
+//! A change re-aggregates only the apps the changed device lists (before and after the
+//! change), and each of those in time that does not grow with the user's other devices:
+//! every app the user's devices list keeps its *candidates*, the listing devices that are
+//! not silent, sorted by (status, most recent change first), so the winner is the first
+//! one. A change removes the device's old candidate and inserts its new one (binary
+//! searches; the new one goes to the front of its status, since it is the most recent), so
+//! one user with many devices and many apps costs each change a few small moves per listed
+//! app, not a scan of every device for every app. Device slots are stable while a device is
+//! connected, so a candidate names its device by slot.
+//!
+//! # Locks
+//!
+//! The table is a `DashMap` of users: a change takes the user's shard lock, changes the
+//! entry, collects its events and releases the lock; only then are the events handed to
+//! the sink ([`PresenceSink`]), so encoding and outbox work never hold up other users.
 
+use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -45,7 +64,6 @@ pub trait PresenceSink: Send + Sync + std::fmt::Debug {
 }
 
 /// The events one table change produced, published once the user's entry is released.
-/// Most changes produce none or one; a device listing many apps produces one per app.
 type Events = Vec<PresenceEvent>;
 
 /// One change of what an app sees of a user.
@@ -95,6 +113,7 @@ pub struct AppView {
 struct Device {
     id: String,
     handle: SessionHandle,
+    /// Its state; `visibility` sorted and without repeats.
     state: DeviceState,
     silent: bool,
     /// When its state last changed, as a table-wide counter: among equally available
@@ -107,26 +126,140 @@ impl Device {
     fn gauge_state(&self) -> &'static str {
         if self.silent { "silent" } else { self.state.status.as_str() }
     }
+
+    /// Where the device stands among an app's candidates; `None` while it is silent.
+    fn candidate(&self, slot: usize) -> Option<Candidate> {
+        (!self.silent).then_some(Candidate {
+            status: self.state.status,
+            changed: Reverse(self.changed),
+            slot,
+        })
+    }
+}
+
+/// A listing device that is not silent, as an app's aggregation orders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    status: Status,
+    changed: Reverse<u64>,
+    slot: usize,
+}
+
+/// One app that at least one of the user's devices lists.
+#[derive(Debug)]
+struct AppEntry {
+    app_id: AppId,
+    /// The listing devices that are not silent, best first.
+    candidates: Vec<Candidate>,
+    /// Listing devices that are silent.
+    silent: u32,
+    /// What the app was last told, once it has seen the user.
+    seen: Option<Seen>,
+}
+
+impl AppEntry {
+    fn listed(&self) -> bool {
+        !self.candidates.is_empty() || self.silent > 0
+    }
+
+    fn add(&mut self, candidate: Option<Candidate>) {
+        match candidate {
+            Some(candidate) => {
+                let at = self.candidates.partition_point(|c| *c < candidate);
+                self.candidates.insert(at, candidate);
+            }
+            None => self.silent += 1,
+        }
+    }
+
+    fn remove(&mut self, candidate: Option<Candidate>) {
+        match candidate {
+            Some(candidate) => {
+                if let Ok(at) = self.candidates.binary_search(&candidate) {
+                    self.candidates.remove(at);
+                }
+            }
+            None => self.silent = self.silent.saturating_sub(1),
+        }
+    }
 }
 
 #[derive(Debug)]
-struct ViewEntry {
-    app_id: AppId,
+struct Seen {
     puid: Puid,
     view: AppView,
 }
 
 #[derive(Debug, Default)]
 struct UserEntry {
-    devices: Vec<Device>,
-    views: Vec<ViewEntry>,
+    /// Device slots: a device keeps its slot while connected; a free slot is reused.
+    devices: Vec<Option<Device>>,
+    /// Sorted by app id.
+    apps: Vec<AppEntry>,
+}
+
+impl UserEntry {
+    fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.devices.iter().flatten()
+    }
+
+    fn slot_of(&self, device_id: &str) -> Option<usize> {
+        self.devices.iter().position(|d| d.as_ref().is_some_and(|d| d.id == device_id))
+    }
+
+    fn app(&self, app_id: &str) -> Option<&AppEntry> {
+        let at = self.apps.binary_search_by(|a| a.app_id.as_str().cmp(app_id)).ok()?;
+        Some(&self.apps[at])
+    }
+
+    /// The app's entry, made if no device listed it before.
+    fn app_mut(&mut self, app_id: &AppId) -> &mut AppEntry {
+        let at = match self.apps.binary_search_by(|a| a.app_id.cmp(app_id)) {
+            Ok(at) => at,
+            Err(at) => {
+                let entry =
+                    AppEntry { app_id: app_id.clone(), candidates: Vec::new(), silent: 0, seen: None };
+                self.apps.insert(at, entry);
+                at
+            }
+        };
+        &mut self.apps[at]
+    }
+
+    /// Takes a device's standing out of every app it lists.
+    fn withdraw(&mut self, slot: usize) {
+        let Some(device) = &self.devices[slot] else { return };
+        let candidate = device.candidate(slot);
+        let apps = &mut self.apps;
+        for app in &device.state.visibility {
+            if let Ok(at) = apps.binary_search_by(|a| a.app_id.cmp(app)) {
+                apps[at].remove(candidate);
+            }
+        }
+    }
+
+    /// Puts a device's standing into every app it lists.
+    fn enter(&mut self, slot: usize) {
+        let Some(device) = &self.devices[slot] else { return };
+        let candidate = device.candidate(slot);
+        let apps = device.state.visibility.clone();
+        for app in &apps {
+            self.app_mut(app).add(candidate);
+        }
+    }
+}
+
+/// Sorts a visibility list and drops repeats, so that a device lists an app once.
+fn normalize(visibility: &mut Vec<AppId>) {
+    visibility.sort_unstable();
+    visibility.dedup();
 }
 
 /// The sharded presence table.
 #[derive(Debug)]
 pub struct PresenceTable {
     users: DashMap<String, UserEntry>,
-    /// PUID → (app, user), for users with a device that lists the app.
+    /// PUID → (app, user), for users an app currently sees.
     reverse: DashMap<Puid, (AppId, String)>,
     puid_key: PuidKey,
     sink: Option<Arc<dyn PresenceSink>>,
@@ -179,24 +312,34 @@ impl PresenceTable {
         user: &str,
         device_id: &str,
         handle: SessionHandle,
-        state: DeviceState,
+        mut state: DeviceState,
     ) -> Option<SessionHandle> {
+        normalize(&mut state.visibility);
         let mut events = Events::new();
         let mut entry = self.users.entry(user.to_owned()).or_default();
-        let mut apps: Vec<AppId> = state.visibility.clone();
+        let mut apps = state.visibility.clone();
         let device = Device { id: device_id.to_owned(), handle, state, silent: false, changed: self.tick() };
         self.metrics.move_session(None, Some(device.gauge_state()));
-        let replaced = match entry.devices.iter_mut().find(|d| d.id == device_id) {
-            Some(old) => {
+        let (slot, replaced) = match entry.slot_of(device_id) {
+            Some(slot) => {
+                entry.withdraw(slot);
+                let old = entry.devices[slot].replace(device).expect("slot_of found a device");
                 self.metrics.move_session(Some(old.gauge_state()), None);
-                apps.extend(old.state.visibility.iter().cloned());
-                Some(std::mem::replace(old, device).handle)
+                apps.extend(old.state.visibility);
+                (slot, Some(old.handle))
             }
-            None => {
-                entry.devices.push(device);
-                None
-            }
+            None => match entry.devices.iter().position(Option::is_none) {
+                Some(free) => {
+                    entry.devices[free] = Some(device);
+                    (free, None)
+                }
+                None => {
+                    entry.devices.push(Some(device));
+                    (entry.devices.len() - 1, None)
+                }
+            },
         };
+        entry.enter(slot);
         self.refresh(user, &mut entry, apps, &mut events);
         drop(entry);
         self.publish(events);
@@ -206,18 +349,14 @@ impl PresenceTable {
     /// Applies a change to a device's state, if `session` is still the device's session.
     pub fn update(&self, user: &str, device_id: &str, session: u64, change: impl FnOnce(&mut DeviceState)) {
         self.with_device(user, device_id, session, |device| {
-            let before = device.state.visibility.clone();
             change(&mut device.state);
-            before
+            normalize(&mut device.state.visibility);
         });
     }
 
     /// Marks a device silent (past its heartbeat grace) or heard again.
     pub fn set_silent(&self, user: &str, device_id: &str, session: u64, silent: bool) {
-        self.with_device(user, device_id, session, |device| {
-            device.silent = silent;
-            Vec::new()
-        });
+        self.with_device(user, device_id, session, |device| device.silent = silent);
     }
 
     /// Removes a device's session (clean close or connection loss), if it is still current.
@@ -225,14 +364,20 @@ impl PresenceTable {
         let Some(mut entry) = self.users.get_mut(user) else {
             return;
         };
-        let Some(index) = entry.devices.iter().position(|d| d.id == device_id && d.handle.id == session)
+        let Some(slot) = entry
+            .slot_of(device_id)
+            .filter(|&slot| entry.devices[slot].as_ref().is_some_and(|d| d.handle.id == session))
         else {
             return;
         };
-        let device = entry.devices.swap_remove(index);
+        entry.withdraw(slot);
+        let device = entry.devices[slot].take().expect("slot_of found a device");
         self.metrics.move_session(Some(device.gauge_state()), None);
         let mut events = Events::new();
         self.refresh(user, &mut entry, device.state.visibility, &mut events);
+        while entry.devices.last().is_some_and(Option::is_none) {
+            entry.devices.pop();
+        }
         let empty = entry.devices.is_empty();
         drop(entry);
         if empty {
@@ -243,12 +388,9 @@ impl PresenceTable {
 
     /// What `app_id` currently sees of the user behind `puid`; `None` reads as offline.
     pub fn lookup(&self, app_id: &str, puid: &str) -> Option<AppView> {
-        let (app, user) = self.reverse.get(puid).map(|r| r.value().clone())?;
-        if app.as_str() != app_id {
-            return None;
-        }
+        let user = self.user_of(app_id, puid)?;
         let entry = self.users.get(&user)?;
-        entry.views.iter().find(|v| v.app_id.as_str() == app_id).map(|v| v.view.clone())
+        entry.app(app_id)?.seen.as_ref().map(|seen| seen.view.clone())
     }
 
     /// The user behind `puid`, if `app_id` can currently see them.
@@ -262,11 +404,11 @@ impl PresenceTable {
     /// app, are not silent, and do not appear offline.
     pub fn reachable(&self, user: &str, app_id: &str) -> Vec<SessionHandle> {
         let Some(entry) = self.users.get(user) else { return Vec::new() };
-        entry
-            .devices
+        let Some(app) = entry.app(app_id) else { return Vec::new() };
+        app.candidates
             .iter()
-            .filter(|d| !d.silent && d.state.status != Status::Offline)
-            .filter(|d| d.state.visibility.iter().any(|app| app.as_str() == app_id))
+            .filter(|c| c.status != Status::Offline)
+            .filter_map(|c| entry.devices[c.slot].as_ref())
             .map(|d| d.handle.clone())
             .collect()
     }
@@ -276,10 +418,15 @@ impl PresenceTable {
     pub fn revoke(&self, user: &str, app_id: &str) {
         let Some(mut entry) = self.users.get_mut(user) else { return };
         let mut apps = Vec::new();
-        for device in &mut entry.devices {
-            if let Some(index) = device.state.visibility.iter().position(|app| app.as_str() == app_id) {
+        let UserEntry { devices, apps: listed } = &mut *entry;
+        for device in devices.iter_mut().flatten() {
+            if let Ok(index) = device.state.visibility.binary_search_by(|app| app.as_str().cmp(app_id)) {
                 apps.push(device.state.visibility.remove(index));
             }
+        }
+        if let Ok(at) = listed.binary_search_by(|a| a.app_id.as_str().cmp(app_id)) {
+            listed[at].candidates.clear();
+            listed[at].silent = 0;
         }
         let mut events = Events::new();
         self.refresh(user, &mut entry, apps, &mut events);
@@ -289,7 +436,7 @@ impl PresenceTable {
 
     /// Every session of a user, for notifications and drains.
     pub fn sessions_of(&self, user: &str) -> Vec<SessionHandle> {
-        self.users.get(user).map(|e| e.devices.iter().map(|d| d.handle.clone()).collect()).unwrap_or_default()
+        self.users.get(user).map(|e| e.devices().map(|d| d.handle.clone()).collect()).unwrap_or_default()
     }
 
     /// Number of users with at least one session.
@@ -297,78 +444,77 @@ impl PresenceTable {
         self.users.len()
     }
 
-    fn with_device(
-        &self,
-        user: &str,
-        device_id: &str,
-        session: u64,
-        change: impl FnOnce(&mut Device) -> Vec<AppId>,
-    ) {
+    fn with_device(&self, user: &str, device_id: &str, session: u64, change: impl FnOnce(&mut Device)) {
         let Some(mut entry) = self.users.get_mut(user) else {
             return;
         };
-        let Some(device) = entry.devices.iter_mut().find(|d| d.id == device_id && d.handle.id == session)
+        let Some(slot) = entry
+            .slot_of(device_id)
+            .filter(|&slot| entry.devices[slot].as_ref().is_some_and(|d| d.handle.id == session))
         else {
             return;
         };
+        entry.withdraw(slot);
+        let changed = self.tick();
+        let device = entry.devices[slot].as_mut().expect("slot_of found a device");
         let before = device.gauge_state();
-        let mut apps = change(device);
-        device.changed = self.tick();
+        let mut apps = device.state.visibility.clone();
+        change(device);
+        device.changed = changed;
         self.metrics.move_session(Some(before), Some(device.gauge_state()));
         apps.extend(device.state.visibility.iter().cloned());
+        entry.enter(slot);
         let mut events = Events::new();
         self.refresh(user, &mut entry, apps, &mut events);
         drop(entry);
         self.publish(events);
     }
 
-    /// Recomputes what each of `apps` sees of the user and collects the changes into
-    /// `events`, for the caller to publish once it has released the entry.
+    /// Brings what each of `apps` sees of the user up to date with its candidates, and
+    /// collects the changes into `events`, for the caller to publish once it has released
+    /// the entry. Apps no device lists any more are forgotten.
     fn refresh(&self, user: &str, entry: &mut UserEntry, mut apps: Vec<AppId>, events: &mut Events) {
         apps.sort_unstable();
         apps.dedup();
         for app in apps {
-            let listing = entry.devices.iter().filter(|d| d.state.visibility.contains(&app));
-            let best = listing
-                .clone()
-                .filter(|d| !d.silent)
-                .min_by_key(|d| (d.state.status, std::cmp::Reverse(d.changed)));
+            let Ok(at) = entry.apps.binary_search_by(|a| a.app_id.cmp(&app)) else { continue };
+            let best = entry.apps[at].candidates.first().and_then(|c| entry.devices[c.slot].as_ref());
             let (status, message) =
-                best.map_or((Status::Offline, String::new()), |d| (d.state.status, d.state.message.clone()));
-            let listed = listing.count() > 0;
-            let index = entry.views.iter().position(|v| v.app_id == app);
-            let index = match index {
-                Some(i) if entry.views[i].view.status == status && entry.views[i].view.message == message => {
-                    Some(i)
-                }
-                Some(i) => {
-                    let view = &mut entry.views[i].view;
-                    let now = self.clock.unix_micros();
-                    let seq = self.next_seq(view.seq, now);
-                    *view = AppView { status, message, seq, since_ms: now / 1_000 };
-                    events.push(event(&entry.views[i]));
-                    Some(i)
+                best.map_or((Status::Offline, ""), |d| (d.state.status, d.state.message.as_str()));
+            let listed = entry.apps[at].listed();
+            let now = self.clock.unix_micros();
+            let app_entry = &mut entry.apps[at];
+            match &mut app_entry.seen {
+                Some(seen) if seen.view.status == status && seen.view.message == message => {}
+                Some(seen) => {
+                    let seq = self.next_seq(seen.view.seq, now);
+                    seen.view = AppView { status, message: message.to_owned(), seq, since_ms: now / 1_000 };
+                    events.push(event(&app_entry.app_id, seen));
                 }
                 // An app that never saw the user online learns nothing from "offline".
-                None if status == Status::Offline => None,
+                None if status == Status::Offline => {}
                 None => {
                     let puid = self.puid(&app, user);
                     self.reverse.insert(puid.clone(), (app.clone(), user.to_owned()));
-                    let now = self.clock.unix_micros();
-                    let view = AppView { status, message, seq: self.next_seq(0, now), since_ms: now / 1_000 };
-                    let added = ViewEntry { app_id: app, puid, view };
-                    events.push(event(&added));
-                    entry.views.push(added);
-                    None
+                    let view = AppView {
+                        status,
+                        message: message.to_owned(),
+                        seq: self.next_seq(0, now),
+                        since_ms: now / 1_000,
+                    };
+                    let seen = Seen { puid, view };
+                    events.push(event(&app_entry.app_id, &seen));
+                    app_entry.seen = Some(seen);
                 }
-            };
-            if let Some(i) = index.filter(|_| !listed) {
-                let gone = entry.views.swap_remove(i);
-                self.reverse.remove(&gone.puid);
+            }
+            if !listed {
+                let gone = entry.apps.remove(at);
+                if let Some(seen) = gone.seen {
+                    self.reverse.remove(&seen.puid);
+                }
             }
         }
     }
-
     /// The highest sequence number handed out (or the floor, if higher).
     pub fn seq_high(&self) -> u64 {
         self.seq_high.load(Ordering::Relaxed)
@@ -414,13 +560,186 @@ impl PresenceTable {
     }
 }
 
-fn event(entry: &ViewEntry) -> PresenceEvent {
+fn event(app_id: &AppId, seen: &Seen) -> PresenceEvent {
     PresenceEvent {
-        app_id: entry.app_id.clone(),
-        puid: entry.puid.clone(),
-        status: entry.view.status,
-        message: entry.view.message.clone(),
-        seq: entry.view.seq,
-        at_ms: entry.view.since_ms,
+        app_id: app_id.clone(),
+        puid: seen.puid.clone(),
+        status: seen.view.status,
+        message: seen.view.message.clone(),
+        seq: seen.view.seq,
+        at_ms: seen.view.since_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The aggregation rule as the module docs state it, computed from scratch.
+    #[derive(Debug, Clone)]
+    struct ModelDevice {
+        id: String,
+        session: u64,
+        status: Status,
+        message: String,
+        visibility: Vec<AppId>,
+        silent: bool,
+        changed: u64,
+    }
+
+    fn expected(model: &[ModelDevice], app: &AppId) -> (Status, String) {
+        model
+            .iter()
+            .filter(|d| d.visibility.contains(app) && !d.silent)
+            .min_by_key(|d| (d.status, Reverse(d.changed)))
+            .map_or((Status::Offline, String::new()), |d| (d.status, d.message.clone()))
+    }
+
+    fn table() -> (PresenceTable, Arc<crate::testing::EventRecorder>) {
+        let recorder = Arc::new(crate::testing::EventRecorder::default());
+        let key = PuidKey::new(&[3; 32]).expect("key");
+        let table =
+            PresenceTable::new(key, Arc::new(Metrics::default()), Clock::system(), Some(recorder.clone()));
+        (table, recorder)
+    }
+
+    const STATUSES: [Status; 4] = [Status::Online, Status::Away, Status::Unavailable, Status::Offline];
+
+    /// Random connects, changes, silences, visibility changes, disconnects and revocations
+    /// of one user's devices: after each, every app sees what the rule says, and every event
+    /// an app got says what it sees now, with a higher `seq` than the one before.
+    #[test]
+    fn incremental_aggregation_matches_the_rule() {
+        let apps: Vec<AppId> = (0..4).map(|i| AppId::new(format!("app_{i}")).expect("app id")).collect();
+        for seed in 0..200 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let (table, recorder) = table();
+            let mut model: Vec<ModelDevice> = Vec::new();
+            let mut tick = 0u64;
+            let mut session = 0u64;
+            let mut last_seq: std::collections::HashMap<AppId, u64> = Default::default();
+            let mut checked = 0;
+            for _ in 0..60 {
+                let pick = |rng: &mut fastrand::Rng| {
+                    let mut v: Vec<AppId> = apps.iter().filter(|_| rng.bool()).cloned().collect();
+                    if rng.u8(..8) == 0 {
+                        v.extend(v.clone()); // repeats are allowed on the wire
+                    }
+                    v
+                };
+                match rng.u8(..6) {
+                    0 | 1 if model.len() < 5 || rng.bool() => {
+                        let id = format!("d{}", rng.u8(..6));
+                        session += 1;
+                        let state = DeviceState {
+                            status: STATUSES[rng.usize(..4)],
+                            idle: false,
+                            message: format!("m{}", rng.u8(..3)),
+                            visibility: pick(&mut rng),
+                        };
+                        let (handle, _commands) = SessionHandle::new(session);
+                        table.connect("u", &id, handle, state.clone());
+                        model.retain(|d| d.id != id);
+                        let mut visibility = state.visibility;
+                        normalize(&mut visibility);
+                        model.push(ModelDevice {
+                            id,
+                            session,
+                            status: state.status,
+                            message: state.message,
+                            visibility,
+                            silent: false,
+                            changed: tick,
+                        });
+                        tick += 1;
+                    }
+                    _ if model.is_empty() => {}
+                    2 => {
+                        let index = rng.usize(..model.len());
+                        let d = &mut model[index];
+                        let (status, message) = (STATUSES[rng.usize(..4)], format!("m{}", rng.u8(..3)));
+                        table.update("u", &d.id, d.session, |state| {
+                            state.status = status;
+                            state.message = message.clone();
+                        });
+                        (d.status, d.message, d.changed) = (status, message, tick);
+                        tick += 1;
+                    }
+                    3 => {
+                        let index = rng.usize(..model.len());
+                        let d = &mut model[index];
+                        let silent = rng.bool();
+                        table.set_silent("u", &d.id, d.session, silent);
+                        (d.silent, d.changed) = (silent, tick);
+                        tick += 1;
+                    }
+                    4 => {
+                        let index = rng.usize(..model.len());
+                        let d = &mut model[index];
+                        let mut visibility = pick(&mut rng);
+                        table.update("u", &d.id, d.session, |state| state.visibility = visibility.clone());
+                        normalize(&mut visibility);
+                        (d.visibility, d.changed) = (visibility, tick);
+                        tick += 1;
+                    }
+                    _ if rng.bool() => {
+                        let d = model.remove(rng.usize(..model.len()));
+                        table.disconnect("u", &d.id, d.session);
+                    }
+                    _ => {
+                        let app = &apps[rng.usize(..apps.len())];
+                        table.revoke("u", app);
+                        for d in &mut model {
+                            d.visibility.retain(|a| a != app);
+                        }
+                    }
+                }
+                for app in &apps {
+                    let puid = table.puid(app, "u");
+                    let want = expected(&model, app);
+                    match table.lookup(app, &puid) {
+                        Some(view) => assert_eq!((view.status, view.message), want, "seed {seed}, app {app}"),
+                        // Never told, or no longer listed: it reads as offline.
+                        None => assert_eq!(want.0, Status::Offline, "seed {seed}, app {app}"),
+                    }
+                }
+                for event in &recorder.all()[checked..] {
+                    let previous = last_seq.insert(event.app_id.clone(), event.seq);
+                    assert!(previous.is_none_or(|p| p < event.seq), "seq goes up (seed {seed})");
+                    checked += 1;
+                }
+                assert_eq!(table.users(), usize::from(!model.is_empty()));
+            }
+            // What each app was told last is what it sees.
+            for app in &apps {
+                let puid = table.puid(app, "u");
+                if let Some(last) = recorder.all().iter().rev().find(|e| &e.app_id == app) {
+                    match table.lookup(app, &puid) {
+                        Some(view) => assert_eq!((last.status, &last.message), (view.status, &view.message)),
+                        None => assert_eq!(last.status, Status::Offline, "seed {seed}, app {app}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reachable_devices_are_the_listing_ones_that_are_heard_and_not_offline() {
+        let (table, _) = table();
+        let chat = AppId::new("app_chat").expect("app id");
+        let state = |status| DeviceState {
+            status,
+            idle: false,
+            message: String::new(),
+            visibility: vec![chat.clone()],
+        };
+        let handles: Vec<_> = (1..=3).map(|i| SessionHandle::new(i).0).collect();
+        table.connect("u", "a", handles[0].clone(), state(Status::Online));
+        table.connect("u", "b", handles[1].clone(), state(Status::Offline));
+        table.connect("u", "c", handles[2].clone(), state(Status::Away));
+        table.set_silent("u", "c", 3, true);
+        let ids: Vec<u64> = table.reachable("u", "app_chat").iter().map(|h| h.id).collect();
+        assert_eq!(ids, [1]);
+        assert!(table.reachable("u", "app_other").is_empty());
     }
 }
