@@ -124,8 +124,12 @@ impl Outbound {
     /// A notification's outcome for one recipient.
     pub fn outcome(&self, app_id: &str, id: u64, puid: &str, outcome: &str) {
         let id = id.to_string();
-        let event =
-            WebhookEvent::Notification { id: id.into(), puid: puid.into(), outcome: outcome.into(), at: now_ms() };
+        let event = WebhookEvent::Notification {
+            id: id.into(),
+            puid: puid.into(),
+            outcome: outcome.into(),
+            at: now_ms(),
+        };
         self.send(app_id, &event);
     }
 

@@ -254,8 +254,7 @@ mod tests {
 
     #[test]
     fn the_batch_is_app_id_then_events() {
-        let batch =
-            WebhookBatch { app_id: "app_x".into(), events: vec![WebhookEvent::Reset { at: 1 }] };
+        let batch = WebhookBatch { app_id: "app_x".into(), events: vec![WebhookEvent::Reset { at: 1 }] };
         let json = serde_json::to_string(&batch).expect("encodes");
         assert_eq!(json, r#"{"app_id":"app_x","events":[{"at":1,"type":"reset"}]}"#);
         assert_eq!(serde_json::from_str::<WebhookBatch<'_>>(&json).expect("decodes"), batch);

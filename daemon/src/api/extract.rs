@@ -84,7 +84,11 @@ impl FromRequestParts<ApiState> for AppAuth {
             ));
         };
         let Some(app) = state.apps.authenticate(key) else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, ApiErrorCode::InvalidApiKey, "unknown API key"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ApiErrorCode::InvalidApiKey,
+                "unknown API key",
+            ));
         };
         state.limiter.check(&app.id).map_err(ApiError::rate_limited)?;
         Ok(AppAuth(app))
@@ -119,7 +123,11 @@ impl FromRequestParts<ApiState> for AdminAuth {
         // Compare digests, not the tokens, so the time taken says nothing about the token.
         let given = crate::apps::sha256_hex(bearer(parts).unwrap_or_default());
         if given != crate::apps::sha256_hex(expected) {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, ApiErrorCode::Unauthenticated, "invalid admin token"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ApiErrorCode::Unauthenticated,
+                "invalid admin token",
+            ));
         }
         Ok(AdminAuth)
     }
