@@ -69,9 +69,11 @@ pub(super) async fn create(
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(ApiError::invalid(format!("`name` must be 1 to {MAX_NAME} bytes")));
     }
-    state.url_policy.validate_async(&request.webhook_url).await.map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::InvalidWebhookUrl, e.to_string())
-    })?;
+    state
+        .url_policy
+        .validate_async(&request.webhook_url)
+        .await
+        .map_err(|e| ApiError::unprocessable(ApiErrorCode::InvalidWebhookUrl, &e))?;
     let created = state.apps.create(name, &request.webhook_url).map_err(ApiError::internal)?;
     state.fanout.app_changed(&created.app.id);
     let app = created.app;

@@ -144,6 +144,18 @@ impl ApiError {
         ApiError::new(status, ApiErrorCode::InvalidPuid, message)
     }
 
+    /// 422 with `code`, the message being `error` and each of its causes, `: `-separated
+    /// (the error types keep their causes as sources, not in their own message).
+    pub fn unprocessable(code: ApiErrorCode, error: &dyn std::error::Error) -> ApiError {
+        let mut message = error.to_string();
+        let mut cause = error.source();
+        while let Some(error) = cause {
+            message = format!("{message}: {error}");
+            cause = error.source();
+        }
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, ApiErrorCode::NotFound, message)
@@ -192,5 +204,30 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_snake_case() {
+        let codes: BTreeSet<&str> = ApiErrorCode::ALL.iter().map(|code| code.as_str()).collect();
+        assert_eq!(codes.len(), ApiErrorCode::ALL.len());
+        assert!(codes.iter().all(|code| code.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+    }
+
+    #[test]
+    fn an_unprocessable_answer_tells_every_cause() {
+        let policy = crate::webhook::guard::UrlPolicy::new(false, &[]).expect("policy");
+        let refused = policy.validate("https://").expect_err("no host");
+        let error = ApiError::unprocessable(ApiErrorCode::InvalidWebhookUrl, &refused);
+        assert_eq!(error.code(), ApiErrorCode::InvalidWebhookUrl);
+        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let cause = std::error::Error::source(&refused).expect("the URL parser's error").to_string();
+        assert_eq!(error.message, format!("not a valid URL: {cause}"));
     }
 }
