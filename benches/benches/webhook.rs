@@ -2,8 +2,8 @@
 //!
 //! - `puid/derive`: `PuidKey::derive` for an app id and a user id of typical length (one
 //!   HMAC-SHA256 and 16 bytes of base64url), paid once per (app, user) view.
-//! - `webhook_batch/encode/N`: N presence events to JSON (`outbound::presence_event`, the
-//!   daemon's own encoding) and spliced into the batch body (`fanout::batch_body`).
+//! - `webhook_batch/encode/N`: N presence events to JSON (`outbound::presence_event` and
+//!   `outbound::encode`: the typed `WebhookEvent`, the daemon's own encoding) and spliced into the batch body (`fanout::batch_body`).
 //! - `webhook_batch/encode_json_value/N`: the same through a `serde_json::Value` map
 //!   (`json!`), as the daemon encoded presence events before: the same-run baseline.
 //! - `webhook_batch/sign/N`: the batch's `webhook-id` (`fanout::message_id`) and its
@@ -19,7 +19,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use presence_protocol::{AppId, Status};
-use presenced::outbound::presence_event;
+use presenced::outbound::{encode as encode_event, presence_event};
 use presenced::puid::PuidKey;
 use presenced::store::OutboxEntry;
 use presenced::table::PresenceEvent;
@@ -58,7 +58,7 @@ fn encode(events: &[PresenceEvent]) -> (Vec<OutboxEntry>, Vec<u8>) {
         .iter()
         .enumerate()
         .map(|(serial, event)| {
-            let (key, event) = presence_event(event);
+            let (key, event) = encode_event(&presence_event(event)).expect("a presence event encodes");
             OutboxEntry { key, serial: serial as u64, event }
         })
         .collect();

@@ -22,19 +22,25 @@ pub const MAX_USER_LEN: usize = 256;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 
-/// Why a token was refused.
+/// Why a token was refused. The payloads are typed so that callers and tests can tell the
+/// refusals apart without reading messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum TokenError {
     /// Not three base64url parts with JSON header and claims.
     #[error("malformed token: {0}")]
-    Malformed(&'static str),
+    Malformed(Malformation),
     /// The header's `alg` is not `EdDSA`.
-    #[error("unsupported token algorithm {0:?}")]
-    Algorithm(String),
+    #[error("unsupported token algorithm {alg:?}")]
+    Algorithm {
+        /// The header's `alg`, as the token gave it (bounded by the token's length).
+        alg: String,
+    },
     /// No key in the JWKS matches the header's `kid`.
-    #[error("no verification key for kid {0:?}")]
-    UnknownKey(Option<String>),
+    #[error("no verification key for kid {kid:?}")]
+    UnknownKey {
+        /// The header's `kid`; `None` when it named none and the JWKS has several keys.
+        kid: Option<String>,
+    },
     /// The signature does not verify.
     #[error("bad token signature")]
     Signature,
@@ -49,7 +55,69 @@ pub enum TokenError {
     NotYetValid,
     /// A required claim is missing, empty or too long.
     #[error("token claim {0} missing or invalid")]
-    Claim(&'static str),
+    Claim(Claim),
+}
+
+/// How a token failed to parse, before any key was tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformation {
+    /// Longer than [`MAX_TOKEN_LEN`].
+    #[error("too long")]
+    TooLong,
+    /// Not exactly three dot-separated parts.
+    #[error("expected three parts")]
+    Parts,
+    /// The header or the claims are not base64url.
+    #[error("base64url")]
+    Base64,
+    /// The header or the claims are not the expected JSON.
+    #[error("json")]
+    Json,
+    /// The signature part is not base64url.
+    #[error("signature encoding")]
+    SignatureEncoding,
+}
+
+/// A claim every device token must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Claim {
+    /// `sub`: the user, 1 to [`MAX_USER_LEN`] bytes.
+    #[error("sub")]
+    Sub,
+    /// `did`: the device, 1 to [`MAX_DEVICE_ID_LEN`] bytes.
+    #[error("did")]
+    Did,
+}
+
+/// Why key material (a JWKS, an Ed25519 key) is unusable: start-up errors, each with its
+/// cause as the [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The JWKS is not JSON of the JWKS shape.
+    #[error("invalid JWKS")]
+    Jwks(#[source] serde_json::Error),
+    /// An Ed25519 key in the JWKS has no `x`.
+    #[error("JWKS Ed25519 key without x")]
+    MissingX,
+    /// An Ed25519 key's `x` is not base64url.
+    #[error("JWKS Ed25519 key x is not base64url")]
+    XEncoding(#[source] base64::DecodeError),
+    /// An Ed25519 key's `x` does not decode to 32 bytes.
+    #[error("JWKS Ed25519 key x is {len} bytes, not 32")]
+    XLength {
+        /// The decoded length.
+        len: usize,
+    },
+    /// The JWKS holds no Ed25519 (`OKP`) key at all.
+    #[error("JWKS holds no Ed25519 (OKP) key")]
+    NoKey,
+    /// The system could not generate a key (no randomness; ring says no more).
+    #[error("cannot generate an Ed25519 key")]
+    Generate,
+    /// A stored PKCS#8 document is not an Ed25519 key pair. ring's reason is a payload, not
+    /// a source: without its `std` feature it is no `std::error::Error`.
+    #[error("invalid Ed25519 key: {0}")]
+    Pkcs8(ring::error::KeyRejected),
 }
 
 /// A JWKS file: `{"keys": [...]}`.
@@ -134,22 +202,22 @@ pub struct TokenVerifier {
 
 impl TokenVerifier {
     /// Builds a verifier from JWKS JSON; fails if it holds no usable Ed25519 key.
-    pub fn from_jwks_json(json: &str) -> Result<TokenVerifier, String> {
-        let jwks: Jwks = serde_json::from_str(json).map_err(|e| format!("invalid JWKS: {e}"))?;
+    pub fn from_jwks_json(json: &str) -> Result<TokenVerifier, KeyError> {
+        let jwks: Jwks = serde_json::from_str(json).map_err(KeyError::Jwks)?;
         let mut keys = HashMap::new();
         for jwk in jwks.keys {
             if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
                 continue;
             }
-            let x = jwk.x.as_deref().ok_or("JWKS Ed25519 key without x")?;
-            let raw = B64URL.decode(x).map_err(|e| format!("JWKS key x: {e}"))?;
+            let x = jwk.x.as_deref().ok_or(KeyError::MissingX)?;
+            let raw = B64URL.decode(x).map_err(KeyError::XEncoding)?;
             if raw.len() != 32 {
-                return Err("JWKS Ed25519 key x is not 32 bytes".into());
+                return Err(KeyError::XLength { len: raw.len() });
             }
             keys.insert(jwk.kid, UnparsedPublicKey::new(&ED25519, raw));
         }
         if keys.is_empty() {
-            return Err("JWKS holds no Ed25519 (OKP) key".into());
+            return Err(KeyError::NoKey);
         }
         Ok(TokenVerifier { keys })
     }
@@ -157,28 +225,29 @@ impl TokenVerifier {
     /// Verifies `token` at Unix time `now` and returns its claims.
     pub fn verify(&self, token: &str, now: u64) -> Result<DeviceClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Malformed("too long"));
+            return Err(TokenError::Malformed(Malformation::TooLong));
         }
         let mut parts = token.split('.');
         let (Some(header), Some(claims), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(TokenError::Malformed("expected three parts"));
+            return Err(TokenError::Malformed(Malformation::Parts));
         };
         let signed = &token[..header.len() + 1 + claims.len()];
         let header: Header = decode_json(header)?;
         if header.alg != "EdDSA" {
-            return Err(TokenError::Algorithm(header.alg));
+            return Err(TokenError::Algorithm { alg: header.alg });
         }
         let key = match self.keys.get(&header.kid) {
             Some(key) => key,
             // A token without kid may use the only key there is.
             None if header.kid.is_none() && self.keys.len() == 1 => {
-                self.keys.values().next().ok_or(TokenError::UnknownKey(None))?
+                self.keys.values().next().ok_or(TokenError::UnknownKey { kid: None })?
             }
-            None => return Err(TokenError::UnknownKey(header.kid)),
+            None => return Err(TokenError::UnknownKey { kid: header.kid }),
         };
-        let signature = B64URL.decode(signature).map_err(|_| TokenError::Malformed("signature encoding"))?;
+        let signature =
+            B64URL.decode(signature).map_err(|_| TokenError::Malformed(Malformation::SignatureEncoding))?;
         key.verify(signed.as_bytes(), &signature).map_err(|_| TokenError::Signature)?;
         let claims: DeviceClaims = decode_json(claims)?;
         if !claims.aud.contains(AUDIENCE) {
@@ -191,18 +260,18 @@ impl TokenVerifier {
             return Err(TokenError::NotYetValid);
         }
         if claims.sub.is_empty() || claims.sub.len() > MAX_USER_LEN {
-            return Err(TokenError::Claim("sub"));
+            return Err(TokenError::Claim(Claim::Sub));
         }
         if claims.did.is_empty() || claims.did.len() > MAX_DEVICE_ID_LEN {
-            return Err(TokenError::Claim("did"));
+            return Err(TokenError::Claim(Claim::Did));
         }
         Ok(claims)
     }
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenError> {
-    let bytes = B64URL.decode(part).map_err(|_| TokenError::Malformed("base64url"))?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed("json"))
+    let bytes = B64URL.decode(part).map_err(|_| TokenError::Malformed(Malformation::Base64))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(Malformation::Json))
 }
 
 /// Signs device tokens with an Ed25519 key (the `--dev` issuer).
@@ -219,15 +288,15 @@ impl std::fmt::Debug for TokenSigner {
 
 impl TokenSigner {
     /// A fresh key as PKCS#8 DER, for storing.
-    pub fn generate_pkcs8() -> Result<Vec<u8>, String> {
+    pub fn generate_pkcs8() -> Result<Vec<u8>, KeyError> {
         Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map(|doc| doc.as_ref().to_vec())
-            .map_err(|_| "cannot generate an Ed25519 key".to_string())
+            .map_err(|_| KeyError::Generate)
     }
 
     /// Loads a PKCS#8 DER key.
-    pub fn from_pkcs8(kid: &str, pkcs8: &[u8]) -> Result<TokenSigner, String> {
-        let key = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| format!("invalid Ed25519 key: {e}"))?;
+    pub fn from_pkcs8(kid: &str, pkcs8: &[u8]) -> Result<TokenSigner, KeyError> {
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(KeyError::Pkcs8)?;
         Ok(TokenSigner { kid: kid.to_owned(), key })
     }
 
@@ -303,9 +372,39 @@ mod tests {
         let mut tampered = token.clone();
         tampered.insert(token.find('.').expect("dot") + 3, 'A');
         assert!(verifier.verify(&tampered, 1_000).is_err());
-        assert!(matches!(verifier.verify("a.b", 1_000), Err(TokenError::Malformed(_))));
+        assert_eq!(verifier.verify("a.b", 1_000), Err(TokenError::Malformed(Malformation::Parts)));
+        let not_json = format!("{}.b.c", B64URL.encode("not json"));
+        assert_eq!(verifier.verify(&not_json, 1_000), Err(TokenError::Malformed(Malformation::Json)));
+        assert_eq!(verifier.verify("*.b.c", 1_000), Err(TokenError::Malformed(Malformation::Base64)));
         let none_alg = format!("{}.{}.", B64URL.encode(r#"{"alg":"none"}"#), B64URL.encode("{}"));
-        assert_eq!(verifier.verify(&none_alg, 1_000), Err(TokenError::Algorithm("none".into())));
+        assert_eq!(verifier.verify(&none_alg, 1_000), Err(TokenError::Algorithm { alg: "none".into() }));
+        let other_kid =
+            format!("{}.{}.", B64URL.encode(r#"{"alg":"EdDSA","kid":"k9"}"#), B64URL.encode("{}"));
+        assert_eq!(
+            verifier.verify(&other_kid, 1_000),
+            Err(TokenError::UnknownKey { kid: Some("k9".into()) })
+        );
+        let no_sub =
+            signer.sign(&serde_json::json!({"sub": "", "did": "d", "aud": "presence", "exp": 2_000}));
+        assert_eq!(verifier.verify(&no_sub, 1_000), Err(TokenError::Claim(Claim::Sub)));
+    }
+
+    #[test]
+    fn unusable_key_material_says_why() {
+        let refused = |jwks: &str| TokenVerifier::from_jwks_json(jwks).expect_err("refused");
+        assert!(matches!(refused("{"), KeyError::Jwks(_)));
+        assert!(matches!(refused(r#"{"keys":[]}"#), KeyError::NoKey));
+        assert!(matches!(refused(r#"{"keys":[{"kty":"OKP","crv":"Ed25519"}]}"#), KeyError::MissingX));
+        assert!(matches!(
+            refused(r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"*"}]}"#),
+            KeyError::XEncoding(_)
+        ));
+        let short = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AAAA"}]}"#;
+        assert!(matches!(refused(short), KeyError::XLength { len: 3 }));
+        let error = TokenSigner::from_pkcs8("k", b"not a key").expect_err("refused");
+        assert!(matches!(error, KeyError::Pkcs8(_)));
+        let jwks = TokenVerifier::from_jwks_json("{").expect_err("refused");
+        assert!(std::error::Error::source(&jwks).is_some(), "the JSON error is kept as the cause");
     }
 
     #[test]

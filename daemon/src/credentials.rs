@@ -82,22 +82,23 @@ pub fn dev_signer(data_dir: &Path) -> Result<TokenSigner> {
     let path = data_dir.join("token-signing.pk8");
     if !path.exists() {
         create_dir(data_dir)?;
-        let pkcs8 = TokenSigner::generate_pkcs8().map_err(anyhow::Error::msg)?;
+        let pkcs8 = TokenSigner::generate_pkcs8()?;
         write_secret(&path, &pkcs8)?;
     }
     let pkcs8 = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    TokenSigner::from_pkcs8(DEV_KID, &pkcs8).map_err(anyhow::Error::msg)
+    TokenSigner::from_pkcs8(DEV_KID, &pkcs8).with_context(|| format!("{} is unusable", path.display()))
 }
 
 /// Loads the secrets the settings name, creating dev ones first in `--dev` mode.
 pub fn load(settings: &Settings) -> Result<Secrets> {
     match &settings.credentials {
         Credentials::Dev => load_dev(&settings.data_dir),
-        Credentials::Files { tls_cert, tls_key, jwks, puid_secret_file } => {
+        Credentials::Files { tls_cert, tls_key, jwks: jwks_path, puid_secret_file } => {
             let (cert_chain, key) = read_tls(tls_cert, tls_key)?;
-            let jwks =
-                std::fs::read_to_string(jwks).with_context(|| format!("cannot read {}", jwks.display()))?;
-            let verifier = TokenVerifier::from_jwks_json(&jwks).map_err(anyhow::Error::msg)?;
+            let jwks = std::fs::read_to_string(jwks_path)
+                .with_context(|| format!("cannot read {}", jwks_path.display()))?;
+            let verifier = TokenVerifier::from_jwks_json(&jwks)
+                .with_context(|| format!("{} is unusable", jwks_path.display()))?;
             let puid_key = read_puid_key(puid_secret_file)?;
             create_dir(&settings.data_dir)?;
             let admin_token = Some(admin_token(&settings.data_dir)?);
@@ -124,7 +125,8 @@ fn load_dev(dir: &Path) -> Result<Secrets> {
         std::fs::write(&jwks_path, serde_json::to_string_pretty(&signer.jwks())?)?;
     }
     let jwks = std::fs::read_to_string(&jwks_path)?;
-    let verifier = TokenVerifier::from_jwks_json(&jwks).map_err(anyhow::Error::msg)?;
+    let verifier = TokenVerifier::from_jwks_json(&jwks)
+        .with_context(|| format!("{} is unusable", jwks_path.display()))?;
     let secret_path = dir.join("puid-secret");
     if !secret_path.exists() {
         write_secret(&secret_path, B64.encode(random::<32>()?).as_bytes())?;
@@ -207,7 +209,7 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 fn read_puid_key(path: &Path) -> Result<PuidKey> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let secret = B64.decode(text.trim()).with_context(|| format!("{} is not base64", path.display()))?;
-    PuidKey::new(&secret).map_err(anyhow::Error::msg)
+    PuidKey::new(&secret).with_context(|| format!("{} is unusable", path.display()))
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {

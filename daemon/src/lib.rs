@@ -15,7 +15,8 @@
 //! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
 //! - [`apps`]: the registered AppServices; [`store`]: apps, the outbox and TLS sessions
 //!   behind one trait (embedded: a redb file).
-//! - [`outbound`]: every webhook event's shape; [`webhook`]: signing, the SSRF guard and
+//! - [`outbound`]: every webhook event, typed by the `presence-webhook` crate (shared with
+//!   receivers), and its outbox compaction key; [`webhook`]: signing, the SSRF guard and
 //!   the batched, retried, durable fan-out.
 //! - [`notify`]: live notifications and their outcomes.
 //! - [`api`]: the HTTPS APIs (AppService, admin, health, metrics, OpenAPI); [`http`]: the

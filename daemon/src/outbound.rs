@@ -1,7 +1,8 @@
-//! What AppServices are told: every webhook event is built here, as JSON, with its outbox
-//! compaction key, and handed to the fan-out.
+//! What AppServices are told: every webhook event is built here, as a typed
+//! [`WebhookEvent`] (the contract, shared with receivers through the `presence-webhook`
+//! crate), encoded once with its outbox compaction key, and handed to the fan-out.
 //!
-//! | `type` | fields | key (compaction) |
+//! | `type` | fields | key ([`OutboxKey`]) |
 //! | --- | --- | --- |
 //! | `presence` | `puid`, `status`, `message`, `seq`, `at` | `p:<puid>`: only the latest state waits |
 //! | `grant` | `puid`, `state`, `at` | `a:<puid>`: grant and revoke replace each other |
@@ -14,17 +15,80 @@
 //! otherwise. A clean shutdown needs none: its drain reports every user offline.
 //!
 //! `at` is Unix milliseconds; `seq` increases per PUID (see [`crate::table`]).
+//!
+//! The key is derived from the event ([`OutboxKey::of`]), so an event cannot be stored
+//! under another event's key, and [`encode`] is the one place both are produced: a direct
+//! `serde_json::to_vec` of the borrowed event, no `serde_json::Value` in between (the
+//! presence event is the fan-out's hot path).
 
+use std::fmt;
 use std::sync::Arc;
 
-use serde_json::json;
+pub use presence_webhook::{WebhookBatch, WebhookEvent};
 
 use crate::apps::{Apps, now_ms};
 use crate::table::{PresenceEvent, PresenceSink};
 use crate::webhook::fanout::Fanout;
 
-/// Every event `type` this module sends (openapi.json documents each one; a test checks).
-pub const EVENT_TYPES: &[&str] = &["presence", "grant", "revoke", "notification", "reset"];
+/// An outbox entry's compaction key: entries of one app with equal keys replace each other
+/// (the newest wins), so the key says which events are state and which are a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKey<'a> {
+    /// `p:<puid>`: a user's presence is state; only the latest waits.
+    Presence(&'a str),
+    /// `a:<puid>`: a user's access (grant or revoke); the latest decision wins.
+    Access(&'a str),
+    /// `n:<id>:<puid>`: one per notification and recipient, so every outcome is kept.
+    Notification(&'a str, &'a str),
+    /// `r`: a reset says everything; one waits at most.
+    Reset,
+}
+
+impl<'a> OutboxKey<'a> {
+    /// The key `event` compacts under; `None` for [`WebhookEvent::Unknown`], which the
+    /// daemon never sends.
+    pub fn of(event: &'a WebhookEvent<'_>) -> Option<OutboxKey<'a>> {
+        Some(match event {
+            WebhookEvent::Presence { puid, .. } => OutboxKey::Presence(puid),
+            WebhookEvent::Grant { puid, .. } | WebhookEvent::Revoke { puid, .. } => OutboxKey::Access(puid),
+            WebhookEvent::Notification { id, puid, .. } => OutboxKey::Notification(id, puid),
+            WebhookEvent::Reset { .. } => OutboxKey::Reset,
+            WebhookEvent::Unknown => return None,
+        })
+    }
+}
+
+/// The stored form, the one encoding of a key (stores compare keys as these strings).
+impl fmt::Display for OutboxKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutboxKey::Presence(puid) => write!(f, "p:{puid}"),
+            OutboxKey::Access(puid) => write!(f, "a:{puid}"),
+            OutboxKey::Notification(id, puid) => write!(f, "n:{id}:{puid}"),
+            OutboxKey::Reset => f.write_str("r"),
+        }
+    }
+}
+
+/// An event as the outbox stores it: its compaction key and its JSON. Public so that the
+/// benches measure exactly what the daemon sends. `None` only for
+/// [`WebhookEvent::Unknown`], which has no encoding.
+pub fn encode(event: &WebhookEvent<'_>) -> Option<(String, Vec<u8>)> {
+    let key = OutboxKey::of(event)?.to_string();
+    // Every known event is strings and integers, which always serialize.
+    serde_json::to_vec(event).ok().map(|json| (key, json))
+}
+
+/// A table change as a `presence` event, borrowing its text from `event`.
+pub fn presence_event(event: &PresenceEvent) -> WebhookEvent<'_> {
+    WebhookEvent::Presence {
+        puid: event.puid.as_str().into(),
+        status: event.status.as_str().into(),
+        message: event.message.as_str().into(),
+        seq: event.seq,
+        at: event.at_ms,
+    }
+}
 
 /// Turns daemon happenings into webhook events for registered apps.
 #[derive(Debug)]
@@ -41,80 +105,95 @@ impl Outbound {
 
     /// A user authorized an app; `state` lets the app link the PUID to its own account.
     pub fn grant(&self, app_id: &str, puid: &str, state: &str) {
-        let event = json!({"type": "grant", "puid": puid, "state": state, "at": now_ms()});
-        self.send(app_id, format!("a:{puid}"), event.to_string().into_bytes());
+        self.send(app_id, &WebhookEvent::Grant { puid: puid.into(), state: state.into(), at: now_ms() });
     }
 
     /// A user withdrew an app's authorization.
     pub fn revoke(&self, app_id: &str, puid: &str) {
-        let event = json!({"type": "revoke", "puid": puid, "at": now_ms()});
-        self.send(app_id, format!("a:{puid}"), event.to_string().into_bytes());
+        self.send(app_id, &WebhookEvent::Revoke { puid: puid.into(), at: now_ms() });
     }
 
     /// The daemon restarted after a crash: tell every app that all its users are offline
     /// until their devices reconnect.
     pub fn reset_all(&self, app_ids: impl IntoIterator<Item = String>) {
         for app_id in app_ids {
-            let event = json!({"type": "reset", "at": now_ms()});
-            self.send(&app_id, "r".to_owned(), event.to_string().into_bytes());
+            self.send(&app_id, &WebhookEvent::Reset { at: now_ms() });
         }
     }
 
     /// A notification's outcome for one recipient.
     pub fn outcome(&self, app_id: &str, id: u64, puid: &str, outcome: &str) {
-        let event = json!({"type": "notification", "id": id.to_string(), "puid": puid, "outcome": outcome, "at": now_ms()});
-        self.send(app_id, format!("n:{id}:{puid}"), event.to_string().into_bytes());
+        let id = id.to_string();
+        let event = WebhookEvent::Notification {
+            id: id.into(),
+            puid: puid.into(),
+            outcome: outcome.into(),
+            at: now_ms(),
+        };
+        self.send(app_id, &event);
     }
 
-    fn send(&self, app_id: &str, key: String, event: Vec<u8>) {
+    fn send(&self, app_id: &str, event: &WebhookEvent<'_>) {
         if !self.apps.exists(app_id) {
             return;
         }
-        self.fanout.publish(app_id, vec![(key, event)]);
+        if let Some(entry) = encode(event) {
+            self.fanout.publish(app_id, vec![entry]);
+        }
     }
 }
 
 impl PresenceSink for Outbound {
     fn publish(&self, event: &PresenceEvent) {
-        let (key, json) = presence_event(event);
-        self.send(&event.app_id, key, json);
+        self.send(&event.app_id, &presence_event(event));
     }
-}
-
-/// A `presence` event's compaction key and JSON: the fan-out's per-event encoding, public
-/// so that the benches measure exactly what the daemon sends.
-///
-/// Serialized from a struct rather than through a `serde_json::Value` (the most frequent
-/// event skips building and dropping a map per change); the fields are in the order the
-/// other events' `json!` maps print theirs, alphabetical.
-pub fn presence_event(event: &PresenceEvent) -> (String, Vec<u8>) {
-    #[derive(serde::Serialize)]
-    struct Presence<'a> {
-        at: u64,
-        message: &'a str,
-        puid: &'a str,
-        seq: u64,
-        status: &'a str,
-        #[serde(rename = "type")]
-        kind: &'static str,
-    }
-    let json = Presence {
-        at: event.at_ms,
-        message: &event.message,
-        puid: event.puid.as_str(),
-        seq: event.seq,
-        status: event.status.as_str(),
-        kind: "presence",
-    };
-    // A struct of strings and integers always serializes.
-    (format!("p:{}", event.puid), serde_json::to_vec(&json).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use presence_protocol::{AppId, Puid, Status};
+    use serde_json::json;
 
     use super::*;
+
+    fn text(entry: Option<(String, Vec<u8>)>) -> (String, String) {
+        let (key, json) = entry.expect("a known event encodes");
+        (key, String::from_utf8(json).expect("utf-8"))
+    }
+
+    /// The daemon's previous encoders, `json!` maps printed by `serde_json` (sorted keys) and
+    /// `format!` keys: the typed events must send exactly these bytes.
+    #[test]
+    fn every_event_encodes_as_the_previous_json_maps_did() {
+        let (puid, at) = ("pUiD_1", 1_764_400_000_000u64);
+        let grant = WebhookEvent::Grant { puid: puid.into(), state: "alice \"A\" ✓".into(), at };
+        assert_eq!(
+            text(encode(&grant)),
+            (
+                format!("a:{puid}"),
+                json!({"type": "grant", "puid": puid, "state": "alice \"A\" ✓", "at": at}).to_string()
+            )
+        );
+        let revoke = WebhookEvent::Revoke { puid: puid.into(), at };
+        assert_eq!(
+            text(encode(&revoke)),
+            (format!("a:{puid}"), json!({"type": "revoke", "puid": puid, "at": at}).to_string())
+        );
+        assert_eq!(
+            text(encode(&WebhookEvent::Reset { at })),
+            ("r".to_owned(), json!({"type": "reset", "at": at}).to_string())
+        );
+        let id = 4_503_599_627_370_497u64;
+        let outcome = WebhookEvent::Notification {
+            id: id.to_string().into(),
+            puid: puid.into(),
+            outcome: "undeliverable".into(),
+            at,
+        };
+        let old = json!({"type": "notification", "id": id.to_string(), "puid": puid, "outcome": "undeliverable", "at": at});
+        assert_eq!(text(encode(&outcome)), (format!("n:{id}:{puid}"), old.to_string()));
+        assert_eq!(encode(&WebhookEvent::Unknown), None);
+    }
 
     #[test]
     fn presence_events_encode_as_the_json_map_would() {
@@ -126,7 +205,7 @@ mod tests {
             seq: 1_764_400_000_000_001,
             at_ms: 1_764_400_000_000,
         };
-        let (key, json) = presence_event(&event);
+        let (key, json) = text(encode(&presence_event(&event)));
         assert_eq!(key, "p:pUiD_1");
         let map = json!({
             "type": "presence",
@@ -136,6 +215,27 @@ mod tests {
             "seq": 1_764_400_000_000_001u64,
             "at": 1_764_400_000_000u64,
         });
-        assert_eq!(String::from_utf8(json).expect("utf-8"), map.to_string());
+        assert_eq!(json, map.to_string());
+    }
+
+    #[test]
+    fn keys_keep_their_stored_form() {
+        assert_eq!(OutboxKey::Presence("p1").to_string(), "p:p1");
+        assert_eq!(OutboxKey::Access("p1").to_string(), "a:p1");
+        assert_eq!(OutboxKey::Notification("42", "p1").to_string(), "n:42:p1");
+        assert_eq!(OutboxKey::Reset.to_string(), "r");
+        // Grant and revoke of one PUID share a key; different PUIDs and ids do not.
+        let grant = WebhookEvent::Grant { puid: "p1".into(), state: "".into(), at: 1 };
+        let revoke = WebhookEvent::Revoke { puid: "p1".into(), at: 2 };
+        assert_eq!(OutboxKey::of(&grant), OutboxKey::of(&revoke));
+        let note = |id: &'static str, puid: &'static str| WebhookEvent::Notification {
+            id: id.into(),
+            puid: puid.into(),
+            outcome: "missed".into(),
+            at: 1,
+        };
+        let (a, b, c) = (note("1", "p1"), note("1", "p2"), note("2", "p1"));
+        assert_ne!(OutboxKey::of(&a), OutboxKey::of(&b));
+        assert_ne!(OutboxKey::of(&a), OutboxKey::of(&c));
     }
 }

@@ -31,14 +31,23 @@ impl std::fmt::Debug for PuidKey {
     }
 }
 
+/// A PUID secret under [`PuidKey::MIN_SECRET`] bytes: PUIDs derived from it could be
+/// guessed, linking a user across apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("PUID secret must be at least {min} bytes, not {len}", min = PuidKey::MIN_SECRET)]
+pub struct ShortSecret {
+    /// The length given.
+    pub len: usize,
+}
+
 impl PuidKey {
     /// Shortest secret accepted, in bytes.
     pub const MIN_SECRET: usize = 32;
 
     /// A key from the daemon's secret; refuses secrets under [`Self::MIN_SECRET`] bytes.
-    pub fn new(secret: &[u8]) -> Result<PuidKey, String> {
+    pub fn new(secret: &[u8]) -> Result<PuidKey, ShortSecret> {
         if secret.len() < Self::MIN_SECRET {
-            return Err(format!("PUID secret must be at least {} bytes", Self::MIN_SECRET));
+            return Err(ShortSecret { len: secret.len() });
         }
         Ok(PuidKey(hmac::Key::new(hmac::HMAC_SHA256, secret)))
     }
@@ -86,6 +95,6 @@ mod tests {
         assert_eq!(key.derive("chat", "alice").len(), PUID_LEN);
         assert!(is_puid(key.derive("chat", "alice").as_str()));
         assert!(!is_puid("no-such-puid") && !is_puid(&"A".repeat(23)) && !is_puid("AAAAAAAAAAAAAAAAAAAAA="));
-        assert!(PuidKey::new(&[0; 16]).is_err());
+        assert_eq!(PuidKey::new(&[0; 16]).err(), Some(ShortSecret { len: 16 }));
     }
 }

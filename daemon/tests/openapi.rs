@@ -12,8 +12,9 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use common::*;
 use presence_client::{Client, Event};
-use presenced::api::{OPENAPI, ROUTES};
+use presenced::api::{ApiErrorCode, OPENAPI, ROUTES};
 use presenced::credentials::DevInfo;
+use presenced::outbound::{WebhookBatch, WebhookEvent};
 use presenced::settings::SettingsLayer;
 use presenced::webhook::secret::{DEFAULT_TOLERANCE, WebhookSecret};
 use reqwest::{Method, StatusCode};
@@ -193,7 +194,99 @@ fn the_document_is_self_consistent() {
         .as_object()
         .expect("mapping");
     let types: BTreeSet<&str> = mapping.keys().map(String::as_str).collect();
-    assert_eq!(types, presenced::outbound::EVENT_TYPES.iter().copied().collect::<BTreeSet<_>>());
+    assert_eq!(types, WebhookEvent::TYPES.into_iter().collect::<BTreeSet<_>>());
+}
+
+/// One event of every type the daemon sends, encoded as the outbox stores it. The `match`
+/// is exhaustive, so a new event type does not compile until it has a sample here.
+fn sample_events() -> Vec<Value> {
+    let puid = "q3Rz1Y7oGk0Xv4Pw2mHk9A";
+    let samples = [
+        WebhookEvent::Presence {
+            puid: puid.into(),
+            status: "online".into(),
+            message: "lunch".into(),
+            seq: 1_767_225_600_123_456,
+            at: 1_767_225_600_123,
+        },
+        WebhookEvent::Grant { puid: puid.into(), state: "alice".into(), at: 1 },
+        WebhookEvent::Revoke { puid: puid.into(), at: 2 },
+        WebhookEvent::Notification {
+            id: "4503599627370497".into(),
+            puid: puid.into(),
+            outcome: "taken".into(),
+            at: 3,
+        },
+        WebhookEvent::Reset { at: 4 },
+    ];
+    let mut kinds = BTreeSet::new();
+    let events = samples
+        .iter()
+        .map(|event| {
+            match event {
+                WebhookEvent::Presence { .. }
+                | WebhookEvent::Grant { .. }
+                | WebhookEvent::Revoke { .. }
+                | WebhookEvent::Notification { .. }
+                | WebhookEvent::Reset { .. } => kinds.insert(event.kind().expect("a sent type")),
+                WebhookEvent::Unknown => unreachable!("the daemon sends no unknown events"),
+            };
+            let (_, json) = presenced::outbound::encode(event).expect("encodes");
+            serde_json::from_slice(&json).expect("JSON")
+        })
+        .collect();
+    assert_eq!(kinds, WebhookEvent::TYPES.into_iter().collect(), "a sample per type");
+    events
+}
+
+#[test]
+fn every_event_type_matches_its_documented_schema() {
+    let doc = doc();
+    let schema = json!({"$ref": "#/components/schemas/WebhookEvent"});
+    for event in sample_events() {
+        assert_valid(&doc, &schema, &event, "webhook event");
+        // The schema for its own type, by the discriminator.
+        let kind = event["type"].as_str().expect("type");
+        let mapped =
+            json!({"$ref": doc["components"]["schemas"]["WebhookEvent"]["discriminator"]["mapping"][kind]});
+        assert_valid(&doc, &mapped, &event, kind);
+        let required: BTreeSet<&str> = resolve(&doc, &mapped)["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let sent: BTreeSet<&str> = event.as_object().expect("object").keys().map(String::as_str).collect();
+        assert_eq!(sent, required, "{kind}: the daemon sends exactly the required fields");
+    }
+}
+
+/// The codes `Error.error.code` lists in its description, in backticks.
+fn codes_in_error_schema(doc: &Value) -> BTreeSet<String> {
+    let description =
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["description"]
+            .as_str()
+            .expect("the code's description");
+    description.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+#[test]
+fn the_error_codes_are_exactly_the_documented_ones() {
+    let doc = doc();
+    let codes: BTreeSet<String> = ApiErrorCode::ALL.iter().map(|code| code.as_str().to_owned()).collect();
+    assert_eq!(codes.len(), ApiErrorCode::ALL.len(), "ApiErrorCode::ALL lists a code twice");
+    // Both directions: every code answered is documented, every documented code exists.
+    assert_eq!(codes_in_error_schema(&doc), codes, "openapi.json's Error codes vs ApiErrorCode");
+    // And every operation's examples use real codes.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            for (status, response) in op["responses"].as_object().into_iter().flatten() {
+                for code in error_codes(&doc, response) {
+                    assert!(codes.contains(&code), "{method} {path} {status}: example code {code}");
+                }
+            }
+        }
+    }
 }
 
 /// The error codes a documented error response lists (its examples).
@@ -723,6 +816,10 @@ async fn webhooks_match_the_documented_payloads() {
         let batch: Value = serde_json::from_slice(&body).expect("JSON body");
         assert_valid(&doc, &json!({"$ref": "#/components/schemas/WebhookBatch"}), &batch, "webhook body");
         assert_eq!(batch["app_id"], app_id.as_str());
+        // The typed contract reads every event, and writes the very bytes received.
+        let typed: WebhookBatch<'_> = serde_json::from_slice(&body).expect("a WebhookBatch");
+        assert!(typed.events.iter().all(|e| e.kind().is_some()), "only known types: {batch}");
+        assert_eq!(serde_json::to_vec(&typed).expect("encodes"), body, "byte for byte");
         for event in batch["events"].as_array().expect("events") {
             assert_eq!(
                 event["puid"].as_str().map(|p| p == puid || p == "AAAAAAAAAAAAAAAAAAAAAA"),

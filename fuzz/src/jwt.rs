@@ -19,7 +19,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use presence_protocol::limits::{MAX_DEVICE_ID_LEN, MAX_TOKEN_LEN};
 use presenced::auth::{
-    AUDIENCE, DeviceClaims, LEEWAY_SECS, MAX_USER_LEN, TokenError, TokenSigner, TokenVerifier,
+    AUDIENCE, Claim, DeviceClaims, LEEWAY_SECS, MAX_USER_LEN, Malformation, TokenError, TokenSigner,
+    TokenVerifier,
 };
 use ring::signature::Ed25519KeyPair;
 
@@ -88,13 +89,13 @@ fn minted(keys: &Keys, input: &mut Input<'_>, now: u64) {
     let token = keys.signer.mint(&sub, &did, issued, ttl);
     let exp = issued.saturating_add(ttl);
     let expected = if token.len() > MAX_TOKEN_LEN {
-        Err(TokenError::Malformed("too long"))
+        Err(TokenError::Malformed(Malformation::TooLong))
     } else if exp.saturating_add(LEEWAY_SECS) <= now {
         Err(TokenError::Expired)
     } else if sub.is_empty() || sub.len() > MAX_USER_LEN {
-        Err(TokenError::Claim("sub"))
+        Err(TokenError::Claim(Claim::Sub))
     } else if did.is_empty() || did.len() > MAX_DEVICE_ID_LEN {
-        Err(TokenError::Claim("did"))
+        Err(TokenError::Claim(Claim::Did))
     } else {
         Ok((sub, did, exp))
     };

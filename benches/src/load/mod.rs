@@ -225,7 +225,6 @@ impl LoadConfig {
 
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum LoadError {
     /// Settings out of range (every problem is listed).
     #[error("invalid settings: {}", .0.join("; "))]

@@ -18,8 +18,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use presence_protocol::Status;
+use presence_webhook::{WebhookBatch, WebhookEvent};
 use presenced::webhook::secret::{DEFAULT_TOLERANCE, WebhookSecret};
-use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -139,30 +139,6 @@ impl Sink {
     }
 }
 
-/// `{"app_id": ..., "events": [...]}`.
-#[derive(Debug, Deserialize)]
-struct Envelope {
-    events: Vec<Event>,
-}
-
-/// The webhook events the tool reads; fields it does not need are ignored.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Event {
-    Presence {
-        puid: String,
-        status: String,
-        at: u64,
-    },
-    Grant {},
-    Notification {
-        id: String,
-        outcome: String,
-    },
-    #[serde(other)]
-    Other,
-}
-
 async fn hook(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let received = Instant::now();
     state.deliveries.inc();
@@ -171,7 +147,7 @@ async fn hook(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Byt
     {
         state.errors.add("webhook_signature");
     }
-    let Ok(envelope) = serde_json::from_slice::<Envelope>(&body) else {
+    let Ok(envelope) = serde_json::from_slice::<WebhookBatch<'_>>(&body) else {
         state.errors.add("webhook_body");
         return StatusCode::OK;
     };
@@ -179,16 +155,18 @@ async fn hook(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Byt
     let tracker = &state.tracker;
     for event in envelope.events {
         match event {
-            Event::Presence { puid, status, at } => match status.parse::<Status>() {
+            WebhookEvent::Presence { puid, status, at, .. } => match status.parse::<Status>() {
                 Ok(status) => tracker.presence_seen(&puid, status, at, received),
                 Err(_) => state.errors.add("webhook_status"),
             },
-            Event::Grant {} => tracker.grants.inc(),
-            Event::Notification { id, outcome } => match id.parse::<u64>() {
+            WebhookEvent::Grant { .. } => tracker.grants.inc(),
+            WebhookEvent::Notification { id, outcome, .. } => match id.parse::<u64>() {
                 Ok(id) => tracker.outcome_seen(id, &outcome, received, &state.errors),
                 Err(_) => state.errors.add("webhook_notification_id"),
             },
-            Event::Other => {}
+            // The load tool neither revokes nor crashes the daemon; a new type is ignored,
+            // as the contract asks of every receiver.
+            WebhookEvent::Revoke { .. } | WebhookEvent::Reset { .. } | WebhookEvent::Unknown => {}
         }
     }
     StatusCode::OK

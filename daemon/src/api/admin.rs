@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{AdminAuth, ApiJson, ApiPath};
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiErrorCode, ApiState};
 use crate::store::{AppRecord, StoreError};
 
 /// Longest app name.
@@ -73,7 +73,7 @@ pub(super) async fn create(
         .url_policy
         .validate_async(&request.webhook_url)
         .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_webhook_url", e.to_string()))?;
+        .map_err(|e| ApiError::unprocessable(ApiErrorCode::InvalidWebhookUrl, &e))?;
     let created = state.apps.create(name, &request.webhook_url).map_err(ApiError::internal)?;
     state.fanout.app_changed(&created.app.id);
     let app = created.app;

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, ApiErrorCode};
 use crate::store::AppRecord;
 
 /// A JSON body; malformed, oversized or mistyped bodies answer with a JSON error.
@@ -29,17 +29,17 @@ fn json_error(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
         JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())
+            ApiError::new(StatusCode::BAD_REQUEST, ApiErrorCode::InvalidJson, e.body_text())
         }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ApiErrorCode::UnsupportedMediaType,
             "send Content-Type: application/json",
         ),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text())
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::PayloadTooLarge, e.body_text())
         }
-        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.body_text()),
+        other => ApiError::new(StatusCode::BAD_REQUEST, ApiErrorCode::InvalidBody, other.body_text()),
     }
 }
 
@@ -55,7 +55,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
             Err(rejection) => {
-                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", rejection.body_text()))
+                Err(ApiError::new(StatusCode::BAD_REQUEST, ApiErrorCode::InvalidPath, rejection.body_text()))
             }
         }
     }
@@ -79,12 +79,16 @@ impl FromRequestParts<ApiState> for AppAuth {
         let Some(key) = bearer(parts) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthenticated",
+                ApiErrorCode::Unauthenticated,
                 "send Authorization: Bearer <api key>",
             ));
         };
         let Some(app) = state.apps.authenticate(key) else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "unknown API key"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ApiErrorCode::InvalidApiKey,
+                "unknown API key",
+            ));
         };
         state.limiter.check(&app.id).map_err(ApiError::rate_limited)?;
         Ok(AppAuth(app))
@@ -105,21 +109,25 @@ impl FromRequestParts<ApiState> for AdminAuth {
         if !state.admin_remote && !peer.is_some_and(|addr| addr.ip().is_loopback()) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "admin_forbidden",
+                ApiErrorCode::AdminForbidden,
                 "the admin API answers loopback clients only (see admin_remote)",
             ));
         }
         let Some(expected) = state.admin_token.as_deref() else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "admin_disabled",
+                ApiErrorCode::AdminDisabled,
                 "no admin token is configured",
             ));
         };
         // Compare digests, not the tokens, so the time taken says nothing about the token.
         let given = crate::apps::sha256_hex(bearer(parts).unwrap_or_default());
         if given != crate::apps::sha256_hex(expected) {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "invalid admin token"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ApiErrorCode::Unauthenticated,
+                "invalid admin token",
+            ));
         }
         Ok(AdminAuth)
     }

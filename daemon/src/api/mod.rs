@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use crate::limit::RateLimiter;
-pub use error::ApiError;
+pub use error::{ApiError, ApiErrorCode};
 
 use crate::apps::Apps;
 use crate::metrics::Metrics;
@@ -103,7 +103,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ApiErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         })
@@ -126,7 +126,7 @@ async fn metrics(
     if !state.metrics_remote && !peer.is_some_and(|peer| peer.0.0.ip().is_loopback()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "metrics_forbidden",
+            ApiErrorCode::MetricsForbidden,
             "/metrics answers loopback clients only (see metrics_remote)",
         ));
     }

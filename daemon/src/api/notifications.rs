@@ -8,7 +8,7 @@ use presence_protocol::{AppId, Body, Data, Title};
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiPath, AppAuth};
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiErrorCode, ApiState};
 use crate::notify::{
     MAX_RECIPIENTS, MAX_TTL, MIN_TTL, Mode, NewNotification, NotificationView, NotifyRefused,
 };
@@ -60,7 +60,7 @@ pub(super) async fn create(
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "ttl_out_of_range",
+            ApiErrorCode::TtlOutOfRange,
             format!("ttl_ms must be between {} and {}", MIN_TTL.as_millis(), MAX_TTL.as_millis()),
         ));
     }
@@ -94,14 +94,14 @@ fn refused_error(refused: &NotifyRefused) -> ApiError {
     let message = refused.to_string();
     match *refused {
         NotifyRefused::AppRate { retry_after } => {
-            ApiError::too_many("notify_rate_limited", message, Some(retry_after))
+            ApiError::too_many(ApiErrorCode::NotifyRateLimited, message, Some(retry_after))
         }
         NotifyRefused::RecipientRate { retry_after } => {
-            ApiError::too_many("recipient_rate_limited", message, Some(retry_after))
+            ApiError::too_many(ApiErrorCode::RecipientRateLimited, message, Some(retry_after))
         }
         // Places free up as outcomes are decided; within a TTL at the most.
         NotifyRefused::Outstanding { .. } => {
-            ApiError::too_many("too_many_outstanding", message, Some(Duration::from_secs(1)))
+            ApiError::too_many(ApiErrorCode::TooManyOutstanding, message, Some(Duration::from_secs(1)))
         }
     }
 }

@@ -96,21 +96,23 @@ impl Default for FanoutConfig {
 
 /// Why the fan-out could not start.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum FanoutError {
     /// A setting is out of range.
     #[error("invalid fan-out setting: {0}")]
     Config(&'static str),
     /// A certificate in `extra_roots` is not a usable trust anchor.
-    #[error("invalid webhook root certificate: {0}")]
-    InvalidRoot(String),
+    #[error("invalid webhook root certificate")]
+    InvalidRoot(#[source] rustls::Error),
     /// No root is trusted at all (`public_roots` off and no `extra_roots`), so no delivery
     /// could ever succeed.
     #[error("no webhook root certificates: enable public_roots or give extra_roots")]
     NoRoots,
-    /// The TLS configuration or the HTTP client could not be built.
-    #[error("cannot build the webhook client: {0}")]
-    Client(String),
+    /// The TLS configuration could not be built (no protocol version the provider offers).
+    #[error("cannot configure webhook TLS")]
+    Tls(#[source] rustls::Error),
+    /// The HTTP client could not be built.
+    #[error("cannot build the webhook client")]
+    Client(#[source] reqwest::Error),
 }
 
 /// The webhook fan-out. Cheap to share behind an `Arc`; see the [module docs](super).
@@ -376,7 +378,7 @@ fn tls_config(config: &FanoutConfig) -> Result<rustls::ClientConfig, FanoutError
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     for cert in &config.extra_roots {
-        roots.add(cert.clone()).map_err(|e| FanoutError::InvalidRoot(e.to_string()))?;
+        roots.add(cert.clone()).map_err(FanoutError::InvalidRoot)?;
     }
     if roots.is_empty() {
         return Err(FanoutError::NoRoots);
@@ -384,7 +386,7 @@ fn tls_config(config: &FanoutConfig) -> Result<rustls::ClientConfig, FanoutError
     let mut tls =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| FanoutError::Client(e.to_string()))?
+            .map_err(FanoutError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
     // A preconfigured rustls config is used as given, so ALPN is ours to set: HTTP/2 when
@@ -407,7 +409,7 @@ fn build_client(config: &FanoutConfig) -> Result<reqwest::Client, FanoutError> {
         .pool_idle_timeout(config.pool_idle_timeout)
         .user_agent(USER_AGENT)
         .build()
-        .map_err(|e| FanoutError::Client(e.to_string()))
+        .map_err(FanoutError::Client)
 }
 
 /// Runs `work` on the blocking pool: store calls fsync and must not stall the runtime.

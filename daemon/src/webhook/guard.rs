@@ -29,13 +29,16 @@ use std::sync::Arc;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+/// `url::ParseError`, named through the `Url` reqwest re-exports, so the daemon needs no
+/// direct dependency on the `url` crate.
+pub type UrlParseError = <Url as FromStr>::Err;
+
 /// Why a webhook URL or address is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     /// The text is not an absolute URL.
-    #[error("not a valid URL: {0}")]
-    InvalidUrl(String),
+    #[error("not a valid URL")]
+    InvalidUrl(#[source] UrlParseError),
     /// The scheme is not `https` (plain `http` is accepted in dev mode only).
     #[error("webhook URLs must use https, not {scheme}")]
     Scheme {
@@ -54,12 +57,12 @@ pub enum GuardError {
         addr: IpAddr,
     },
     /// The name did not resolve.
-    #[error("cannot resolve {host}: {detail}")]
+    #[error("cannot resolve {host}")]
     Resolve {
         /// The name looked up.
         host: String,
         /// The resolver's error.
-        detail: String,
+        source: std::io::Error,
     },
     /// The name resolved to no address at all.
     #[error("{host} has no address")]
@@ -287,7 +290,7 @@ impl UrlPolicy {
         if let Some((name, port)) = name {
             let addrs = (name.as_str(), port)
                 .to_socket_addrs()
-                .map_err(|e| GuardError::Resolve { host: name.clone(), detail: e.to_string() })?;
+                .map_err(|source| GuardError::Resolve { host: name.clone(), source })?;
             self.check_all(&name, addrs)?;
         }
         Ok(url)
@@ -299,7 +302,7 @@ impl UrlPolicy {
         if let Some((name, port)) = name {
             let addrs = tokio::net::lookup_host((name.as_str(), port))
                 .await
-                .map_err(|e| GuardError::Resolve { host: name.clone(), detail: e.to_string() })?;
+                .map_err(|source| GuardError::Resolve { host: name.clone(), source })?;
             self.check_all(&name, addrs)?;
         }
         Ok(url)
@@ -307,7 +310,7 @@ impl UrlPolicy {
 
     /// The parsed URL, and the name still to resolve (none for literals and in dev mode).
     fn parse_and_check(&self, text: &str) -> Result<(Url, Option<(String, u16)>), GuardError> {
-        let url = Url::parse(text.trim()).map_err(|e| GuardError::InvalidUrl(e.to_string()))?;
+        let url = Url::parse(text.trim()).map_err(GuardError::InvalidUrl)?;
         self.check_target(&url)?;
         let name = match url.host_str() {
             Some(host) if !self.allow_private && literal_addr(host).is_none() => {
@@ -362,7 +365,7 @@ impl GuardedResolver {
     pub async fn resolve_host(&self, host: &str) -> Result<Vec<SocketAddr>, GuardError> {
         let found = tokio::net::lookup_host((host, 0))
             .await
-            .map_err(|e| GuardError::Resolve { host: host.to_owned(), detail: e.to_string() })?;
+            .map_err(|source| GuardError::Resolve { host: host.to_owned(), source })?;
         let mut refused = None;
         let allowed: Vec<SocketAddr> = found
             .filter(|addr| {

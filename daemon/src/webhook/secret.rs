@@ -32,11 +32,10 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// A secret that did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum SecretError {
     /// The part after `whsec_` is not standard base64.
     #[error("webhook secret is not base64")]
-    NotBase64,
+    NotBase64(#[source] base64::DecodeError),
     /// The decoded key is empty (an HMAC under an empty key authenticates nothing).
     #[error("webhook secret is empty")]
     Empty,
@@ -44,7 +43,6 @@ pub enum SecretError {
 
 /// Why a webhook did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum VerifyError {
     /// One of the three Standard Webhooks headers is absent or not text.
     #[error("missing or unreadable header {0}")]
@@ -95,7 +93,7 @@ impl WebhookSecret {
     pub fn parse(text: &str) -> Result<WebhookSecret, SecretError> {
         let text = text.trim();
         let encoded = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
-        let bytes = B64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
+        let bytes = B64.decode(encoded).map_err(SecretError::NotBase64)?;
         if bytes.is_empty() {
             return Err(SecretError::Empty);
         }
@@ -260,7 +258,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_secrets() {
-        assert_eq!(WebhookSecret::parse("whsec_***").unwrap_err(), SecretError::NotBase64);
+        assert!(matches!(WebhookSecret::parse("whsec_***"), Err(SecretError::NotBase64(_))));
         assert_eq!(WebhookSecret::parse("whsec_").unwrap_err(), SecretError::Empty);
     }
 

@@ -8,6 +8,11 @@
 //!   implementation of the Standard Webhooks specification, before its body is even parsed.
 //!   Libraries with the same API exist for Python, JavaScript, Go, Java, PHP, Ruby, C# and
 //!   Elixir, so an AppService in any of those verifies the same way.
+//! - **The events are typed** by the [`presence_webhook`] crate, the same types the daemon
+//!   encodes them with: a batch parses into a [`WebhookBatch`], each event is a
+//!   [`WebhookEvent`] told apart by its `type`, and a type added later parses as
+//!   [`WebhookEvent::Unknown`], which the room ignores (as the API asks). An AppService in
+//!   another language reads the same shapes from the daemon's `openapi.json`.
 //! - **Presence is state, not a log.** The room keeps the latest status per PUID and drops an
 //!   event whose `seq` is not above the last one it saw for that PUID: a retried batch, or a
 //!   poll racing a webhook, must not roll a member's status back.
@@ -35,6 +40,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use presence_webhook::{WebhookBatch, WebhookEvent};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
@@ -76,40 +82,6 @@ pub struct Outcome {
     pub puid: String,
     /// `accepted`, `dismissed`, `missed`, `undeliverable` or `taken`.
     pub outcome: String,
-}
-
-/// The body of a webhook POST. Unknown fields are ignored, as the API asks.
-#[derive(Debug, Deserialize)]
-struct Batch {
-    events: Vec<Event>,
-}
-
-/// One webhook event, by its `type`; types added later land in `Unknown` and are ignored.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Event {
-    Presence {
-        puid: String,
-        status: String,
-        message: String,
-        seq: u64,
-    },
-    Grant {
-        puid: String,
-        state: String,
-    },
-    Revoke {
-        puid: String,
-    },
-    Notification {
-        id: String,
-        puid: String,
-        outcome: String,
-    },
-    /// The daemon came back from a crash: everyone is offline until heard from again.
-    Reset,
-    #[serde(other)]
-    Unknown,
 }
 
 #[derive(Debug, Default)]
@@ -188,28 +160,36 @@ impl Room {
     }
 
     /// Applies one verified event, printing what changed.
-    fn apply(&self, event: Event) {
+    fn apply(&self, event: WebhookEvent<'_>) {
         let mut members = self.lock();
         match event {
-            Event::Presence { puid, status, message, seq } => {
+            WebhookEvent::Presence { puid, status, message, seq, .. } => {
+                let puid = puid.into_owned();
                 let member = members.by_puid.entry(puid.clone()).or_default();
                 if seq <= member.seq {
                     println!("dropped a stale presence event for {puid} (seq {seq} <= {})", member.seq);
                     return;
                 }
-                *member = Member { status, message, seq, ..member.clone() };
+                *member = Member {
+                    status: status.into_owned(),
+                    message: message.into_owned(),
+                    seq,
+                    ..member.clone()
+                };
                 println!("{} is {} {}", who(member, &puid), member.status, member.message);
             }
-            Event::Grant { puid, state } => {
+            WebhookEvent::Grant { puid, state, .. } => {
                 println!("{state} joined the room (PUID {puid})");
-                members.by_puid.entry(puid).or_default().name = Some(state);
+                members.by_puid.entry(puid.into_owned()).or_default().name = Some(state.into_owned());
             }
-            Event::Revoke { puid } => {
+            WebhookEvent::Revoke { puid, .. } => {
+                let puid = puid.into_owned();
                 let member = members.by_puid.entry(puid.clone()).or_default();
                 println!("{} left the room", who(member, &puid));
                 member.name = None;
             }
-            Event::Notification { id, puid, outcome } => {
+            WebhookEvent::Notification { id, puid, outcome, .. } => {
+                let (id, puid, outcome) = (id.into_owned(), puid.into_owned(), outcome.into_owned());
                 // At least once: a retried batch may repeat an outcome.
                 if members.outcomes.iter().any(|o| o.id == id && o.puid == puid) {
                     return;
@@ -218,7 +198,8 @@ impl Room {
                 println!("notification {id} to {name}: {outcome}");
                 members.outcomes.push(Outcome { id, puid, outcome });
             }
-            Event::Reset => {
+            // The daemon came back from a crash: everyone is offline until heard from again.
+            WebhookEvent::Reset { .. } => {
                 println!("the presence daemon restarted: everyone is offline until their devices reconnect");
                 for member in members.by_puid.values_mut() {
                     // Keep each seq: the events that follow carry higher ones.
@@ -226,7 +207,8 @@ impl Room {
                     member.message.clear();
                 }
             }
-            Event::Unknown => {}
+            // A type added after this room was written.
+            WebhookEvent::Unknown => {}
         }
     }
 
@@ -259,7 +241,8 @@ async fn webhook(State(room): State<Arc<Room>>, headers: HeaderMap, body: Bytes)
         eprintln!("refused a webhook: {error}");
         return StatusCode::UNAUTHORIZED;
     }
-    let batch: Batch = match serde_json::from_slice(&body) {
+    // Unknown fields are ignored, as the API asks.
+    let batch: WebhookBatch<'_> = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
         Err(error) => {
             eprintln!("a signed webhook that is not a batch: {error}");
