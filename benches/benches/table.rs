@@ -72,7 +72,9 @@ struct OutboxLike {
 
 impl PresenceSink for OutboxLike {
     fn publish(&self, event: &PresenceEvent) {
-        let encoded = presenced::outbound::presence_event(event);
+        let Some(encoded) = presenced::outbound::encode(&presenced::outbound::presence_event(event)) else {
+            return;
+        };
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         if buffer.len() >= 4_096 {
             buffer.clear();

@@ -18,7 +18,7 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     let daemon = Daemon::start(settings.resolve().expect("settings")).await.expect("daemon");
     let info = daemon.dev_info.clone().expect("dev info");
     let app = daemon.apps().create("chat", "https://127.0.0.1:9/hook").expect("register app").app.id;
-    let mut events = daemon.table().subscribe();
+    let mut events = daemon.events();
     let signer = presenced::credentials::dev_signer(dir.path()).expect("signer");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let token = signer.mint("alice", "phone", now, 600);
@@ -45,7 +45,7 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     let up = next_line().await;
     assert_eq!(up["event"], "up", "{up}");
     assert_eq!(up["heartbeat_ms"], 25_000);
-    let online = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");
+    let online = tokio::time::timeout(WAIT, events.recv()).await.expect("event");
     assert_eq!((online.status, online.message.as_str()), (Status::Online, "hello there"));
 
     stdin.write_all(format!("authorize {app} invite-42\n").as_bytes()).await.expect("write");
@@ -62,7 +62,7 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     );
 
     stdin.write_all(b"status away out for lunch\n").await.expect("write");
-    let away = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");
+    let away = tokio::time::timeout(WAIT, events.recv()).await.expect("event");
     assert_eq!((away.status, away.message.as_str()), (Status::Away, "out for lunch"));
 
     stdin.write_all(b"frobnicate\n").await.expect("write");
@@ -74,7 +74,7 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     assert_eq!(closed["event"], "closed", "{closed}");
     let status = tokio::time::timeout(WAIT, cli.wait()).await.expect("exit in time").expect("wait");
     assert!(status.success());
-    let offline = tokio::time::timeout(WAIT, events.recv()).await.expect("event").expect("open");
+    let offline = tokio::time::timeout(WAIT, events.recv()).await.expect("event");
     assert_eq!(offline.status, Status::Offline, "a clean quit is offline at once");
     daemon.shutdown().await;
 }
