@@ -10,20 +10,21 @@ use serde_json::Value;
 
 use crate::credentials::{DevInfo, https_client};
 
-/// How to reach the admin API.
+/// How to reach the admin API. Every flag is global, as in kubectl and gh: it may come
+/// before or after the app command (`apps --data-dir D add ...` or `apps add --data-dir D ...`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminTarget {
     /// Data directory of a `serve --dev` daemon, whose dev.json names the rest.
-    #[arg(long, env = "PRESENCED_DATA_DIR", default_value = crate::settings::DEFAULT_DATA_DIR)]
+    #[arg(long, global = true, env = "PRESENCED_DATA_DIR", default_value = crate::settings::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Base URL of the daemon's HTTPS API, e.g. https://127.0.0.1:8443.
-    #[arg(long, env = "PRESENCED_API")]
+    #[arg(long, global = true, env = "PRESENCED_API")]
     pub api: Option<String>,
     /// PEM file of the CA that signed the daemon's certificate.
-    #[arg(long, env = "PRESENCED_CA")]
+    #[arg(long, global = true, env = "PRESENCED_CA")]
     pub ca: Option<PathBuf>,
     /// The admin token.
-    #[arg(long, env = "PRESENCED_ADMIN_TOKEN")]
+    #[arg(long, global = true, env = "PRESENCED_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 }
 

@@ -6,6 +6,7 @@
 //! sees only [`QuicServer`] (bind, serve, close) and the session-side types
 //! ([`SessionHandle`](crate::handle::SessionHandle), the presence table), never quinn.
 
+mod config;
 mod connection;
 pub mod restart;
 pub mod sessions;
@@ -28,11 +29,12 @@ use crate::limit::HashedLimiter;
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::notify::Notifications;
 use crate::outbound::Outbound;
-use crate::settings::Settings;
 use crate::store::Store;
 use crate::table::PresenceTable;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sessions::DurableSessions;
+
+pub(crate) use config::QuicConfig;
 
 /// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
 const DATAGRAM_BUFFER: usize = 256;
@@ -110,7 +112,7 @@ impl QuicServer {
     /// across restarts ([`sessions`]); `endpoint_secret` makes stateless resets reach the
     /// devices of a previous process ([`restart`]).
     pub(crate) fn bind(
-        settings: &Settings,
+        config: &QuicConfig,
         (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
         services: SessionServices,
         (store, endpoint_secret): (Arc<dyn Store>, [u8; 32]),
@@ -126,33 +128,33 @@ impl QuicServer {
         // that a restarted daemon still resumes them.
         tls.max_early_data_size = u32::MAX;
         let tls_sessions =
-            DurableSessions::start(store, settings.session_store).context("cannot load TLS sessions")?;
+            DurableSessions::start(store, config.session_store).context("cannot load TLS sessions")?;
         tls.session_storage = tls_sessions.clone();
         tls.send_tls13_tickets = 1;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(Arc::new(transport_config(settings.idle_timeout)?));
+        server_config.transport_config(Arc::new(transport_config(config.idle_timeout)?));
         server_config.migration(true);
-        let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
-            .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
+        let socket = udp_socket(config.listen, config.udp_buffer)
+            .with_context(|| format!("cannot bind QUIC on {}", config.listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
         let socket = runtime.wrap_udp_socket(socket)?;
         let socket =
-            Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), settings.handshake_limit));
+            Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), config.handshake_limit));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             restart::endpoint_config(&endpoint_secret),
             Some(server_config),
             socket,
             runtime,
         )
-        .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
+        .with_context(|| format!("cannot start QUIC on {}", config.listen))?;
         let protocol = ProtocolConfig {
-            handshake_timeout: settings.handshake_timeout,
-            heartbeat_grace: settings.heartbeat_grace,
-            frame_rate: settings.session_frames.rate,
-            frame_burst: settings.session_frames.burst,
-            ping_rate: settings.session_pings.rate,
-            ping_burst: settings.session_pings.burst,
+            handshake_timeout: config.handshake_timeout,
+            heartbeat_grace: config.heartbeat_grace,
+            frame_rate: config.session_frames.rate,
+            frame_burst: config.session_frames.burst,
+            ping_rate: config.session_pings.rate,
+            ping_burst: config.session_pings.burst,
             ..ProtocolConfig::default()
         };
         let shared = Arc::new(Shared {
@@ -162,17 +164,17 @@ impl QuicServer {
             next_session: AtomicU64::new(1),
             handshaking: AtomicU32::new(0),
             shutdown,
-            drain: settings.drain,
-            slow_reader: settings.slow_reader,
+            drain: config.drain,
+            slow_reader: config.slow_reader,
         });
         Ok(QuicServer {
             endpoint,
             shared,
-            max_sessions: settings.max_sessions as usize,
-            retry_threshold: settings.retry_threshold,
+            max_sessions: config.max_sessions as usize,
+            retry_threshold: config.retry_threshold,
             tls_sessions,
-            sources: HashedLimiter::new(settings.handshake_limit, SOURCE_SLOTS),
-            validated_sources: HashedLimiter::new(settings.handshake_limit, SOURCE_SLOTS),
+            sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
+            validated_sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
         })
     }
 
