@@ -112,7 +112,7 @@ impl SettingDoc {
 fn help_for(name: &str) -> String {
     let Some(setting) = reference().into_iter().find(|s| s.name == name) else { return String::new() };
     match setting.default {
-        Some(default) => format!("{} [default: {default}]", setting.doc),
+        Some(default) => format!("{} [default: {default}]", setting.doc.trim_end_matches('.')),
         None => setting.doc,
     }
 }
