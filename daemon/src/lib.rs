@@ -184,7 +184,8 @@ impl Daemon {
             notifications: notifications.clone(),
         };
         let persisted = (store.clone(), endpoint_secret);
-        let quic = Arc::new(QuicServer::bind(&quic_config, identity, services, persisted, shutdown_rx.clone())?);
+        let quic =
+            Arc::new(QuicServer::bind(&quic_config, identity, services, persisted, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
@@ -220,7 +221,9 @@ impl Daemon {
         tasks.push(tokio::spawn(async move { serving.serve().await }));
         tasks.push(tokio::spawn(record_seq_floor(table.clone(), store.clone(), shutdown_rx)));
         let dev_info = match (dev, &admin_token) {
-            (true, Some(admin)) => Some(credentials::write_dev_info(&data_dir, quic_addr, https_addr, admin)?),
+            (true, Some(admin)) => {
+                Some(credentials::write_dev_info(&data_dir, quic_addr, https_addr, admin)?)
+            }
             _ => None,
         };
         info!(%quic_addr, %https_addr, dev, restored_notifications = restored, "presenced listening");

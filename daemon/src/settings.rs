@@ -125,8 +125,12 @@ macro_rules! filled_type {
 
 /// A setting's value after defaults.
 macro_rules! filled_value {
-    ($ty:ty, $value:expr) => { $value };
-    ($ty:ty, $value:expr, $default:expr) => { $value.unwrap_or_else(|| -> $ty { $default }) };
+    ($ty:ty, $value:expr) => {
+        $value
+    };
+    ($ty:ty, $value:expr, $default:expr) => {
+        $value.unwrap_or_else(|| -> $ty { $default })
+    };
 }
 
 /// Generates the layer, its merge, its defaults, its checks and its reference from the one
@@ -293,12 +297,12 @@ fn nonzero<T: Default + PartialEq>(name: &str, value: &T) -> Option<String> {
 }
 
 /// Check: the value is a valid tracing-subscriber filter.
-fn log_filter(name: &str, value: &String) -> Option<String> {
+fn log_filter(name: &str, value: &str) -> Option<String> {
     tracing_subscriber::EnvFilter::try_new(value).err().map(|e| format!("{name} filter {value:?}: {e}"))
 }
 
 /// Check: every entry is a CIDR range.
-fn cidrs(name: &str, value: &Vec<String>) -> Option<String> {
+fn cidrs(name: &str, value: &[String]) -> Option<String> {
     let bad: Vec<String> = value
         .iter()
         .filter_map(|cidr| crate::webhook::guard::parse_cidr(cidr).err().map(|e| format!("{cidr:?}: {e}")))
@@ -570,8 +574,7 @@ mod tests {
                 None => assert!(help.contains("required without --dev"), "{help}"),
             }
         }
-        let defaults: Vec<_> =
-            reference.iter().filter_map(|s| Some((s.name, s.default.clone()?))).collect();
+        let defaults: Vec<_> = reference.iter().filter_map(|s| Some((s.name, s.default.clone()?))).collect();
         assert!(defaults.contains(&("quic_listen", "0.0.0.0:4433".into())));
         assert!(defaults.contains(&("webhook_max_bytes", "262144".into())));
         assert!(defaults.contains(&("log_format", "text".into())));

@@ -110,8 +110,7 @@ fn admin_flags_work_before_and_after_the_app_command() {
     let data_dir = dir.path().to_str().expect("utf-8 path");
     // As a new user types it: the flag after the subcommand.
     let hook = "https://127.0.0.1:9/hook";
-    let added =
-        apps(&["apps", "add", "--name", "chat", "--webhook", hook, "--json", "--data-dir", data_dir]);
+    let added = apps(&["apps", "add", "--name", "chat", "--webhook", hook, "--json", "--data-dir", data_dir]);
     let id = added["app_id"].as_str().expect("app_id");
     let listed = apps(&["apps", "list", "--data-dir", data_dir, "--json"]);
     assert_eq!(listed["apps"][0]["app_id"], id);
