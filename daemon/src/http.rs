@@ -1,6 +1,6 @@
 //! The HTTPS listener: TLS (HTTP/1.1 and HTTP/2 by ALPN) in front of [`crate::api`].
 //!
-//! Configured by [`HttpConfig`] alone. Bounded against slow and many clients: at most
+//! Configured by `HttpConfig` alone. Bounded against slow and many clients: at most
 //! `max_connections` at once (one more is
 //! closed as soon as it is accepted), `header_timeout` for the TLS handshake and again for
 //! each HTTP/1.1 request's headers (slowloris), and hyper's own limits on header size and

@@ -3,7 +3,7 @@
 //!
 //! ## Layout
 //!
-//! - The [`settings!`] invocation below is the only list of settings. Each entry names the
+//! - The `settings!` invocation below is the only list of settings. Each entry names the
 //!   setting (the TOML key; the flag is the same with dashes), its type, its default, its
 //!   `PRESENCED_*` environment variable, its documentation and, if it has one, its check.
 //!   The macro generates [`SettingsLayer`] (every field optional, read by clap from flags and
@@ -13,7 +13,7 @@
 //!   that hands it to its component in [`SettingsLayer::resolve`].
 //! - [`SettingsLayer::resolve`] applies the defaults, runs every check and reports every
 //!   problem at once (so an operator fixes a config in one round), then builds [`Settings`]:
-//!   one struct per component ([`QuicConfig`], [`HttpConfig`], [`ApiConfig`],
+//!   one struct per component (`QuicConfig`, `HttpConfig`, `ApiConfig`,
 //!   [`FanoutConfig`], [`NotifyLimits`], [`Credentials`]) and the few truly global values
 //!   (data directory, dev mode, logging). [`crate::Daemon::start`] hands each component its
 //!   own struct and nothing else.
@@ -579,6 +579,18 @@ mod tests {
         assert!(defaults.contains(&("webhook_max_bytes", "262144".into())));
         assert!(defaults.contains(&("log_format", "text".into())));
         assert!(defaults.contains(&("webhook_allow", "none".into())));
+    }
+
+    /// The fuzz corpus's "full" configuration sets every key, so the settings fuzzer starts
+    /// from a file that reaches every field.
+    #[test]
+    fn the_full_fuzz_seed_sets_every_setting() {
+        let seed = include_str!("../../fuzz/corpus/settings_toml/full");
+        toml::from_str::<SettingsLayer>(seed).expect("the seed parses");
+        let keys: toml::Table = toml::from_str(seed).expect("toml");
+        for setting in reference() {
+            assert!(keys.contains_key(setting.name), "the full seed lacks {}", setting.name);
+        }
     }
 
     /// The README points to `--help` for the list; every flag it names in its
