@@ -41,9 +41,8 @@ enum Command {
     },
     /// Print a dev device token signed with the data directory's dev key.
     Token {
-        /// Data directory of a `serve --dev` daemon.
-        #[arg(long, env = "PRESENCED_DATA_DIR", default_value = presenced::settings::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dev: presenced::admin_cli::DevDataDir,
         /// The user (`sub`).
         #[arg(long)]
         user: String,
@@ -80,7 +79,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Token { data_dir, user, device, ttl } => match token(&data_dir, &user, &device, ttl) {
+        Command::Token { dev, user, device, ttl } => match token(&dev.data_dir, &user, &device, ttl) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
