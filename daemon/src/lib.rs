@@ -174,7 +174,7 @@ impl Daemon {
         let floor = store.seq_floor()?;
         table.raise_seq_floor(if crashed { floor.saturating_add(SEQ_CRASH_MARGIN_MICROS) } else { floor });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let identity = (cert_chain.clone(), key.clone_key());
+        let identity = quic::TlsIdentity { cert_chain: cert_chain.clone(), key: key.clone_key() };
         let services = quic::SessionServices {
             verifier,
             table: table.clone(),
@@ -183,9 +183,9 @@ impl Daemon {
             outbound,
             notifications: notifications.clone(),
         };
-        let persisted = (store.clone(), endpoint_secret);
+        let durable = quic::Durable { store: store.clone(), endpoint_secret };
         let quic =
-            Arc::new(QuicServer::bind(&quic_config, identity, services, persisted, shutdown_rx.clone())?);
+            Arc::new(QuicServer::bind(&quic_config, identity, services, durable, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?

@@ -1,10 +1,35 @@
-//! What the QUIC server is configured with: [`QuicConfig`], built from the settings and
-//! read only by [`super::QuicServer::bind`].
+//! What the QUIC server is configured with, each part named: [`QuicConfig`] (built from
+//! the settings), the [`TlsIdentity`] it presents and the [`Durable`] state that outlives a
+//! process. Read only by [`super::QuicServer::bind`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use crate::settings::Rate;
+use crate::store::Store;
+
+/// The certificate the server presents to devices.
+#[derive(Debug)]
+pub(crate) struct TlsIdentity {
+    /// Certificate chain, leaf first.
+    pub(crate) cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub(crate) key: PrivateKeyDer<'static>,
+}
+
+/// What lets devices of a previous process come back cheaply.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    /// Keeps the TLS sessions that make 0-RTT possible across restarts
+    /// ([`super::sessions`]).
+    pub(crate) store: Arc<dyn Store>,
+    /// Makes stateless resets reach the devices of a previous process
+    /// ([`super::restart`]).
+    pub(crate) endpoint_secret: [u8; 32],
+}
 
 /// The device-facing QUIC server's settings; every field comes from one setting (or a
 /// rate/burst pair) with a documented default.

@@ -29,12 +29,10 @@ use crate::limit::HashedLimiter;
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::notify::Notifications;
 use crate::outbound::Outbound;
-use crate::store::Store;
 use crate::table::PresenceTable;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sessions::DurableSessions;
 
-pub(crate) use config::QuicConfig;
+pub(crate) use config::{Durable, QuicConfig, TlsIdentity};
 
 /// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
 const DATAGRAM_BUFFER: usize = 256;
@@ -108,14 +106,12 @@ pub struct QuicServer {
 }
 
 impl QuicServer {
-    /// Binds the QUIC endpoint. `store` keeps the TLS sessions that make 0-RTT possible
-    /// across restarts ([`sessions`]); `endpoint_secret` makes stateless resets reach the
-    /// devices of a previous process ([`restart`]).
+    /// Binds the QUIC endpoint with its own settings, identity and durable state.
     pub(crate) fn bind(
         config: &QuicConfig,
-        (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+        TlsIdentity { cert_chain, key }: TlsIdentity,
         services: SessionServices,
-        (store, endpoint_secret): (Arc<dyn Store>, [u8; 32]),
+        Durable { store, endpoint_secret }: Durable,
         shutdown: watch::Receiver<bool>,
     ) -> Result<QuicServer> {
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
