@@ -136,8 +136,17 @@ impl Daemon {
         let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
             credentials::load(&settings)?;
         // Each component gets its own part of the settings, and only that.
-        let Settings { data_dir, dev, log: _, credentials: _, quic: quic_config, https, api, fanout, notify } =
-            settings;
+        let Settings {
+            data_dir,
+            dev,
+            log: _,
+            credentials: _,
+            quic: quic_config,
+            https,
+            api,
+            fanout: webhooks,
+            notify,
+        } = settings;
         let metrics = Arc::new(Metrics::default());
         let store_path = data_dir.join(STORE_FILE);
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&store_path)?);
@@ -145,11 +154,11 @@ impl Daemon {
         #[cfg(unix)]
         std::fs::set_permissions(&store_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let apps = Arc::new(Apps::load(store.clone())?);
-        let url_policy = fanout.url_policy.clone();
+        let url_policy = webhooks.url_policy.clone();
         let fanout_config = FanoutConfig {
             // The dev certificate signs test receivers too.
             extra_roots: if dev { cert_chain.clone() } else { Vec::new() },
-            ..fanout
+            ..webhooks
         };
         let fanout = Arc::new(Fanout::start(store.clone(), fanout_config, metrics.clone())?);
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
