@@ -147,7 +147,8 @@ macro_rules! settings {
             $(, check $check:path)? $(, arg($($arg:tt)*))?;
     )+) => {
         /// One layer of settings, every field optional. The same struct reads flags,
-        /// environment and the TOML file, so the three can never disagree on names.
+        /// environment and the TOML file, so the three can never disagree on names. Each
+        /// field's default is shown by `presenced serve --help`.
         #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct SettingsLayer {
