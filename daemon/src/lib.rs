@@ -133,20 +133,20 @@ impl Daemon {
     /// Loads secrets, binds both listeners and starts serving.
     pub async fn start(settings: Settings) -> Result<Daemon> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
-            credentials::load(&settings)?;
         // Each component gets its own part of the settings, and only that.
         let Settings {
             data_dir,
             dev,
             log: _,
-            credentials: _,
+            credentials: secrets,
             quic: quic_config,
             https,
             api,
             fanout: webhooks,
             notify,
         } = settings;
+        let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
+            credentials::load(&secrets, &data_dir)?;
         let metrics = Arc::new(Metrics::default());
         let store_path = data_dir.join(STORE_FILE);
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&store_path)?);
