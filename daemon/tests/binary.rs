@@ -132,13 +132,16 @@ fn admin_flags_work_before_and_after_the_app_command() {
 }
 
 /// Runs a dev daemon with its log on a pipe until it is up, stops it, and returns the log.
-fn log_through_a_pipe(dir: &std::path::Path, format: &str) -> String {
+/// `format` is given as a flag, or (with `by_env`) as `PRESENCED_LOG_FORMAT`.
+fn log_through_a_pipe(dir: &std::path::Path, format: &str, by_env: bool) -> String {
     let _ = std::fs::remove_file(dir.join("dev.json"));
     let mut child = Command::new(BIN)
         .args(["serve", "--dev", "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
-        .args(["--drain-secs", "1", "--log", "info", "--log-format", format])
+        .args(["--drain-secs", "1", "--log", "info"])
+        .args(if by_env { vec![] } else { vec!["--log-format", format] })
+        .envs(by_env.then_some(("PRESENCED_LOG_FORMAT", format)))
         .env_remove("NO_COLOR")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -160,12 +163,12 @@ fn log_through_a_pipe(dir: &std::path::Path, format: &str) -> String {
 #[test]
 fn logs_on_a_pipe_have_no_colour_and_json_lines_parse() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = log_through_a_pipe(dir.path(), "text");
+    let text = log_through_a_pipe(dir.path(), "text", false);
     assert!(text.contains("presenced listening"), "{text}");
     assert!(text.contains("INFO"), "{text}");
     assert!(!text.contains('\u{1b}'), "no ANSI escape codes in a piped log: {text:?}");
 
-    let json = log_through_a_pipe(dir.path(), "json");
+    let json = log_through_a_pipe(dir.path(), "json", true);
     assert!(!json.contains('\u{1b}'), "{json:?}");
     let lines: Vec<serde_json::Value> = json
         .lines()
