@@ -10,20 +10,31 @@ use serde_json::Value;
 
 use crate::credentials::{DevInfo, https_client};
 
-/// How to reach the admin API.
+/// The `--data-dir` of the commands that talk to a dev daemon (`apps`, `token`): one
+/// declaration, global so it may follow a subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevDataDir {
+    /// Data directory of a `serve --dev` daemon: its dev.json names the API address, the CA
+    /// and the admin token, and it holds the dev token-signing key.
+    #[arg(long, global = true, env = "PRESENCED_DATA_DIR", default_value = crate::settings::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// How to reach the admin API. Every flag is global, as in kubectl and gh: it may come
+/// before or after the app command (`apps --data-dir D add ...` or `apps add --data-dir D ...`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminTarget {
-    /// Data directory of a `serve --dev` daemon, whose dev.json names the rest.
-    #[arg(long, env = "PRESENCED_DATA_DIR", default_value = crate::settings::DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// Where a dev daemon's dev.json is.
+    #[command(flatten)]
+    pub dev: DevDataDir,
     /// Base URL of the daemon's HTTPS API, e.g. https://127.0.0.1:8443.
-    #[arg(long, env = "PRESENCED_API")]
+    #[arg(long, global = true, env = "PRESENCED_API")]
     pub api: Option<String>,
     /// PEM file of the CA that signed the daemon's certificate.
-    #[arg(long, env = "PRESENCED_CA")]
+    #[arg(long, global = true, env = "PRESENCED_CA")]
     pub ca: Option<PathBuf>,
     /// The admin token.
-    #[arg(long, env = "PRESENCED_ADMIN_TOKEN")]
+    #[arg(long, global = true, env = "PRESENCED_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 }
 
@@ -84,11 +95,11 @@ struct Admin {
 
 impl Admin {
     fn new(target: &AdminTarget) -> Result<Admin> {
-        let dev = DevInfo::load(&target.data_dir).ok();
+        let dev = DevInfo::load(&target.dev.data_dir).ok();
         let base = match (&target.api, &dev) {
             (Some(api), _) => api.trim_end_matches('/').to_owned(),
             (None, Some(dev)) => dev.https.clone(),
-            (None, None) => bail!("no --api given and no dev.json in {}", target.data_dir.display()),
+            (None, None) => bail!("no --api given and no dev.json in {}", target.dev.data_dir.display()),
         };
         let ca = target.ca.clone().or_else(|| dev.as_ref().map(|d| d.ca_cert.clone()));
         let token = target

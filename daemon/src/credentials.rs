@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{TokenSigner, TokenVerifier};
 use crate::puid::PuidKey;
-use crate::settings::{Credentials, Settings};
+use crate::settings::Credentials;
 
 /// Key id of the dev token-signing key.
 pub const DEV_KID: &str = "presenced-dev";
@@ -89,10 +89,11 @@ pub fn dev_signer(data_dir: &Path) -> Result<TokenSigner> {
     TokenSigner::from_pkcs8(DEV_KID, &pkcs8).with_context(|| format!("{} is unusable", path.display()))
 }
 
-/// Loads the secrets the settings name, creating dev ones first in `--dev` mode.
-pub fn load(settings: &Settings) -> Result<Secrets> {
-    match &settings.credentials {
-        Credentials::Dev => load_dev(&settings.data_dir),
+/// Loads the secrets `credentials` names, creating dev ones in `data_dir` first in `--dev`
+/// mode (the admin token lives in `data_dir` in both modes).
+pub fn load(credentials: &Credentials, data_dir: &Path) -> Result<Secrets> {
+    match credentials {
+        Credentials::Dev => load_dev(data_dir),
         Credentials::Files { tls_cert, tls_key, jwks: jwks_path, puid_secret_file } => {
             let (cert_chain, key) = read_tls(tls_cert, tls_key)?;
             let jwks = std::fs::read_to_string(jwks_path)
@@ -100,8 +101,8 @@ pub fn load(settings: &Settings) -> Result<Secrets> {
             let verifier = TokenVerifier::from_jwks_json(&jwks)
                 .with_context(|| format!("{} is unusable", jwks_path.display()))?;
             let puid_key = read_puid_key(puid_secret_file)?;
-            create_dir(&settings.data_dir)?;
-            let admin_token = Some(admin_token(&settings.data_dir)?);
+            create_dir(data_dir)?;
+            let admin_token = Some(admin_token(data_dir)?);
             Ok(Secrets { cert_chain, key, verifier, puid_key, admin_token })
         }
     }

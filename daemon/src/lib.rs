@@ -5,7 +5,8 @@
 //!
 //! ## Layout
 //!
-//! - [`settings`]: the one settings struct, from TOML, `PRESENCED_*` environment and flags.
+//! - [`settings`]: one declaration per setting (TOML, `PRESENCED_*` environment, flags),
+//!   resolved into one config struct per component.
 //! - [`credentials`]: TLS certificate, token keys, PUID secret, admin token; `--dev` creates
 //!   them on first run.
 //! - [`auth`]: device tokens (EdDSA JWTs against a JWKS); [`puid`]: PUID derivation.
@@ -73,7 +74,6 @@ use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::table::PresenceTable;
 use crate::webhook::fanout::{Fanout, FanoutConfig};
-use crate::webhook::guard::UrlPolicy;
 
 /// The database file in the data directory.
 pub const STORE_FILE: &str = "presenced.redb";
@@ -138,42 +138,45 @@ impl Daemon {
     /// Loads secrets, binds both listeners and starts serving.
     pub async fn start(settings: Settings) -> Result<Daemon> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Each component gets its own part of the settings, and only that.
+        let Settings {
+            data_dir,
+            dev,
+            log: _,
+            credentials: secrets,
+            quic: quic_config,
+            https,
+            api,
+            fanout: webhooks,
+            notify,
+        } = settings;
         let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
-            credentials::load(&settings)?;
+            credentials::load(&secrets, &data_dir)?;
         let metrics = Arc::new(Metrics::default());
         let clock = clock::Clock::system();
-        let store_path = settings.data_dir.join(STORE_FILE);
+        let store_path = data_dir.join(STORE_FILE);
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&store_path)?);
         // It holds the webhook secrets: owner-only.
         #[cfg(unix)]
         std::fs::set_permissions(&store_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let apps = Arc::new(Apps::load(store.clone())?);
-        let url_policy = Arc::new(UrlPolicy::new(settings.dev, &settings.webhook_allow)?);
+        let url_policy = webhooks.url_policy.clone();
         let fanout_config = FanoutConfig {
-            batch_window: settings.webhook_window,
-            max_events: settings.webhook_max_events,
-            max_bytes: settings.webhook_max_bytes,
-            request_timeout: settings.webhook_timeout,
-            url_policy: url_policy.clone(),
-            extra_roots: if settings.dev { cert_chain.clone() } else { Vec::new() },
-            ..FanoutConfig::default()
+            // The dev certificate signs test receivers too.
+            extra_roots: if dev { cert_chain.clone() } else { Vec::new() },
+            ..webhooks
         };
         let fanout = Arc::new(Fanout::start(store.clone(), fanout_config, metrics.clone())?);
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
         let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), clock, Some(sink)));
-        let notify_limits = notify::NotifyLimits {
-            app: settings.notify_app,
-            recipient: settings.notify_user,
-            outstanding: settings.notify_outstanding,
-        };
         let notifications = Arc::new(Notifications::new(
             table.clone(),
             outbound.clone(),
             store.clone(),
             metrics.clone(),
-            notify_limits,
+            notify,
         ));
         let restored = notifications.restore()?;
         let crashed = store.begin_run()?;
@@ -186,16 +189,7 @@ impl Daemon {
         let floor = store.seq_floor()?;
         table.raise_seq_floor(if crashed { floor.saturating_add(SEQ_CRASH_MARGIN_MICROS) } else { floor });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let identity = (cert_chain.clone(), key.clone_key());
-        let protocol = presence_protocol::ServerConfig {
-            handshake_timeout: settings.handshake_timeout,
-            heartbeat_grace: settings.heartbeat_grace,
-            frame_rate: settings.session_frames.rate,
-            frame_burst: settings.session_frames.burst,
-            ping_rate: settings.session_pings.rate,
-            ping_burst: settings.session_pings.burst,
-            ..presence_protocol::ServerConfig::default()
-        };
+        let identity = quic::TlsIdentity { cert_chain: cert_chain.clone(), key: key.clone_key() };
         let services = Arc::new(session::SessionServices {
             verifier,
             table: table.clone(),
@@ -203,57 +197,54 @@ impl Daemon {
             apps: apps.clone(),
             outbound,
             notifications: notifications.clone(),
-            protocol: Arc::new(protocol),
-            drain: settings.drain,
+            protocol: Arc::new(quic_config.protocol()),
+            drain: quic_config.drain,
             clock,
         });
-        let persisted = (store.clone(), endpoint_secret);
-        let quic = Arc::new(QuicServer::bind(&settings, identity, services, persisted, shutdown_rx.clone())?);
+        let durable = quic::Durable { store: store.clone(), endpoint_secret };
+        let quic =
+            Arc::new(QuicServer::bind(&quic_config, identity, services, durable, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(cert_chain, key)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let listener = tokio::net::TcpListener::bind(settings.https_listen)
+        let listener = tokio::net::TcpListener::bind(https.listen)
             .await
-            .with_context(|| format!("cannot bind HTTPS on {}", settings.https_listen))?;
+            .with_context(|| format!("cannot bind HTTPS on {}", https.listen))?;
         let https_addr = listener.local_addr()?;
         let router = api::router(api::ApiState {
             metrics: metrics.clone(),
             table: table.clone(),
             apps: apps.clone(),
             notifications: notifications.clone(),
-            limiter: Arc::new(api::RateLimiter::new(settings.api_rate, settings.api_burst)),
+            limiter: Arc::new(api::RateLimiter::new(api.rate.rate, api.rate.burst)),
             fanout: fanout.clone(),
             url_policy,
             admin_token: admin_token.as_deref().map(Arc::from),
-            admin_remote: settings.admin_remote,
-            metrics_remote: settings.metrics_remote,
+            admin_remote: api.admin_remote,
+            metrics_remote: api.metrics_remote,
         });
         let mut tasks = Vec::new();
-        let http_limits = http::HttpLimits {
-            max_connections: settings.https_max_connections,
-            header_timeout: settings.https_header_timeout,
-            metrics: metrics.clone(),
-        };
         tasks.push(tokio::spawn(http::serve(
             listener,
             Arc::new(tls),
             router.clone(),
-            http_limits,
+            https,
+            metrics.clone(),
             shutdown_rx.clone(),
         )));
         let serving = quic.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
         tasks.push(tokio::spawn(record_seq_floor(table.clone(), store.clone(), shutdown_rx)));
-        let dev_info = match (&settings.dev, &admin_token) {
+        let dev_info = match (dev, &admin_token) {
             (true, Some(admin)) => {
-                Some(credentials::write_dev_info(&settings.data_dir, quic_addr, https_addr, admin)?)
+                Some(credentials::write_dev_info(&data_dir, quic_addr, https_addr, admin)?)
             }
             _ => None,
         };
-        info!(%quic_addr, %https_addr, dev = settings.dev, restored_notifications = restored, "presenced listening");
+        info!(%quic_addr, %https_addr, dev, restored_notifications = restored, "presenced listening");
         Ok(Daemon {
             quic,
             quic_addr,
@@ -267,7 +258,7 @@ impl Daemon {
             store,
             shutdown,
             tasks,
-            drain: settings.drain,
+            drain: quic_config.drain,
             api: router,
             recorder: std::sync::OnceLock::new(),
         })

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use presenced::settings::{ConfigError, SettingsLayer};
+use std::io::IsTerminal;
+
+use presenced::settings::{ConfigError, LogConfig, LogFormat, SettingsLayer};
 use presenced::{Daemon, credentials};
 use tracing_subscriber::EnvFilter;
 
@@ -39,9 +41,8 @@ enum Command {
     },
     /// Print a dev device token signed with the data directory's dev key.
     Token {
-        /// Data directory of a `serve --dev` daemon.
-        #[arg(long, env = "PRESENCED_DATA_DIR", default_value = presenced::settings::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dev: presenced::admin_cli::DevDataDir,
         /// The user (`sub`).
         #[arg(long)]
         user: String,
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Token { data_dir, user, device, ttl } => match token(&data_dir, &user, &device, ttl) {
+        Command::Token { dev, user, device, ttl } => match token(&dev.data_dir, &user, &device, ttl) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -100,7 +101,7 @@ fn serve(config: Option<PathBuf>, flags: SettingsLayer) -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return config_error(&error),
     };
-    tracing_subscriber::fmt().with_env_filter(EnvFilter::new(&settings.log)).with_target(false).init();
+    init_logging(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -114,6 +115,19 @@ fn serve(config: Option<PathBuf>, flags: SettingsLayer) -> ExitCode {
             eprintln!("presenced: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr (stdout carries the banner and command output), in colour only when
+/// stderr is a terminal: a file, a pipe or a journal gets plain text or JSON lines.
+fn init_logging(log: &LogConfig) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(&log.filter))
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
     }
 }
 

@@ -1,290 +1,347 @@
-//! Daemon settings: one resolved [`Settings`] struct, built from three layers.
+//! Daemon settings: one declaration per setting, resolved into one config struct per
+//! component.
 //!
-//! Each layer is a [`SettingsLayer`] (every field optional): command-line flags and
-//! `PRESENCED_*` environment variables (clap reads both), then the TOML file named by
-//! `--config`, then the documented defaults. Flags and environment win over the file, the
-//! file over the defaults. [`SettingsLayer::resolve`] checks everything and reports every
-//! problem at once, so an operator fixes a config in one round.
+//! ## Layout
+//!
+//! - The `settings!` invocation below is the only list of settings. Each entry names the
+//!   setting (the TOML key; the flag is the same with dashes), its type, its default, its
+//!   `PRESENCED_*` environment variable, its documentation and, if it has one, its check.
+//!   The macro generates [`SettingsLayer`] (every field optional, read by clap from flags and
+//!   environment and by serde from the TOML file), [`SettingsLayer::over`] (the layering),
+//!   the defaults, the `--help` text with each default, and the reference the tests check
+//!   the README and the naming rules against. Adding a setting is one entry, plus the line
+//!   that hands it to its component in [`SettingsLayer::resolve`].
+//! - [`SettingsLayer::resolve`] applies the defaults, runs every check and reports every
+//!   problem at once (so an operator fixes a config in one round), then builds [`Settings`]:
+//!   one struct per component (`QuicConfig`, `HttpConfig`, `ApiConfig`,
+//!   [`FanoutConfig`], [`NotifyLimits`], [`Credentials`]) and the few truly global values
+//!   (data directory, dev mode, logging). [`crate::Daemon::start`] hands each component its
+//!   own struct and nothing else.
+//!
+//! Layers: flags and environment win over the TOML file named by `--config`, the file over
+//! the defaults.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Default data directory, relative to the working directory.
-pub const DEFAULT_DATA_DIR: &str = "./presenced-data";
-/// Default QUIC (device) listen address.
-pub const DEFAULT_QUIC_LISTEN: &str = "0.0.0.0:4433";
-/// Default HTTPS (API, health, metrics) listen address.
-pub const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:8443";
-/// Default most concurrent device sessions.
-pub const DEFAULT_MAX_SESSIONS: u32 = 200_000;
-/// Default handshakes in flight above which new connections must prove their address
-/// (QUIC Retry) first.
-pub const DEFAULT_RETRY_THRESHOLD: u32 = 256;
-/// Default TLS session-resumption store size (tickets held for 0-RTT).
-pub const DEFAULT_SESSION_STORE: usize = 200_000;
-/// Default silence past the heartbeat interval before a device counts as offline, seconds.
-pub const DEFAULT_HEARTBEAT_GRACE_SECS: u64 = 15;
-/// Default time for a device to send an acceptable `Hello`, seconds.
-pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
-/// Default QUIC idle timeout, seconds: the connection dies after this much silence. Longer
-/// than the longest heartbeat interval plus grace so liveness, not QUIC, decides offline.
-pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1_860;
-/// Default bound on the graceful drain after SIGTERM, seconds.
-pub const DEFAULT_DRAIN_SECS: u64 = 10;
-/// Default log filter.
-pub const DEFAULT_LOG: &str = "info";
-/// Default webhook batch window, milliseconds: how long the first waiting event waits for
-/// company before its batch goes out.
-pub const DEFAULT_WEBHOOK_WINDOW_MS: u64 = 250;
-/// Default most events per webhook POST.
-pub const DEFAULT_WEBHOOK_MAX_EVENTS: usize = 1_000;
-/// Default most bytes of events per webhook POST.
-pub const DEFAULT_WEBHOOK_MAX_BYTES: usize = 256 * 1024;
-/// Default webhook request timeout, seconds.
-pub const DEFAULT_WEBHOOK_TIMEOUT_SECS: u64 = 10;
-/// Default receive and send buffer of the QUIC UDP socket, bytes. The kernel default
-/// (about 208 KiB) overflows under a burst of handshakes; the kernel caps the value at
-/// `net.core.rmem_max` / `wmem_max`.
-pub const DEFAULT_UDP_BUFFER: usize = 8 * 1024 * 1024;
-/// Default AppService API rate per app, requests per second.
-pub const DEFAULT_API_RATE: u32 = 100;
-/// Default AppService API burst per app.
-pub const DEFAULT_API_BURST: u32 = 200;
-/// Default new QUIC handshakes per second from one source address. Generous, because many
-/// devices can share one address behind carrier-grade NAT; over it an unvalidated source
-/// gets a QUIC Retry and a validated one is ignored.
-pub const DEFAULT_HANDSHAKE_RATE: u32 = 500;
-/// Default handshakes at once from one source address (a reconnect storm behind one NAT).
-pub const DEFAULT_HANDSHAKE_BURST: u32 = 1_000;
-/// Default control frames per second per session.
-pub const DEFAULT_SESSION_FRAME_RATE: u32 = presence_protocol::server::DEFAULT_FRAME_RATE;
-/// Default control-frame burst per session.
-pub const DEFAULT_SESSION_FRAME_BURST: u32 = presence_protocol::server::DEFAULT_FRAME_BURST;
-/// Default heartbeat pings per second per session.
-pub const DEFAULT_SESSION_PING_RATE: u32 = presence_protocol::server::DEFAULT_PING_RATE;
-/// Default ping burst per session.
-pub const DEFAULT_SESSION_PING_BURST: u32 = presence_protocol::server::DEFAULT_PING_BURST;
-/// Default seconds a write to a device's control stream may wait for the device to read
-/// before the session is closed as a slow reader.
-pub const DEFAULT_SLOW_READER_SECS: u64 = 30;
-/// Default notifications per second per app (each request counts once).
-pub const DEFAULT_NOTIFY_APP_RATE: u32 = 50;
-/// Default notification burst per app.
-pub const DEFAULT_NOTIFY_APP_BURST: u32 = 100;
-/// Default notifications per second to one recipient (PUID) from one app.
-pub const DEFAULT_NOTIFY_USER_RATE: u32 = 1;
-/// Default notification burst to one recipient from one app.
-pub const DEFAULT_NOTIFY_USER_BURST: u32 = 10;
-/// Default most undecided notifications one app may have outstanding.
-pub const DEFAULT_NOTIFY_OUTSTANDING: u32 = 10_000;
-/// Default most concurrent HTTPS connections.
-pub const DEFAULT_HTTPS_MAX_CONNECTIONS: u32 = 4_096;
-/// Default seconds an HTTPS client has for its TLS handshake and then for each request's
-/// headers (slowloris bound).
-pub const DEFAULT_HTTPS_HEADER_TIMEOUT_SECS: u64 = 10;
+use crate::api::ApiConfig;
+use crate::http::HttpConfig;
+use crate::notify::NotifyLimits;
+use crate::quic::QuicConfig;
+use crate::webhook::fanout::FanoutConfig;
+use crate::webhook::guard::UrlPolicy;
 
-/// One layer of settings, every field optional. The same struct reads flags, environment
-/// and the TOML file, so the three can never disagree on names.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub struct SettingsLayer {
-    /// Directory for keys, certificates and data [default: ./presenced-data].
-    #[arg(long, env = "PRESENCED_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// QUIC listen address for devices [default: 0.0.0.0:4433].
-    #[arg(long, env = "PRESENCED_QUIC_LISTEN")]
-    pub quic_listen: Option<SocketAddr>,
-    /// HTTPS listen address for the API, /healthz and /metrics [default: 0.0.0.0:8443].
-    #[arg(long, env = "PRESENCED_HTTPS_LISTEN")]
-    pub https_listen: Option<SocketAddr>,
-    /// Development mode: create and use a self-signed certificate, a token-signing key, a
-    /// PUID secret and an admin token in the data directory [default: false].
-    #[arg(long, env = "PRESENCED_DEV", num_args = 0..=1, default_missing_value = "true")]
-    pub dev: Option<bool>,
-    /// TLS certificate chain (PEM) for QUIC and HTTPS; required without --dev.
-    #[arg(long, env = "PRESENCED_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) for the certificate; required without --dev.
-    #[arg(long, env = "PRESENCED_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// JWKS file with the Ed25519 public keys that device tokens are verified against;
-    /// required without --dev.
-    #[arg(long, env = "PRESENCED_JWKS")]
-    pub jwks: Option<PathBuf>,
-    /// File holding the PUID secret (32+ bytes, base64); required without --dev.
-    #[arg(long, env = "PRESENCED_PUID_SECRET_FILE")]
-    pub puid_secret_file: Option<PathBuf>,
-    /// Most concurrent device sessions [default: 200000].
-    #[arg(long, env = "PRESENCED_MAX_SESSIONS")]
-    pub max_sessions: Option<u32>,
-    /// Handshakes in flight above which QUIC Retry validates addresses [default: 256].
-    #[arg(long, env = "PRESENCED_RETRY_THRESHOLD")]
-    pub retry_threshold: Option<u32>,
-    /// TLS resumption tickets held for 0-RTT, kept in the data dir across restarts [default: 200000].
-    #[arg(long, env = "PRESENCED_SESSION_STORE")]
-    pub session_store: Option<usize>,
-    /// Seconds of silence past the heartbeat interval before offline [default: 15].
-    #[arg(long, env = "PRESENCED_HEARTBEAT_GRACE_SECS")]
-    pub heartbeat_grace_secs: Option<u64>,
-    /// Seconds a device has to complete its Hello [default: 10].
-    #[arg(long, env = "PRESENCED_HANDSHAKE_TIMEOUT_SECS")]
-    pub handshake_timeout_secs: Option<u64>,
-    /// QUIC idle timeout in seconds [default: 1860].
-    #[arg(long, env = "PRESENCED_IDLE_TIMEOUT_SECS")]
-    pub idle_timeout_secs: Option<u64>,
-    /// Bound on the graceful drain after SIGTERM, seconds [default: 10].
-    #[arg(long, env = "PRESENCED_DRAIN_SECS")]
-    pub drain_secs: Option<u64>,
-    /// Log filter, tracing-subscriber syntax [default: info].
-    #[arg(long, env = "PRESENCED_LOG")]
-    pub log: Option<String>,
-    /// Webhook batch window in milliseconds [default: 250].
-    #[arg(long, env = "PRESENCED_WEBHOOK_WINDOW_MS")]
-    pub webhook_window_ms: Option<u64>,
-    /// Most events per webhook POST [default: 1000].
-    #[arg(long, env = "PRESENCED_WEBHOOK_MAX_EVENTS")]
-    pub webhook_max_events: Option<usize>,
-    /// Most bytes of events per webhook POST [default: 262144].
-    #[arg(long, env = "PRESENCED_WEBHOOK_MAX_BYTES")]
-    pub webhook_max_bytes: Option<usize>,
-    /// Webhook request timeout in seconds [default: 10].
-    #[arg(long, env = "PRESENCED_WEBHOOK_TIMEOUT_SECS")]
-    pub webhook_timeout_secs: Option<u64>,
-    /// Address ranges (CIDR) webhooks may reach although they are private, for example an
-    /// AppService on the operator's own network; repeat or separate with commas
-    /// [default: none; `--dev` allows every address].
-    #[arg(long, env = "PRESENCED_WEBHOOK_ALLOW", value_delimiter = ',')]
-    pub webhook_allow: Option<Vec<String>>,
-    /// Let the admin API answer clients that are not on loopback [default: false].
-    #[arg(long, env = "PRESENCED_ADMIN_REMOTE", num_args = 0..=1, default_missing_value = "true")]
-    pub admin_remote: Option<bool>,
-    /// Receive and send buffer of the QUIC UDP socket in bytes, capped by the kernel's
-    /// rmem_max/wmem_max [default: 8388608].
-    #[arg(long, env = "PRESENCED_UDP_BUFFER")]
-    pub udp_buffer: Option<usize>,
-    /// AppService API requests per second per app [default: 100].
-    #[arg(long, env = "PRESENCED_API_RATE")]
-    pub api_rate: Option<u32>,
-    /// AppService API burst per app [default: 200].
-    #[arg(long, env = "PRESENCED_API_BURST")]
-    pub api_burst: Option<u32>,
-    /// New QUIC handshakes per second from one source address [default: 500].
-    #[arg(long, env = "PRESENCED_HANDSHAKE_RATE")]
-    pub handshake_rate: Option<u32>,
-    /// QUIC handshakes at once from one source address [default: 1000].
-    #[arg(long, env = "PRESENCED_HANDSHAKE_BURST")]
-    pub handshake_burst: Option<u32>,
-    /// Control frames per second a session may send [default: 10].
-    #[arg(long, env = "PRESENCED_SESSION_FRAME_RATE")]
-    pub session_frame_rate: Option<u32>,
-    /// Control frames a session may send at once [default: 50].
-    #[arg(long, env = "PRESENCED_SESSION_FRAME_BURST")]
-    pub session_frame_burst: Option<u32>,
-    /// Heartbeat pings per second a session may send [default: 5].
-    #[arg(long, env = "PRESENCED_SESSION_PING_RATE")]
-    pub session_ping_rate: Option<u32>,
-    /// Heartbeat pings a session may send at once [default: 20].
-    #[arg(long, env = "PRESENCED_SESSION_PING_BURST")]
-    pub session_ping_burst: Option<u32>,
-    /// Seconds a write to a device may wait for it to read before it is closed [default: 30].
-    #[arg(long, env = "PRESENCED_SLOW_READER_SECS")]
-    pub slow_reader_secs: Option<u64>,
-    /// Notifications per second per app [default: 50].
-    #[arg(long, env = "PRESENCED_NOTIFY_APP_RATE")]
-    pub notify_app_rate: Option<u32>,
-    /// Notification burst per app [default: 100].
-    #[arg(long, env = "PRESENCED_NOTIFY_APP_BURST")]
-    pub notify_app_burst: Option<u32>,
-    /// Notifications per second to one recipient from one app [default: 1].
-    #[arg(long, env = "PRESENCED_NOTIFY_USER_RATE")]
-    pub notify_user_rate: Option<u32>,
-    /// Notification burst to one recipient from one app [default: 10].
-    #[arg(long, env = "PRESENCED_NOTIFY_USER_BURST")]
-    pub notify_user_burst: Option<u32>,
-    /// Most undecided notifications per app [default: 10000].
-    #[arg(long, env = "PRESENCED_NOTIFY_OUTSTANDING")]
-    pub notify_outstanding: Option<u32>,
-    /// Most concurrent HTTPS connections [default: 4096].
-    #[arg(long, env = "PRESENCED_HTTPS_MAX_CONNECTIONS")]
-    pub https_max_connections: Option<u32>,
-    /// Seconds for an HTTPS client's TLS handshake and each request's headers [default: 10].
-    #[arg(long, env = "PRESENCED_HTTPS_HEADER_TIMEOUT_SECS")]
-    pub https_header_timeout_secs: Option<u64>,
-    /// Let /metrics answer clients that are not on loopback [default: false].
-    #[arg(long, env = "PRESENCED_METRICS_REMOTE", num_args = 0..=1, default_missing_value = "true")]
-    pub metrics_remote: Option<bool>,
+/// Default data directory, relative to the working directory. A named constant because the
+/// `apps` and `token` commands use it as their own clap default.
+pub const DEFAULT_DATA_DIR: &str = "./presenced-data";
+/// Default TLS session-resumption store size: the load tool's bare quinn baseline sizes its
+/// ticket cache the same.
+pub const DEFAULT_SESSION_STORE: usize = 200_000;
+/// Default QUIC idle timeout, seconds: longer than the longest heartbeat interval plus grace
+/// so liveness, not QUIC, decides offline. The load tool's baseline uses it too.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1_860;
+
+/// What the daemon's log lines look like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (colour only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
-/// Resolved settings; every field has its default applied.
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// How a default appears in `--help` and the reference.
+trait ShowDefault {
+    fn show(&self) -> String;
+}
+
+macro_rules! show_by_display {
+    ($($ty:ty),*) => { $(impl ShowDefault for $ty { fn show(&self) -> String { self.to_string() } })* };
+}
+show_by_display!(u32, u64, usize, bool, String, SocketAddr, LogFormat);
+
+impl ShowDefault for PathBuf {
+    fn show(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl ShowDefault for Vec<String> {
+    fn show(&self) -> String {
+        if self.is_empty() { "none".into() } else { self.join(",") }
+    }
+}
+
+/// One setting as the reference shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SettingDoc {
+    /// The TOML key (and, with dashes, the flag).
+    pub(crate) name: &'static str,
+    /// The environment variable.
+    pub(crate) env: &'static str,
+    /// What it does.
+    pub(crate) doc: String,
+    /// Its default as shown; `None` for settings without one (the credential files).
+    pub(crate) default: Option<String>,
+}
+
+#[cfg(test)]
+impl SettingDoc {
+    /// The flag, as operators type it.
+    pub(crate) fn flag(&self) -> String {
+        format!("--{}", self.name.replace('_', "-"))
+    }
+}
+
+/// The `--help` line of setting `name`: its documentation and its default.
+fn help_for(name: &str) -> String {
+    let Some(setting) = reference().into_iter().find(|s| s.name == name) else { return String::new() };
+    match setting.default {
+        Some(default) => format!("{} [default: {default}]", setting.doc.trim_end_matches('.')),
+        None => setting.doc,
+    }
+}
+
+/// A setting's type after defaults: `T` with a default, `Option<T>` without.
+macro_rules! filled_type {
+    ($ty:ty) => { Option<$ty> };
+    ($ty:ty, $default:expr) => { $ty };
+}
+
+/// A setting's value after defaults.
+macro_rules! filled_value {
+    ($ty:ty, $value:expr) => {
+        $value
+    };
+    ($ty:ty, $value:expr, $default:expr) => {
+        $value.unwrap_or_else(|| -> $ty { $default })
+    };
+}
+
+/// Generates the layer, its merge, its defaults, its checks and its reference from the one
+/// list of settings below. Entry syntax:
+///
+/// ```text
+/// /// Doc (the --help text; the default is appended).
+/// name: Type = default_expr, env "PRESENCED_NAME" [, check fn] [, arg(extra clap args)];
+/// ```
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident: $ty:ty $(= $default:expr)?, env $env:literal
+            $(, check $check:path)? $(, arg($($arg:tt)*))?;
+    )+) => {
+        /// One layer of settings, every field optional. The same struct reads flags,
+        /// environment and the TOML file, so the three can never disagree on names. Each
+        /// field's default is shown by `presenced serve --help`.
+        #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct SettingsLayer {
+            $(
+                $(#[doc = $doc])+
+                #[arg(long, env = $env, help = help_for(stringify!($name)) $(, $($arg)*)?)]
+                pub $name: Option<$ty>,
+            )+
+        }
+
+        /// Every setting with its default applied (the credential files stay optional).
+        struct Filled {
+            $($name: filled_type!($ty $(, $default)?),)+
+        }
+
+        impl SettingsLayer {
+            /// This layer with gaps filled from `lower`.
+            pub fn over(self, lower: SettingsLayer) -> SettingsLayer {
+                SettingsLayer { $($name: self.$name.or(lower.$name),)+ }
+            }
+
+            /// Applies the defaults and runs every setting's own check, collecting errors.
+            fn fill(self, errors: &mut Vec<String>) -> Filled {
+                let filled = Filled { $($name: filled_value!($ty, self.$name $(, $default)?),)+ };
+                $($( if let Some(error) = $check(stringify!($name), &filled.$name) { errors.push(error); } )?)+
+                filled
+            }
+        }
+
+        /// Every setting, in declaration order, as `--help` and the README show it.
+        pub(crate) fn reference() -> Vec<SettingDoc> {
+            vec![$(SettingDoc {
+                name: stringify!($name),
+                env: $env,
+                doc: [$($doc),+].iter().map(|line| line.trim()).collect::<Vec<_>>().join(" "),
+                default: None $(.or(Some(ShowDefault::show(&{ let value: $ty = $default; value }))))?,
+            },)+]
+        }
+    };
+}
+
+settings! {
+    /// Directory for keys, certificates and data.
+    data_dir: PathBuf = PathBuf::from(DEFAULT_DATA_DIR), env "PRESENCED_DATA_DIR";
+    /// QUIC listen address for devices.
+    quic_listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 4433)), env "PRESENCED_QUIC_LISTEN";
+    /// HTTPS listen address for the API, /healthz and /metrics.
+    https_listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8443)), env "PRESENCED_HTTPS_LISTEN";
+    /// Development mode: create and use a self-signed certificate, a token-signing key, a
+    /// PUID secret and an admin token in the data directory.
+    dev: bool = false, env "PRESENCED_DEV", arg(num_args = 0..=1, default_missing_value = "true");
+    /// TLS certificate chain (PEM) for QUIC and HTTPS; required without --dev.
+    tls_cert: PathBuf, env "PRESENCED_TLS_CERT";
+    /// TLS private key (PEM) for the certificate; required without --dev.
+    tls_key: PathBuf, env "PRESENCED_TLS_KEY";
+    /// JWKS file with the Ed25519 public keys that device tokens are verified against;
+    /// required without --dev.
+    jwks: PathBuf, env "PRESENCED_JWKS";
+    /// File holding the PUID secret (32+ bytes, base64); required without --dev.
+    puid_secret_file: PathBuf, env "PRESENCED_PUID_SECRET_FILE";
+    /// Most concurrent device sessions.
+    max_sessions: u32 = 200_000, env "PRESENCED_MAX_SESSIONS", check nonzero;
+    /// Handshakes in flight above which QUIC Retry validates addresses.
+    retry_threshold: u32 = 256, env "PRESENCED_RETRY_THRESHOLD";
+    /// TLS resumption tickets held for 0-RTT, kept in the data dir across restarts.
+    session_store: usize = DEFAULT_SESSION_STORE, env "PRESENCED_SESSION_STORE";
+    /// Seconds of silence past the heartbeat interval before offline.
+    heartbeat_grace_secs: u64 = 15, env "PRESENCED_HEARTBEAT_GRACE_SECS", check nonzero;
+    /// Seconds a device has to complete its Hello.
+    handshake_timeout_secs: u64 = 10, env "PRESENCED_HANDSHAKE_TIMEOUT_SECS", check nonzero;
+    /// QUIC idle timeout in seconds: the connection dies after this much silence.
+    idle_timeout_secs: u64 = DEFAULT_IDLE_TIMEOUT_SECS, env "PRESENCED_IDLE_TIMEOUT_SECS", check nonzero;
+    /// Bound on the graceful drain after SIGTERM, seconds.
+    drain_secs: u64 = 10, env "PRESENCED_DRAIN_SECS", check nonzero;
+    /// Log filter, tracing-subscriber syntax.
+    log: String = "info".into(), env "PRESENCED_LOG", check log_filter;
+    /// Log line format: text for people, json (one object per line) for log collectors.
+    log_format: LogFormat = LogFormat::Text, env "PRESENCED_LOG_FORMAT";
+    /// Webhook batch window in milliseconds: how long the first waiting event waits for
+    /// company before its batch goes out.
+    webhook_window_ms: u64 = 250, env "PRESENCED_WEBHOOK_WINDOW_MS";
+    /// Most events per webhook POST.
+    webhook_max_events: usize = 1_000, env "PRESENCED_WEBHOOK_MAX_EVENTS", check nonzero;
+    /// Most bytes of events per webhook POST.
+    webhook_max_bytes: usize = 256 * 1024, env "PRESENCED_WEBHOOK_MAX_BYTES", check nonzero;
+    /// Webhook request timeout in seconds.
+    webhook_timeout_secs: u64 = 10, env "PRESENCED_WEBHOOK_TIMEOUT_SECS", check nonzero;
+    /// Address ranges (CIDR) webhooks may reach although they are private, for example an
+    /// AppService on the operator's own network; repeat or separate with commas (`--dev`
+    /// allows every address).
+    webhook_allow: Vec<String> = Vec::new(), env "PRESENCED_WEBHOOK_ALLOW", check cidrs,
+        arg(value_delimiter = ',');
+    /// Let the admin API answer clients that are not on loopback.
+    admin_remote: bool = false, env "PRESENCED_ADMIN_REMOTE",
+        arg(num_args = 0..=1, default_missing_value = "true");
+    /// Receive and send buffer of the QUIC UDP socket in bytes, capped by the kernel's
+    /// rmem_max/wmem_max (the kernel default, about 208 KiB, overflows under a burst of
+    /// handshakes).
+    udp_buffer: usize = 8 * 1024 * 1024, env "PRESENCED_UDP_BUFFER";
+    /// AppService API requests per second per app.
+    api_rate: u32 = 100, env "PRESENCED_API_RATE", check nonzero;
+    /// AppService API burst per app.
+    api_burst: u32 = 200, env "PRESENCED_API_BURST", check nonzero;
+    /// New QUIC handshakes per second from one source address (generous: many devices can
+    /// share one address behind carrier-grade NAT).
+    handshake_rate: u32 = 500, env "PRESENCED_HANDSHAKE_RATE", check nonzero;
+    /// QUIC handshakes at once from one source address (a reconnect storm behind one NAT).
+    handshake_burst: u32 = 1_000, env "PRESENCED_HANDSHAKE_BURST", check nonzero;
+    /// Control frames per second a session may send.
+    session_frame_rate: u32 = presence_protocol::server::DEFAULT_FRAME_RATE,
+        env "PRESENCED_SESSION_FRAME_RATE", check nonzero;
+    /// Control frames a session may send at once.
+    session_frame_burst: u32 = presence_protocol::server::DEFAULT_FRAME_BURST,
+        env "PRESENCED_SESSION_FRAME_BURST", check nonzero;
+    /// Heartbeat pings per second a session may send.
+    session_ping_rate: u32 = presence_protocol::server::DEFAULT_PING_RATE,
+        env "PRESENCED_SESSION_PING_RATE", check nonzero;
+    /// Heartbeat pings a session may send at once.
+    session_ping_burst: u32 = presence_protocol::server::DEFAULT_PING_BURST,
+        env "PRESENCED_SESSION_PING_BURST", check nonzero;
+    /// Seconds a write to a device may wait for it to read before it is closed.
+    slow_reader_secs: u64 = 30, env "PRESENCED_SLOW_READER_SECS", check nonzero;
+    /// Notifications per second per app (each request counts once).
+    notify_app_rate: u32 = 50, env "PRESENCED_NOTIFY_APP_RATE", check nonzero;
+    /// Notification burst per app.
+    notify_app_burst: u32 = 100, env "PRESENCED_NOTIFY_APP_BURST", check nonzero;
+    /// Notifications per second to one recipient (PUID) from one app.
+    notify_user_rate: u32 = 1, env "PRESENCED_NOTIFY_USER_RATE", check nonzero;
+    /// Notification burst to one recipient from one app.
+    notify_user_burst: u32 = 10, env "PRESENCED_NOTIFY_USER_BURST", check nonzero;
+    /// Most undecided notifications per app.
+    notify_outstanding: u32 = 10_000, env "PRESENCED_NOTIFY_OUTSTANDING", check nonzero;
+    /// Most concurrent HTTPS connections.
+    https_max_connections: u32 = 4_096, env "PRESENCED_HTTPS_MAX_CONNECTIONS", check nonzero;
+    /// Seconds for an HTTPS client's TLS handshake and each request's headers (slowloris
+    /// bound).
+    https_header_timeout_secs: u64 = 10, env "PRESENCED_HTTPS_HEADER_TIMEOUT_SECS", check nonzero;
+    /// Let /metrics answer clients that are not on loopback (it tells load, error rates and
+    /// app ids).
+    metrics_remote: bool = false, env "PRESENCED_METRICS_REMOTE",
+        arg(num_args = 0..=1, default_missing_value = "true");
+}
+
+/// Check: the value is not zero.
+fn nonzero<T: Default + PartialEq>(name: &str, value: &T) -> Option<String> {
+    (*value == T::default()).then(|| format!("{name} must be greater than zero"))
+}
+
+/// Check: the value is a valid tracing-subscriber filter.
+fn log_filter(name: &str, value: &str) -> Option<String> {
+    tracing_subscriber::EnvFilter::try_new(value).err().map(|e| format!("{name} filter {value:?}: {e}"))
+}
+
+/// Check: every entry is a CIDR range.
+fn cidrs(name: &str, value: &[String]) -> Option<String> {
+    let bad: Vec<String> = value
+        .iter()
+        .filter_map(|cidr| crate::webhook::guard::parse_cidr(cidr).err().map(|e| format!("{cidr:?}: {e}")))
+        .collect();
+    (!bad.is_empty()).then(|| format!("{name} {}", bad.join(", ")))
+}
+
+/// Resolved settings: each component's own config, and what is truly global.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Directory for keys, certificates and data. Default `./presenced-data`.
+    /// Directory for keys, certificates and data.
     pub data_dir: PathBuf,
-    /// QUIC listen address. Default `0.0.0.0:4433`.
-    pub quic_listen: SocketAddr,
-    /// HTTPS listen address. Default `0.0.0.0:8443`.
-    pub https_listen: SocketAddr,
-    /// Development mode. Default false.
+    /// Development mode: dev secrets, any webhook address, the dev CA trusted for webhooks.
     pub dev: bool,
+    /// How the binary sets up logging.
+    pub log: LogConfig,
     /// Where the TLS certificate, token keys and PUID secret come from.
     pub credentials: Credentials,
-    /// Most concurrent sessions. Default 200,000.
-    pub max_sessions: u32,
-    /// Handshakes in flight before Retry. Default 256.
-    pub retry_threshold: u32,
-    /// Resumption tickets held (in memory and in the store). Default 200,000.
-    pub session_store: usize,
-    /// Heartbeat grace. Default 15 s.
-    pub heartbeat_grace: Duration,
-    /// Handshake timeout. Default 10 s.
-    pub handshake_timeout: Duration,
-    /// QUIC idle timeout. Default 1,860 s.
-    pub idle_timeout: Duration,
-    /// Drain bound on SIGTERM. Default 10 s.
-    pub drain: Duration,
-    /// Log filter. Default `info`.
-    pub log: String,
-    /// Webhook batch window. Default 250 ms.
-    pub webhook_window: Duration,
-    /// Most events per POST. Default 1,000.
-    pub webhook_max_events: usize,
-    /// Most bytes per POST. Default 256 KiB.
-    pub webhook_max_bytes: usize,
-    /// Webhook request timeout. Default 10 s.
-    pub webhook_timeout: Duration,
-    /// Private ranges webhooks may reach, as given (CIDR). Default none.
-    pub webhook_allow: Vec<String>,
-    /// Admin API open beyond loopback. Default false.
-    pub admin_remote: bool,
-    /// QUIC UDP socket buffer size. Default 8 MiB (capped by the kernel).
-    pub udp_buffer: usize,
-    /// API requests per second per app. Default 100.
-    pub api_rate: u32,
-    /// API burst per app. Default 200.
-    pub api_burst: u32,
-    /// Per-source-address handshake limit, as (per second, at once). Default (500, 1,000).
-    pub handshake_limit: Rate,
-    /// Per-session control-frame limit. Default (10, 50).
-    pub session_frames: Rate,
-    /// Per-session heartbeat-ping limit. Default (5, 20).
-    pub session_pings: Rate,
-    /// How long a write may wait on a device that does not read. Default 30 s.
-    pub slow_reader: Duration,
-    /// Notifications per app. Default (50, 100).
-    pub notify_app: Rate,
-    /// Notifications per recipient (PUID) per app. Default (1, 10).
-    pub notify_user: Rate,
-    /// Most undecided notifications per app. Default 10,000.
-    pub notify_outstanding: u32,
-    /// Most concurrent HTTPS connections. Default 4,096.
-    pub https_max_connections: u32,
-    /// TLS handshake and request-header timeout on HTTPS. Default 10 s.
-    pub https_header_timeout: Duration,
-    /// `/metrics` open beyond loopback (it tells load, error rates and app ids). Default false.
-    pub metrics_remote: bool,
+    /// The device-facing QUIC server.
+    pub(crate) quic: QuicConfig,
+    /// The HTTPS listener.
+    pub(crate) https: HttpConfig,
+    /// The HTTPS API's limits and exposure.
+    pub(crate) api: ApiConfig,
+    /// Webhook delivery. `extra_roots` is empty here: the dev CA is added once the
+    /// credentials are loaded.
+    pub(crate) fanout: FanoutConfig,
+    /// Notification limits.
+    pub(crate) notify: NotifyLimits,
+}
+
+/// Logging, set up by the binary before the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The tracing-subscriber filter.
+    pub filter: String,
+    /// Text or JSON lines.
+    pub format: LogFormat,
 }
 
 /// A token-bucket limit: `rate` per second on average, `burst` at once; both at least 1.
@@ -342,60 +399,12 @@ impl SettingsLayer {
         }
     }
 
-    /// This layer with gaps filled from `lower`.
-    pub fn over(self, lower: SettingsLayer) -> SettingsLayer {
-        macro_rules! merge {
-            ($($field:ident),*) => { SettingsLayer { $($field: self.$field.or(lower.$field)),* } };
-        }
-        merge!(
-            data_dir,
-            quic_listen,
-            https_listen,
-            dev,
-            tls_cert,
-            tls_key,
-            jwks,
-            puid_secret_file,
-            max_sessions,
-            retry_threshold,
-            session_store,
-            heartbeat_grace_secs,
-            handshake_timeout_secs,
-            idle_timeout_secs,
-            drain_secs,
-            log,
-            webhook_window_ms,
-            webhook_max_events,
-            webhook_max_bytes,
-            webhook_timeout_secs,
-            webhook_allow,
-            admin_remote,
-            api_rate,
-            api_burst,
-            udp_buffer,
-            handshake_rate,
-            handshake_burst,
-            session_frame_rate,
-            session_frame_burst,
-            session_ping_rate,
-            session_ping_burst,
-            slow_reader_secs,
-            notify_app_rate,
-            notify_app_burst,
-            notify_user_rate,
-            notify_user_burst,
-            notify_outstanding,
-            https_max_connections,
-            https_header_timeout_secs,
-            metrics_remote
-        )
-    }
-
-    /// Applies defaults and checks the result, collecting every error.
+    /// Applies defaults and checks the result, collecting every error; then hands each
+    /// component its own part.
     pub fn resolve(self) -> Result<Settings, ConfigError> {
         let mut errors = Vec::new();
-        let dev = self.dev.unwrap_or(false);
-        let credentials = if dev {
+        let v = self.fill(&mut errors);
+        let credentials = if v.dev {
             Credentials::Dev
         } else {
             let mut need = |value: Option<PathBuf>, flag: &str, what: &str| {
@@ -405,10 +414,10 @@ impl SettingsLayer {
                 value.unwrap_or_default()
             };
             Credentials::Files {
-                tls_cert: need(self.tls_cert, "tls-cert", "TLS certificate chain, PEM"),
-                tls_key: need(self.tls_key, "tls-key", "TLS private key, PEM"),
-                jwks: need(self.jwks, "jwks", "JWKS file with the token-verification keys"),
-                puid_secret_file: need(self.puid_secret_file, "puid-secret-file", "PUID secret, base64"),
+                tls_cert: need(v.tls_cert, "tls-cert", "TLS certificate chain, PEM"),
+                tls_key: need(v.tls_key, "tls-key", "TLS private key, PEM"),
+                jwks: need(v.jwks, "jwks", "JWKS file with the token-verification keys"),
+                puid_secret_file: need(v.puid_secret_file, "puid-secret-file", "PUID secret, base64"),
             }
         };
         if let Credentials::Files { tls_cert, tls_key, jwks, puid_secret_file } = &credentials {
@@ -418,151 +427,83 @@ impl SettingsLayer {
                 }
             }
         }
-        let mut positive = |value: Option<u64>, default: u64, name: &str| {
-            let value = value.unwrap_or(default);
-            if value == 0 {
-                errors.push(format!("{name} must be greater than zero"));
-            }
-            Duration::from_secs(value)
-        };
-        let heartbeat_grace =
-            positive(self.heartbeat_grace_secs, DEFAULT_HEARTBEAT_GRACE_SECS, "heartbeat_grace_secs");
-        let handshake_timeout =
-            positive(self.handshake_timeout_secs, DEFAULT_HANDSHAKE_TIMEOUT_SECS, "handshake_timeout_secs");
-        let idle_timeout = positive(self.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "idle_timeout_secs");
-        let drain = positive(self.drain_secs, DEFAULT_DRAIN_SECS, "drain_secs");
-        let slow_reader = positive(self.slow_reader_secs, DEFAULT_SLOW_READER_SECS, "slow_reader_secs");
-        let https_header_timeout = positive(
-            self.https_header_timeout_secs,
-            DEFAULT_HTTPS_HEADER_TIMEOUT_SECS,
-            "https_header_timeout_secs",
-        );
-        let webhook_timeout =
-            positive(self.webhook_timeout_secs, DEFAULT_WEBHOOK_TIMEOUT_SECS, "webhook_timeout_secs");
-        let max_sessions = self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
-        if max_sessions == 0 {
-            errors.push("max_sessions must be greater than zero".into());
-        }
-        let log = self.log.unwrap_or_else(|| DEFAULT_LOG.into());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
-            errors.push(format!("log filter {log:?}: {e}"));
-        }
-        let webhook_window =
-            Duration::from_millis(self.webhook_window_ms.unwrap_or(DEFAULT_WEBHOOK_WINDOW_MS));
-        let webhook_max_events = self.webhook_max_events.unwrap_or(DEFAULT_WEBHOOK_MAX_EVENTS);
-        let webhook_max_bytes = self.webhook_max_bytes.unwrap_or(DEFAULT_WEBHOOK_MAX_BYTES);
-        if webhook_max_events == 0 || webhook_max_bytes == 0 {
-            errors.push("webhook_max_events and webhook_max_bytes must be greater than zero".into());
-        }
-        let webhook_allow = self.webhook_allow.unwrap_or_default();
-        for cidr in &webhook_allow {
-            if let Err(e) = crate::webhook::guard::parse_cidr(cidr) {
-                errors.push(format!("webhook_allow {cidr:?}: {e}"));
-            }
-        }
-        let api_rate = self.api_rate.unwrap_or(DEFAULT_API_RATE);
-        let api_burst = self.api_burst.unwrap_or(DEFAULT_API_BURST);
-        if api_rate == 0 || api_burst == 0 {
-            errors.push("api_rate and api_burst must be greater than zero".into());
-        }
-        let mut rate = |rate: Option<u32>, burst: Option<u32>, defaults: (u32, u32), name: &str| {
-            let limit = Rate { rate: rate.unwrap_or(defaults.0), burst: burst.unwrap_or(defaults.1) };
-            if limit.rate == 0 || limit.burst == 0 {
-                errors.push(format!("{name}_rate and {name}_burst must be greater than zero"));
-            }
-            limit
-        };
-        let handshake_limit = rate(
-            self.handshake_rate,
-            self.handshake_burst,
-            (DEFAULT_HANDSHAKE_RATE, DEFAULT_HANDSHAKE_BURST),
-            "handshake",
-        );
-        let session_frames = rate(
-            self.session_frame_rate,
-            self.session_frame_burst,
-            (DEFAULT_SESSION_FRAME_RATE, DEFAULT_SESSION_FRAME_BURST),
-            "session_frame",
-        );
-        let session_pings = rate(
-            self.session_ping_rate,
-            self.session_ping_burst,
-            (DEFAULT_SESSION_PING_RATE, DEFAULT_SESSION_PING_BURST),
-            "session_ping",
-        );
-        let notify_app = rate(
-            self.notify_app_rate,
-            self.notify_app_burst,
-            (DEFAULT_NOTIFY_APP_RATE, DEFAULT_NOTIFY_APP_BURST),
-            "notify_app",
-        );
-        let notify_user = rate(
-            self.notify_user_rate,
-            self.notify_user_burst,
-            (DEFAULT_NOTIFY_USER_RATE, DEFAULT_NOTIFY_USER_BURST),
-            "notify_user",
-        );
-        let notify_outstanding = self.notify_outstanding.unwrap_or(DEFAULT_NOTIFY_OUTSTANDING);
-        let https_max_connections = self.https_max_connections.unwrap_or(DEFAULT_HTTPS_MAX_CONNECTIONS);
-        if notify_outstanding == 0 || https_max_connections == 0 {
-            errors.push("notify_outstanding and https_max_connections must be greater than zero".into());
-        }
-        let settings = Settings {
-            data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            quic_listen: self.quic_listen.unwrap_or_else(|| parse_default(DEFAULT_QUIC_LISTEN)),
-            https_listen: self.https_listen.unwrap_or_else(|| parse_default(DEFAULT_HTTPS_LISTEN)),
-            dev,
-            credentials,
-            max_sessions,
-            retry_threshold: self.retry_threshold.unwrap_or(DEFAULT_RETRY_THRESHOLD),
-            session_store: self.session_store.unwrap_or(DEFAULT_SESSION_STORE),
-            heartbeat_grace,
-            handshake_timeout,
-            idle_timeout,
-            drain,
-            log,
-            webhook_window,
-            webhook_max_events,
-            webhook_max_bytes,
-            webhook_timeout,
-            webhook_allow,
-            admin_remote: self.admin_remote.unwrap_or(false),
-            api_rate,
-            api_burst,
-            udp_buffer: self.udp_buffer.unwrap_or(DEFAULT_UDP_BUFFER),
-            handshake_limit,
-            session_frames,
-            session_pings,
-            slow_reader,
-            notify_app,
-            notify_user,
-            notify_outstanding,
-            https_max_connections,
-            https_header_timeout,
-            metrics_remote: self.metrics_remote.unwrap_or(false),
-        };
-        if settings.quic_listen.port() != 0 && settings.quic_listen == settings.https_listen {
+        if v.quic_listen.port() != 0 && v.quic_listen == v.https_listen {
             errors.push("quic_listen and https_listen must differ".into());
         }
-        if errors.is_empty() { Ok(settings) } else { Err(ConfigError(errors)) }
+        // The CIDRs were checked above; a policy that still fails is reported, not unwrapped.
+        let url_policy = UrlPolicy::new(v.dev, &v.webhook_allow).unwrap_or_else(|e| {
+            errors.push(format!("webhook_allow: {e}"));
+            UrlPolicy::default()
+        });
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        let secs = Duration::from_secs;
+        let rate = |rate, burst| Rate { rate, burst };
+        Ok(Settings {
+            data_dir: v.data_dir,
+            dev: v.dev,
+            log: LogConfig { filter: v.log, format: v.log_format },
+            credentials,
+            quic: QuicConfig {
+                listen: v.quic_listen,
+                max_sessions: v.max_sessions,
+                retry_threshold: v.retry_threshold,
+                session_store: v.session_store,
+                heartbeat_grace: secs(v.heartbeat_grace_secs),
+                handshake_timeout: secs(v.handshake_timeout_secs),
+                idle_timeout: secs(v.idle_timeout_secs),
+                udp_buffer: v.udp_buffer,
+                handshake_limit: rate(v.handshake_rate, v.handshake_burst),
+                session_frames: rate(v.session_frame_rate, v.session_frame_burst),
+                session_pings: rate(v.session_ping_rate, v.session_ping_burst),
+                slow_reader: secs(v.slow_reader_secs),
+                drain: secs(v.drain_secs),
+            },
+            https: HttpConfig {
+                listen: v.https_listen,
+                max_connections: v.https_max_connections,
+                header_timeout: secs(v.https_header_timeout_secs),
+            },
+            api: ApiConfig {
+                rate: rate(v.api_rate, v.api_burst),
+                admin_remote: v.admin_remote,
+                metrics_remote: v.metrics_remote,
+            },
+            fanout: FanoutConfig {
+                batch_window: Duration::from_millis(v.webhook_window_ms),
+                max_events: v.webhook_max_events,
+                max_bytes: v.webhook_max_bytes,
+                request_timeout: secs(v.webhook_timeout_secs),
+                url_policy: Arc::new(url_policy),
+                ..FanoutConfig::default()
+            },
+            notify: NotifyLimits {
+                app: rate(v.notify_app_rate, v.notify_app_burst),
+                recipient: rate(v.notify_user_rate, v.notify_user_burst),
+                outstanding: v.notify_outstanding,
+            },
+        })
     }
-}
-
-fn parse_default(addr: &str) -> SocketAddr {
-    addr.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Args;
 
     #[test]
     fn defaults_apply_in_dev_mode() {
         let settings = SettingsLayer { dev: Some(true), ..Default::default() }.resolve().expect("valid");
-        assert_eq!(settings.quic_listen, DEFAULT_QUIC_LISTEN.parse().expect("addr"));
-        assert_eq!(settings.https_listen, DEFAULT_HTTPS_LISTEN.parse().expect("addr"));
+        assert_eq!(settings.quic.listen, "0.0.0.0:4433".parse().expect("addr"));
+        assert_eq!(settings.https.listen, "0.0.0.0:8443".parse().expect("addr"));
         assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(settings.credentials, Credentials::Dev);
+        assert_eq!(settings.log, LogConfig { filter: "info".into(), format: LogFormat::Text });
+        assert_eq!(settings.quic.idle_timeout, Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS));
+        assert_eq!(settings.quic.session_store, DEFAULT_SESSION_STORE);
+        assert_eq!(settings.fanout.max_bytes, 256 * 1024);
+        assert_eq!(settings.notify.recipient, Rate { rate: 1, burst: 10 });
     }
 
     #[test]
@@ -573,6 +514,9 @@ mod tests {
             log: Some("=[".into()),
             notify_user_burst: Some(0),
             handshake_rate: Some(0),
+            webhook_allow: Some(vec!["10.0.0.0/33".into()]),
+            quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9000))),
+            https_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9000))),
             ..Default::default()
         };
         let ConfigError(errors) = layer.resolve().expect_err("invalid");
@@ -584,9 +528,11 @@ mod tests {
             "--puid-secret-file",
             "drain_secs",
             "max_sessions",
-            "log",
+            "log filter",
             "notify_user_burst",
             "handshake_rate",
+            "webhook_allow \"10.0.0.0/33\"",
+            "quic_listen and https_listen",
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
@@ -595,11 +541,78 @@ mod tests {
     #[test]
     fn flags_win_over_file_and_unknown_keys_are_rejected() {
         let file: SettingsLayer =
-            toml::from_str("dev = true\nmax_sessions = 5\ndrain_secs = 3").expect("toml");
+            toml::from_str("dev = true\nmax_sessions = 5\ndrain_secs = 3\nlog_format = \"json\"")
+                .expect("toml");
         let flags = SettingsLayer { max_sessions: Some(7), ..Default::default() };
         let settings = flags.over(file).resolve().expect("valid");
-        assert_eq!(settings.max_sessions, 7);
-        assert_eq!(settings.drain, Duration::from_secs(3));
+        assert_eq!(settings.quic.max_sessions, 7);
+        assert_eq!(settings.quic.drain, Duration::from_secs(3));
+        assert_eq!(settings.log.format, LogFormat::Json);
         assert!(toml::from_str::<SettingsLayer>("dve = true").is_err());
+        assert!(toml::from_str::<SettingsLayer>("log_format = \"xml\"").is_err());
+    }
+
+    /// The declarations follow one naming rule, so an operator can guess every name from one:
+    /// flag `--a-b`, variable `PRESENCED_A_B`, TOML key `a_b`; and clap builds the same flags.
+    #[test]
+    fn every_setting_has_a_flag_an_env_and_a_documented_default() {
+        let command = SettingsLayer::augment_args(clap::Command::new("serve"));
+        command.clone().debug_assert();
+        let reference = reference();
+        assert_eq!(reference.len(), command.get_arguments().count());
+        for setting in &reference {
+            assert_eq!(setting.env, format!("PRESENCED_{}", setting.name.to_uppercase()));
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == setting.name)
+                .unwrap_or_else(|| panic!("{} is a flag", setting.name));
+            assert_eq!(format!("--{}", arg.get_long().expect("long")), setting.flag());
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(setting.env));
+            let help = arg.get_help().expect("help").to_string();
+            assert!(!setting.doc.is_empty(), "{} is documented", setting.name);
+            match &setting.default {
+                Some(default) => assert!(help.ends_with(&format!("[default: {default}]")), "{help}"),
+                None => assert!(help.contains("required without --dev"), "{help}"),
+            }
+        }
+        let defaults: Vec<_> = reference.iter().filter_map(|s| Some((s.name, s.default.clone()?))).collect();
+        assert!(defaults.contains(&("quic_listen", "0.0.0.0:4433".into())));
+        assert!(defaults.contains(&("webhook_max_bytes", "262144".into())));
+        assert!(defaults.contains(&("log_format", "text".into())));
+        assert!(defaults.contains(&("webhook_allow", "none".into())));
+    }
+
+    /// The fuzz corpus's "full" configuration sets every key, so the settings fuzzer starts
+    /// from a file that reaches every field.
+    #[test]
+    fn the_full_fuzz_seed_sets_every_setting() {
+        let seed = include_str!("../../fuzz/corpus/settings_toml/full");
+        toml::from_str::<SettingsLayer>(seed).expect("the seed parses");
+        let keys: toml::Table = toml::from_str(seed).expect("toml");
+        for setting in reference() {
+            assert!(keys.contains_key(setting.name), "the full seed lacks {}", setting.name);
+        }
+    }
+
+    /// The README points to `--help` for the list; every flag it names in its
+    /// Configuration section is a real setting (or another `serve` flag).
+    #[test]
+    fn the_readme_names_only_real_settings() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("\n## Configuration").nth(1).expect("a Configuration section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let flags: Vec<String> = reference().iter().map(SettingDoc::flag).collect();
+        let mut named = 0;
+        for word in section.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+            let Some(flag) = word.strip_prefix("--") else { continue };
+            if flag.is_empty() || ["config", "help", "api", "ca", "admin-token"].contains(&flag) {
+                continue;
+            }
+            let flag = format!("--{flag}");
+            assert!(flags.contains(&flag), "README names {flag}, which is no setting");
+            named += 1;
+        }
+        assert!(named >= 10, "the README's Configuration section names the settings it explains");
+        assert!(section.contains("presenced serve --help"));
     }
 }

@@ -1,5 +1,6 @@
 //! The `presenced` binary as an operator runs it: dev start-up, tokens, `/metrics` over
-//! HTTPS, exit code 64 on a bad configuration, and the SIGTERM drain.
+//! HTTPS, exit code 64 on a bad configuration, the SIGTERM drain, global flags after a
+//! subcommand, and logs written to a pipe (no colour codes; JSON lines on request).
 
 mod common;
 
@@ -8,7 +9,7 @@ mod process;
 use common::receiver::Receiver;
 use process::*;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -88,6 +89,106 @@ fn bad_configuration_exits_64_and_lists_every_problem() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_setting"));
     let output = Command::new(BIN).args(["serve", "--quic-listen", "not-an-address"]).output().expect("run");
     assert_eq!(output.status.code(), Some(64));
+    let output = Command::new(BIN).args(["serve", "--dev", "--log-format", "xml"]).output().expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--log-format"));
+    std::fs::write(&config, "dev = true\nlog_format = \"xml\"\n").expect("config");
+    let output = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("log_format"));
+}
+
+#[test]
+fn admin_flags_work_before_and_after_the_app_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, _info) = serve(dir.path());
+    let apps = |args: &[&str]| {
+        let output = Command::new(BIN).args(args).env_remove("PRESENCED_DATA_DIR").output().expect("run");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("one JSON object")
+    };
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    // As a new user types it: the flag after the subcommand.
+    let hook = "https://127.0.0.1:9/hook";
+    let added = apps(&["apps", "add", "--name", "chat", "--webhook", hook, "--json", "--data-dir", data_dir]);
+    let id = added["app_id"].as_str().expect("app_id");
+    let listed = apps(&["apps", "list", "--data-dir", data_dir, "--json"]);
+    assert_eq!(listed["apps"][0]["app_id"], id);
+    // And before it, as before.
+    let shown = apps(&["apps", "--data-dir", data_dir, "show", id, "--json"]);
+    assert_eq!(shown["name"], "chat");
+    // Without the flag the default directory has no dev.json: the flag really was used above.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BIN)
+        .args(["apps", "list", "--json"])
+        .current_dir(elsewhere.path())
+        .env_remove("PRESENCED_DATA_DIR")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("presenced-data"));
+    sigterm(&daemon);
+    assert!(wait_exit(&mut daemon, Duration::from_secs(8)).success());
+}
+
+/// Runs a dev daemon with its log on a pipe until it is up, stops it, and returns the log.
+/// `format` is given as a flag, or (with `by_env`) as `PRESENCED_LOG_FORMAT`.
+fn log_through_a_pipe(dir: &std::path::Path, format: &str, by_env: bool) -> String {
+    let _ = std::fs::remove_file(dir.join("dev.json"));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--dev", "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--drain-secs", "1", "--log", "info"])
+        .args(if by_env { vec![] } else { vec!["--log-format", format] })
+        .envs(by_env.then_some(("PRESENCED_LOG_FORMAT", format)))
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn presenced");
+    let started = Instant::now();
+    while presenced::credentials::DevInfo::load(dir).is_err() {
+        assert!(started.elapsed() < WAIT, "dev.json not written in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(8));
+    assert!(status.success(), "exit status {status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log).expect("read log");
+    log
+}
+
+#[test]
+fn logs_on_a_pipe_have_no_colour_and_json_lines_parse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = log_through_a_pipe(dir.path(), "text", false);
+    assert!(text.contains("presenced listening"), "{text}");
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no ANSI escape codes in a piped log: {text:?}");
+
+    let json = log_through_a_pipe(dir.path(), "json", true);
+    assert!(!json.contains('\u{1b}'), "{json:?}");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}")))
+        .collect();
+    assert!(lines.len() >= 2, "{json}");
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&line["level"].as_str().unwrap_or("")));
+        assert!(line["fields"]["message"].is_string(), "{line}");
+    }
+    let listening = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "presenced listening")
+        .expect("the start-up line");
+    assert_eq!(listening["level"], "INFO");
+    assert!(listening["fields"]["quic_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert_eq!(listening["fields"]["dev"], true);
+    assert!(lines.iter().any(|line| line["fields"]["message"] == "drain finished"), "{json}");
 }
 
 #[tokio::test]

@@ -41,6 +41,22 @@ admin_remote = false
 api_rate = 100
 api_burst = 200
 udp_buffer = 8388608
+log_format = "json"
+handshake_rate = 500
+handshake_burst = 1000
+session_frame_rate = 10
+session_frame_burst = 50
+session_ping_rate = 5
+session_ping_burst = 20
+slow_reader_secs = 30
+notify_app_rate = 50
+notify_app_burst = 100
+notify_user_rate = 1
+notify_user_burst = 10
+notify_outstanding = 10000
+https_max_connections = 4096
+https_header_timeout_secs = 10
+metrics_remote = false
 "#;
     vec![
         ("full", full.as_bytes().to_vec()),

@@ -192,7 +192,8 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
         return Err(FanoutBenchError::Config("events, puids and apps must be at least 1"));
     }
     let settings = SettingsLayer::dev_loopback(data_dir).resolve().map_err(|e| setup("dev settings", &e))?;
-    let secrets = presenced::credentials::load(&settings).map_err(|e| setup("dev credentials", &e))?;
+    let secrets = presenced::credentials::load(&settings.credentials, &settings.data_dir)
+        .map_err(|e| setup("dev credentials", &e))?;
     let receiver_rt = runtime(RECEIVER, config.receiver_threads)?;
     let fanout_rt = runtime(FANOUT, config.fanout_threads)?;
 

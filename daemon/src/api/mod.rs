@@ -27,6 +27,7 @@ pub use error::{ApiError, ApiErrorCode};
 use crate::apps::Apps;
 use crate::metrics::Metrics;
 use crate::notify::Notifications;
+use crate::settings::Rate;
 use crate::table::PresenceTable;
 use crate::webhook::fanout::Fanout;
 use crate::webhook::guard::UrlPolicy;
@@ -40,6 +41,18 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 /// The client's address, attached to every request by the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
+
+/// The API's own settings: how fast each app may call it, and who beyond loopback may
+/// reach the admin routes and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiConfig {
+    /// Requests per app.
+    pub(crate) rate: Rate,
+    /// Whether the admin API answers non-loopback clients.
+    pub(crate) admin_remote: bool,
+    /// Whether `/metrics` answers non-loopback clients.
+    pub(crate) metrics_remote: bool,
+}
 
 /// What the handlers share.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 //! driver-agnostic [`DeviceSession`](crate::session::DeviceSession), which this driver only
 //! feeds with bytes, datagrams, timers and the handshake's completion.
 
+mod config;
 mod connection;
 pub mod restart;
 pub mod sessions;
@@ -26,10 +27,9 @@ use crate::credentials::crypto_provider;
 use crate::limit::HashedLimiter;
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::session::SessionServices;
-use crate::settings::Settings;
-use crate::store::Store;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sessions::DurableSessions;
+
+pub(crate) use config::{Durable, QuicConfig, TlsIdentity};
 
 /// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
 const DATAGRAM_BUFFER: usize = 256;
@@ -83,14 +83,12 @@ pub struct QuicServer {
 }
 
 impl QuicServer {
-    /// Binds the QUIC endpoint. `store` keeps the TLS sessions that make 0-RTT possible
-    /// across restarts ([`sessions`]); `endpoint_secret` makes stateless resets reach the
-    /// devices of a previous process ([`restart`]).
+    /// Binds the QUIC endpoint with its own settings, identity and durable state.
     pub(crate) fn bind(
-        settings: &Settings,
-        (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+        config: &QuicConfig,
+        TlsIdentity { cert_chain, key }: TlsIdentity,
         services: Arc<SessionServices>,
-        (store, endpoint_secret): (Arc<dyn Store>, [u8; 32]),
+        Durable { store, endpoint_secret }: Durable,
         shutdown: watch::Receiver<bool>,
     ) -> Result<QuicServer> {
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
@@ -103,42 +101,42 @@ impl QuicServer {
         // that a restarted daemon still resumes them.
         tls.max_early_data_size = u32::MAX;
         let tls_sessions =
-            DurableSessions::start(store, settings.session_store).context("cannot load TLS sessions")?;
+            DurableSessions::start(store, config.session_store).context("cannot load TLS sessions")?;
         tls.session_storage = tls_sessions.clone();
         tls.send_tls13_tickets = 1;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(Arc::new(transport_config(settings.idle_timeout)?));
+        server_config.transport_config(Arc::new(transport_config(config.idle_timeout)?));
         server_config.migration(true);
-        let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
-            .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
+        let socket = udp_socket(config.listen, config.udp_buffer)
+            .with_context(|| format!("cannot bind QUIC on {}", config.listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
         let socket = runtime.wrap_udp_socket(socket)?;
         let socket =
-            Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), settings.handshake_limit));
+            Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), config.handshake_limit));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             restart::endpoint_config(&endpoint_secret),
             Some(server_config),
             socket,
             runtime,
         )
-        .with_context(|| format!("cannot start QUIC on {}", settings.quic_listen))?;
+        .with_context(|| format!("cannot start QUIC on {}", config.listen))?;
         let shared = Arc::new(Shared {
             metrics: services.metrics.clone(),
             services,
             next_session: AtomicU64::new(1),
             handshaking: AtomicU32::new(0),
             shutdown,
-            slow_reader: settings.slow_reader,
+            slow_reader: config.slow_reader,
         });
         Ok(QuicServer {
             endpoint,
             shared,
-            max_sessions: settings.max_sessions as usize,
-            retry_threshold: settings.retry_threshold,
+            max_sessions: config.max_sessions as usize,
+            retry_threshold: config.retry_threshold,
             tls_sessions,
-            sources: HashedLimiter::new(settings.handshake_limit, SOURCE_SLOTS),
-            validated_sources: HashedLimiter::new(settings.handshake_limit, SOURCE_SLOTS),
+            sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
+            validated_sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
         })
     }
 
