@@ -155,6 +155,8 @@ struct AppEntry {
     silent: u32,
     /// What the app was last told, once it has seen the user.
     seen: Option<Seen>,
+    /// A change touched its candidates: what the app sees must be brought up to date.
+    dirty: bool,
 }
 
 impl AppEntry {
@@ -163,6 +165,7 @@ impl AppEntry {
     }
 
     fn add(&mut self, candidate: Option<Candidate>) {
+        self.dirty = true;
         match candidate {
             Some(candidate) => {
                 let at = self.candidates.partition_point(|c| *c < candidate);
@@ -173,6 +176,7 @@ impl AppEntry {
     }
 
     fn remove(&mut self, candidate: Option<Candidate>) {
+        self.dirty = true;
         match candidate {
             Some(candidate) => {
                 if let Ok(at) = self.candidates.binary_search(&candidate) {
@@ -212,39 +216,38 @@ impl UserEntry {
         Some(&self.apps[at])
     }
 
-    /// The app's entry, made if no device listed it before.
-    fn app_mut(&mut self, app_id: &AppId) -> &mut AppEntry {
-        let at = match self.apps.binary_search_by(|a| a.app_id.cmp(app_id)) {
-            Ok(at) => at,
-            Err(at) => {
-                let entry =
-                    AppEntry { app_id: app_id.clone(), candidates: Vec::new(), silent: 0, seen: None };
-                self.apps.insert(at, entry);
-                at
-            }
-        };
-        &mut self.apps[at]
-    }
-
     /// Takes a device's standing out of every app it lists.
     fn withdraw(&mut self, slot: usize) {
         let Some(device) = &self.devices[slot] else { return };
         let candidate = device.candidate(slot);
-        let apps = &mut self.apps;
         for app in &device.state.visibility {
-            if let Ok(at) = apps.binary_search_by(|a| a.app_id.cmp(app)) {
-                apps[at].remove(candidate);
+            if let Ok(at) = self.apps.binary_search_by(|a| a.app_id.cmp(app)) {
+                self.apps[at].remove(candidate);
             }
         }
     }
 
-    /// Puts a device's standing into every app it lists.
+    /// Puts a device's standing into every app it lists, making the entries of apps no
+    /// device listed before.
     fn enter(&mut self, slot: usize) {
         let Some(device) = &self.devices[slot] else { return };
         let candidate = device.candidate(slot);
-        let apps = device.state.visibility.clone();
-        for app in &apps {
-            self.app_mut(app).add(candidate);
+        for app in &device.state.visibility {
+            let at = match self.apps.binary_search_by(|a| a.app_id.cmp(app)) {
+                Ok(at) => at,
+                Err(at) => {
+                    let entry = AppEntry {
+                        app_id: app.clone(),
+                        candidates: Vec::new(),
+                        silent: 0,
+                        seen: None,
+                        dirty: false,
+                    };
+                    self.apps.insert(at, entry);
+                    at
+                }
+            };
+            self.apps[at].add(candidate);
         }
     }
 }
@@ -317,7 +320,6 @@ impl PresenceTable {
         normalize(&mut state.visibility);
         let mut events = Events::new();
         let mut entry = self.users.entry(user.to_owned()).or_default();
-        let mut apps = state.visibility.clone();
         let device = Device { id: device_id.to_owned(), handle, state, silent: false, changed: self.tick() };
         self.metrics.move_session(None, Some(device.gauge_state()));
         let (slot, replaced) = match entry.slot_of(device_id) {
@@ -325,7 +327,6 @@ impl PresenceTable {
                 entry.withdraw(slot);
                 let old = entry.devices[slot].replace(device).expect("slot_of found a device");
                 self.metrics.move_session(Some(old.gauge_state()), None);
-                apps.extend(old.state.visibility);
                 (slot, Some(old.handle))
             }
             None => match entry.devices.iter().position(Option::is_none) {
@@ -340,7 +341,7 @@ impl PresenceTable {
             },
         };
         entry.enter(slot);
-        self.refresh(user, &mut entry, apps, &mut events);
+        self.refresh(user, &mut entry, &mut events);
         drop(entry);
         self.publish(events);
         replaced
@@ -374,7 +375,7 @@ impl PresenceTable {
         let device = entry.devices[slot].take().expect("slot_of found a device");
         self.metrics.move_session(Some(device.gauge_state()), None);
         let mut events = Events::new();
-        self.refresh(user, &mut entry, device.state.visibility, &mut events);
+        self.refresh(user, &mut entry, &mut events);
         while entry.devices.last().is_some_and(Option::is_none) {
             entry.devices.pop();
         }
@@ -417,19 +418,20 @@ impl PresenceTable {
     /// seeing the user at once, and learns `offline` if it saw them.
     pub fn revoke(&self, user: &str, app_id: &str) {
         let Some(mut entry) = self.users.get_mut(user) else { return };
-        let mut apps = Vec::new();
-        let UserEntry { devices, apps: listed } = &mut *entry;
+        let UserEntry { devices, apps } = &mut *entry;
         for device in devices.iter_mut().flatten() {
             if let Ok(index) = device.state.visibility.binary_search_by(|app| app.as_str().cmp(app_id)) {
-                apps.push(device.state.visibility.remove(index));
+                device.state.visibility.remove(index);
             }
         }
-        if let Ok(at) = listed.binary_search_by(|a| a.app_id.as_str().cmp(app_id)) {
-            listed[at].candidates.clear();
-            listed[at].silent = 0;
+        if let Ok(at) = apps.binary_search_by(|a| a.app_id.as_str().cmp(app_id)) {
+            let app = &mut apps[at];
+            app.candidates.clear();
+            app.silent = 0;
+            app.dirty = true;
         }
         let mut events = Events::new();
-        self.refresh(user, &mut entry, apps, &mut events);
+        self.refresh(user, &mut entry, &mut events);
         drop(entry);
         self.publish(events);
     }
@@ -458,63 +460,59 @@ impl PresenceTable {
         let changed = self.tick();
         let device = entry.devices[slot].as_mut().expect("slot_of found a device");
         let before = device.gauge_state();
-        let mut apps = device.state.visibility.clone();
         change(device);
         device.changed = changed;
         self.metrics.move_session(Some(before), Some(device.gauge_state()));
-        apps.extend(device.state.visibility.iter().cloned());
         entry.enter(slot);
         let mut events = Events::new();
-        self.refresh(user, &mut entry, apps, &mut events);
+        self.refresh(user, &mut entry, &mut events);
         drop(entry);
         self.publish(events);
     }
 
-    /// Brings what each of `apps` sees of the user up to date with its candidates, and
-    /// collects the changes into `events`, for the caller to publish once it has released
-    /// the entry. Apps no device lists any more are forgotten.
-    fn refresh(&self, user: &str, entry: &mut UserEntry, mut apps: Vec<AppId>, events: &mut Events) {
-        apps.sort_unstable();
-        apps.dedup();
-        for app in apps {
-            let Ok(at) = entry.apps.binary_search_by(|a| a.app_id.cmp(&app)) else { continue };
-            let best = entry.apps[at].candidates.first().and_then(|c| entry.devices[c.slot].as_ref());
+    /// Brings what each app a change touched sees of the user up to date with its
+    /// candidates, and collects the changes into `events`, for the caller to publish once it
+    /// has released the entry. Apps no device lists any more are forgotten.
+    fn refresh(&self, user: &str, entry: &mut UserEntry, events: &mut Events) {
+        let UserEntry { devices, apps } = entry;
+        let mut at = 0;
+        while at < apps.len() {
+            let app = &mut apps[at];
+            if !std::mem::take(&mut app.dirty) {
+                at += 1;
+                continue;
+            }
+            let best = app.candidates.first().and_then(|c| devices[c.slot].as_ref());
             let (status, message) =
                 best.map_or((Status::Offline, ""), |d| (d.state.status, d.state.message.as_str()));
-            let listed = entry.apps[at].listed();
             let now = self.clock.unix_micros();
-            let app_entry = &mut entry.apps[at];
-            match &mut app_entry.seen {
+            match &mut app.seen {
                 Some(seen) if seen.view.status == status && seen.view.message == message => {}
                 Some(seen) => {
                     let seq = self.next_seq(seen.view.seq, now);
                     seen.view = AppView { status, message: message.to_owned(), seq, since_ms: now / 1_000 };
-                    events.push(event(&app_entry.app_id, seen));
+                    events.push(event(&app.app_id, seen));
                 }
                 // An app that never saw the user online learns nothing from "offline".
                 None if status == Status::Offline => {}
                 None => {
-                    let puid = self.puid(&app, user);
-                    self.reverse.insert(puid.clone(), (app.clone(), user.to_owned()));
-                    let view = AppView {
-                        status,
-                        message: message.to_owned(),
-                        seq: self.next_seq(0, now),
-                        since_ms: now / 1_000,
-                    };
+                    let puid = self.puid(&app.app_id, user);
+                    self.reverse.insert(puid.clone(), (app.app_id.clone(), user.to_owned()));
+                    let seq = self.next_seq(0, now);
+                    let view = AppView { status, message: message.to_owned(), seq, since_ms: now / 1_000 };
                     let seen = Seen { puid, view };
-                    events.push(event(&app_entry.app_id, &seen));
-                    app_entry.seen = Some(seen);
+                    events.push(event(&app.app_id, &seen));
+                    app.seen = Some(seen);
                 }
             }
-            if !listed {
-                let gone = entry.apps.remove(at);
-                if let Some(seen) = gone.seen {
-                    self.reverse.remove(&seen.puid);
-                }
+            if app.listed() {
+                at += 1;
+            } else if let Some(seen) = apps.remove(at).seen {
+                self.reverse.remove(&seen.puid);
             }
         }
     }
+
     /// The highest sequence number handed out (or the floor, if higher).
     pub fn seq_high(&self) -> u64 {
         self.seq_high.load(Ordering::Relaxed)
