@@ -59,7 +59,7 @@ fn encode(events: &[PresenceEvent]) -> (Vec<OutboxEntry>, Vec<u8>) {
         .enumerate()
         .map(|(serial, event)| {
             let (key, event) = presence_event(event);
-            OutboxEntry { key, serial: serial as u64, event }
+            OutboxEntry { key, serial: serial as u64, at_ms: 0, event }
         })
         .collect();
     let body = batch_body(APP, &entries);
@@ -81,7 +81,7 @@ fn encode_json_value(events: &[PresenceEvent]) -> (Vec<OutboxEntry>, Vec<u8>) {
                 "at": event.at_ms,
             });
             let event = json.to_string().into_bytes();
-            OutboxEntry { key: format!("p:{}", events[serial].puid), serial: serial as u64, event }
+            OutboxEntry { key: format!("p:{}", events[serial].puid), serial: serial as u64, at_ms: 0, event }
         })
         .collect();
     let body = batch_body(APP, &entries);

@@ -13,8 +13,9 @@
 //!   drives a sans-IO [`presence_protocol::ServerSession`].
 //! - [`table`]: the presence table, its aggregation rule and its per-(app, PUID) events.
 //! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
-//! - [`apps`]: the registered AppServices; [`store`]: apps, the outbox and TLS sessions
-//!   behind one trait (embedded: a redb file).
+//! - [`apps`]: the registered AppServices; [`store`]: storage by concern (apps, the
+//!   outbox, notifications, TLS tickets, the run journal), one small trait each, kept in a
+//!   redb file (or in memory, for tests and benches).
 //! - [`outbound`]: every webhook event's shape; [`webhook`]: signing, the SSRF guard and
 //!   the batched, retried, durable fan-out.
 //! - [`notify`]: live notifications and their outcomes.
@@ -65,8 +66,8 @@ use crate::notify::Notifications;
 use crate::outbound::Outbound;
 use crate::quic::QuicServer;
 use crate::settings::Settings;
-use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::{RunJournal, blocking};
 use crate::table::PresenceTable;
 use crate::webhook::fanout::{Fanout, FanoutConfig};
 use crate::webhook::guard::UrlPolicy;
@@ -85,7 +86,7 @@ const SEQ_CRASH_MARGIN_MICROS: u64 = 60_000_000;
 /// event path, until shutdown (which records the last one itself).
 async fn record_seq_floor(
     table: Arc<PresenceTable>,
-    store: Arc<dyn Store>,
+    journal: Arc<dyn RunJournal>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut recorded = 0;
@@ -98,11 +99,10 @@ async fn record_seq_floor(
         if high == recorded {
             continue;
         }
-        let writer = store.clone();
-        match tokio::task::spawn_blocking(move || writer.set_seq_floor(high)).await {
-            Ok(Ok(())) => recorded = high,
-            Ok(Err(error)) => tracing::warn!(%error, "cannot record the presence seq floor"),
-            Err(error) => tracing::warn!(%error, "seq floor task failed"),
+        let writer = journal.clone();
+        match blocking(move || writer.set_seq_floor(high)).await {
+            Ok(()) => recorded = high,
+            Err(error) => tracing::warn!(%error, "cannot record the presence seq floor"),
         }
     }
 }
@@ -122,7 +122,7 @@ pub struct Daemon {
     apps: Arc<Apps>,
     notifications: Arc<Notifications>,
     fanout: Arc<Fanout>,
-    store: Arc<dyn Store>,
+    journal: Arc<dyn RunJournal>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
@@ -137,7 +137,9 @@ impl Daemon {
             credentials::load(&settings)?;
         let metrics = Arc::new(Metrics::default());
         let store_path = settings.data_dir.join(STORE_FILE);
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&store_path)?);
+        // One redb file holds every concern; each component sees only its trait.
+        let store = Arc::new(EmbeddedStore::open(&store_path)?);
+        let journal: Arc<dyn RunJournal> = store.clone();
         // It holds the webhook secrets: owner-only.
         #[cfg(unix)]
         std::fs::set_permissions(&store_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -152,7 +154,7 @@ impl Daemon {
             extra_roots: if settings.dev { cert_chain.clone() } else { Vec::new() },
             ..FanoutConfig::default()
         };
-        let fanout = Arc::new(Fanout::start(store.clone(), fanout_config, metrics.clone())?);
+        let fanout = Arc::new(Fanout::start(store.clone(), apps.clone(), fanout_config, metrics.clone())?);
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
@@ -170,14 +172,14 @@ impl Daemon {
             notify_limits,
         ));
         let restored = notifications.restore()?;
-        let crashed = store.begin_run()?;
+        let crashed = journal.begin_run()?;
         if crashed {
             tracing::warn!("the previous run ended without a clean shutdown; telling apps to reset presence");
-            outbound.reset_all(apps.list()?.into_iter().map(|app| app.id));
+            outbound.reset_all(apps.list().into_iter().map(|app| app.id));
         }
         // Seqs handed out after the last record of a crashed run lie above it by at most the
         // margin; a clean run recorded its last one exactly.
-        let floor = store.seq_floor()?;
+        let floor = journal.seq_floor()?;
         table.raise_seq_floor(if crashed { floor.saturating_add(SEQ_CRASH_MARGIN_MICROS) } else { floor });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = (cert_chain.clone(), key.clone_key());
@@ -189,7 +191,8 @@ impl Daemon {
             outbound,
             notifications: notifications.clone(),
         };
-        let persisted = (store.clone(), endpoint_secret);
+        let tickets: Arc<dyn store::TicketStore> = store.clone();
+        let persisted = (tickets, endpoint_secret);
         let quic = Arc::new(QuicServer::bind(&settings, identity, services, persisted, shutdown_rx.clone())?);
         let quic_addr = quic.local_addr()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
@@ -228,7 +231,7 @@ impl Daemon {
         )));
         let serving = quic.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
-        tasks.push(tokio::spawn(record_seq_floor(table.clone(), store.clone(), shutdown_rx)));
+        tasks.push(tokio::spawn(record_seq_floor(table.clone(), journal.clone(), shutdown_rx)));
         let dev_info = match (&settings.dev, &admin_token) {
             (true, Some(admin)) => {
                 Some(credentials::write_dev_info(&settings.data_dir, quic_addr, https_addr, admin)?)
@@ -246,7 +249,7 @@ impl Daemon {
             apps,
             notifications,
             fanout,
-            store,
+            journal,
             shutdown,
             tasks,
             drain: settings.drain,
@@ -293,12 +296,14 @@ impl Daemon {
         info!(remaining = self.quic.open_connections(), "drain finished");
         self.quic.close(Duration::from_secs(1)).await;
         // Events published during the drain (devices going offline) reach the outbox.
-        self.notifications.shutdown();
+        self.notifications.shutdown().await;
         self.fanout.shutdown(Duration::from_secs(1)).await;
-        if let Err(error) = self.store.set_seq_floor(self.table.seq_high()) {
+        let (journal, high) = (self.journal.clone(), self.table.seq_high());
+        if let Err(error) = blocking(move || journal.set_seq_floor(high)).await {
             tracing::warn!(%error, "cannot record the last presence seq");
         }
-        if let Err(error) = self.store.end_run() {
+        let journal = self.journal.clone();
+        if let Err(error) = blocking(move || journal.end_run()).await {
             tracing::warn!(%error, "cannot record the clean shutdown; apps will be told to reset");
         }
         for task in self.tasks {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::apps::{Apps, now_ms};
+use crate::store::OutboxEvent;
 use crate::table::{PresenceEvent, PresenceSink};
 use crate::webhook::fanout::Fanout;
 
@@ -41,43 +42,48 @@ impl Outbound {
 
     /// A user authorized an app; `state` lets the app link the PUID to its own account.
     pub fn grant(&self, app_id: &str, puid: &str, state: &str) {
-        let event = json!({"type": "grant", "puid": puid, "state": state, "at": now_ms()});
-        self.send(app_id, format!("a:{puid}"), event.to_string().into_bytes());
+        let at = now_ms();
+        let event = json!({"type": "grant", "puid": puid, "state": state, "at": at});
+        self.send(app_id, format!("a:{puid}"), at, event.to_string().into_bytes());
     }
 
     /// A user withdrew an app's authorization.
     pub fn revoke(&self, app_id: &str, puid: &str) {
-        let event = json!({"type": "revoke", "puid": puid, "at": now_ms()});
-        self.send(app_id, format!("a:{puid}"), event.to_string().into_bytes());
+        let at = now_ms();
+        let event = json!({"type": "revoke", "puid": puid, "at": at});
+        self.send(app_id, format!("a:{puid}"), at, event.to_string().into_bytes());
     }
 
     /// The daemon restarted after a crash: tell every app that all its users are offline
     /// until their devices reconnect.
     pub fn reset_all(&self, app_ids: impl IntoIterator<Item = String>) {
         for app_id in app_ids {
-            let event = json!({"type": "reset", "at": now_ms()});
-            self.send(&app_id, "r".to_owned(), event.to_string().into_bytes());
+            let at = now_ms();
+            let event = json!({"type": "reset", "at": at});
+            self.send(&app_id, "r".to_owned(), at, event.to_string().into_bytes());
         }
     }
 
     /// A notification's outcome for one recipient.
     pub fn outcome(&self, app_id: &str, id: u64, puid: &str, outcome: &str) {
-        let event = json!({"type": "notification", "id": id.to_string(), "puid": puid, "outcome": outcome, "at": now_ms()});
-        self.send(app_id, format!("n:{id}:{puid}"), event.to_string().into_bytes());
+        let at = now_ms();
+        let event =
+            json!({"type": "notification", "id": id.to_string(), "puid": puid, "outcome": outcome, "at": at});
+        self.send(app_id, format!("n:{id}:{puid}"), at, event.to_string().into_bytes());
     }
 
-    fn send(&self, app_id: &str, key: String, event: Vec<u8>) {
+    fn send(&self, app_id: &str, key: String, at_ms: u64, json: Vec<u8>) {
         if !self.apps.exists(app_id) {
             return;
         }
-        self.fanout.publish(app_id, vec![(key, event)]);
+        self.fanout.publish(app_id, vec![OutboxEvent { key, at_ms, json }]);
     }
 }
 
 impl PresenceSink for Outbound {
     fn publish(&self, event: &PresenceEvent) {
         let (key, json) = presence_event(event);
-        self.send(&event.app_id, key, json);
+        self.send(&event.app_id, key, event.at_ms, json);
     }
 }
 

@@ -29,7 +29,7 @@ use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::notify::Notifications;
 use crate::outbound::Outbound;
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::TicketStore;
 use crate::table::PresenceTable;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sessions::DurableSessions;
@@ -113,7 +113,7 @@ impl QuicServer {
         settings: &Settings,
         (cert_chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
         services: SessionServices,
-        (store, endpoint_secret): (Arc<dyn Store>, [u8; 32]),
+        (store, endpoint_secret): (Arc<dyn TicketStore>, [u8; 32]),
         shutdown: watch::Receiver<bool>,
     ) -> Result<QuicServer> {
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
