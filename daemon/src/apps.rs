@@ -1,9 +1,9 @@
 //! The registered AppServices, cached in memory over the [`AppStore`]: API-key lookups
 //! happen on every API request and must not touch the disk.
 //!
-//! Every change goes through [`Apps`] (the admin API, the CLI-less daemon paths and the
-//! fan-out's 410 handling alike), so the cache is always what is stored; the writes run on
-//! the blocking pool and the cache is updated after they committed.
+//! Every change goes through [`Apps`] (the admin API and the fan-out's 410 handling alike),
+//! so the cache is always what is stored: the writes run on the blocking pool, one at a
+//! time, and the cache takes each after it committed.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -21,7 +21,7 @@ use super::guard::{GuardedResolver, UrlPolicy};
 use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
 use crate::apps::Apps;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
-use crate::store::{Outbox, OutboxEntry, OutboxEvent};
+use crate::store::{Outbox, OutboxEntry, OutboxEvent, StoreFuture};
 
 /// How long the first waiting event of an app waits for company before its batch goes.
 pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
@@ -116,6 +116,19 @@ pub enum FanoutError {
 /// The webhook fan-out. Cheap to share behind an `Arc`; see the [module docs](super).
 pub struct Fanout {
     inner: Arc<Inner>,
+    /// Appends on their way to the outbox, for the waker.
+    appended: mpsc::UnboundedSender<Appended>,
+    /// Wakes delivery tasks as appends are stored ([`wake_loop`]); taken by shutdown.
+    waker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// An append handed to the outbox, and what its delivery task is told once it is stored.
+struct Appended {
+    app_id: String,
+    since: Instant,
+    count: usize,
+    bytes: usize,
+    stored: StoreFuture<bool>,
 }
 
 impl fmt::Debug for Fanout {
@@ -241,7 +254,9 @@ impl Fanout {
                 shared.note(inner.long_ago(), 0, 0);
             }
         }
-        Ok(Fanout { inner })
+        let (appended, queued) = mpsc::unbounded_channel();
+        let waker = inner.runtime.spawn(wake_loop(inner.clone(), queued));
+        Ok(Fanout { inner, appended, waker: Mutex::new(Some(waker)) })
     }
 
     /// Hands events to an app's outbox and returns at once.
@@ -262,17 +277,9 @@ impl Fanout {
         // may need it to start a commit.
         let _runtime = self.inner.runtime.enter();
         let stored = self.inner.outbox.append(app_id, events);
-        let (inner, app_id) = (self.inner.clone(), app_id.to_owned());
-        self.inner.runtime.spawn(async move {
-            match stored.await {
-                Ok(true) => {
-                    set_depth(&inner.metrics, &app_id, inner.outbox.depth(&app_id));
-                    inner.wake(&app_id, since, count, bytes);
-                }
-                Ok(false) => debug!(app = app_id, "events for an unregistered app dropped"),
-                Err(error) => warn!(app = app_id, %error, "webhook events lost: the outbox gave up"),
-            }
-        });
+        // Fails only once the waker is gone (a crash stop): the events still reach the
+        // outbox, no task is woken for them.
+        let _ = self.appended.send(Appended { app_id: app_id.to_owned(), since, count, bytes, stored });
     }
 
     /// Waits until everything published before the call is durable in the outbox. Waits
@@ -311,6 +318,13 @@ impl Fanout {
                 task.handle.abort();
             }
         }
+        // Everything published is stored; the waker has nothing left to wake. Awaited, so
+        // that the outbox it holds is let go of before shutdown returns.
+        let waker = lock(&self.waker).take();
+        if let Some(waker) = waker {
+            waker.abort();
+            let _ = waker.await;
+        }
     }
 }
 
@@ -320,6 +334,9 @@ impl Drop for Fanout {
     /// already handed is its to write or lose, as with `kill -9`.
     fn drop(&mut self) {
         self.inner.stopping.send_replace(true);
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.abort();
+        }
         for (_, task) in lock(&self.inner.tasks).drain() {
             task.handle.abort();
         }
@@ -611,6 +628,22 @@ async fn wait_due(inner: &Inner, shared: &AppShared, stopping: &mut watch::Recei
                     _ = stopping.wait_for(|s| *s) => return false,
                 }
             }
+        }
+    }
+}
+
+/// Wakes each app's delivery task once its appends are stored. The outbox makes appends
+/// durable in call order, so awaiting them one at a time, in the order they were handed
+/// over, delays none: one task for every publish, instead of a task per publish.
+async fn wake_loop(inner: Arc<Inner>, mut queued: mpsc::UnboundedReceiver<Appended>) {
+    while let Some(Appended { app_id, since, count, bytes, stored }) = queued.recv().await {
+        match stored.await {
+            Ok(true) => {
+                set_depth(&inner.metrics, &app_id, inner.outbox.depth(&app_id));
+                inner.wake(&app_id, since, count, bytes);
+            }
+            Ok(false) => debug!(app = app_id, "events for an unregistered app dropped"),
+            Err(error) => warn!(app = app_id, %error, "webhook events lost: the outbox gave up"),
         }
     }
 }

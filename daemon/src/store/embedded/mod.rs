@@ -11,16 +11,18 @@
 //! | table           | key                 | value                 | why                                 |
 //! |-----------------|---------------------|-----------------------|-------------------------------------|
 //! | `apps`          | app id              | [`AppRecord`] as JSON | JSON survives added fields          |
-//! | `outbox`        | (app id, key)       | (serial, event)       | compaction: one entry per key       |
+//! | `outbox`        | (app id, key)       | (serial, stored event)| compaction: one entry per key       |
 //! | `outbox_order`  | (app id, serial)    | key                   | a batch is a range scan in order    |
-//! | `outbox_at`     | (app id, serial)    | event `at`, Unix ms   | latency without parsing the event   |
 //! | `outbox_depth`  | app id              | entries waiting       | depth at start-up without a scan    |
 //! | `meta`          | name                | u64                   | serial counter, run flag, seq floor |
 //! | `notifications` | notification id     | record (JSON)         | outcomes survive a restart          |
 //! | `tls_sessions`  | ticket              | (issued secs, state)  | 0-RTT resumption across restarts    |
 //!
-//! `outbox_at` was added after the others, so that a data directory of an older daemon
-//! opens as it is: its entries have no `at` and report 0.
+//! A stored event is the event's `at` (Unix ms, 8 bytes big-endian) followed by its JSON,
+//! so delivery reads `at` without parsing the JSON and without a table of its own (one more
+//! B-tree write per event on redb's single writer). Older daemons stored the JSON alone:
+//! such an entry starts with `{`, never with the zero byte that leads any `at` before the
+//! year 2,000,000, so it still reads, with an unknown `at` (0).
 //!
 //! Serials come from one counter shared by all apps and are never reused, so a serial
 //! names one version of one entry for good: an acknowledgement that carries a replaced
@@ -53,7 +55,6 @@ pub const FILE_NAME: &str = "presenced.redb";
 const APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("apps");
 const OUTBOX: TableDefinition<'_, (&str, &str), (u64, &[u8])> = TableDefinition::new("outbox");
 const ORDER: TableDefinition<'_, (&str, u64), &str> = TableDefinition::new("outbox_order");
-const AT: TableDefinition<'_, (&str, u64), u64> = TableDefinition::new("outbox_at");
 const DEPTH: TableDefinition<'_, &str, u64> = TableDefinition::new("outbox_depth");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
@@ -85,8 +86,9 @@ struct Shared {
     depths: Mutex<HashMap<String, u64>>,
     /// Appends waiting for the next group commit.
     pending: Mutex<Pending>,
-    /// The highest append generation durably written (or refused).
-    committed: watch::Sender<u64>,
+    /// The highest append generation durably written (or refused); shared apart from the
+    /// database so that the committer can report after letting go of the database.
+    committed: Arc<watch::Sender<u64>>,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -112,7 +114,6 @@ impl EmbeddedStore {
             txn.open_table(APPS)?;
             txn.open_table(OUTBOX)?;
             txn.open_table(ORDER)?;
-            txn.open_table(AT)?;
             txn.open_table(META)?;
             txn.open_table(NOTIFICATIONS)?;
             txn.open_table(SESSIONS)?;
@@ -129,7 +130,7 @@ impl EmbeddedStore {
                 outbox_writes: Mutex::new(()),
                 depths: Mutex::new(depths),
                 pending: Mutex::new(Pending::default()),
-                committed,
+                committed: Arc::new(committed),
             }),
         })
     }
@@ -189,7 +190,6 @@ fn encode_app(app: &AppRecord) -> Result<Vec<u8>, StoreError> {
 fn clear_outbox(txn: &WriteTransaction, app_id: &str) -> Result<(), StoreError> {
     let mut order = txn.open_table(ORDER)?;
     let mut outbox = txn.open_table(OUTBOX)?;
-    let mut at = txn.open_table(AT)?;
     let mut keys = Vec::new();
     for item in order.range((app_id, 0)..=(app_id, u64::MAX))? {
         let (serial, key) = item?;
@@ -197,7 +197,6 @@ fn clear_outbox(txn: &WriteTransaction, app_id: &str) -> Result<(), StoreError> 
     }
     for (serial, key) in &keys {
         order.remove((app_id, *serial))?;
-        at.remove((app_id, *serial))?;
         outbox.remove((app_id, key.as_str()))?;
     }
     txn.open_table(DEPTH)?.remove(app_id)?;
@@ -449,6 +448,37 @@ mod tests {
         let keys: Vec<&str> = batch.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["p:2", "p:3"]);
         assert_eq!(store.depth("app_a"), 2);
+    }
+
+    #[tokio::test]
+    async fn an_outbox_written_by_an_older_daemon_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            store.put_app(&app("app_a")).expect("put");
+            // What a daemon before `at` was kept beside the event wrote: the JSON alone.
+            store
+                .write(|txn| {
+                    let json: &[u8] = br#"{"type":"reset","at":5}"#;
+                    txn.open_table(OUTBOX)?.insert(("app_a", "r"), (41, json))?;
+                    txn.open_table(ORDER)?.insert(("app_a", 41), "r")?;
+                    txn.open_table(DEPTH)?.insert("app_a", 1)?;
+                    txn.open_table(META)?.insert(SERIAL, 41)?;
+                    Ok(())
+                })
+                .expect("write the old format");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.depth("app_a"), 1);
+        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        assert_eq!(batch.len(), 1);
+        assert_eq!((batch[0].serial, batch[0].at_ms), (41, 0), "no at was stored");
+        assert_eq!(batch[0].event, br#"{"type":"reset","at":5}"#);
+        store.append("app_a", vec![ev("r", "{}", 6)]).await.expect("append");
+        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        assert_eq!((batch[0].serial, batch[0].at_ms, batch[0].event.as_slice()), (42, 6, &b"{}"[..]));
+        assert_eq!(store.depth("app_a"), 1, "the new event replaced the old one");
     }
 
     #[tokio::test]

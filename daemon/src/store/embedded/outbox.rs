@@ -23,12 +23,13 @@
 //!   outbox's writes, so reading it is a map lookup.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redb::{Durability, ReadableTable};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use super::{APPS, AT, DEPTH, EmbeddedStore, META, ORDER, OUTBOX, SERIAL, Shared, lock};
+use super::{APPS, DEPTH, EmbeddedStore, META, ORDER, OUTBOX, SERIAL, Shared, lock};
 use crate::store::queue::CompactingQueue;
 use crate::store::{Outbox, OutboxEntry, OutboxEvent, StoreError, StoreFuture, blocking};
 
@@ -75,7 +76,7 @@ impl Outbox for EmbeddedStore {
             if !pending.writing {
                 pending.writing = true;
                 let shared = self.shared.clone();
-                runtime.spawn_blocking(move || commit_rounds(&shared));
+                runtime.spawn_blocking(move || commit_rounds(shared));
             }
         }
         // The committer answers every waiter it takes; a dropped sender means it panicked.
@@ -109,59 +110,95 @@ impl Outbox for EmbeddedStore {
 }
 
 /// The committer: writes pending appends, a round at a time, until none are left.
-fn commit_rounds(shared: &Shared) {
-    loop {
+///
+/// It lets go of the store *before* it answers the last round: whoever was told "stored"
+/// may drop the store and reopen the file at once (a restart), and must not find it still
+/// open here.
+fn commit_rounds(shared: Arc<Shared>) {
+    let committed = shared.committed.clone();
+    let _running = Running(Arc::downgrade(&shared));
+    let mut shared = Some(shared);
+    while let Some(store) = shared.take() {
         let (apps, generation) = {
-            let mut pending = lock(&shared.pending);
+            let mut pending = lock(&store.pending);
             if pending.apps.is_empty() {
-                pending.writing = false;
                 // Everything appended so far was written (or refused) by earlier rounds.
-                shared.mark_committed(pending.published);
+                pending.writing = false;
+                mark_committed(&committed, pending.published);
                 return;
             }
             (std::mem::take(&mut pending.apps), pending.published)
         };
-        match shared.write_round(&apps) {
+        match store.write_round(&apps) {
             Ok(known) => {
-                for (app_id, app) in apps {
-                    let registered = known.get(&app_id).copied().unwrap_or(false);
-                    if !registered {
-                        tracing::debug!(app = app_id, "webhook events for an unregistered app dropped");
-                    }
-                    for waiter in app.waiters {
-                        // A caller that stopped waiting does not need the answer.
-                        let _ = waiter.send(registered);
+                {
+                    let mut pending = lock(&store.pending);
+                    if pending.apps.is_empty() {
+                        pending.writing = false;
+                    } else {
+                        shared = Some(store.clone());
                     }
                 }
-                shared.mark_committed(generation);
+                drop(store);
+                answer(apps, &known);
+                mark_committed(&committed, generation);
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot write webhook events; retrying");
                 std::thread::sleep(STORE_RETRY);
-                let mut pending = lock(&shared.pending);
-                for (app_id, mut failed) in apps {
-                    if let Some(newer) = pending.apps.remove(&app_id) {
-                        failed.queue.extend(newer.queue);
-                        failed.waiters.extend(newer.waiters);
+                {
+                    let mut pending = lock(&store.pending);
+                    for (app_id, mut failed) in apps {
+                        if let Some(newer) = pending.apps.remove(&app_id) {
+                            failed.queue.extend(newer.queue);
+                            failed.waiters.extend(newer.waiters);
+                        }
+                        pending.apps.insert(app_id, failed);
                     }
-                    pending.apps.insert(app_id, failed);
                 }
+                shared = Some(store);
             }
         }
     }
 }
 
-impl Shared {
-    /// Raises the committed generation to `generation`, never lowering it: two committers
-    /// (one finishing as the next starts) may report out of order.
-    fn mark_committed(&self, generation: u64) {
-        self.committed.send_if_modified(|done| {
-            let raised = generation > *done;
-            *done = (*done).max(generation);
-            raised
-        });
+/// Tells a round's waiters whether their app was registered.
+fn answer(apps: HashMap<String, PendingApp>, known: &HashMap<String, bool>) {
+    for (app_id, app) in apps {
+        let registered = known.get(&app_id).copied().unwrap_or(false);
+        if !registered {
+            tracing::debug!(app = app_id, "webhook events for an unregistered app dropped");
+        }
+        for waiter in app.waiters {
+            // A caller that stopped waiting does not need the answer.
+            let _ = waiter.send(registered);
+        }
     }
+}
 
+/// Raises the committed generation to `generation`, never lowering it: two committers (one
+/// finishing as the next starts) may report out of order.
+fn mark_committed(committed: &watch::Sender<u64>, generation: u64) {
+    committed.send_if_modified(|done| {
+        let raised = generation > *done;
+        *done = (*done).max(generation);
+        raised
+    });
+}
+
+/// Lets the next append start a committer if this one panics (its round's waiters see
+/// [`StoreError::CommitterGone`]); on a normal return the loop has already cleared the flag.
+struct Running(Weak<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade().filter(|_| std::thread::panicking()) {
+            lock(&shared.pending).writing = false;
+        }
+    }
+}
+
+impl Shared {
     /// One group commit: every pending app's events in one durable transaction. Returns,
     /// per app, whether it is registered (an unregistered one got nothing stored: checked
     /// inside the transaction, so an app removed concurrently never keeps an outbox).
@@ -173,7 +210,6 @@ impl Shared {
             let mut serial = meta.get(SERIAL)?.map_or(0, |v| v.value());
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut order = txn.open_table(ORDER)?;
-            let mut at = txn.open_table(AT)?;
             let mut depth = txn.open_table(DEPTH)?;
             let mut known = HashMap::new();
             let mut added_per_app = Vec::new();
@@ -185,18 +221,19 @@ impl Shared {
                     continue;
                 }
                 let mut added = 0u64;
+                let mut stored = Vec::new();
                 for (key, _, at_ms, event) in app.queue.entries() {
                     serial += 1;
-                    let replaced = outbox.insert((app_id, key), (serial, event))?.map(|old| old.value().0);
+                    encode_event(&mut stored, at_ms, event);
+                    let replaced =
+                        outbox.insert((app_id, key), (serial, stored.as_slice()))?.map(|old| old.value().0);
                     match replaced {
                         Some(old_serial) => {
                             order.remove((app_id, old_serial))?;
-                            at.remove((app_id, old_serial))?;
                         }
                         None => added += 1,
                     }
                     order.insert((app_id, serial), key)?;
-                    at.insert((app_id, serial), at_ms)?;
                 }
                 if added > 0 {
                     let now = depth.get(app_id)?.map_or(0, |v| v.value());
@@ -222,7 +259,6 @@ impl Shared {
         let txn = self.db.begin_read()?;
         let order = txn.open_table(ORDER)?;
         let outbox = txn.open_table(OUTBOX)?;
-        let at = txn.open_table(AT)?;
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         for item in order.range((app_id, 0)..=(app_id, u64::MAX))? {
@@ -234,15 +270,15 @@ impl Shared {
             let key = key.value().to_owned();
             let corrupt = |found| StoreError::OutboxOrder { app: app_id.to_owned(), serial, found };
             let value = outbox.get((app_id, key.as_str()))?.ok_or_else(|| corrupt(None))?;
-            let (stored_serial, event) = value.value();
+            let (stored_serial, stored) = value.value();
             if stored_serial != serial {
                 return Err(corrupt(Some(stored_serial)));
             }
+            let (at_ms, event) = decode_event(stored);
             if !entries.is_empty() && bytes + event.len() > max_bytes {
                 break;
             }
             bytes += event.len();
-            let at_ms = at.get((app_id, serial))?.map_or(0, |v| v.value());
             entries.push(OutboxEntry { key, serial, at_ms, event: event.to_vec() });
         }
         Ok(entries)
@@ -256,14 +292,12 @@ impl Shared {
         let removed = self.write(Durability::None, |txn| {
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut order = txn.open_table(ORDER)?;
-            let mut at = txn.open_table(AT)?;
             let mut removed = 0usize;
             for (key, serial) in delivered {
                 let current = outbox.get((app_id, key.as_str()))?.map(|v| v.value().0);
                 if current == Some(*serial) {
                     outbox.remove((app_id, key.as_str()))?;
                     order.remove((app_id, *serial))?;
-                    at.remove((app_id, *serial))?;
                     removed += 1;
                 }
             }
@@ -281,5 +315,40 @@ impl Shared {
         })?;
         self.adjust_depth(app_id, 0, removed as u64);
         Ok(removed)
+    }
+}
+
+/// The stored form of an event: its `at` (8 bytes, big-endian), then its JSON. `buffer` is
+/// reused across the events of a round.
+fn encode_event(buffer: &mut Vec<u8>, at_ms: u64, json: &[u8]) {
+    buffer.clear();
+    // Kept below 2^56 so that the first byte is 0 (see `decode_event`).
+    buffer.extend_from_slice(&at_ms.min((1 << 56) - 1).to_be_bytes());
+    buffer.extend_from_slice(json);
+}
+
+/// The `at` and JSON of a stored event. An event stored by an older daemon is JSON alone:
+/// it starts with `{`, where an `at` (below 2^56 ms, the year 2,000,000) starts with 0.
+fn decode_event(stored: &[u8]) -> (u64, &[u8]) {
+    match stored.split_first_chunk::<8>() {
+        Some((at, json)) if stored[0] == 0 => (u64::from_be_bytes(*at), json),
+        _ => (0, stored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_events_carry_their_at_and_older_ones_still_read() {
+        let mut stored = Vec::new();
+        encode_event(&mut stored, 1_764_400_000_123, br#"{"a":1}"#);
+        assert_eq!(decode_event(&stored), (1_764_400_000_123, &br#"{"a":1}"#[..]));
+        assert_eq!(
+            decode_event(br#"{"type":"presence","at":1}"#),
+            (0, &br#"{"type":"presence","at":1}"#[..])
+        );
+        assert_eq!(decode_event(b"{}"), (0, &b"{}"[..]), "shorter than an at");
     }
 }
