@@ -755,16 +755,23 @@ async fn delivered(
 ) {
     let now_ms = unix_ms();
     let metrics = &inner.metrics;
-    metrics.webhook_batches.get_or_create(&ResultLabel { result: "delivered" }).inc();
-    metrics.webhook_events.inc_by(batch.len() as u64);
-    for entry in &batch {
+    let latencies: Vec<f64> = batch
+        .iter()
         // 0: stored by a daemon that did not keep `at` beside the event.
-        let created = if entry.at_ms == 0 { enqueued_ms } else { entry.at_ms };
-        metrics.webhook_delivery_seconds.0.observe(now_ms.saturating_sub(created) as f64 / 1000.0);
-    }
+        .map(|entry| if entry.at_ms == 0 { enqueued_ms } else { entry.at_ms })
+        .map(|created| now_ms.saturating_sub(created) as f64 / 1000.0)
+        .collect();
     let full = batch.len() >= inner.config.max_events;
     let delivered: Vec<(String, u64)> = batch.into_iter().map(|e| (e.key, e.serial)).collect();
-    match inner.outbox.ack(app_id, delivered).await {
+    let acknowledged = inner.outbox.ack(app_id, delivered).await;
+    // Counted once the acknowledgement is done, so that a delivered batch in the metrics
+    // is one that has also left the outbox (or failed to: then it goes again).
+    metrics.webhook_batches.get_or_create(&ResultLabel { result: "delivered" }).inc();
+    metrics.webhook_events.inc_by(latencies.len() as u64);
+    for latency in latencies {
+        metrics.webhook_delivery_seconds.0.observe(latency);
+    }
+    match acknowledged {
         Ok(_) => {
             let depth = inner.outbox.depth(app_id);
             set_depth(metrics, app_id, depth);
