@@ -18,7 +18,7 @@
 //! cannot buzz one user's phone without end) and a cap on undecided notifications per app
 //! (each holds memory and timers until its expiry). A refused request changes nothing.
 //!
-//! Records reach the store through a writer task ([`write_records`]): a change is encoded
+//! Records reach the store through a writer task (`write_records`): a change is encoded
 //! under its record's lock (so writes queue in the order the changes were made) and
 //! handed over a channel; the writer runs the store calls on the blocking pool, and
 //! [`Notifications::shutdown`] waits until it has written everything. So neither the QUIC

@@ -8,7 +8,8 @@ use super::{
     StoredSession, TicketStore,
 };
 
-fn app(id: &str) -> AppRecord {
+/// A registered app with a made-up record (shared with the implementations' own tests).
+pub(crate) fn app(id: &str) -> AppRecord {
     AppRecord {
         id: id.to_owned(),
         name: format!("{id} name"),

@@ -1,6 +1,6 @@
 //! The embedded store: one redb file in the data directory (`<data-dir>/presenced.redb`)
-//! holding every concern ([`AppStore`], [`Outbox`], [`NotificationStore`], [`TicketStore`],
-//! [`RunJournal`]); the outbox's group commit is in [`outbox`].
+//! holding every concern ([`AppStore`], [`Outbox`](crate::store::Outbox),
+//! [`NotificationStore`], [`TicketStore`], [`RunJournal`]).
 //!
 //! redb gives ACID transactions with copy-on-write B-trees and a checksummed commit, so a
 //! daemon killed with `kill -9` reopens the file at its last committed transaction: an
@@ -33,6 +33,18 @@
 //! The synchronous traits' methods block on disk I/O (a write commits with an fsync); the
 //! daemon calls them on the blocking pool. The outbox's methods run their transactions on
 //! the blocking pool themselves.
+//!
+//! ## The outbox's group commit (`embedded/outbox.rs`)
+//!
+//! An append only queues its events (compacted, in call order) and, if no committer is
+//! running, starts one on the blocking pool. The committer writes whatever accumulated
+//! while its previous write (an fsync) ran, every app in one transaction, until nothing is
+//! pending; each append's future resolves after the fsync that stored it. Under light load
+//! an event is on disk within one fsync; under heavy load the writes batch themselves, with
+//! no timer adding latency. A failed round is retried, in front of what came meanwhile.
+//! Acknowledgements commit without an fsync and become durable with the next append (a
+//! crash may deliver a batch again, under the same `webhook-id`). Depths live in memory,
+//! adjusted after each commit.
 
 mod outbox;
 
@@ -373,19 +385,8 @@ mod tests {
     //! behaviour shared with the memory store is in the contract suite.
 
     use super::*;
+    use crate::store::contract::app;
     use crate::store::{Outbox, OutboxEvent};
-
-    fn app(id: &str) -> AppRecord {
-        AppRecord {
-            id: id.to_owned(),
-            name: format!("{id} name"),
-            webhook_url: format!("https://{id}.example/hook"),
-            api_key_sha256: "00".repeat(32),
-            webhook_secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
-            created_ms: 1_700_000_000_000,
-            disabled: false,
-        }
-    }
 
     fn ev(key: &str, body: &str, at_ms: u64) -> OutboxEvent {
         OutboxEvent { key: key.to_owned(), at_ms, json: body.as_bytes().to_vec() }
