@@ -17,7 +17,7 @@
 //! refuses events for an app that is not registered, both in one transaction.
 //!
 //! The synchronous traits block on disk I/O (a write is an fsync): callers on the runtime
-//! run them on the blocking pool ([`blocking`]). The [`Outbox`] is asynchronous, because
+//! run them on the blocking pool (`blocking`). The [`Outbox`] is asynchronous, because
 //! its implementation owns group commit: it decides how appends share a transaction.
 //!
 //! The contract every implementation keeps is written once, as test suites generic over
@@ -110,7 +110,7 @@ from_redb!(
 
 /// Runs a blocking storage call on the blocking pool, so that a runtime thread never waits
 /// for an fsync.
-pub async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work).await?
