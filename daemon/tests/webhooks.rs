@@ -345,6 +345,23 @@ async fn a_window_of_events_arrives_as_one_signed_post() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_latency_is_measured_from_the_at_kept_beside_the_event() {
+    let receiver = Receiver::start().await;
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    // The JSON carries no `at`: only the outbox entry's own can say the event is 5 s old.
+    let json = br#"{"type":"presence","puid":"old"}"#.to_vec();
+    h.fanout.publish("app_a", vec![OutboxEvent { key: "p:old".to_owned(), at_ms: now_ms() - 5_000, json }]);
+    until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
+    until(Duration::from_secs(2), "the latency", || {
+        h.metric("presence_webhook_delivery_seconds_count") == 1.0
+    })
+    .await;
+    let seconds = h.metric("presence_webhook_delivery_seconds_sum");
+    assert!((5.0..10.0).contains(&seconds), "measured {seconds} s from the stored at");
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_batch_goes_without_waiting_and_limits_split_posts() {
     let receiver = Receiver::start().await;
     let config = FanoutConfig { batch_window: Duration::from_secs(30), max_events: 20, ..config() };
