@@ -79,7 +79,7 @@ impl PresenceSink for OutboxLike {
         if buffer.len() >= 4_096 {
             buffer.clear();
         }
-        buffer.push(encoded);
+        buffer.push((encoded.key, encoded.json));
     }
 }
 

@@ -58,8 +58,8 @@ fn encode(events: &[PresenceEvent]) -> (Vec<OutboxEntry>, Vec<u8>) {
         .iter()
         .enumerate()
         .map(|(serial, event)| {
-            let (key, event) = encode_event(&presence_event(event)).expect("a presence event encodes");
-            OutboxEntry { key, serial: serial as u64, event }
+            let encoded = encode_event(&presence_event(event)).expect("a presence event encodes");
+            OutboxEntry { key: encoded.key, serial: serial as u64, at_ms: encoded.at_ms, event: encoded.json }
         })
         .collect();
     let body = batch_body(APP, &entries);
@@ -81,7 +81,7 @@ fn encode_json_value(events: &[PresenceEvent]) -> (Vec<OutboxEntry>, Vec<u8>) {
                 "at": event.at_ms,
             });
             let event = json.to_string().into_bytes();
-            OutboxEntry { key: format!("p:{}", events[serial].puid), serial: serial as u64, event }
+            OutboxEntry { key: format!("p:{}", events[serial].puid), serial: serial as u64, at_ms: 0, event }
         })
         .collect();
     let body = batch_body(APP, &entries);

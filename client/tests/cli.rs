@@ -17,7 +17,7 @@ async fn connect_prints_json_lines_and_obeys_stdin_commands() {
     let settings = SettingsLayer::dev_loopback(dir.path());
     let daemon = Daemon::start(settings.resolve().expect("settings")).await.expect("daemon");
     let info = daemon.dev_info.clone().expect("dev info");
-    let app = daemon.apps().create("chat", "https://127.0.0.1:9/hook").expect("register app").app.id;
+    let app = daemon.apps().create("chat", "https://127.0.0.1:9/hook").await.expect("register app").app.id;
     let mut events = daemon.events();
     let signer = presenced::credentials::dev_signer(dir.path()).expect("signer");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();

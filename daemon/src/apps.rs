@@ -1,5 +1,9 @@
-//! The registered AppServices, cached in memory over the store: API-key lookups happen on
-//! every API request and must not touch the disk.
+//! The registered AppServices, cached in memory over the [`AppStore`]: API-key lookups
+//! happen on every API request and must not touch the disk.
+//!
+//! Every change goes through [`Apps`] (the admin API and the fan-out's 410 handling alike),
+//! so the cache is always what is stored: the writes run on the blocking pool, one at a
+//! time, and the cache takes each after it committed.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::store::{AppRecord, Store, StoreError};
+use crate::store::{AppRecord, AppStore, StoreError, blocking};
 use crate::webhook::secret::WebhookSecret;
 
 /// Prefix of API keys, so a leaked one is recognisable in logs and secret scanners.
@@ -29,16 +33,24 @@ pub struct Created {
 /// The app registry.
 #[derive(Debug)]
 pub struct Apps {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AppStore>,
     by_id: DashMap<String, Arc<AppRecord>>,
     /// SHA-256 of the API key (hex) → app id.
     by_key: DashMap<String, String>,
+    /// Held from a store write until the cache has it, so that two concurrent changes (an
+    /// admin's and a 410's) reach the cache in the order they committed.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl Apps {
-    /// Loads every app from the store.
-    pub fn load(store: Arc<dyn Store>) -> Result<Apps, StoreError> {
-        let apps = Apps { store, by_id: DashMap::new(), by_key: DashMap::new() };
+    /// Loads every app from the store (start-up: it blocks on the read).
+    pub fn load(store: Arc<dyn AppStore>) -> Result<Apps, StoreError> {
+        let apps = Apps {
+            store,
+            by_id: DashMap::new(),
+            by_key: DashMap::new(),
+            writes: tokio::sync::Mutex::new(()),
+        };
         for app in apps.store.list_apps()? {
             apps.cache(app);
         }
@@ -46,7 +58,7 @@ impl Apps {
     }
 
     /// Registers an app with a fresh id, API key and webhook secret.
-    pub fn create(&self, name: &str, webhook_url: &str) -> Result<Created, StoreError> {
+    pub async fn create(&self, name: &str, webhook_url: &str) -> Result<Created, StoreError> {
         let api_key = format!("{API_KEY_PREFIX}{}", random_b64(32));
         let app = AppRecord {
             id: format!("{APP_ID_PREFIX}{}", random_b64(12)),
@@ -57,7 +69,9 @@ impl Apps {
             created_ms: now_ms(),
             disabled: false,
         };
-        self.store.put_app(&app)?;
+        let (store, record) = (self.store.clone(), app.clone());
+        let _writes = self.writes.lock().await;
+        blocking(move || store.put_app(&record)).await?;
         self.cache(app.clone());
         Ok(Created { app, api_key })
     }
@@ -78,41 +92,49 @@ impl Apps {
         self.by_id.contains_key(id)
     }
 
-    /// One app as stored now (the fan-out may have disabled it since it was cached).
-    pub fn fresh(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.store.get_app(id)
-    }
-
-    /// Every app as stored now.
-    pub fn list(&self) -> Result<Vec<AppRecord>, StoreError> {
-        self.store.list_apps()
+    /// Every app, ordered by id, from the cache.
+    pub fn list(&self) -> Vec<AppRecord> {
+        let mut apps: Vec<AppRecord> = self.by_id.iter().map(|app| AppRecord::clone(app.value())).collect();
+        apps.sort_by(|a, b| a.id.cmp(&b.id));
+        apps
     }
 
     /// Replaces an app's webhook secret; the old one stops working at once.
-    pub fn rotate_secret(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.modify(id, |app| app.webhook_secret = WebhookSecret::generate().to_string())
+    pub async fn rotate_secret(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.modify(id, |app| app.webhook_secret = WebhookSecret::generate().to_string()).await
     }
 
     /// Turns webhook deliveries back on after a 410 disabled them.
-    pub fn enable(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.modify(id, |app| app.disabled = false)
+    pub async fn enable(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.modify(id, |app| app.disabled = false).await
+    }
+
+    /// Turns webhook deliveries off: the endpoint answered 410 Gone.
+    pub async fn disable(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.modify(id, |app| app.disabled = true).await
     }
 
     /// Removes an app and its undelivered events.
-    pub fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        let removed = self.store.delete_app(id)?;
+    pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        let _writes = self.writes.lock().await;
+        let removed = blocking(move || store.delete_app(&owned)).await?;
         if let Some((_, app)) = self.by_id.remove(id) {
             self.by_key.remove(&app.api_key_sha256);
         }
         Ok(removed)
     }
 
-    fn modify(
+    /// Changes one app in one store transaction, then caches the result.
+    async fn modify(
         &self,
         id: &str,
-        mut change: impl FnMut(&mut AppRecord),
+        change: impl FnMut(&mut AppRecord) + Send + 'static,
     ) -> Result<Option<AppRecord>, StoreError> {
-        let app = self.store.update_app(id, &mut change)?;
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        let mut change = change;
+        let _writes = self.writes.lock().await;
+        let app = blocking(move || store.update_app(&owned, &mut change)).await?;
         if let Some(app) = &app {
             self.cache(app.clone());
         }

@@ -14,8 +14,9 @@
 //!   drives a sans-IO [`presence_protocol::ServerSession`].
 //! - [`table`]: the presence table, its aggregation rule and its per-(app, PUID) events.
 //! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
-//! - [`apps`]: the registered AppServices; [`store`]: apps, the outbox and TLS sessions
-//!   behind one trait (embedded: a redb file).
+//! - [`apps`]: the registered AppServices; [`store`]: storage by concern (apps, the
+//!   outbox, notifications, TLS tickets, the run journal), one small trait each, kept in a
+//!   redb file (or in memory, for tests and benches).
 //! - [`outbound`]: every webhook event, typed by the `presence-webhook` crate (shared with
 //!   receivers), and its outbox compaction key; [`webhook`]: signing, the SSRF guard and
 //!   the batched, retried, durable fan-out.
@@ -70,8 +71,8 @@ use crate::notify::Notifications;
 use crate::outbound::Outbound;
 use crate::quic::QuicServer;
 use crate::settings::Settings;
-use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::{RunJournal, blocking};
 use crate::table::PresenceTable;
 use crate::webhook::fanout::{Fanout, FanoutConfig};
 
@@ -89,7 +90,7 @@ const SEQ_CRASH_MARGIN_MICROS: u64 = 60_000_000;
 /// event path, until shutdown (which records the last one itself).
 async fn record_seq_floor(
     table: Arc<PresenceTable>,
-    store: Arc<dyn Store>,
+    journal: Arc<dyn RunJournal>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut recorded = 0;
@@ -102,11 +103,10 @@ async fn record_seq_floor(
         if high == recorded {
             continue;
         }
-        let writer = store.clone();
-        match tokio::task::spawn_blocking(move || writer.set_seq_floor(high)).await {
-            Ok(Ok(())) => recorded = high,
-            Ok(Err(error)) => tracing::warn!(%error, "cannot record the presence seq floor"),
-            Err(error) => tracing::warn!(%error, "seq floor task failed"),
+        let writer = journal.clone();
+        match blocking(move || writer.set_seq_floor(high)).await {
+            Ok(()) => recorded = high,
+            Err(error) => tracing::warn!(%error, "cannot record the presence seq floor"),
         }
     }
 }
@@ -126,7 +126,7 @@ pub struct Daemon {
     apps: Arc<Apps>,
     notifications: Arc<Notifications>,
     fanout: Arc<Fanout>,
-    store: Arc<dyn Store>,
+    journal: Arc<dyn RunJournal>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
@@ -155,7 +155,9 @@ impl Daemon {
         let metrics = Arc::new(Metrics::default());
         let clock = clock::Clock::system();
         let store_path = data_dir.join(STORE_FILE);
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&store_path)?);
+        // One redb file holds every concern; each component sees only its trait.
+        let store = Arc::new(EmbeddedStore::open(&store_path)?);
+        let journal: Arc<dyn RunJournal> = store.clone();
         // It holds the webhook secrets: owner-only.
         #[cfg(unix)]
         std::fs::set_permissions(&store_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -166,7 +168,7 @@ impl Daemon {
             extra_roots: if dev { cert_chain.clone() } else { Vec::new() },
             ..webhooks
         };
-        let fanout = Arc::new(Fanout::start(store.clone(), fanout_config, metrics.clone())?);
+        let fanout = Arc::new(Fanout::start(store.clone(), apps.clone(), fanout_config, metrics.clone())?);
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
@@ -179,14 +181,14 @@ impl Daemon {
             notify,
         ));
         let restored = notifications.restore()?;
-        let crashed = store.begin_run()?;
+        let crashed = journal.begin_run()?;
         if crashed {
             tracing::warn!("the previous run ended without a clean shutdown; telling apps to reset presence");
-            outbound.reset_all(apps.list()?.into_iter().map(|app| app.id));
+            outbound.reset_all(apps.list().into_iter().map(|app| app.id));
         }
         // Seqs handed out after the last record of a crashed run lie above it by at most the
         // margin; a clean run recorded its last one exactly.
-        let floor = store.seq_floor()?;
+        let floor = journal.seq_floor()?;
         table.raise_seq_floor(if crashed { floor.saturating_add(SEQ_CRASH_MARGIN_MICROS) } else { floor });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = quic::TlsIdentity { cert_chain: cert_chain.clone(), key: key.clone_key() };
@@ -237,7 +239,7 @@ impl Daemon {
         )));
         let serving = quic.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
-        tasks.push(tokio::spawn(record_seq_floor(table.clone(), store.clone(), shutdown_rx)));
+        tasks.push(tokio::spawn(record_seq_floor(table.clone(), journal.clone(), shutdown_rx)));
         let dev_info = match (dev, &admin_token) {
             (true, Some(admin)) => {
                 Some(credentials::write_dev_info(&data_dir, quic_addr, https_addr, admin)?)
@@ -255,7 +257,7 @@ impl Daemon {
             apps,
             notifications,
             fanout,
-            store,
+            journal,
             shutdown,
             tasks,
             drain: quic_config.drain,
@@ -314,12 +316,14 @@ impl Daemon {
         info!(remaining = self.quic.open_connections(), "drain finished");
         self.quic.close(Duration::from_secs(1)).await;
         // Events published during the drain (devices going offline) reach the outbox.
-        self.notifications.shutdown();
+        self.notifications.shutdown().await;
         self.fanout.shutdown(Duration::from_secs(1)).await;
-        if let Err(error) = self.store.set_seq_floor(self.table.seq_high()) {
+        let (journal, high) = (self.journal.clone(), self.table.seq_high());
+        if let Err(error) = blocking(move || journal.set_seq_floor(high)).await {
             tracing::warn!(%error, "cannot record the last presence seq");
         }
-        if let Err(error) = self.store.end_run() {
+        let journal = self.journal.clone();
+        if let Err(error) = blocking(move || journal.end_run()).await {
             tracing::warn!(%error, "cannot record the clean shutdown; apps will be told to reset");
         }
         for task in self.tasks {

@@ -17,6 +17,13 @@
 //! Apps are held to [`NotifyLimits`]: a rate per app, a rate per recipient (so one app
 //! cannot buzz one user's phone without end) and a cap on undecided notifications per app
 //! (each holds memory and timers until its expiry). A refused request changes nothing.
+//!
+//! Records reach the store through a writer task (`write_records`): a change is encoded
+//! under its record's lock (so writes queue in the order the changes were made) and
+//! handed over a channel; the writer runs the store calls on the blocking pool, and
+//! [`Notifications::shutdown`] waits until it has written everything. So neither the QUIC
+//! session task that delivers an answer nor the API handler that sends waits for an fsync,
+//! and no lock is held across one.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -31,7 +38,7 @@ use crate::limit::{HashedLimiter, RateLimiter};
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::outbound::Outbound;
 use crate::settings::Rate;
-use crate::store::{Store, StoreError};
+use crate::store::{NotificationStore, StoreError, blocking};
 use crate::table::PresenceTable;
 
 /// How long a notification stays readable after it expired.
@@ -44,6 +51,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(600);
 pub const MAX_RECIPIENTS: usize = 1_000;
 /// Buckets in the per-recipient rate table: fixed memory whatever PUIDs apps send.
 const RECIPIENT_SLOTS: usize = 65_536;
+/// Most record writes the writer hands to one blocking call.
+const WRITE_BATCH: usize = 256;
 
 /// How much apps may notify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +206,11 @@ pub struct Notifications {
     records: DashMap<u64, Mutex<Record>>,
     table: Arc<PresenceTable>,
     outbound: Arc<Outbound>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn NotificationStore>,
+    /// To the writer task, in the order the changes were made.
+    writes: tokio::sync::mpsc::UnboundedSender<Write>,
+    /// The writer task, awaited at shutdown so the store is written and let go of.
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     /// Set at shutdown: the timers stop and let go of the store.
     stopped: tokio::sync::watch::Sender<bool>,
@@ -210,20 +223,24 @@ pub struct Notifications {
 
 impl Notifications {
     /// A manager that reaches devices through `table`, reports through `outbound` and
-    /// keeps its records in `store`.
+    /// keeps its records in `store`. Starts its writer task on the current tokio runtime.
     pub fn new(
         table: Arc<PresenceTable>,
         outbound: Arc<Outbound>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn NotificationStore>,
         metrics: Arc<Metrics>,
         limits: NotifyLimits,
     ) -> Notifications {
         let (stopped, _) = tokio::sync::watch::channel(false);
+        let (writes, queued) = tokio::sync::mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_records(store.clone(), queued));
         Notifications {
             records: DashMap::new(),
             table,
             outbound,
             store,
+            writes,
+            writer: Mutex::new(Some(writer)),
             metrics,
             stopped,
             limits,
@@ -234,7 +251,7 @@ impl Notifications {
     }
 
     /// Takes back the records of a previous run: readable again, and their pending
-    /// recipients decided as `missed` at the expiry.
+    /// recipients decided as `missed` at the expiry. Start-up only: it blocks on the read.
     pub fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = now_ms();
         let mut restored = 0;
@@ -243,13 +260,13 @@ impl Notifications {
                 Ok(record) => record,
                 Err(error) => {
                     tracing::warn!(id, %error, "dropping an unreadable notification record");
-                    self.store.delete_notification(id)?;
+                    self.forget(id);
                     continue;
                 }
             };
             let forget_at = record.expires_at + RETENTION.as_millis() as u64;
             if forget_at <= now {
-                self.store.delete_notification(id)?;
+                self.forget(id);
                 continue;
             }
             let until_expiry = Duration::from_millis(record.expires_at.saturating_sub(now));
@@ -357,9 +374,17 @@ impl Notifications {
         view
     }
 
-    /// Stops every timer. What is pending stays in the store, for the next start.
-    pub fn shutdown(&self) {
+    /// Stops every timer and waits until every record change so far is written (then the
+    /// writer lets go of the store). What is pending stays in the store, for the next start.
+    pub async fn shutdown(&self) {
         self.stopped.send_replace(true);
+        let _ = self.writes.send(Write::Close);
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(writer) = writer {
+            if let Err(error) = writer.await {
+                tracing::warn!(%error, "the notification writer failed");
+            }
+        }
     }
 
     /// Decides what is pending at the expiry, then forgets the record after the retention.
@@ -372,9 +397,7 @@ impl Notifications {
                 manager.expire(id);
                 tokio::time::sleep(RETENTION).await;
                 manager.records.remove(&id);
-                if let Err(error) = manager.store.delete_notification(id) {
-                    tracing::warn!(id, %error, "cannot forget a notification record");
-                }
+                manager.forget(id);
             };
             tokio::select! {
                 _ = timers => {}
@@ -383,14 +406,27 @@ impl Notifications {
         });
     }
 
-    /// Writes a record through to the store; a failure costs the restart guarantee for
-    /// this notification, not the notification itself.
+    /// Queues a record for the writer. Called under the record's lock, so the writes of
+    /// one record queue in the order its changes were made. A failure costs the restart
+    /// guarantee for this notification, not the notification itself.
     fn persist(&self, id: u64, record: &Record) {
-        let written = serde_json::to_vec(record)
-            .map_err(|e| StoreError::Backend(e.to_string()))
-            .and_then(|bytes| self.store.put_notification(id, &bytes));
-        if let Err(error) = written {
-            tracing::warn!(id, %error, "cannot store a notification record");
+        match serde_json::to_vec(record) {
+            Ok(bytes) => self.queue(Write::Put(id, bytes)),
+            Err(source) => {
+                let error = StoreError::Encode { table: "notifications", source };
+                tracing::warn!(id, %error, "cannot store a notification record");
+            }
+        }
+    }
+
+    /// Queues the deletion of a record whose retention has passed.
+    fn forget(&self, id: u64) {
+        self.queue(Write::Delete(id));
+    }
+
+    fn queue(&self, write: Write) {
+        if self.writes.send(write).is_err() {
+            tracing::warn!("the notification writer has stopped; a record change is not stored");
         }
     }
 
@@ -466,6 +502,59 @@ impl Notifications {
             if !self.records.contains_key(&id) {
                 return id;
             }
+        }
+    }
+}
+
+/// A change for the writer task.
+#[derive(Debug)]
+enum Write {
+    /// Insert or replace a record.
+    Put(u64, Vec<u8>),
+    /// Forget a record.
+    Delete(u64),
+    /// Write what came before, then stop.
+    Close,
+}
+
+/// The writer task: applies queued changes in order, up to [`WRITE_BATCH`] per blocking
+/// call, until [`Write::Close`] (or every sender is gone).
+async fn write_records(
+    store: Arc<dyn NotificationStore>,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<Write>,
+) {
+    let mut closing = false;
+    while !closing {
+        let Some(first) = queued.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match queued.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        if let Some(close) = batch.iter().position(|write| matches!(write, Write::Close)) {
+            // Whatever was queued after the close is dropped: the timers have stopped.
+            batch.truncate(close);
+            closing = true;
+        }
+        let store = store.clone();
+        let written = blocking(move || {
+            for write in batch {
+                let (id, result) = match write {
+                    Write::Put(id, bytes) => (id, store.put_notification(id, &bytes)),
+                    Write::Delete(id) => (id, store.delete_notification(id)),
+                    Write::Close => continue,
+                };
+                if let Err(error) = result {
+                    tracing::warn!(id, %error, "cannot store a notification record change");
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(error) = written {
+            tracing::warn!(%error, "notification records were not written");
         }
     }
 }

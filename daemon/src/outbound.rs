@@ -27,6 +27,7 @@ use std::sync::Arc;
 pub use presence_webhook::{WebhookBatch, WebhookEvent};
 
 use crate::apps::{Apps, now_ms};
+use crate::store::OutboxEvent;
 use crate::table::{PresenceEvent, PresenceSink};
 use crate::webhook::fanout::Fanout;
 
@@ -70,13 +71,14 @@ impl fmt::Display for OutboxKey<'_> {
     }
 }
 
-/// An event as the outbox stores it: its compaction key and its JSON. Public so that the
-/// benches measure exactly what the daemon sends. `None` only for
+/// An event as the outbox stores it: its compaction key, its `at` and its JSON. Public so
+/// that the benches measure exactly what the daemon sends. `None` only for
 /// [`WebhookEvent::Unknown`], which has no encoding.
-pub fn encode(event: &WebhookEvent<'_>) -> Option<(String, Vec<u8>)> {
+pub fn encode(event: &WebhookEvent<'_>) -> Option<OutboxEvent> {
     let key = OutboxKey::of(event)?.to_string();
+    let at_ms = event.at()?;
     // Every known event is strings and integers, which always serialize.
-    serde_json::to_vec(event).ok().map(|json| (key, json))
+    serde_json::to_vec(event).ok().map(|json| OutboxEvent { key, at_ms, json })
 }
 
 /// A table change as a `presence` event, borrowing its text from `event`.
@@ -137,8 +139,8 @@ impl Outbound {
         if !self.apps.exists(app_id) {
             return;
         }
-        if let Some(entry) = encode(event) {
-            self.fanout.publish(app_id, vec![entry]);
+        if let Some(event) = encode(event) {
+            self.fanout.publish(app_id, vec![event]);
         }
     }
 }
@@ -156,8 +158,8 @@ mod tests {
 
     use super::*;
 
-    fn text(entry: Option<(String, Vec<u8>)>) -> (String, String) {
-        let (key, json) = entry.expect("a known event encodes");
+    fn text(entry: Option<OutboxEvent>) -> (String, String) {
+        let OutboxEvent { key, json, .. } = entry.expect("a known event encodes");
         (key, String::from_utf8(json).expect("utf-8"))
     }
 

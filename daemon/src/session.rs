@@ -539,8 +539,7 @@ mod tests {
     use crate::auth::TokenSigner;
     use crate::notify::NotifyLimits;
     use crate::settings::Rate;
-    use crate::store::Store;
-    use crate::store::embedded::EmbeddedStore;
+    use crate::store::memory::MemoryStore;
     use crate::testing::EventRecorder;
     use crate::webhook::fanout::{Fanout, FanoutConfig};
 
@@ -548,21 +547,21 @@ mod tests {
         services: Arc<SessionServices>,
         signer: TokenSigner,
         events: Arc<EventRecorder>,
-        _dir: tempfile::TempDir,
     }
 
     fn world() -> World {
-        let dir = tempfile::tempdir().expect("tempdir");
         let signer =
             TokenSigner::from_pkcs8("k1", &TokenSigner::generate_pkcs8().expect("key")).expect("signer");
         let verifier = TokenVerifier::from_jwks_json(&serde_json::to_string(&signer.jwks()).expect("jwks"))
             .expect("verifier");
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"));
+        let store = Arc::new(MemoryStore::default());
         let metrics = Arc::new(Metrics::default());
         let clock = Clock::system();
         let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
-        let fanout =
-            Arc::new(Fanout::start(store.clone(), FanoutConfig::default(), metrics.clone()).expect("fanout"));
+        let fanout = Arc::new(
+            Fanout::start(store.clone(), apps.clone(), FanoutConfig::default(), metrics.clone())
+                .expect("fanout"),
+        );
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout));
         let events = Arc::new(EventRecorder::default());
         let key = crate::puid::PuidKey::new(&[9; 32]).expect("key");
@@ -585,7 +584,7 @@ mod tests {
             drain: Duration::from_secs(2),
             clock,
         });
-        World { services, signer, events, _dir: dir }
+        World { services, signer, events }
     }
 
     impl World {

@@ -231,7 +231,7 @@ fn sample_events() -> Vec<Value> {
                 | WebhookEvent::Reset { .. } => kinds.insert(event.kind().expect("a sent type")),
                 WebhookEvent::Unknown => unreachable!("the daemon sends no unknown events"),
             };
-            let (_, json) = presenced::outbound::encode(event).expect("encodes");
+            let json = presenced::outbound::encode(event).expect("encodes").json;
             serde_json::from_slice(&json).expect("JSON")
         })
         .collect();

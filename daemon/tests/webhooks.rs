@@ -18,9 +18,10 @@ use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use presenced::apps::Apps;
 use presenced::metrics::Metrics;
 use presenced::store::embedded::EmbeddedStore;
-use presenced::store::{AppRecord, Store};
+use presenced::store::{AppRecord, AppStore, Outbox, OutboxEvent};
 use presenced::webhook::guard::UrlPolicy;
 use presenced::webhook::secret::DEFAULT_TOLERANCE;
 use presenced::webhook::{Fanout, FanoutConfig, WebhookSecret};
@@ -233,13 +234,20 @@ fn now_ms() -> u64 {
 }
 
 /// A presence event for `puid`, keyed `p:<puid>`.
-fn presence(puid: &str, seq: u64) -> (String, Vec<u8>) {
-    let event = json!({"type": "presence", "puid": puid, "status": "online", "message": "", "seq": seq, "at": now_ms()});
-    (format!("p:{puid}"), event.to_string().into_bytes())
+fn presence(puid: &str, seq: u64) -> OutboxEvent {
+    let at = now_ms();
+    let event =
+        json!({"type": "presence", "puid": puid, "status": "online", "message": "", "seq": seq, "at": at});
+    OutboxEvent { key: format!("p:{puid}"), at_ms: at, json: event.to_string().into_bytes() }
+}
+
+/// Any event under `key`.
+fn raw(key: String, json: Vec<u8>) -> OutboxEvent {
+    OutboxEvent { key, at_ms: now_ms(), json }
 }
 
 /// Registers an app delivering to `url`; returns its secret.
-fn register(store: &dyn Store, id: &str, url: &str) -> WebhookSecret {
+fn register(store: &dyn AppStore, id: &str, url: &str) -> WebhookSecret {
     let secret = WebhookSecret::generate();
     store
         .put_app(&AppRecord {
@@ -258,6 +266,7 @@ fn register(store: &dyn Store, id: &str, url: &str) -> WebhookSecret {
 struct Harness {
     _dir: tempfile::TempDir,
     store: Arc<EmbeddedStore>,
+    apps: Arc<Apps>,
     fanout: Fanout,
     metrics: Arc<Metrics>,
 }
@@ -269,8 +278,9 @@ impl Harness {
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("presenced.redb")).expect("store"));
         let secrets = apps.iter().map(|(id, url)| register(store.as_ref(), id, url)).collect();
         let metrics = Arc::new(Metrics::default());
-        let fanout = Fanout::start(store.clone(), config, metrics.clone()).expect("fanout");
-        (Harness { _dir: dir, store, fanout, metrics }, secrets)
+        let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
+        let fanout = Fanout::start(store.clone(), apps.clone(), config, metrics.clone()).expect("fanout");
+        (Harness { _dir: dir, store, apps, fanout, metrics }, secrets)
     }
 
     fn metric(&self, name: &str) -> f64 {
@@ -325,12 +335,29 @@ async fn a_window_of_events_arrives_as_one_signed_post() {
     let sent: u64 = post.timestamp.parse().expect("timestamp");
     assert!(sent.abs_diff(now_ms() / 1000) <= 5);
 
-    until(Duration::from_secs(2), "the ack", || h.store.depth("app_a").expect("depth") == 0).await;
+    until(Duration::from_secs(2), "the ack", || h.store.depth("app_a") == 0).await;
     assert_eq!(h.metric("presence_webhook_batches_total{result=\"delivered\"}"), 1.0);
     assert_eq!(h.metric("presence_webhook_events_total"), 50.0);
     assert_eq!(h.metric("presence_webhook_delivery_seconds_count"), 50.0);
     assert_eq!(h.metric("presence_webhook_retries_total"), 0.0);
     assert_eq!(h.metric("presence_outbox_depth{app=\"app_a\"}"), 0.0);
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_latency_is_measured_from_the_at_kept_beside_the_event() {
+    let receiver = Receiver::start().await;
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
+    // The JSON carries no `at`: only the outbox entry's own can say the event is 5 s old.
+    let json = br#"{"type":"presence","puid":"old"}"#.to_vec();
+    h.fanout.publish("app_a", vec![OutboxEvent { key: "p:old".to_owned(), at_ms: now_ms() - 5_000, json }]);
+    until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
+    until(Duration::from_secs(2), "the latency", || {
+        h.metric("presence_webhook_delivery_seconds_count") == 1.0
+    })
+    .await;
+    let seconds = h.metric("presence_webhook_delivery_seconds_sum");
+    assert!((5.0..10.0).contains(&seconds), "measured {seconds} s from the stored at");
     h.fanout.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -362,7 +389,7 @@ async fn two_hundred_updates_while_down_arrive_as_the_latest_one() {
         h.fanout.publish("app_a", vec![presence("flappy", seq)]);
     }
     h.fanout.flush().await;
-    assert_eq!(h.store.depth("app_a").expect("depth"), 1, "the outbox holds one entry per key");
+    assert_eq!(h.store.depth("app_a"), 1, "the outbox holds one entry per key");
     receiver.set_default(Reply::Ok);
     until(Duration::from_secs(5), "the recovery", || !receiver.delivered().is_empty()).await;
     let events = receiver.delivered_events();
@@ -413,7 +440,7 @@ async fn each_puid_sees_increasing_seqs_and_its_final_state() {
             assert!(seq > previous, "{puid}: seq {seq} after {previous}");
         }
     }
-    until(Duration::from_secs(2), "an empty outbox", || h.store.depth("app_a").expect("depth") == 0).await;
+    until(Duration::from_secs(2), "an empty outbox", || h.store.depth("app_a") == 0).await;
     h.fanout.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -474,14 +501,12 @@ async fn a_410_disables_the_app_until_it_is_re_enabled() {
     h.fanout.flush().await;
     tokio::time::sleep(WINDOW * 5).await;
     assert_eq!(receiver.requests().len(), 1, "no request after 410");
-    assert_eq!(h.store.depth("app_a").expect("depth"), 2);
+    assert_eq!(h.store.depth("app_a"), 2);
     assert_eq!(h.metric("presence_webhook_batches_total{result=\"gone\"}"), 1.0);
     assert_eq!(h.metric("presence_outbox_depth{app=\"app_a\"}"), 2.0);
 
     // An admin re-enables it: the latest state of both users goes out.
-    let mut app = h.store.get_app("app_a").expect("get").expect("app");
-    app.disabled = false;
-    h.store.put_app(&app).expect("put");
+    h.apps.enable("app_a").await.expect("enable").expect("app");
     h.fanout.app_changed("app_a");
     until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
     let events = receiver.delivered_events();
@@ -543,7 +568,9 @@ async fn undelivered_events_survive_a_crash_and_go_after_restart() {
     let secret = {
         let store = Arc::new(EmbeddedStore::open(&path).expect("store"));
         let secret = register(store.as_ref(), "app_a", &receiver.url());
-        let fanout = Fanout::start(store.clone(), config(), Arc::new(Metrics::default())).expect("fanout");
+        let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
+        let fanout =
+            Fanout::start(store.clone(), apps, config(), Arc::new(Metrics::default())).expect("fanout");
         for i in 0..10 {
             fanout.publish("app_a", vec![presence(&format!("u{i}"), 7)]);
         }
@@ -556,15 +583,16 @@ async fn undelivered_events_survive_a_crash_and_go_after_restart() {
     };
     receiver.set_default(Reply::Ok);
     let store = reopen(&path).await;
-    assert_eq!(store.depth("app_a").expect("depth"), 10);
-    let fanout = Fanout::start(store.clone(), config(), Arc::new(Metrics::default())).expect("fanout");
+    assert_eq!(store.depth("app_a"), 10);
+    let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
+    let fanout = Fanout::start(store.clone(), apps, config(), Arc::new(Metrics::default())).expect("fanout");
     until(Duration::from_secs(5), "the delivery after restart", || !receiver.delivered().is_empty()).await;
     let post = &receiver.delivered()[0];
     assert_eq!(post.events().len(), 10);
     secret
         .verify(&post.id, &post.timestamp, &post.signature, &post.body, DEFAULT_TOLERANCE)
         .expect("verifies");
-    until(Duration::from_secs(2), "the ack", || store.depth("app_a").expect("depth") == 0).await;
+    until(Duration::from_secs(2), "the ack", || store.depth("app_a") == 0).await;
     fanout.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -897,9 +925,9 @@ async fn resets_before_tls_and_during_the_request_are_failures_and_are_retried()
     receiver.script([Fault::ResetOnAccept, Fault::ResetMidRequest, Fault::ResetOnAccept]);
     let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
     h.fanout
-        .publish("app_a", vec![presence("u", 1), ("n:1:u".to_owned(), br#"{"type":"outcome"}"#.to_vec())]);
+        .publish("app_a", vec![presence("u", 1), raw("n:1:u".to_owned(), br#"{"type":"outcome"}"#.to_vec())]);
     until(Duration::from_secs(10), "the delivery", || !receiver.requests().is_empty()).await;
-    until(Duration::from_secs(2), "the ack", || h.store.depth("app_a").expect("depth") == 0).await;
+    until(Duration::from_secs(2), "the ack", || h.store.depth("app_a") == 0).await;
     let requests = receiver.requests();
     assert_eq!(requests.len(), 1, "only the last attempt was read in full");
     assert_eq!(requests[0].fault, Fault::None);
@@ -923,7 +951,7 @@ async fn a_reset_after_a_2xx_status_line_counts_as_delivered() {
         h.metric("presence_webhook_batches_total{result=\"delivered\"}") == 1.0
     })
     .await;
-    assert_eq!(h.store.depth("app_a").expect("depth"), 0);
+    assert_eq!(h.store.depth("app_a"), 0);
     h.fanout.publish("app_a", vec![presence("u", 2)]);
     until(Duration::from_secs(5), "the next batch", || receiver.requests().len() == 2).await;
     let seqs: Vec<u64> = receiver.events().iter().map(seq_of).collect();
@@ -972,7 +1000,7 @@ async fn bad_receivers_never_delay_a_healthy_app_and_lose_nothing() {
             let outcome = (format!("n:{round}:u"), json!({"type": "outcome", "round": round}).to_string());
             h.fanout.publish(
                 app,
-                vec![presence(&format!("u{}", round % 3), round), (outcome.0, outcome.1.into_bytes())],
+                vec![presence(&format!("u{}", round % 3), round), raw(outcome.0, outcome.1.into_bytes())],
             );
         }
         until(Duration::from_secs(3), "the healthy app's batch", || {
@@ -991,7 +1019,7 @@ async fn bad_receivers_never_delay_a_healthy_app_and_lose_nothing() {
     );
     let max = latencies[latencies.len() - 1];
     assert!(max < WINDOW + Duration::from_millis(400), "a healthy batch waited {max:?}");
-    assert_eq!(h.store.depth("app_ok").expect("depth"), 0);
+    assert_eq!(h.store.depth("app_ok"), 0);
 
     let receiver = |app: &str| &bad.iter().find(|(a, _)| *a == app).expect("app").1;
     // Every bad receiver was tried, more than once, and nothing it saw was acknowledged.
@@ -1003,7 +1031,7 @@ async fn bad_receivers_never_delay_a_healthy_app_and_lose_nothing() {
     assert!(receiver("app_rst_request").requests().is_empty());
     for (app, _) in &bad {
         // The outbox holds each outcome and the latest state of each PUID: bounded by keys.
-        assert_eq!(h.store.depth(app).expect("depth"), ROUNDS + 3, "{app}");
+        assert_eq!(h.store.depth(app), ROUNDS + 3, "{app}");
     }
 
     // Recovery: every receiver answers 200 from now on.
@@ -1013,7 +1041,7 @@ async fn bad_receivers_never_delay_a_healthy_app_and_lose_nothing() {
     }
     // The slow and silent receivers' batches in flight run into their timeouts first.
     until(Duration::from_secs(20), "every outbox drained", || {
-        bad.iter().all(|(app, _)| h.store.depth(app).expect("depth") == 0)
+        bad.iter().all(|(app, _)| h.store.depth(app) == 0)
     })
     .await;
     println!("bad apps drained {:?} after recovery", recovered.elapsed());

@@ -124,6 +124,18 @@ impl WebhookEvent<'_> {
             WebhookEvent::Unknown => return None,
         })
     }
+
+    /// When the event happened, Unix milliseconds; `None` for [`WebhookEvent::Unknown`].
+    pub fn at(&self) -> Option<u64> {
+        match self {
+            WebhookEvent::Presence { at, .. }
+            | WebhookEvent::Grant { at, .. }
+            | WebhookEvent::Revoke { at, .. }
+            | WebhookEvent::Notification { at, .. }
+            | WebhookEvent::Reset { at } => Some(*at),
+            WebhookEvent::Unknown => None,
+        }
+    }
 }
 
 /// Fields alphabetically, `type` last (see the crate docs); written out rather than derived

@@ -25,8 +25,6 @@
 //! receiver and the publisher that share the machine with it. All the apps share one
 //! webhook secret, so that the one receiver verifies every delivery.
 
-pub mod memory;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +35,8 @@ use presenced::metrics::Metrics;
 use presenced::outbound::Outbound;
 use presenced::settings::SettingsLayer;
 use presenced::store::embedded::EmbeddedStore;
-use presenced::store::{AppRecord, Store};
+use presenced::store::memory::MemoryStore;
+use presenced::store::{AppRecord, AppStore, Outbox};
 use presenced::table::{PresenceEvent, PresenceSink};
 use presenced::webhook::guard::UrlPolicy;
 use presenced::webhook::{Fanout, FanoutConfig, WebhookSecret};
@@ -105,7 +104,7 @@ pub struct FanoutRun {
 pub enum StoreKind {
     /// The daemon's: a redb file in the data directory.
     Redb,
-    /// [`memory::MemoryStore`], a diagnostic: what the fan-out does without the durable
+    /// The daemon's [`MemoryStore`], a diagnostic: what the fan-out does without the durable
     /// outbox's cost.
     Memory,
 }
@@ -204,9 +203,15 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     state.set_secret(&secret)?;
 
     let store_path = data_dir.join(presenced::STORE_FILE);
-    let store: Arc<dyn Store> = match config.store {
-        StoreKind::Redb => Arc::new(EmbeddedStore::open(&store_path).map_err(|e| setup("redb store", &e))?),
-        StoreKind::Memory => Arc::new(memory::MemoryStore::default()),
+    let (store, outbox): (Arc<dyn AppStore>, Arc<dyn Outbox>) = match config.store {
+        StoreKind::Redb => {
+            let store = Arc::new(EmbeddedStore::open(&store_path).map_err(|e| setup("redb store", &e))?);
+            (store.clone(), store)
+        }
+        StoreKind::Memory => {
+            let store = Arc::new(MemoryStore::default());
+            (store.clone(), store)
+        }
     };
     let app_ids: Vec<AppId> = (0..config.apps)
         .map(|k| AppId::new(format!("app_fanout{k:04}")).map_err(|e| setup("app id", &e)))
@@ -235,7 +240,9 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     let metrics = Arc::new(Metrics::default());
     let fanout = {
         let _guard = fanout_rt.enter();
-        Arc::new(Fanout::start(store.clone(), fanout_config, metrics).map_err(|e| setup("fan-out", &e))?)
+        Arc::new(
+            Fanout::start(outbox, apps.clone(), fanout_config, metrics).map_err(|e| setup("fan-out", &e))?,
+        )
     };
     let outbound = Arc::new(Outbound::new(apps, fanout.clone()));
 

@@ -1,4 +1,7 @@
 //! The admin API: register, list, show, rotate, re-enable and remove apps.
+//!
+//! Reads come from the [`Apps`](crate::apps::Apps) cache and the outbox's in-memory depth;
+//! changes go through `Apps`, whose store writes run on the blocking pool.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -74,7 +77,7 @@ pub(super) async fn create(
         .validate_async(&request.webhook_url)
         .await
         .map_err(|e| ApiError::unprocessable(ApiErrorCode::InvalidWebhookUrl, &e))?;
-    let created = state.apps.create(name, &request.webhook_url).map_err(ApiError::internal)?;
+    let created = state.apps.create(name, &request.webhook_url).await.map_err(ApiError::internal)?;
     state.fanout.app_changed(&created.app.id);
     let app = created.app;
     Ok((
@@ -95,7 +98,7 @@ pub(super) struct List {
 }
 
 pub(super) async fn list(State(state): State<ApiState>, _: AdminAuth) -> Result<axum::Json<List>, ApiError> {
-    let apps = state.apps.list().map_err(ApiError::internal)?;
+    let apps = state.apps.list();
     Ok(axum::Json(List { apps: apps.into_iter().map(|app| view(&state, app)).collect() }))
 }
 
@@ -104,8 +107,8 @@ pub(super) async fn show(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    let app = found(state.apps.fresh(&id))?;
-    Ok(axum::Json(view(&state, app)))
+    let app = state.apps.get(&id).ok_or_else(no_such_app)?;
+    Ok(axum::Json(view(&state, AppRecord::clone(&app))))
 }
 
 #[derive(Debug, Serialize)]
@@ -119,7 +122,7 @@ pub(super) async fn rotate_secret(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<Rotated>, ApiError> {
-    let app = found(state.apps.rotate_secret(&id))?;
+    let app = found(state.apps.rotate_secret(&id).await)?;
     state.fanout.app_changed(&app.id);
     Ok(axum::Json(Rotated { app_id: app.id, webhook_secret: app.webhook_secret }))
 }
@@ -129,7 +132,7 @@ pub(super) async fn enable(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    let app = found(state.apps.enable(&id))?;
+    let app = found(state.apps.enable(&id).await)?;
     state.fanout.app_changed(&app.id);
     Ok(axum::Json(view(&state, app)))
 }
@@ -139,7 +142,7 @@ pub(super) async fn remove(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.apps.remove(&id).map_err(ApiError::internal)? {
+    if !state.apps.remove(&id).await.map_err(ApiError::internal)? {
         return Err(no_such_app());
     }
     state.fanout.app_changed(&id);

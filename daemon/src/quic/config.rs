@@ -9,7 +9,7 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::settings::Rate;
-use crate::store::Store;
+use crate::store::TicketStore;
 
 /// The certificate the server presents to devices.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub(crate) struct TlsIdentity {
 pub(crate) struct Durable {
     /// Keeps the TLS sessions that make 0-RTT possible across restarts
     /// ([`super::sessions`]).
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn TicketStore>,
     /// Makes stateless resets reach the devices of a previous process
     /// ([`super::restart`]).
     pub(crate) endpoint_secret: [u8; 32],

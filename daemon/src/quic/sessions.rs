@@ -1,5 +1,5 @@
 //! The TLS session store behind 0-RTT: rustls's [`StoresServerSessions`], kept in memory
-//! and written through to the [`Store`] so that resumption tickets outlive the process.
+//! and written through to the [`TicketStore`] so that resumption tickets outlive the process.
 //!
 //! rustls accepts 0-RTT only with stateful resumption: the server keeps each ticket's
 //! session state and looks it up (and deletes it: tickets are single-use) when a client
@@ -33,7 +33,7 @@ use rustls::server::StoresServerSessions;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::store::{SessionChange, Store, StoreError, StoredSession};
+use crate::store::{SessionChange, StoreError, StoredSession, TicketStore};
 
 /// How long a session may be resumed: the lifetime rustls gives stateful TLS 1.3 tickets.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
@@ -49,7 +49,7 @@ pub struct DurableSessions {
     written: Notify,
     /// Taken by [`close`](DurableSessions::close), so that a stopped daemon's database is
     /// released even while rustls configurations still hold this cache.
-    store: Mutex<Option<Arc<dyn Store>>>,
+    store: Mutex<Option<Arc<dyn TicketStore>>>,
     capacity: usize,
 }
 
@@ -127,7 +127,7 @@ impl State {
 impl DurableSessions {
     /// Loads the unexpired sessions from `store` (the newest `capacity` of them) and starts
     /// the writer on the current tokio runtime.
-    pub fn start(store: Arc<dyn Store>, capacity: usize) -> Result<Arc<DurableSessions>, StoreError> {
+    pub fn start(store: Arc<dyn TicketStore>, capacity: usize) -> Result<Arc<DurableSessions>, StoreError> {
         let loaded = store.load_sessions(oldest_live())?;
         let mut state = State::default();
         let skip = loaded.len().saturating_sub(capacity);
@@ -320,7 +320,7 @@ mod tests {
     use super::*;
     use crate::store::embedded::EmbeddedStore;
 
-    fn open(dir: &std::path::Path) -> Arc<dyn Store> {
+    fn open(dir: &std::path::Path) -> Arc<dyn TicketStore> {
         Arc::new(EmbeddedStore::open(&dir.join("s.redb")).expect("store"))
     }
 

@@ -1,5 +1,6 @@
-//! The delivery engine: durable enqueueing with group commit, then one delivery task per
-//! app that batches, signs, POSTs and retries. See the [module docs](super) for the design.
+//! The delivery engine: events handed to the [`Outbox`] (which owns their durability and
+//! group commit), then one delivery task per app that batches, signs, POSTs and retries.
+//! See the [module docs](super) for the design.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,15 +12,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::guard::{GuardedResolver, UrlPolicy};
 use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
+use crate::apps::Apps;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
-use crate::store::{OutboxEntry, Store, StoreError};
+use crate::store::{Outbox, OutboxEntry, OutboxEvent, StoreFuture};
 
 /// How long the first waiting event of an app waits for company before its batch goes.
 pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
@@ -42,8 +44,6 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const USER_AGENT: &str = concat!("presenced/", env!("CARGO_PKG_VERSION"), " (webhooks)");
 /// Response bytes read (and discarded) so an HTTP/1.1 connection can go back to the pool.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
-/// Delay before a failed outbox write is tried again.
-const STORE_RETRY: Duration = Duration::from_millis(200);
 
 /// The fan-out's settings. Every field has a documented default ([`FanoutConfig::default`]).
 #[derive(Debug, Clone)]
@@ -118,7 +118,19 @@ pub enum FanoutError {
 /// The webhook fan-out. Cheap to share behind an `Arc`; see the [module docs](super).
 pub struct Fanout {
     inner: Arc<Inner>,
-    committer: Mutex<Option<JoinHandle<()>>>,
+    /// Appends on their way to the outbox, for the waker.
+    appended: mpsc::UnboundedSender<Appended>,
+    /// Wakes delivery tasks as appends are stored ([`wake_loop`]); taken by shutdown.
+    waker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// An append handed to the outbox, and what its delivery task is told once it is stored.
+struct Appended {
+    app_id: String,
+    since: Instant,
+    count: usize,
+    bytes: usize,
+    stored: StoreFuture<bool>,
 }
 
 impl fmt::Debug for Fanout {
@@ -128,64 +140,18 @@ impl fmt::Debug for Fanout {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    outbox: Arc<dyn Outbox>,
+    /// The registered apps: a delivery task reads its app from here, and a 410 disables it
+    /// through here, so the cache stays what is stored.
+    apps: Arc<Apps>,
     config: FanoutConfig,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
-    /// Events published and not yet written.
-    buffer: Mutex<Buffer>,
-    /// Wakes the committer.
-    buffer_ready: Notify,
-    /// The highest `Buffer::published` generation durably written.
-    committed: watch::Sender<u64>,
     /// One delivery task per app that has been seen.
-    apps: Mutex<HashMap<String, AppTask>>,
+    tasks: Mutex<HashMap<String, AppTask>>,
     /// Set by `shutdown`.
     stopping: watch::Sender<bool>,
-}
-
-#[derive(Default)]
-struct Buffer {
-    apps: HashMap<String, AppBuffer>,
-    /// Bumped by every `publish`, so `flush` knows what it waits for.
-    published: u64,
-}
-
-/// One app's unwritten events, compacted like the outbox (a key's newer event replaces the
-/// older and moves to the back), so a store stall costs memory per key, not per flap.
-struct AppBuffer {
-    events: Vec<Option<(String, Vec<u8>)>>,
-    index: HashMap<String, usize>,
-    first: Instant,
-    bytes: usize,
-}
-
-impl AppBuffer {
-    fn new(first: Instant) -> AppBuffer {
-        AppBuffer { events: Vec::new(), index: HashMap::new(), first, bytes: 0 }
-    }
-
-    fn push(&mut self, key: String, event: Vec<u8>) {
-        if let Some(old) = self.index.remove(&key).and_then(|i| self.events[i].take()) {
-            self.bytes -= old.1.len();
-        }
-        self.bytes += event.len();
-        self.index.insert(key.clone(), self.events.len());
-        self.events.push(Some((key, event)));
-    }
-
-    /// Older events (`self`) then newer (`newer`), for putting a failed write back.
-    fn merge(mut self, newer: AppBuffer) -> AppBuffer {
-        for (key, event) in newer.events.into_iter().flatten() {
-            self.push(key, event);
-        }
-        self
-    }
-
-    fn into_events(self) -> Vec<(String, Vec<u8>)> {
-        self.events.into_iter().flatten().collect()
-    }
 }
 
 struct AppTask {
@@ -193,7 +159,7 @@ struct AppTask {
     handle: JoinHandle<()>,
 }
 
-/// What the committer tells a delivery task: events are waiting since `since`.
+/// What a stored append tells a delivery task: events are waiting since `since`.
 #[derive(Default)]
 struct AppShared {
     pending: Mutex<Pending>,
@@ -250,14 +216,15 @@ enum Outcome {
 }
 
 impl Fanout {
-    /// Starts the fan-out on the current tokio runtime: the committer, and a delivery task
-    /// for every registered app (apps with undelivered events start delivering at once,
-    /// which is how the outbox of a killed daemon drains after a restart).
+    /// Starts the fan-out on the current tokio runtime: a delivery task for every
+    /// registered app (apps with undelivered events start delivering at once, which is how
+    /// the outbox of a killed daemon drains after a restart).
     ///
     /// Fails only on a configuration that could never deliver (bad roots, zero limits) or
     /// when called outside a tokio runtime.
     pub fn start(
-        store: Arc<dyn Store>,
+        outbox: Arc<dyn Outbox>,
+        apps: Arc<Apps>,
         config: FanoutConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Fanout, FanoutError> {
@@ -270,54 +237,59 @@ impl Fanout {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| FanoutError::Config("Fanout::start must be called inside a tokio runtime"))?;
         let client = build_client(&config)?;
-        let (committed, _) = watch::channel(0);
         let (stopping, _) = watch::channel(false);
         let inner = Arc::new(Inner {
-            store,
+            outbox,
+            apps,
             config,
             metrics,
             client,
             runtime,
-            buffer: Mutex::new(Buffer::default()),
-            buffer_ready: Notify::new(),
-            committed,
-            apps: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
             stopping,
         });
-        let committer = inner.runtime.spawn(commit_loop(inner.clone()));
-        Ok(Fanout { inner, committer: Mutex::new(Some(committer)) })
+        // Read before anything is published, so whatever is waiting was left by a previous
+        // run (a crash, a restart): it has waited long enough.
+        for app in inner.apps.list() {
+            let shared = inner.ensure_task(&app.id);
+            if inner.outbox.depth(&app.id) > 0 {
+                shared.note(inner.long_ago(), 0, 0);
+            }
+        }
+        let (appended, queued) = mpsc::unbounded_channel();
+        let waker = inner.runtime.spawn(wake_loop(inner.clone(), queued));
+        Ok(Fanout { inner, appended, waker: Mutex::new(Some(waker)) })
     }
 
     /// Hands events to an app's outbox and returns at once.
     ///
-    /// Each event is `(compaction key, event JSON)`. The events are written by the
-    /// committer within one store transaction per app per flush (group commit: whatever
-    /// was published while the previous write ran goes in the next), typically a few
-    /// milliseconds later; [`flush`](Self::flush) waits for that. An app that is not
-    /// registered gets nothing stored. Events published after
+    /// Their place in the outbox is taken now (the outbox orders appends by call); the
+    /// outbox makes them durable with its next group commit, typically a few milliseconds
+    /// later, and then the app's delivery task is woken. [`flush`](Self::flush) waits for
+    /// that. An app that is not registered gets nothing stored. Events published after
     /// [`shutdown`](Self::shutdown) are dropped.
-    pub fn publish(&self, app_id: &str, events: Vec<(String, Vec<u8>)>) {
-        if events.is_empty() {
+    pub fn publish(&self, app_id: &str, events: Vec<OutboxEvent>) {
+        if events.is_empty() || *self.inner.stopping.borrow() {
             return;
         }
-        let now = Instant::now();
-        {
-            let mut buffer = lock(&self.inner.buffer);
-            buffer.published += 1;
-            let app = buffer.apps.entry(app_id.to_owned()).or_insert_with(|| AppBuffer::new(now));
-            for (key, event) in events {
-                app.push(key, event);
-            }
-        }
-        self.inner.buffer_ready.notify_one();
+        let since = Instant::now();
+        let count = events.len();
+        let bytes = events.iter().map(|event| event.json.len()).sum();
+        // Publishers need not be on the runtime (the bench's is a plain thread); the outbox
+        // may need it to start a commit.
+        let _runtime = self.inner.runtime.enter();
+        let stored = self.inner.outbox.append(app_id, events);
+        // Fails only once the waker is gone (a crash stop): the events still reach the
+        // outbox, no task is woken for them.
+        let _ = self.appended.send(Appended { app_id: app_id.to_owned(), since, count, bytes, stored });
     }
 
-    /// Waits until everything published before the call is in the store. Waits forever
-    /// while the store fails, or after shutdown; bound it with a timeout.
+    /// Waits until everything published before the call is durable in the outbox. Waits
+    /// forever while the store fails; bound it with a timeout.
     pub async fn flush(&self) {
-        let target = lock(&self.inner.buffer).published;
-        let mut committed = self.inner.committed.subscribe();
-        let _ = committed.wait_for(|done| *done >= target).await;
+        if let Err(error) = self.inner.outbox.flush().await {
+            warn!(%error, "cannot wait for the outbox");
+        }
     }
 
     /// Restarts an app's delivery task after its record changed (added, secret rotated,
@@ -328,12 +300,9 @@ impl Fanout {
         self.inner.restart_task(app_id);
     }
 
-    /// Events waiting in an app's outbox (0 if the store cannot say; the error is logged).
+    /// Events waiting in an app's outbox (from memory: cheap).
     pub fn depth(&self, app_id: &str) -> u64 {
-        self.inner.store.depth(app_id).unwrap_or_else(|error| {
-            warn!(app = app_id, %error, "cannot read outbox depth");
-            0
-        })
+        self.inner.outbox.depth(app_id)
     }
 
     /// Stops within `bound`: writes what was published, lets POSTs in flight finish, and
@@ -341,31 +310,36 @@ impl Fanout {
     pub async fn shutdown(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
         let _ = self.inner.stopping.send(true);
-        let committer = lock(&self.committer).take();
-        if let Some(mut handle) = committer {
-            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
-                warn!("webhook outbox writes did not finish within the shutdown bound");
-                handle.abort();
-            }
+        if tokio::time::timeout_at(deadline, self.flush()).await.is_err() {
+            warn!("webhook outbox writes did not finish within the shutdown bound");
         }
-        let tasks: Vec<(String, AppTask)> = lock(&self.inner.apps).drain().collect();
+        let tasks: Vec<(String, AppTask)> = lock(&self.inner.tasks).drain().collect();
         for (app, mut task) in tasks {
             if tokio::time::timeout_at(deadline, &mut task.handle).await.is_err() {
                 debug!(app, "webhook delivery still in flight at shutdown; abandoned");
                 task.handle.abort();
             }
         }
+        // Everything published is stored; the waker has nothing left to wake. Awaited, so
+        // that the outbox it holds is let go of before shutdown returns.
+        let waker = lock(&self.waker).take();
+        if let Some(waker) = waker {
+            waker.abort();
+            let _ = waker.await;
+        }
     }
 }
 
 impl Drop for Fanout {
-    /// Dropping without [`shutdown`](Fanout::shutdown) is a crash stop: tasks are aborted
-    /// at once and unwritten events are lost, exactly as with `kill -9`.
+    /// Dropping without [`shutdown`](Fanout::shutdown) is a crash stop for delivery:
+    /// tasks are aborted at once and nothing more is published. What the outbox was
+    /// already handed is its to write or lose, as with `kill -9`.
     fn drop(&mut self) {
-        if let Some(handle) = lock(&self.committer).take() {
-            handle.abort();
+        self.inner.stopping.send_replace(true);
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.abort();
         }
-        for (_, task) in lock(&self.inner.apps).drain() {
+        for (_, task) in lock(&self.inner.tasks).drain() {
             task.handle.abort();
         }
     }
@@ -412,119 +386,6 @@ fn build_client(config: &FanoutConfig) -> Result<reqwest::Client, FanoutError> {
         .map_err(FanoutError::Client)
 }
 
-/// Runs `work` on the blocking pool: store calls fsync and must not stall the runtime.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Backend(format!("store task failed: {e}"))))
-}
-
-/// The committer: writes buffered events, one transaction per app per round, and wakes
-/// the apps' delivery tasks. Also starts a task per registered app first.
-async fn commit_loop(inner: Arc<Inner>) {
-    let mut stopping = inner.stopping.subscribe();
-    loop {
-        let store = inner.store.clone();
-        let listed = blocking(move || {
-            let apps = store.list_apps()?;
-            apps.into_iter().map(|app| Ok((store.depth(&app.id)?, app.id))).collect::<Result<Vec<_>, _>>()
-        });
-        match listed.await {
-            Ok(apps) => {
-                // Read before this committer writes anything, so whatever is waiting was
-                // left by a previous run (a crash, a restart): it has waited long enough.
-                for (depth, app_id) in apps {
-                    let shared = inner.ensure_task(&app_id);
-                    if depth > 0 {
-                        shared.note(inner.long_ago(), 0, 0);
-                    }
-                }
-                break;
-            }
-            Err(error) => {
-                warn!(%error, "cannot list apps; webhook delivery waits for the store");
-                tokio::select! {
-                    _ = tokio::time::sleep(STORE_RETRY) => {}
-                    _ = stopping.wait_for(|s| *s) => break,
-                }
-            }
-        }
-    }
-    loop {
-        let (apps, generation) = {
-            let mut buffer = lock(&inner.buffer);
-            (std::mem::take(&mut buffer.apps), buffer.published)
-        };
-        if apps.is_empty() {
-            if *stopping.borrow() {
-                let _ = inner.committed.send(generation);
-                return;
-            }
-            tokio::select! {
-                _ = inner.buffer_ready.notified() => {}
-                _ = stopping.wait_for(|s| *s) => {}
-            }
-            continue;
-        }
-        let store = inner.store.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            apps.into_iter()
-                .map(|(app_id, buffered)| {
-                    let first = buffered.first;
-                    let count = buffered.index.len();
-                    let bytes = buffered.bytes;
-                    let events = buffered.into_events();
-                    let result = store
-                        .enqueue(&app_id, &events)
-                        .and_then(|known| if known { store.depth(&app_id).map(Some) } else { Ok(None) });
-                    let unwritten = result.is_err().then_some(events);
-                    (app_id, first, count, bytes, result, unwritten)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let written = match written {
-            Ok(written) => written,
-            Err(error) => {
-                // Only a panic in the store gets here; the events of that round are gone.
-                warn!(%error, "outbox write task failed");
-                continue;
-            }
-        };
-        let mut all_ok = true;
-        for (app_id, first, count, bytes, result, unwritten) in written {
-            match result {
-                Ok(Some(depth)) => {
-                    set_depth(&inner.metrics, &app_id, depth);
-                    inner.wake(&app_id, first, count, bytes);
-                }
-                Ok(None) => debug!(app = app_id, "events for an unregistered app dropped"),
-                Err(error) => {
-                    warn!(app = app_id, %error, "cannot write webhook events; retrying");
-                    all_ok = false;
-                    let mut failed = AppBuffer::new(first);
-                    for (key, event) in unwritten.unwrap_or_default() {
-                        failed.push(key, event);
-                    }
-                    let mut buffer = lock(&inner.buffer);
-                    let merged = match buffer.apps.remove(&app_id) {
-                        Some(newer) => failed.merge(newer),
-                        None => failed,
-                    };
-                    buffer.apps.insert(app_id, merged);
-                }
-            }
-        }
-        if all_ok {
-            let _ = inner.committed.send(generation);
-        } else {
-            tokio::time::sleep(STORE_RETRY).await;
-        }
-    }
-}
-
 fn set_depth(metrics: &Metrics, app_id: &str, depth: u64) {
     metrics
         .outbox_depth
@@ -540,11 +401,15 @@ impl Inner {
     }
 
     /// The app's task state, spawning the task if there is none. A finished task (a
-    /// disabled app) stays registered, so events for it do not respawn anything.
+    /// disabled app) stays registered, so events for it do not respawn anything. Once the
+    /// fan-out stops, nothing is spawned.
     fn ensure_task(self: &Arc<Self>, app_id: &str) -> Arc<AppShared> {
-        let mut apps = lock(&self.apps);
+        let mut apps = lock(&self.tasks);
         if let Some(task) = apps.get(app_id) {
             return task.shared.clone();
+        }
+        if *self.stopping.borrow() {
+            return Arc::default();
         }
         let task = self.spawn_task(app_id, false);
         let shared = task.shared.clone();
@@ -556,7 +421,7 @@ impl Inner {
         if *self.stopping.borrow() {
             return;
         }
-        let mut apps = lock(&self.apps);
+        let mut apps = lock(&self.tasks);
         if let Some(old) = apps.remove(app_id) {
             old.handle.abort();
         }
@@ -565,7 +430,7 @@ impl Inner {
     }
 
     /// Spawns an app's delivery task. With `catch_up`, whatever its outbox holds when the
-    /// task starts goes at once (a re-enabled app); otherwise the committer's wake-ups
+    /// task starts goes at once (a re-enabled app); otherwise the stored appends' wake-ups
     /// alone decide when batches are due.
     fn spawn_task(self: &Arc<Self>, app_id: &str, catch_up: bool) -> AppTask {
         let shared = Arc::new(AppShared::default());
@@ -576,7 +441,7 @@ impl Inner {
 
     /// Drops the task entry of an app that no longer exists, if it is still `shared`'s.
     fn forget(&self, app_id: &str, shared: &Arc<AppShared>) {
-        let mut apps = lock(&self.apps);
+        let mut apps = lock(&self.tasks);
         if apps.get(app_id).is_some_and(|task| Arc::ptr_eq(&task.shared, shared)) {
             apps.remove(app_id);
         }
@@ -737,15 +602,6 @@ pub fn message_id(app_id: &str, batch: &[OutboxEntry]) -> String {
     format!("msg_{}", B64URL.encode(&digest.as_ref()[..18]))
 }
 
-/// The `at` field (Unix ms) of an event, if it has a numeric one.
-fn event_at_ms(event: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct At {
-        at: Option<u64>,
-    }
-    serde_json::from_slice::<At>(event).ok()?.at
-}
-
 /// Waits until a batch is due: the oldest pending event is `batch_window` old, or enough
 /// has been published to fill a batch. Returns false when the fan-out is stopping.
 async fn wait_due(inner: &Inner, shared: &AppShared, stopping: &mut watch::Receiver<bool>) -> bool {
@@ -778,6 +634,22 @@ async fn wait_due(inner: &Inner, shared: &AppShared, stopping: &mut watch::Recei
     }
 }
 
+/// Wakes each app's delivery task once its appends are stored. The outbox makes appends
+/// durable in call order, so awaiting them one at a time, in the order they were handed
+/// over, delays none: one task for every publish, instead of a task per publish.
+async fn wake_loop(inner: Arc<Inner>, mut queued: mpsc::UnboundedReceiver<Appended>) {
+    while let Some(Appended { app_id, since, count, bytes, stored }) = queued.recv().await {
+        match stored.await {
+            Ok(true) => {
+                set_depth(&inner.metrics, &app_id, inner.outbox.depth(&app_id));
+                inner.wake(&app_id, since, count, bytes);
+            }
+            Ok(false) => debug!(app = app_id, "events for an unregistered app dropped"),
+            Err(error) => warn!(app = app_id, %error, "webhook events lost: the outbox gave up"),
+        }
+    }
+}
+
 /// Sleeps `delay` unless the fan-out stops first (then returns false).
 async fn pause(delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
@@ -790,25 +662,12 @@ async fn pause(delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
 /// outbox order.
 async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>, catch_up: bool) {
     let mut stopping = inner.stopping.subscribe();
-    let mut attempt: u32 = 0;
-    let (app, depth) = loop {
-        let (store, id) = (inner.store.clone(), app_id.clone());
-        match blocking(move || Ok((store.get_app(&id)?, store.depth(&id)?))).await {
-            Ok((Some(app), depth)) => break (app, depth),
-            Ok((None, _)) => {
-                inner.metrics.outbox_depth.remove(&AppLabel { app: app_id.clone() });
-                inner.forget(&app_id, &shared);
-                return;
-            }
-            Err(error) => {
-                warn!(app = app_id, %error, "cannot load app; retrying");
-                if !pause(inner.backoff(attempt), &mut stopping).await {
-                    return;
-                }
-                attempt = attempt.saturating_add(1);
-            }
-        }
+    let Some(app) = inner.apps.get(&app_id) else {
+        inner.metrics.outbox_depth.remove(&AppLabel { app: app_id.clone() });
+        inner.forget(&app_id, &shared);
+        return;
     };
+    let depth = inner.outbox.depth(&app_id);
     set_depth(&inner.metrics, &app_id, depth);
     if app.disabled {
         debug!(app = app_id, "webhooks disabled; events accumulate in the outbox");
@@ -833,7 +692,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
         shared.note(inner.long_ago(), 0, 0);
     }
     let budget = inner.event_budget(&app_id);
-    attempt = 0;
+    let mut attempt: u32 = 0;
     loop {
         if !wait_due(&inner, &shared, &mut stopping).await {
             return;
@@ -843,9 +702,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
         let enqueued_ms =
             unix_ms().saturating_sub(pending.since.map_or(0, |s| s.elapsed().as_millis() as u64));
         loop {
-            let (store, id) = (inner.store.clone(), app_id.clone());
-            let max_events = inner.config.max_events;
-            let batch = match blocking(move || store.peek(&id, max_events, budget)).await {
+            let batch = match inner.outbox.next_batch(&app_id, inner.config.max_events, budget).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     warn!(app = app_id, %error, "cannot read the outbox");
@@ -900,28 +757,31 @@ async fn delivered(
 ) {
     let now_ms = unix_ms();
     let metrics = &inner.metrics;
-    metrics.webhook_batches.get_or_create(&ResultLabel { result: "delivered" }).inc();
-    metrics.webhook_events.inc_by(batch.len() as u64);
-    for entry in &batch {
-        let created = event_at_ms(&entry.event).unwrap_or(enqueued_ms);
-        metrics.webhook_delivery_seconds.0.observe(now_ms.saturating_sub(created) as f64 / 1000.0);
-    }
+    let latencies: Vec<f64> = batch
+        .iter()
+        // 0: stored by a daemon that did not keep `at` beside the event.
+        .map(|entry| if entry.at_ms == 0 { enqueued_ms } else { entry.at_ms })
+        .map(|created| now_ms.saturating_sub(created) as f64 / 1000.0)
+        .collect();
     let full = batch.len() >= inner.config.max_events;
     let delivered: Vec<(String, u64)> = batch.into_iter().map(|e| (e.key, e.serial)).collect();
-    let (store, id) = (inner.store.clone(), app_id.to_owned());
-    match blocking(move || {
-        store.ack(&id, &delivered)?;
-        store.depth(&id)
-    })
-    .await
-    {
-        Ok(depth) => {
+    let acknowledged = inner.outbox.ack(app_id, delivered).await;
+    // Counted once the acknowledgement is done, so that a delivered batch in the metrics
+    // is one that has also left the outbox (or failed to: then it goes again).
+    metrics.webhook_batches.get_or_create(&ResultLabel { result: "delivered" }).inc();
+    metrics.webhook_events.inc_by(latencies.len() as u64);
+    for latency in latencies {
+        metrics.webhook_delivery_seconds.0.observe(latency);
+    }
+    match acknowledged {
+        Ok(_) => {
+            let depth = inner.outbox.depth(app_id);
             set_depth(metrics, app_id, depth);
             // Entries left behind by a size-limited batch have no wake of their own: after
             // a full batch (or with a full one waiting) the next goes at once; otherwise
             // they wait one window like any new event. Not "at once" in that case: the
-            // entries may be an event the committer wrote a moment ago and has not yet
-            // woken this task for, and it too must wait its window.
+            // entries may be an event stored a moment ago whose wake has not yet reached
+            // this task, and it too must wait its window.
             let pending = shared.snapshot();
             if depth > 0 && (full || depth >= inner.config.max_events as u64) {
                 shared.note(inner.long_ago(), 0, 0);
@@ -934,12 +794,11 @@ async fn delivered(
     }
 }
 
-/// Marks an app disabled after its endpoint answered 410 Gone.
+/// Marks an app disabled after its endpoint answered 410 Gone, through [`Apps`] so that
+/// its cache says so too.
 async fn disable(inner: &Inner, app_id: &str) {
-    let (store, id) = (inner.store.clone(), app_id.to_owned());
-    let result = blocking(move || store.update_app(&id, &mut |app| app.disabled = true).map(drop)).await;
-    match result {
-        Ok(()) => info!(app = app_id, "webhook endpoint answered 410 Gone; deliveries disabled"),
+    match inner.apps.disable(app_id).await {
+        Ok(_) => info!(app = app_id, "webhook endpoint answered 410 Gone; deliveries disabled"),
         Err(error) => warn!(app = app_id, %error, "410 Gone, but the app could not be marked disabled"),
     }
 }
@@ -949,7 +808,7 @@ mod tests {
     use super::*;
 
     fn entry(key: &str, serial: u64, event: &str) -> OutboxEntry {
-        OutboxEntry { key: key.to_owned(), serial, event: event.as_bytes().to_vec() }
+        OutboxEntry { key: key.to_owned(), serial, at_ms: 0, event: event.as_bytes().to_vec() }
     }
 
     #[test]
@@ -1002,28 +861,5 @@ mod tests {
             assert!(matches!(classify(code(c), None), Outcome::Throttled(None)));
         }
         assert!(matches!(classify(code(500), Some(Duration::from_secs(1))), Outcome::Failed(Some(_))));
-    }
-
-    #[test]
-    fn event_at_is_read_when_numeric() {
-        assert_eq!(event_at_ms(br#"{"type":"presence","at":1700000000123}"#), Some(1_700_000_000_123));
-        assert_eq!(event_at_ms(br#"{"type":"presence"}"#), None);
-        assert_eq!(event_at_ms(br#"{"at":"yesterday"}"#), None);
-    }
-
-    #[test]
-    fn the_buffer_compacts_like_the_outbox() {
-        let mut buffer = AppBuffer::new(Instant::now());
-        buffer.push("p:1".into(), b"a".to_vec());
-        buffer.push("p:2".into(), b"bb".to_vec());
-        buffer.push("p:1".into(), b"ccc".to_vec());
-        assert_eq!(buffer.bytes, 5);
-        let mut newer = AppBuffer::new(Instant::now());
-        newer.push("p:2".into(), b"d".to_vec());
-        let merged = buffer.merge(newer);
-        assert_eq!(
-            merged.into_events(),
-            vec![("p:1".into(), b"ccc".to_vec()), ("p:2".into(), b"d".to_vec())]
-        );
     }
 }

@@ -20,34 +20,35 @@
 //!
 //! ## Presence is state, not a log
 //!
-//! The durable outbox ([`crate::store`]) is compacted by key: a PUID's newer presence event
-//! replaces the waiting one. An AppService that was down for hours receives, once back, the
-//! latest state of each PUID that changed (each with its `seq`, so stale events can be
-//! dropped) and every notification outcome (those have unique keys), never a replay of every
-//! flap. The outbox survives `kill -9`: an event is in it once a store transaction
-//! committed it.
+//! The durable outbox ([`Outbox`](crate::store::Outbox)) is compacted by key: a PUID's newer
+//! presence event replaces the waiting one. An AppService that was down for hours receives,
+//! once back, the latest state of each PUID that changed (each with its `seq`, so stale
+//! events can be dropped) and every notification outcome (those have unique keys), never a
+//! replay of every flap. The outbox survives `kill -9`: an event is in it once a store
+//! transaction committed it.
 //!
 //! ## The engine ([`fanout`])
 //!
 //! ```text
-//! publish() ──> buffer ──(committer: one enqueue txn per app per round)──> outbox
-//!                                        │ wake
-//!                                        v
-//!                 per-app delivery task: wait for the window ──> peek ──> sign ──> POST
-//!                                        ^                                         │
-//!                                        └── ack on 2xx / backoff, re-peek ────────┘
+//! publish() ──> Outbox::append ──(the outbox's group commit)──> stored
+//!                                                                 │ wake (one waker task)
+//!                                                                 v
+//!                 per-app delivery task: wait for the window ──> next batch ──> sign ──> POST
+//!                                        ^                                               │
+//!                                        └── ack on 2xx / backoff, next batch again ─────┘
 //! ```
 //!
-//! - **Group commit.** `publish` only buffers and returns; the committer writes whatever
-//!   accumulated while its previous write (an fsync) ran, in one transaction per app. Under
-//!   light load an event is on disk within one fsync; under heavy load the writes batch
-//!   themselves, with no timer adding latency.
+//! - **Durability is the outbox's.** `publish` hands events to the outbox and returns; the
+//!   outbox decides how appends share a transaction (the redb one commits whatever
+//!   accumulated during its previous fsync, see [`crate::store::embedded`]) and resolves
+//!   each append once stored. The fan-out only wakes delivery tasks then, and reads depths
+//!   from the outbox's memory.
 //! - **One task and one batch in flight per app.** Order within an app holds, and a slow or
 //!   dead AppService only ever blocks its own task: every POST has a timeout, and the
 //!   pooled client serves all apps concurrently.
 //! - **Batching.** A batch forms when its first waiting event is one window old (250 ms by
 //!   default), or at once when enough is waiting to fill it (1,000 events or 256 KiB).
-//! - **Retries re-peek.** Each retry reads the outbox again, so events that changed while
+//! - **Retries read again.** Each retry takes the next batch afresh, so events that changed while
 //!   the receiver was failing are coalesced into the retry; the `webhook-id`, a hash of the
 //!   batch's (key, serial) pairs, changes exactly when the content does. Acknowledging only
 //!   removes entries whose serial still matches, so an update that arrived while its

@@ -1,0 +1,302 @@
+//! The storage contract, once, as test suites generic over the implementation; the
+//! [`contract_suite!`] invocations at the bottom run every suite against every
+//! implementation (redb in a temporary directory, and memory). A new implementation adds
+//! one line there.
+
+use super::{
+    AppRecord, AppStore, NotificationStore, Outbox, OutboxEntry, OutboxEvent, RunJournal, SessionChange,
+    StoredSession, TicketStore,
+};
+
+/// A registered app with a made-up record (shared with the implementations' own tests).
+pub(crate) fn app(id: &str) -> AppRecord {
+    AppRecord {
+        id: id.to_owned(),
+        name: format!("{id} name"),
+        webhook_url: format!("https://{id}.example/hook"),
+        api_key_sha256: "00".repeat(32),
+        webhook_secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+        created_ms: 1_700_000_000_000,
+        disabled: false,
+    }
+}
+
+fn ev(key: &str, body: &str) -> OutboxEvent {
+    OutboxEvent {
+        key: key.to_owned(),
+        at_ms: 1_700_000_000_000 + body.len() as u64,
+        json: body.as_bytes().to_vec(),
+    }
+}
+
+fn keys(entries: &[OutboxEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.key.as_str()).collect()
+}
+
+fn acks(entries: &[OutboxEntry]) -> Vec<(String, u64)> {
+    entries.iter().map(|e| (e.key.clone(), e.serial)).collect()
+}
+
+async fn append<O: Outbox>(outbox: &O, app_id: &str, events: &[OutboxEvent]) -> bool {
+    outbox.append(app_id, events.to_vec()).await.expect("append")
+}
+
+async fn batch<O: Outbox>(outbox: &O, app_id: &str) -> Vec<OutboxEntry> {
+    outbox.next_batch(app_id, 100, 1 << 20).await.expect("batch")
+}
+
+/// Apps round-trip, list in id order, update in place, delete once.
+pub(crate) fn apps<S: AppStore>(store: &S) {
+    store.put_app(&app("app_b")).expect("put b");
+    store.put_app(&app("app_a")).expect("put a");
+    let mut changed = app("app_a");
+    changed.disabled = true;
+    store.put_app(&changed).expect("replace");
+    assert_eq!(store.get_app("app_a").expect("get"), Some(changed));
+    assert_eq!(store.get_app("app_zzz").expect("get"), None);
+    let ids: Vec<String> = store.list_apps().expect("list").into_iter().map(|a| a.id).collect();
+    assert_eq!(ids, ["app_a", "app_b"]);
+
+    assert_eq!(store.update_app("app_none", &mut |app| app.disabled = true).expect("update"), None);
+    assert_eq!(store.get_app("app_none").expect("get"), None, "no app is created by an update");
+    let secret = store.get_app("app_b").expect("get").expect("app").webhook_secret;
+    let updated = store.update_app("app_b", &mut |app| app.disabled = true).expect("update").expect("app");
+    assert!(updated.disabled);
+    let stored = store.get_app("app_b").expect("get").expect("app");
+    assert!(stored.disabled);
+    assert_eq!(stored.webhook_secret, secret);
+
+    assert!(store.delete_app("app_a").expect("delete"));
+    assert!(!store.delete_app("app_a").expect("delete again"));
+    assert_eq!(store.get_app("app_a").expect("get"), None);
+}
+
+/// A newer event for a waiting key replaces it and moves to the back; within one append
+/// the last one wins; depth counts distinct keys per app; `at` travels with the event.
+pub(crate) async fn outbox_compaction<S: AppStore + Outbox>(store: &S) {
+    store.put_app(&app("app_a")).expect("put");
+    store.put_app(&app("app_b")).expect("put");
+    assert_eq!(store.depth("app_a"), 0);
+    assert!(append(store, "app_a", &[ev("p:1", "1a"), ev("p:2", "2a")]).await);
+    for round in 0..50 {
+        assert!(append(store, "app_a", &[ev("p:1", &format!("1-{round}"))]).await);
+    }
+    assert_eq!(store.depth("app_a"), 2);
+    let entries = batch(store, "app_a").await;
+    assert_eq!(keys(&entries), ["p:2", "p:1"]);
+    assert_eq!(entries[1].event, b"1-49");
+    assert_eq!(entries[1].at_ms, ev("p:1", "1-49").at_ms, "the event's at is kept beside it");
+    assert!(entries[0].serial < entries[1].serial);
+    assert!(append(store, "app_a", &[ev("p:3", "x"), ev("p:3", "yy")]).await);
+    let entries = batch(store, "app_a").await;
+    assert_eq!(keys(&entries), ["p:2", "p:1", "p:3"]);
+    assert_eq!(entries[2].event, b"yy");
+    assert_eq!(store.depth("app_a"), 3);
+    assert!(append(store, "app_b", &[ev("p:1", "other")]).await);
+    assert_eq!(store.depth("app_b"), 1, "apps are separate");
+    assert_eq!(store.depth("app_a"), 3);
+}
+
+/// Appends that are not awaited in between still land in call order, and `flush` waits
+/// for all of them.
+pub(crate) async fn outbox_call_order_and_flush<S: AppStore + Outbox>(store: &S) {
+    store.put_app(&app("app_a")).expect("put");
+    let pending: Vec<_> = (0..20).map(|i| store.append("app_a", vec![ev("p:1", &i.to_string())])).collect();
+    let more = store.append("app_a", vec![ev("p:2", "last")]);
+    store.flush().await.expect("flush");
+    assert_eq!(store.depth("app_a"), 2, "flushed means stored");
+    for append in pending {
+        assert!(append.await.expect("append"));
+    }
+    assert!(more.await.expect("append"));
+    let entries = batch(store, "app_a").await;
+    assert_eq!(keys(&entries), ["p:1", "p:2"]);
+    assert_eq!(entries[0].event, b"19", "the last call won");
+}
+
+/// An ack removes only entries whose serial still matches.
+pub(crate) async fn outbox_stale_ack<S: AppStore + Outbox>(store: &S) {
+    store.put_app(&app("app_a")).expect("put");
+    store.put_app(&app("app_b")).expect("put");
+    append(store, "app_a", &[ev("p:1", "old"), ev("p:2", "two")]).await;
+    let in_flight = batch(store, "app_a").await;
+    // p:1 changes while the batch is in flight.
+    append(store, "app_a", &[ev("p:1", "new")]).await;
+    assert_eq!(store.ack("app_a", acks(&in_flight)).await.expect("ack"), 1);
+    let left = batch(store, "app_a").await;
+    assert_eq!(keys(&left), ["p:1"]);
+    assert_eq!(left[0].event, b"new");
+    assert_eq!(store.depth("app_a"), 1);
+    // Acking again, or acking another app's keys, removes nothing.
+    assert_eq!(store.ack("app_a", acks(&in_flight)).await.expect("ack"), 0);
+    assert_eq!(store.ack("app_b", acks(&left)).await.expect("ack"), 0);
+    assert_eq!(store.ack("app_a", Vec::new()).await.expect("ack"), 0);
+    assert_eq!(store.ack("app_a", acks(&left)).await.expect("ack"), 1);
+    assert_eq!(store.depth("app_a"), 0);
+    assert!(batch(store, "app_a").await.is_empty());
+}
+
+/// Batches honour the event and byte limits but hold at least one entry.
+pub(crate) async fn outbox_batch_limits<S: AppStore + Outbox>(store: &S) {
+    store.put_app(&app("app_a")).expect("put");
+    store.put_app(&app("app_b")).expect("put");
+    let events: Vec<_> = (0..10).map(|i| ev(&format!("p:{i}"), &"x".repeat(100))).collect();
+    append(store, "app_a", &events).await;
+    let sizes = async |max_events, max_bytes| {
+        store.next_batch("app_a", max_events, max_bytes).await.expect("batch").len()
+    };
+    assert_eq!(sizes(3, 1 << 20).await, 3);
+    assert_eq!(sizes(100, 350).await, 3);
+    assert_eq!(sizes(100, 300).await, 3);
+    assert_eq!(sizes(100, 299).await, 2);
+    let one = store.next_batch("app_a", 100, 10).await.expect("batch");
+    assert_eq!(keys(&one), ["p:0"], "an entry larger than the limit still goes, alone");
+    assert_eq!(sizes(0, 10).await, 1);
+    assert_eq!(sizes(100, 1 << 20).await, 10);
+    assert!(store.next_batch("app_b", 100, 1 << 20).await.expect("batch").is_empty(), "apps are separate");
+}
+
+/// Appends for an unknown app are refused; deleting an app removes its outbox only, and an
+/// id registered again starts empty.
+pub(crate) async fn outbox_follows_the_apps<S: AppStore + Outbox>(store: &S) {
+    assert!(!append(store, "app_nobody", &[ev("p:1", "1")]).await);
+    assert_eq!(store.depth("app_nobody"), 0);
+    assert!(batch(store, "app_nobody").await.is_empty());
+    store.put_app(&app("app_a")).expect("put");
+    store.put_app(&app("app_b")).expect("put");
+    append(store, "app_a", &[ev("p:1", "a"), ev("p:2", "b")]).await;
+    append(store, "app_b", &[ev("p:1", "a")]).await;
+    assert!(store.delete_app("app_a").expect("delete"));
+    assert_eq!(store.depth("app_a"), 0);
+    assert!(batch(store, "app_a").await.is_empty());
+    assert!(!append(store, "app_a", &[ev("p:3", "c")]).await, "a removed app gets nothing stored");
+    assert_eq!(store.depth("app_b"), 1);
+    store.put_app(&app("app_a")).expect("put");
+    assert!(batch(store, "app_a").await.is_empty(), "re-registering starts from an empty outbox");
+    assert_eq!(store.depth("app_a"), 0);
+}
+
+/// Notification records are put, replaced, listed in id order and deleted.
+pub(crate) fn notifications<S: NotificationStore>(store: &S) {
+    assert!(store.notifications().expect("none yet").is_empty());
+    store.put_notification(9, b"other").expect("put");
+    store.put_notification(7, b"first").expect("put");
+    store.put_notification(7, b"second").expect("replace");
+    assert_eq!(store.notifications().expect("list"), [(7, b"second".to_vec()), (9, b"other".to_vec())]);
+    store.delete_notification(9).expect("delete");
+    store.delete_notification(12345).expect("deleting an unknown id is fine");
+    assert_eq!(store.notifications().expect("list"), [(7, b"second".to_vec())]);
+}
+
+fn session(key: u8, created_secs: u64) -> StoredSession {
+    StoredSession { key: vec![key; 32], created_secs, value: vec![key, 1, 2, 3] }
+}
+
+/// TLS sessions: put, remove, load those issued since a time (oldest first), expired ones
+/// deleted on the way.
+pub(crate) fn tickets<S: TicketStore>(store: &S) {
+    assert!(store.load_sessions(0).expect("empty").is_empty());
+    store
+        .save_sessions(&[
+            SessionChange::Put(session(1, 1_000)),
+            SessionChange::Put(session(2, 500)),
+            SessionChange::Put(session(3, 2_000)),
+            SessionChange::Put(session(4, 1_500)),
+        ])
+        .expect("save");
+    store.save_sessions(&[SessionChange::Remove(vec![3; 32])]).expect("take");
+    // A put then a remove of the same ticket in one batch leaves nothing.
+    store
+        .save_sessions(&[SessionChange::Put(session(5, 1_700)), SessionChange::Remove(vec![5; 32])])
+        .expect("save");
+    store.save_sessions(&[]).expect("nothing to save");
+    let loaded = store.load_sessions(900).expect("load");
+    assert_eq!(loaded, [session(1, 1_000), session(4, 1_500)], "oldest first, expired and taken gone");
+    assert_eq!(store.load_sessions(0).expect("load"), loaded, "the expired one was deleted");
+}
+
+/// A run that never ended is reported as a crash by the next begin; the seq floor keeps
+/// the maximum of what it was given.
+pub(crate) fn journal<S: RunJournal>(store: &S) {
+    assert!(!store.begin_run().expect("first run"), "a new store has no crashed run");
+    store.end_run().expect("clean end");
+    assert!(!store.begin_run().expect("after a clean end"));
+    assert!(store.begin_run().expect("after a run that never ended"), "a crash");
+    store.end_run().expect("clean end");
+
+    assert_eq!(store.seq_floor().expect("none yet"), 0);
+    store.set_seq_floor(500).expect("set");
+    assert_eq!(store.seq_floor().expect("floor"), 500);
+    store.set_seq_floor(300).expect("lower");
+    assert_eq!(store.seq_floor().expect("floor"), 500, "a lower value leaves the maximum");
+    store.set_seq_floor(501).expect("higher");
+    assert_eq!(store.seq_floor().expect("floor"), 501);
+}
+
+/// Runs every suite against one implementation. `$open` turns a fresh temporary directory
+/// into a store; every suite gets its own.
+macro_rules! contract_suite {
+    ($name:ident, $open:expr) => {
+        mod $name {
+            use super::*;
+
+            fn open()
+            -> (tempfile::TempDir, impl AppStore + Outbox + NotificationStore + TicketStore + RunJournal)
+            {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = ($open)(dir.path());
+                (dir, store)
+            }
+
+            #[test]
+            fn apps() {
+                super::apps(&open().1);
+            }
+
+            #[tokio::test]
+            async fn outbox_compaction() {
+                super::outbox_compaction(&open().1).await;
+            }
+
+            #[tokio::test]
+            async fn outbox_call_order_and_flush() {
+                super::outbox_call_order_and_flush(&open().1).await;
+            }
+
+            #[tokio::test]
+            async fn outbox_stale_ack() {
+                super::outbox_stale_ack(&open().1).await;
+            }
+
+            #[tokio::test]
+            async fn outbox_batch_limits() {
+                super::outbox_batch_limits(&open().1).await;
+            }
+
+            #[tokio::test]
+            async fn outbox_follows_the_apps() {
+                super::outbox_follows_the_apps(&open().1).await;
+            }
+
+            #[test]
+            fn notifications() {
+                super::notifications(&open().1);
+            }
+
+            #[test]
+            fn tickets() {
+                super::tickets(&open().1);
+            }
+
+            #[test]
+            fn journal() {
+                super::journal(&open().1);
+            }
+        }
+    };
+}
+
+contract_suite!(embedded, |dir: &std::path::Path| {
+    super::super::embedded::EmbeddedStore::open(&dir.join(super::super::embedded::FILE_NAME)).expect("open")
+});
+contract_suite!(memory, |_dir: &std::path::Path| super::super::memory::MemoryStore::default());

@@ -1,0 +1,509 @@
+//! The embedded store: one redb file in the data directory (`<data-dir>/presenced.redb`)
+//! holding every concern ([`AppStore`], [`Outbox`](crate::store::Outbox),
+//! [`NotificationStore`], [`TicketStore`], [`RunJournal`]).
+//!
+//! redb gives ACID transactions with copy-on-write B-trees and a checksummed commit, so a
+//! daemon killed with `kill -9` reopens the file at its last committed transaction: an
+//! outbox entry is either durably there or was never reported stored.
+//!
+//! ## Tables
+//!
+//! | table           | key                 | value                 | why                                 |
+//! |-----------------|---------------------|-----------------------|-------------------------------------|
+//! | `apps`          | app id              | [`AppRecord`] as JSON | JSON survives added fields          |
+//! | `outbox`        | (app id, key)       | (serial, stored event)| compaction: one entry per key       |
+//! | `outbox_order`  | (app id, serial)    | key                   | a batch is a range scan in order    |
+//! | `outbox_depth`  | app id              | entries waiting       | depth at start-up without a scan    |
+//! | `meta`          | name                | u64                   | serial counter, run flag, seq floor |
+//! | `notifications` | notification id     | record (JSON)         | outcomes survive a restart          |
+//! | `tls_sessions`  | ticket              | (issued secs, state)  | 0-RTT resumption across restarts    |
+//!
+//! A stored event is the event's `at` (Unix ms, 8 bytes big-endian) followed by its JSON,
+//! so delivery reads `at` without parsing the JSON and without a table of its own (one more
+//! B-tree write per event on redb's single writer). Older daemons stored the JSON alone:
+//! such an entry starts with `{`, never with the zero byte that leads any `at` before the
+//! year 2,000,000, so it still reads, with an unknown `at` (0).
+//!
+//! Serials come from one counter shared by all apps and are never reused, so a serial
+//! names one version of one entry for good: an acknowledgement that carries a replaced
+//! entry's old serial cannot remove the newer content.
+//!
+//! ## Blocking
+//!
+//! The synchronous traits' methods block on disk I/O (a write commits with an fsync); the
+//! daemon calls them on the blocking pool. The outbox's methods run their transactions on
+//! the blocking pool themselves.
+//!
+//! ## The outbox's group commit (`embedded/outbox.rs`)
+//!
+//! An append only queues its events (compacted, in call order) and, if no committer is
+//! running, starts one on the blocking pool. The committer writes whatever accumulated
+//! while its previous write (an fsync) ran, every app in one transaction, until nothing is
+//! pending; each append's future resolves after the fsync that stored it. Under light load
+//! an event is on disk within one fsync; under heavy load the writes batch themselves, with
+//! no timer adding latency. A failed round is retried, in front of what came meanwhile.
+//! Acknowledgements commit without an fsync and become durable with the next append (a
+//! crash may deliver a batch again, under the same `webhook-id`). Depths live in memory,
+//! adjusted after each commit.
+
+mod outbox;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::watch;
+
+use self::outbox::Pending;
+use super::{
+    AppRecord, AppStore, NotificationStore, RunJournal, SessionChange, StoreError, StoredSession, TicketStore,
+};
+
+/// The file name the daemon uses inside its data directory.
+pub const FILE_NAME: &str = "presenced.redb";
+
+const APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("apps");
+const OUTBOX: TableDefinition<'_, (&str, &str), (u64, &[u8])> = TableDefinition::new("outbox");
+const ORDER: TableDefinition<'_, (&str, u64), &str> = TableDefinition::new("outbox_order");
+const DEPTH: TableDefinition<'_, &str, u64> = TableDefinition::new("outbox_depth");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
+const SESSIONS: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("tls_sessions");
+
+/// The `meta` key of the last serial handed out.
+const SERIAL: &str = "serial";
+/// The `meta` key that is 1 while a run is in progress.
+const RUNNING: &str = "running";
+/// The `meta` key of the highest presence `seq` recorded.
+const SEQ_FLOOR: &str = "seq_floor";
+
+/// Every store in a single redb file.
+///
+/// redb serializes write transactions internally and lets reads run beside them, so one
+/// `EmbeddedStore` is shared by every task (behind an `Arc`). Cloning it is cheap and
+/// shares the database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Database,
+    /// Held across every write that changes the outbox (group commit, ack, app removal)
+    /// and the in-memory depth update after it, so the depths follow the commits in order.
+    outbox_writes: Mutex<()>,
+    /// Entries waiting per app, as of the last commit: read without touching the disk.
+    depths: Mutex<HashMap<String, u64>>,
+    /// Appends waiting for the next group commit.
+    pending: Mutex<Pending>,
+    /// The highest append generation durably written (or refused); shared apart from the
+    /// database so that the committer can report after letting go of the database.
+    committed: Arc<watch::Sender<u64>>,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex whose data stays consistent at every unlock, so a panic elsewhere (which
+/// poisons it) does not make the store unusable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path`, makes sure every table exists (so read
+    /// transactions never meet a missing one) and loads the outbox depths.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        let mut depths = HashMap::new();
+        {
+            txn.open_table(APPS)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(ORDER)?;
+            txn.open_table(META)?;
+            txn.open_table(NOTIFICATIONS)?;
+            txn.open_table(SESSIONS)?;
+            for item in txn.open_table(DEPTH)?.iter()? {
+                let (app, depth) = item?;
+                depths.insert(app.value().to_owned(), depth.value());
+            }
+        }
+        txn.commit()?;
+        let (committed, _) = watch::channel(0);
+        Ok(EmbeddedStore {
+            shared: Arc::new(Shared {
+                db,
+                outbox_writes: Mutex::new(()),
+                depths: Mutex::new(depths),
+                pending: Mutex::new(Pending::default()),
+                committed: Arc::new(committed),
+            }),
+        })
+    }
+
+    fn write<T>(
+        &self,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.shared.write(Durability::Immediate, body)
+    }
+}
+
+impl Shared {
+    fn write<T>(
+        &self,
+        durability: Durability,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability);
+        // On an error the transaction is dropped, which aborts it: nothing half-done lands.
+        let value = body(&txn)?;
+        txn.commit()?;
+        Ok(value)
+    }
+
+    /// Adds `added` (and takes `removed`) to an app's in-memory depth.
+    fn adjust_depth(&self, app_id: &str, added: u64, removed: u64) {
+        let mut depths = lock(&self.depths);
+        let depth = depths.entry(app_id.to_owned()).or_insert(0);
+        *depth = (*depth + added).saturating_sub(removed);
+        if *depth == 0 {
+            depths.remove(app_id);
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Entries waiting across every app, counted on disk: a consistency check for tests
+    /// and diagnostics (it reads the whole table's length, not the in-memory depths).
+    pub fn total_outbox_entries(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.shared.db.begin_read()?;
+        Ok(txn.open_table(OUTBOX)?.len()?)
+    }
+}
+
+fn decode_app(bytes: &[u8]) -> Result<AppRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { table: "apps", source })
+}
+
+fn encode_app(app: &AppRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(app).map_err(|source| StoreError::Encode { table: "apps", source })
+}
+
+/// Removes every outbox entry of `app_id`.
+fn clear_outbox(txn: &WriteTransaction, app_id: &str) -> Result<(), StoreError> {
+    let mut order = txn.open_table(ORDER)?;
+    let mut outbox = txn.open_table(OUTBOX)?;
+    let mut keys = Vec::new();
+    for item in order.range((app_id, 0)..=(app_id, u64::MAX))? {
+        let (serial, key) = item?;
+        keys.push((serial.value().1, key.value().to_owned()));
+    }
+    for (serial, key) in &keys {
+        order.remove((app_id, *serial))?;
+        outbox.remove((app_id, key.as_str()))?;
+    }
+    txn.open_table(DEPTH)?.remove(app_id)?;
+    Ok(())
+}
+
+impl AppStore for EmbeddedStore {
+    fn put_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        let json = encode_app(app)?;
+        self.write(|txn| {
+            txn.open_table(APPS)?.insert(app.id.as_str(), json.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn get_app(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let apps = txn.open_table(APPS)?;
+        let found = apps.get(id)?;
+        found.map(|bytes| decode_app(bytes.value())).transpose()
+    }
+
+    fn update_app(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut AppRecord),
+    ) -> Result<Option<AppRecord>, StoreError> {
+        self.write(|txn| {
+            let mut apps = txn.open_table(APPS)?;
+            let Some(mut app) = apps.get(id)?.map(|bytes| decode_app(bytes.value())).transpose()? else {
+                return Ok(None);
+            };
+            change(&mut app);
+            apps.insert(id, encode_app(&app)?.as_slice())?;
+            Ok(Some(app))
+        })
+    }
+
+    fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let apps = txn.open_table(APPS)?;
+        let mut list = Vec::new();
+        for item in apps.iter()? {
+            let (_, bytes) = item?;
+            list.push(decode_app(bytes.value())?);
+        }
+        Ok(list)
+    }
+
+    fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
+        let _writes = lock(&self.shared.outbox_writes);
+        let existed = self.write(|txn| {
+            let existed = txn.open_table(APPS)?.remove(id)?.is_some();
+            clear_outbox(txn, id)?;
+            Ok(existed)
+        })?;
+        lock(&self.shared.depths).remove(id);
+        Ok(existed)
+    }
+}
+
+impl RunJournal for EmbeddedStore {
+    fn begin_run(&self) -> Result<bool, StoreError> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let crashed = meta.get(RUNNING)?.is_some_and(|v| v.value() == 1);
+            meta.insert(RUNNING, 1)?;
+            Ok(crashed)
+        })
+    }
+
+    fn end_run(&self) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(META)?.insert(RUNNING, 0)?;
+            Ok(())
+        })
+    }
+
+    fn seq_floor(&self) -> Result<u64, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(SEQ_FLOOR)?.map_or(0, |v| v.value()))
+    }
+
+    fn set_seq_floor(&self, seq: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let now = meta.get(SEQ_FLOOR)?.map_or(0, |v| v.value());
+            meta.insert(SEQ_FLOOR, now.max(seq))?;
+            Ok(())
+        })
+    }
+}
+
+impl TicketStore for EmbeddedStore {
+    fn save_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            for change in changes {
+                match change {
+                    SessionChange::Put(session) => {
+                        let value = (session.created_secs, session.value.as_slice());
+                        sessions.insert(session.key.as_slice(), value)?;
+                    }
+                    SessionChange::Remove(key) => {
+                        sessions.remove(key.as_slice())?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn load_sessions(&self, since_secs: u64) -> Result<Vec<StoredSession>, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(SESSIONS)?;
+            let mut live = Vec::new();
+            let mut expired = Vec::new();
+            for item in table.iter()? {
+                let (key, value) = item?;
+                let (created_secs, state) = value.value();
+                if created_secs >= since_secs {
+                    live.push(StoredSession {
+                        key: key.value().to_vec(),
+                        created_secs,
+                        value: state.to_vec(),
+                    });
+                } else {
+                    expired.push(key.value().to_vec());
+                }
+            }
+            for key in expired {
+                table.remove(key.as_slice())?;
+            }
+            live.sort_by_key(|session| session.created_secs);
+            Ok(live)
+        })
+    }
+}
+
+impl NotificationStore for EmbeddedStore {
+    fn put_notification(&self, id: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(NOTIFICATIONS)?.insert(id, record)?;
+            Ok(())
+        })
+    }
+
+    fn notifications(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let table = txn.open_table(NOTIFICATIONS)?;
+        let mut records = Vec::new();
+        for item in table.iter()? {
+            let (id, record) = item?;
+            records.push((id.value(), record.value().to_vec()));
+        }
+        Ok(records)
+    }
+
+    fn delete_notification(&self, id: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(NOTIFICATIONS)?.remove(id)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What only a durable store promises: everything survives close and reopen. The
+    //! behaviour shared with the memory store is in the contract suite.
+
+    use super::*;
+    use crate::store::contract::app;
+    use crate::store::{Outbox, OutboxEvent};
+
+    fn ev(key: &str, body: &str, at_ms: u64) -> OutboxEvent {
+        OutboxEvent { key: key.to_owned(), at_ms, json: body.as_bytes().to_vec() }
+    }
+
+    #[tokio::test]
+    async fn everything_survives_close_and_reopen_and_serials_keep_increasing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        let last_serial = {
+            let store = EmbeddedStore::open(&path).expect("open");
+            store.put_app(&app("app_a")).expect("put");
+            store.append("app_a", vec![ev("p:1", "one", 11), ev("p:2", "two", 12)]).await.expect("append");
+            store.append("app_a", vec![ev("p:1", "uno", 13)]).await.expect("append");
+            store.put_notification(7, b"record").expect("put");
+            store
+                .save_sessions(&[SessionChange::Put(StoredSession {
+                    key: vec![1; 32],
+                    created_secs: 100,
+                    value: vec![9],
+                })])
+                .expect("save");
+            assert!(!store.begin_run().expect("begin"));
+            store.set_seq_floor(500).expect("floor");
+            let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+            batch.last().map(|e| e.serial).expect("entry")
+        };
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.get_app("app_a").expect("get"), Some(app("app_a")));
+        assert_eq!(store.depth("app_a"), 2, "the depth is loaded at open");
+        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        let stored: Vec<(&str, &[u8], u64)> =
+            batch.iter().map(|e| (e.key.as_str(), e.event.as_slice(), e.at_ms)).collect();
+        assert_eq!(stored, [("p:2", &b"two"[..], 12), ("p:1", &b"uno"[..], 13)]);
+        assert_eq!(store.notifications().expect("list"), [(7, b"record".to_vec())]);
+        assert_eq!(store.load_sessions(0).expect("load").len(), 1);
+        assert!(store.begin_run().expect("begin"), "the run that never ended was a crash");
+        assert_eq!(store.seq_floor().expect("floor"), 500);
+        store.append("app_a", vec![ev("p:3", "three", 14)]).await.expect("append");
+        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        assert!(batch[2].serial > last_serial, "serials are never reused");
+        assert_eq!(store.total_outbox_entries().expect("total"), 3);
+    }
+
+    #[tokio::test]
+    async fn an_ack_becomes_durable_with_the_next_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            store.put_app(&app("app_a")).expect("put");
+            store.append("app_a", vec![ev("p:1", "one", 1), ev("p:2", "two", 2)]).await.expect("append");
+            let first = store.next_batch("app_a", 1, 1 << 20).await.expect("batch");
+            let delivered = vec![(first[0].key.clone(), first[0].serial)];
+            assert_eq!(store.ack("app_a", delivered).await.expect("ack"), 1);
+            store.append("app_a", vec![ev("p:3", "three", 3)]).await.expect("append");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        let keys: Vec<&str> = batch.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["p:2", "p:3"]);
+        assert_eq!(store.depth("app_a"), 2);
+    }
+
+    #[tokio::test]
+    async fn an_outbox_written_by_an_older_daemon_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            store.put_app(&app("app_a")).expect("put");
+            // What a daemon before `at` was kept beside the event wrote: the JSON alone.
+            store
+                .write(|txn| {
+                    let json: &[u8] = br#"{"type":"reset","at":5}"#;
+                    txn.open_table(OUTBOX)?.insert(("app_a", "r"), (41, json))?;
+                    txn.open_table(ORDER)?.insert(("app_a", 41), "r")?;
+                    txn.open_table(DEPTH)?.insert("app_a", 1)?;
+                    txn.open_table(META)?.insert(SERIAL, 41)?;
+                    Ok(())
+                })
+                .expect("write the old format");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.depth("app_a"), 1);
+        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        assert_eq!(batch.len(), 1);
+        assert_eq!((batch[0].serial, batch[0].at_ms), (41, 0), "no at was stored");
+        assert_eq!(batch[0].event, br#"{"type":"reset","at":5}"#);
+        store.append("app_a", vec![ev("r", "{}", 6)]).await.expect("append");
+        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        assert_eq!((batch[0].serial, batch[0].at_ms, batch[0].event.as_slice()), (42, 6, &b"{}"[..]));
+        assert_eq!(store.depth("app_a"), 1, "the new event replaced the old one");
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_commits_and_all_land() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join(FILE_NAME)).expect("open");
+        store.put_app(&app("app_a")).expect("put");
+        store.put_app(&app("app_b")).expect("put");
+        let appends: Vec<_> = (0..200)
+            .map(|i| {
+                let app_id = if i % 2 == 0 { "app_a" } else { "app_b" };
+                store.append(app_id, vec![ev(&format!("p:{}", i % 50), &i.to_string(), i)])
+            })
+            .collect();
+        for append in appends {
+            assert!(append.await.expect("append"));
+        }
+        assert_eq!(store.depth("app_a"), 25);
+        assert_eq!(store.depth("app_b"), 25);
+        assert_eq!(store.total_outbox_entries().expect("total"), 50);
+        let serial = {
+            let txn = store.shared.db.begin_read().expect("read");
+            txn.open_table(META).expect("meta").get(SERIAL).expect("get").map_or(0, |v| v.value())
+        };
+        assert!(serial <= 200, "one stored serial per event at most, whatever the rounds: {serial}");
+    }
+}

@@ -1,0 +1,354 @@
+//! The redb [`Outbox`]: group commit in front, the outbox tables behind.
+//!
+//! ```text
+//! append ──> pending (a CompactingQueue per app) ──(committer: one transaction per round)──> redb
+//!                                                                  │
+//!                      the appends' futures and `flush` resolve <──┘ after the fsync
+//! ```
+//!
+//! - **Group commit.** `append` only queues its events (compacted, in call order) and, if
+//!   no committer is running, starts one on the blocking pool. The committer writes
+//!   whatever accumulated while its previous write (an fsync) ran, every app in one
+//!   transaction, until nothing is pending. Under light load an event is on disk within one
+//!   fsync; under heavy load the writes batch themselves, with no timer adding latency,
+//!   and redb's single writer sees one transaction per round, not one per event.
+//! - **Failures are retried** here: a failed round goes back in front of what was appended
+//!   meanwhile (compacted again) and is retried after [`STORE_RETRY`]. An append's future
+//!   resolves only once its events are stored or refused, so `flush` means durable.
+//! - **Acknowledgements** commit without an fsync (`Durability::None`) and become durable
+//!   with the next durable commit, normally the next append. Losing one in a crash only
+//!   means its batch is delivered again, under the same `webhook-id`. In exchange delivery
+//!   pays one fsync per batch (the append), not two.
+//! - **Depth** is kept in memory, adjusted after each commit under the lock that orders the
+//!   outbox's writes, so reading it is a map lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redb::{Durability, ReadableTable};
+use tokio::sync::{oneshot, watch};
+
+use super::{APPS, DEPTH, EmbeddedStore, META, ORDER, OUTBOX, SERIAL, Shared, lock};
+use crate::store::queue::CompactingQueue;
+use crate::store::{Outbox, OutboxEntry, OutboxEvent, StoreError, StoreFuture, blocking};
+
+/// Delay before a failed group commit is tried again.
+const STORE_RETRY: Duration = Duration::from_millis(200);
+
+/// Appends not yet written.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    apps: HashMap<String, PendingApp>,
+    /// Bumped by every append, so `flush` knows what it waits for.
+    published: u64,
+    /// Placeholder serials, for order inside the pending queues only: the committer hands
+    /// out the stored ones.
+    next: u64,
+    /// Whether a committer is running.
+    writing: bool,
+}
+
+#[derive(Debug, Default)]
+struct PendingApp {
+    queue: CompactingQueue,
+    /// Told, after the write, whether the app was registered.
+    waiters: Vec<oneshot::Sender<bool>>,
+}
+
+impl Outbox for EmbeddedStore {
+    fn append(&self, app_id: &str, events: Vec<OutboxEvent>) -> StoreFuture<bool> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Box::pin(std::future::ready(Err(StoreError::NoRuntime)));
+        };
+        let (told, outcome) = oneshot::channel();
+        {
+            let mut pending = lock(&self.shared.pending);
+            pending.published += 1;
+            let mut next = pending.next;
+            let app = pending.apps.entry(app_id.to_owned()).or_default();
+            for event in events {
+                next += 1;
+                app.queue.push(next, event);
+            }
+            app.waiters.push(told);
+            pending.next = next;
+            if !pending.writing {
+                pending.writing = true;
+                let shared = self.shared.clone();
+                runtime.spawn_blocking(move || commit_rounds(shared));
+            }
+        }
+        // The committer answers every waiter it takes; a dropped sender means it panicked.
+        Box::pin(async move { outcome.await.map_err(|_| StoreError::CommitterGone) })
+    }
+
+    fn flush(&self) -> StoreFuture<()> {
+        let target = lock(&self.shared.pending).published;
+        let mut committed = self.shared.committed.subscribe();
+        Box::pin(async move {
+            // The sender lives in the store this future was made from; if the store is
+            // gone, nothing more can be written either.
+            committed.wait_for(|done| *done >= target).await.map_err(|_| StoreError::CommitterGone)?;
+            Ok(())
+        })
+    }
+
+    fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>> {
+        let (shared, app_id) = (self.shared.clone(), app_id.to_owned());
+        Box::pin(blocking(move || shared.peek(&app_id, max_events, max_bytes)))
+    }
+
+    fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize> {
+        let (shared, app_id) = (self.shared.clone(), app_id.to_owned());
+        Box::pin(blocking(move || shared.ack(&app_id, &delivered)))
+    }
+
+    fn depth(&self, app_id: &str) -> u64 {
+        lock(&self.shared.depths).get(app_id).copied().unwrap_or(0)
+    }
+}
+
+/// The committer: writes pending appends, a round at a time, until none are left.
+///
+/// It lets go of the store *before* it answers the last round: whoever was told "stored"
+/// may drop the store and reopen the file at once (a restart), and must not find it still
+/// open here.
+fn commit_rounds(shared: Arc<Shared>) {
+    let committed = shared.committed.clone();
+    let _running = Running(Arc::downgrade(&shared));
+    let mut shared = Some(shared);
+    while let Some(store) = shared.take() {
+        let (apps, generation) = {
+            let mut pending = lock(&store.pending);
+            if pending.apps.is_empty() {
+                // Everything appended so far was written (or refused) by earlier rounds.
+                pending.writing = false;
+                mark_committed(&committed, pending.published);
+                return;
+            }
+            (std::mem::take(&mut pending.apps), pending.published)
+        };
+        match store.write_round(&apps) {
+            Ok(known) => {
+                {
+                    let mut pending = lock(&store.pending);
+                    if pending.apps.is_empty() {
+                        pending.writing = false;
+                    } else {
+                        shared = Some(store.clone());
+                    }
+                }
+                drop(store);
+                answer(apps, &known);
+                mark_committed(&committed, generation);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot write webhook events; retrying");
+                std::thread::sleep(STORE_RETRY);
+                {
+                    let mut pending = lock(&store.pending);
+                    for (app_id, mut failed) in apps {
+                        if let Some(newer) = pending.apps.remove(&app_id) {
+                            failed.queue.extend(newer.queue);
+                            failed.waiters.extend(newer.waiters);
+                        }
+                        pending.apps.insert(app_id, failed);
+                    }
+                }
+                shared = Some(store);
+            }
+        }
+    }
+}
+
+/// Tells a round's waiters whether their app was registered.
+fn answer(apps: HashMap<String, PendingApp>, known: &HashMap<String, bool>) {
+    for (app_id, app) in apps {
+        let registered = known.get(&app_id).copied().unwrap_or(false);
+        if !registered {
+            tracing::debug!(app = app_id, "webhook events for an unregistered app dropped");
+        }
+        for waiter in app.waiters {
+            // A caller that stopped waiting does not need the answer.
+            let _ = waiter.send(registered);
+        }
+    }
+}
+
+/// Raises the committed generation to `generation`, never lowering it: two committers (one
+/// finishing as the next starts) may report out of order.
+fn mark_committed(committed: &watch::Sender<u64>, generation: u64) {
+    committed.send_if_modified(|done| {
+        let raised = generation > *done;
+        *done = (*done).max(generation);
+        raised
+    });
+}
+
+/// Lets the next append start a committer if this one panics (its round's waiters see
+/// [`StoreError::CommitterGone`]); on a normal return the loop has already cleared the flag.
+struct Running(Weak<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade().filter(|_| std::thread::panicking()) {
+            lock(&shared.pending).writing = false;
+        }
+    }
+}
+
+impl Shared {
+    /// One group commit: every pending app's events in one durable transaction. Returns,
+    /// per app, whether it is registered (an unregistered one got nothing stored: checked
+    /// inside the transaction, so an app removed concurrently never keeps an outbox).
+    fn write_round(&self, apps: &HashMap<String, PendingApp>) -> Result<HashMap<String, bool>, StoreError> {
+        let _writes = lock(&self.outbox_writes);
+        let (known, added) = self.write(Durability::Immediate, |txn| {
+            let registered = txn.open_table(APPS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut serial = meta.get(SERIAL)?.map_or(0, |v| v.value());
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut order = txn.open_table(ORDER)?;
+            let mut depth = txn.open_table(DEPTH)?;
+            let mut known = HashMap::new();
+            let mut added_per_app = Vec::new();
+            for (app_id, app) in apps {
+                let app_id = app_id.as_str();
+                let is_known = registered.get(app_id)?.is_some();
+                known.insert(app_id.to_owned(), is_known);
+                if !is_known {
+                    continue;
+                }
+                let mut added = 0u64;
+                let mut stored = Vec::new();
+                for (key, _, at_ms, event) in app.queue.entries() {
+                    serial += 1;
+                    encode_event(&mut stored, at_ms, event);
+                    let replaced =
+                        outbox.insert((app_id, key), (serial, stored.as_slice()))?.map(|old| old.value().0);
+                    match replaced {
+                        Some(old_serial) => {
+                            order.remove((app_id, old_serial))?;
+                        }
+                        None => added += 1,
+                    }
+                    order.insert((app_id, serial), key)?;
+                }
+                if added > 0 {
+                    let now = depth.get(app_id)?.map_or(0, |v| v.value());
+                    depth.insert(app_id, now + added)?;
+                    added_per_app.push((app_id.to_owned(), added));
+                }
+            }
+            meta.insert(SERIAL, serial)?;
+            Ok((known, added_per_app))
+        })?;
+        for (app_id, added) in added {
+            self.adjust_depth(&app_id, added, 0);
+        }
+        Ok(known)
+    }
+
+    fn peek(
+        &self,
+        app_id: &str,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let order = txn.open_table(ORDER)?;
+        let outbox = txn.open_table(OUTBOX)?;
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for item in order.range((app_id, 0)..=(app_id, u64::MAX))? {
+            if entries.len() >= max_events.max(1) {
+                break;
+            }
+            let (position, key) = item?;
+            let serial = position.value().1;
+            let key = key.value().to_owned();
+            let corrupt = |found| StoreError::OutboxOrder { app: app_id.to_owned(), serial, found };
+            let value = outbox.get((app_id, key.as_str()))?.ok_or_else(|| corrupt(None))?;
+            let (stored_serial, stored) = value.value();
+            if stored_serial != serial {
+                return Err(corrupt(Some(stored_serial)));
+            }
+            let (at_ms, event) = decode_event(stored);
+            if !entries.is_empty() && bytes + event.len() > max_bytes {
+                break;
+            }
+            bytes += event.len();
+            entries.push(OutboxEntry { key, serial, at_ms, event: event.to_vec() });
+        }
+        Ok(entries)
+    }
+
+    fn ack(&self, app_id: &str, delivered: &[(String, u64)]) -> Result<usize, StoreError> {
+        if delivered.is_empty() {
+            return Ok(0);
+        }
+        let _writes = lock(&self.outbox_writes);
+        let removed = self.write(Durability::None, |txn| {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut order = txn.open_table(ORDER)?;
+            let mut removed = 0usize;
+            for (key, serial) in delivered {
+                let current = outbox.get((app_id, key.as_str()))?.map(|v| v.value().0);
+                if current == Some(*serial) {
+                    outbox.remove((app_id, key.as_str()))?;
+                    order.remove((app_id, *serial))?;
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                let mut depth = txn.open_table(DEPTH)?;
+                let now = depth.get(app_id)?.map_or(0, |v| v.value());
+                let left = now.saturating_sub(removed as u64);
+                if left == 0 {
+                    depth.remove(app_id)?;
+                } else {
+                    depth.insert(app_id, left)?;
+                }
+            }
+            Ok(removed)
+        })?;
+        self.adjust_depth(app_id, 0, removed as u64);
+        Ok(removed)
+    }
+}
+
+/// The stored form of an event: its `at` (8 bytes, big-endian), then its JSON. `buffer` is
+/// reused across the events of a round.
+fn encode_event(buffer: &mut Vec<u8>, at_ms: u64, json: &[u8]) {
+    buffer.clear();
+    // Kept below 2^56 so that the first byte is 0 (see `decode_event`).
+    buffer.extend_from_slice(&at_ms.min((1 << 56) - 1).to_be_bytes());
+    buffer.extend_from_slice(json);
+}
+
+/// The `at` and JSON of a stored event. An event stored by an older daemon is JSON alone:
+/// it starts with `{`, where an `at` (below 2^56 ms, the year 2,000,000) starts with 0.
+fn decode_event(stored: &[u8]) -> (u64, &[u8]) {
+    match stored.split_first_chunk::<8>() {
+        Some((at, json)) if stored[0] == 0 => (u64::from_be_bytes(*at), json),
+        _ => (0, stored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_events_carry_their_at_and_older_ones_still_read() {
+        let mut stored = Vec::new();
+        encode_event(&mut stored, 1_764_400_000_123, br#"{"a":1}"#);
+        assert_eq!(decode_event(&stored), (1_764_400_000_123, &br#"{"a":1}"#[..]));
+        assert_eq!(
+            decode_event(br#"{"type":"presence","at":1}"#),
+            (0, &br#"{"type":"presence","at":1}"#[..])
+        );
+        assert_eq!(decode_event(b"{}"), (0, &b"{}"[..]), "shorter than an at");
+    }
+}

@@ -1,0 +1,176 @@
+//! [`MemoryStore`]: every storage trait in memory, nothing durable.
+//!
+//! It keeps the same contract as the redb store (the contract suite runs against both), so
+//! it stands in for it where durability is not the point: unit tests, and the fan-out
+//! bench's `presence-fanout --store memory`, which shows how much of the fan-out's cost is
+//! the durable outbox's. Never a daemon's store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use super::queue::CompactingQueue;
+use super::{
+    AppRecord, AppStore, NotificationStore, Outbox, OutboxEntry, OutboxEvent, RunJournal, SessionChange,
+    StoreError, StoreFuture, StoredSession, TicketStore,
+};
+
+/// Every store in one mutex-guarded state. Appends are "durable" when they return.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    apps: BTreeMap<String, AppRecord>,
+    outboxes: HashMap<String, CompactingQueue>,
+    /// The last serial handed out, shared by all apps so a serial is never reused, even
+    /// by an app id registered again.
+    serial: u64,
+    notifications: BTreeMap<u64, Vec<u8>>,
+    running: bool,
+    seq_floor: u64,
+    sessions: BTreeMap<Vec<u8>, StoredSession>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent; a panic elsewhere does not
+        // make it unusable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn ready<T: Send + 'static>(value: T) -> StoreFuture<T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl AppStore for MemoryStore {
+    fn put_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        self.lock().apps.insert(app.id.clone(), app.clone());
+        Ok(())
+    }
+
+    fn get_app(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
+        Ok(self.lock().apps.get(id).cloned())
+    }
+
+    fn update_app(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut AppRecord),
+    ) -> Result<Option<AppRecord>, StoreError> {
+        Ok(self.lock().apps.get_mut(id).map(|app| {
+            change(app);
+            app.clone()
+        }))
+    }
+
+    fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        Ok(self.lock().apps.values().cloned().collect())
+    }
+
+    fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        state.outboxes.remove(id);
+        Ok(state.apps.remove(id).is_some())
+    }
+}
+
+impl Outbox for MemoryStore {
+    fn append(&self, app_id: &str, events: Vec<OutboxEvent>) -> StoreFuture<bool> {
+        let mut state = self.lock();
+        if !state.apps.contains_key(app_id) {
+            return ready(false);
+        }
+        let mut serial = state.serial;
+        let queue = state.outboxes.entry(app_id.to_owned()).or_default();
+        for event in events {
+            serial += 1;
+            queue.push(serial, event);
+        }
+        state.serial = serial;
+        ready(true)
+    }
+
+    fn flush(&self) -> StoreFuture<()> {
+        ready(())
+    }
+
+    fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>> {
+        let batch = self.lock().outboxes.get(app_id).map(|q| q.batch(max_events, max_bytes));
+        ready(batch.unwrap_or_default())
+    }
+
+    fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize> {
+        let mut state = self.lock();
+        let Some(queue) = state.outboxes.get_mut(app_id) else { return ready(0) };
+        ready(delivered.iter().filter(|(key, serial)| queue.ack(key, *serial)).count())
+    }
+
+    fn depth(&self, app_id: &str) -> u64 {
+        self.lock().outboxes.get(app_id).map_or(0, |queue| queue.len() as u64)
+    }
+}
+
+impl NotificationStore for MemoryStore {
+    fn put_notification(&self, id: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.lock().notifications.insert(id, record.to_vec());
+        Ok(())
+    }
+
+    fn notifications(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.lock().notifications.iter().map(|(id, record)| (*id, record.clone())).collect())
+    }
+
+    fn delete_notification(&self, id: u64) -> Result<(), StoreError> {
+        self.lock().notifications.remove(&id);
+        Ok(())
+    }
+}
+
+impl RunJournal for MemoryStore {
+    fn begin_run(&self) -> Result<bool, StoreError> {
+        Ok(std::mem::replace(&mut self.lock().running, true))
+    }
+
+    fn end_run(&self) -> Result<(), StoreError> {
+        self.lock().running = false;
+        Ok(())
+    }
+
+    fn seq_floor(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().seq_floor)
+    }
+
+    fn set_seq_floor(&self, seq: u64) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.seq_floor = state.seq_floor.max(seq);
+        Ok(())
+    }
+}
+
+impl TicketStore for MemoryStore {
+    fn save_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for change in changes {
+            match change {
+                SessionChange::Put(session) => {
+                    state.sessions.insert(session.key.clone(), session.clone());
+                }
+                SessionChange::Remove(key) => {
+                    state.sessions.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_sessions(&self, since_secs: u64) -> Result<Vec<StoredSession>, StoreError> {
+        let mut state = self.lock();
+        state.sessions.retain(|_, session| session.created_secs >= since_secs);
+        let mut sessions: Vec<StoredSession> = state.sessions.values().cloned().collect();
+        sessions.sort_by_key(|session| session.created_secs);
+        Ok(sessions)
+    }
+}

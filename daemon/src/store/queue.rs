@@ -1,0 +1,147 @@
+//! [`CompactingQueue`]: the outbox's compaction rule, written once. The memory outbox keeps
+//! each app's entries in one; the redb outbox keeps the appends waiting for its next group
+//! commit in one, so a stalled disk costs memory per key, not per flap.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{OutboxEntry, OutboxEvent};
+
+/// A queue with at most one entry per key: pushing a key that is waiting replaces its
+/// entry, which moves to the back under its new serial.
+#[derive(Debug, Default)]
+pub(crate) struct CompactingQueue {
+    /// Key → the live version.
+    entries: HashMap<String, Live>,
+    /// Serial → key, in queue order.
+    order: BTreeMap<u64, String>,
+    /// Event bytes waiting.
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Live {
+    serial: u64,
+    at_ms: u64,
+    json: Vec<u8>,
+}
+
+impl CompactingQueue {
+    /// Pushes `event` under `serial`, which must be higher than every serial pushed
+    /// before. Returns true when it replaced a waiting entry (the queue did not grow).
+    pub(crate) fn push(&mut self, serial: u64, event: OutboxEvent) -> bool {
+        let OutboxEvent { key, at_ms, json } = event;
+        self.bytes += json.len();
+        let live = Live { serial, at_ms, json };
+        let replaced = match self.entries.get_mut(&key) {
+            Some(old) => {
+                let old = std::mem::replace(old, live);
+                self.order.remove(&old.serial);
+                self.bytes -= old.json.len();
+                true
+            }
+            None => {
+                self.entries.insert(key.clone(), live);
+                false
+            }
+        };
+        self.order.insert(serial, key);
+        replaced
+    }
+
+    /// Entries waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The oldest entries, at most `max_events` and `max_bytes` of event data, but at
+    /// least one if any waits.
+    pub(crate) fn batch(&self, max_events: usize, max_bytes: usize) -> Vec<OutboxEntry> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for (key, live) in self.iter() {
+            if batch.len() >= max_events.max(1) || (!batch.is_empty() && bytes + live.json.len() > max_bytes)
+            {
+                break;
+            }
+            bytes += live.json.len();
+            batch.push(OutboxEntry {
+                key: key.to_owned(),
+                serial: live.serial,
+                at_ms: live.at_ms,
+                event: live.json.clone(),
+            });
+        }
+        batch
+    }
+
+    /// Removes `key` if its live version is `serial`; returns whether it did.
+    pub(crate) fn ack(&mut self, key: &str, serial: u64) -> bool {
+        if self.entries.get(key).is_none_or(|live| live.serial != serial) {
+            return false;
+        }
+        if let Some(live) = self.entries.remove(key) {
+            self.bytes -= live.json.len();
+        }
+        self.order.remove(&serial);
+        true
+    }
+
+    /// Every entry in order, as (key, serial, at, event).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, u64, u64, &[u8])> {
+        self.iter().map(|(key, live)| (key, live.serial, live.at_ms, live.json.as_slice()))
+    }
+
+    /// Pushes every entry of `newer`, in its order and under its serials: for putting a
+    /// failed write back in front of what was appended meanwhile.
+    pub(crate) fn extend(&mut self, newer: CompactingQueue) {
+        let CompactingQueue { mut entries, order, .. } = newer;
+        for (serial, key) in order {
+            if let Some(Live { at_ms, json, .. }) = entries.remove(&key) {
+                self.push(serial, OutboxEvent { key, at_ms, json });
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Live)> {
+        self.order
+            .values()
+            .filter_map(|key| self.entries.get_key_value(key).map(|(k, live)| (k.as_str(), live)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(key: &str, json: &str) -> OutboxEvent {
+        OutboxEvent { key: key.to_owned(), at_ms: 7, json: json.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_newer_event_replaces_and_moves_to_the_back_and_bytes_follow() {
+        let mut queue = CompactingQueue::default();
+        assert!(!queue.push(1, ev("p:1", "a")));
+        assert!(!queue.push(2, ev("p:2", "bb")));
+        assert!(queue.push(3, ev("p:1", "ccc")));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.bytes, 5);
+        let order: Vec<(&str, u64)> = queue.entries().map(|(k, s, _, _)| (k, s)).collect();
+        assert_eq!(order, [("p:2", 2), ("p:1", 3)]);
+        assert!(!queue.ack("p:1", 1), "a replaced serial acknowledges nothing");
+        assert!(queue.ack("p:1", 3));
+        assert_eq!(queue.bytes, 2);
+    }
+
+    #[test]
+    fn extend_puts_older_entries_first_and_newer_content_wins() {
+        let mut older = CompactingQueue::default();
+        older.push(1, ev("p:1", "a"));
+        older.push(2, ev("p:2", "b"));
+        let mut newer = CompactingQueue::default();
+        newer.push(3, ev("p:1", "c"));
+        older.extend(newer);
+        let entries: Vec<(&str, &[u8])> = older.entries().map(|(k, _, _, e)| (k, e)).collect();
+        assert_eq!(entries, [("p:2", &b"b"[..]), ("p:1", &b"c"[..])]);
+        assert_eq!(older.len(), 2);
+    }
+}
