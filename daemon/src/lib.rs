@@ -283,7 +283,10 @@ impl Daemon {
     }
 
     /// Graceful drain: stop accepting, send `GoAway` to every device, wait until they have
-    /// left or the drain bound passes, then close what remains.
+    /// left or the drain bound passes, then close what remains (each session with its
+    /// `Error` frame, PROTOCOL.md §9.10), and POST the webhook events that caused (every
+    /// remaining device going `offline`) before returning, bounded by the drain bound
+    /// again; whatever a receiver did not take stays in the outbox for the next start.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + self.drain;
@@ -294,7 +297,7 @@ impl Daemon {
         self.quic.close(Duration::from_secs(1)).await;
         // Events published during the drain (devices going offline) reach the outbox.
         self.notifications.shutdown();
-        self.fanout.shutdown(Duration::from_secs(1)).await;
+        self.fanout.shutdown(self.drain).await;
         if let Err(error) = self.store.set_seq_floor(self.table.seq_high()) {
             tracing::warn!(%error, "cannot record the last presence seq");
         }

@@ -34,6 +34,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1_860;
 /// Default bound on the graceful drain after SIGTERM, seconds.
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
+/// Default clock skew tolerated on a device token's `exp` and `nbf`, seconds (PROTOCOL.md §9.8).
+pub const DEFAULT_TOKEN_LEEWAY_SECS: u64 = 30;
+/// Largest token leeway accepted, seconds: RFC 7519 allows "a small leeway", and more than
+/// a few minutes would turn skew tolerance into a longer token lifetime.
+pub const MAX_TOKEN_LEEWAY_SECS: u64 = 300;
 /// Default log filter.
 pub const DEFAULT_LOG: &str = "info";
 /// Default webhook batch window, milliseconds: how long the first waiting event waits for
@@ -192,6 +197,9 @@ pub struct SettingsLayer {
     /// Seconds a write to a device may wait for it to read before it is closed [default: 30].
     #[arg(long, env = "PRESENCED_SLOW_READER_SECS")]
     pub slow_reader_secs: Option<u64>,
+    /// Clock skew tolerated on device tokens' `exp` and `nbf`, seconds, 0 to 300 [default: 30].
+    #[arg(long, env = "PRESENCED_TOKEN_LEEWAY_SECS")]
+    pub token_leeway_secs: Option<u64>,
     /// Notifications per second per app [default: 50].
     #[arg(long, env = "PRESENCED_NOTIFY_APP_RATE")]
     pub notify_app_rate: Option<u32>,
@@ -273,6 +281,8 @@ pub struct Settings {
     pub session_pings: Rate,
     /// How long a write may wait on a device that does not read. Default 30 s.
     pub slow_reader: Duration,
+    /// Clock skew tolerated on device tokens' `exp` and `nbf`. Default 30 s, at most 300 s.
+    pub token_leeway: Duration,
     /// Notifications per app. Default (50, 100).
     pub notify_app: Rate,
     /// Notifications per recipient (PUID) per app. Default (1, 10).
@@ -380,6 +390,7 @@ impl SettingsLayer {
             session_ping_rate,
             session_ping_burst,
             slow_reader_secs,
+            token_leeway_secs,
             notify_app_rate,
             notify_app_burst,
             notify_user_rate,
@@ -439,6 +450,10 @@ impl SettingsLayer {
         );
         let webhook_timeout =
             positive(self.webhook_timeout_secs, DEFAULT_WEBHOOK_TIMEOUT_SECS, "webhook_timeout_secs");
+        let token_leeway = self.token_leeway_secs.unwrap_or(DEFAULT_TOKEN_LEEWAY_SECS);
+        if token_leeway > MAX_TOKEN_LEEWAY_SECS {
+            errors.push(format!("token_leeway_secs must be at most {MAX_TOKEN_LEEWAY_SECS}"));
+        }
         let max_sessions = self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
         if max_sessions == 0 {
             errors.push("max_sessions must be greater than zero".into());
@@ -534,6 +549,7 @@ impl SettingsLayer {
             session_frames,
             session_pings,
             slow_reader,
+            token_leeway: Duration::from_secs(token_leeway),
             notify_app,
             notify_user,
             notify_outstanding,

@@ -1,8 +1,21 @@
 //! One task per connection: drives a [`ServerSession`] with quinn I/O and applies its
 //! events to the presence table.
+//!
+//! Every end of a session goes through the sans-IO session's `close` (or `reject`): it
+//! queues the `Error` frame PROTOCOL.md §9.9 requires, the task flushes and lingers for it,
+//! and only then closes the QUIC connection with the same code. That holds for the
+//! daemon's own reasons too: a peer without DATAGRAM support (§2) and the end of a
+//! shutdown drain (§9.10).
+//!
+//! Datagrams are read in batches: the one that woke the task and every one already waiting
+//! behind it. With quinn's buffer empty, each DATAGRAM frame quinn counted
+//! (`ConnectionStats::frame_rx.datagram`) was either read here or dropped by quinn, so the
+//! difference is exact and is counted (`presence_refusals_total{reason="datagram_buffer"}`).
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use presence_protocol::{Accept, AppId, ErrorCode, Hello, Reason, ServerEvent, ServerSession, Transmit};
@@ -26,12 +39,13 @@ struct Identity {
     device: String,
 }
 
-/// Decrements the in-flight handshake count when the handshake phase ends, however it ends.
-struct Handshaking<'a>(&'a Shared);
+/// Decrements a count of tasks in some phase (handshaking, alive) when the phase ends,
+/// however it ends.
+struct InPhase<'a>(&'a AtomicU32);
 
-impl Drop for Handshaking<'_> {
+impl Drop for InPhase<'_> {
     fn drop(&mut self) {
-        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -48,6 +62,8 @@ pub(super) fn start(connecting: quinn::Connecting, shared: Arc<Shared>) {
         shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
         return;
     };
+    // Counted before the task exists, so shutdown never sees a spawned task as gone.
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(run(connection, handshake_done, id, shared).instrument(span));
 }
 
@@ -57,8 +73,9 @@ async fn run(
     id: u64,
     shared: Arc<Shared>,
 ) {
+    let _alive = InPhase(&shared.sessions);
     shared.handshaking.fetch_add(1, Ordering::Relaxed);
-    let guard = Handshaking(&shared);
+    let guard = InPhase(&shared.handshaking);
     let stream = tokio::time::timeout(shared.protocol.handshake_timeout, connection.accept_bi()).await;
     let (send, recv) = match stream {
         Ok(Ok(pair)) => pair,
@@ -84,6 +101,8 @@ async fn run(
         handshake: Some(guard),
         handshake_done: Box::pin(handshake_done),
         closed: None,
+        datagrams_read: 0,
+        datagrams_dropped: 0,
     };
     driver.run().await;
     if driver.closed.is_some_and(|code| code != ErrorCode::NO_ERROR) {
@@ -100,10 +119,13 @@ struct Driver<'a> {
     session: ServerSession,
     id: u64,
     identity: Option<Identity>,
-    handshake: Option<Handshaking<'a>>,
+    handshake: Option<InPhase<'a>>,
     handshake_done: std::pin::Pin<Box<quinn::ZeroRttAccepted>>,
     /// The code the session ended with, once it has.
     closed: Option<ErrorCode>,
+    /// DATAGRAM frames read from quinn, and those counted as dropped by it.
+    datagrams_read: u64,
+    datagrams_dropped: u64,
 }
 
 impl Driver<'_> {
@@ -111,8 +133,21 @@ impl Driver<'_> {
         let (handle, mut commands) = SessionHandle::new(self.id);
         let mut shutdown = self.shared.shutdown.clone();
         let mut draining = *shutdown.borrow();
+        let mut close_now = self.shared.close_sessions.clone();
         let mut remote = self.connection.remote_address();
         let mut stream_open = true;
+        if self.connection.max_datagram_size().is_none() {
+            // PROTOCOL.md §2: no pings, no session. Said on the control stream like every
+            // other close, before the device's Hello is even read.
+            self.shared.metrics.handshakes_failed.get_or_create(&reason("no_datagrams")).inc();
+            self.session.close(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "the QUIC DATAGRAM extension is required (max_datagram_frame_size)",
+            );
+            self.handle_events(&handle).await;
+            self.flush().await;
+            return;
+        }
         loop {
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -126,17 +161,7 @@ impl Driver<'_> {
                     Err(error) => return debug!(%error, "control stream ended"),
                 },
                 datagram = self.connection.read_datagram() => match datagram {
-                    Ok(payload) => {
-                        self.shared.metrics.pings_received.inc();
-                        let (bad, limited) = (self.session.bad_datagrams(), self.session.limited_datagrams());
-                        self.session.handle_datagram(Instant::now(), &payload);
-                        if self.session.bad_datagrams() > bad {
-                            self.shared.metrics.bad_datagrams.inc();
-                        }
-                        if self.session.limited_datagrams() > limited {
-                            self.shared.metrics.refuse(Refusal::PingRate);
-                        }
-                    }
+                    Ok(payload) => self.read_datagrams(&payload),
                     Err(error) => return debug!(%error, "connection ended"),
                 },
                 command = commands.recv() => self.apply(command),
@@ -148,6 +173,11 @@ impl Driver<'_> {
                     if self.session.go_away(reason, self.shared.drain).is_err() {
                         self.session.close(ErrorCode::SHUTTING_DOWN, "server shutting down");
                     }
+                }
+                // The drain is over (PROTOCOL.md §9.10): the session ends itself, so the
+                // device gets the `Error` frame every close carries.
+                _ = close_now.wait_for(|close| *close) => {
+                    self.session.close(ErrorCode::SHUTTING_DOWN, "server shutting down");
                 }
             }
             let address = self.connection.remote_address();
@@ -165,6 +195,44 @@ impl Driver<'_> {
             if self.session.is_closed() {
                 return;
             }
+        }
+    }
+
+    /// Handles `first` and every datagram already waiting behind it, then counts what quinn
+    /// dropped: once its buffer is empty, every DATAGRAM frame it received up to the last
+    /// look was either read here or dropped by it.
+    fn read_datagrams(&mut self, first: &[u8]) {
+        self.handle_datagram(first);
+        loop {
+            let received = self.connection.stats().frame_rx.datagram;
+            match ready_now(self.connection.read_datagram()) {
+                Some(Ok(payload)) => self.handle_datagram(&payload),
+                // Empty (or the connection ended: the next read says so).
+                _ => return self.count_dropped(received),
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, payload: &[u8]) {
+        self.datagrams_read += 1;
+        self.shared.metrics.pings_received.inc();
+        let (bad, limited) = (self.session.bad_datagrams(), self.session.limited_datagrams());
+        self.session.handle_datagram(Instant::now(), payload);
+        if self.session.bad_datagrams() > bad {
+            self.shared.metrics.bad_datagrams.inc();
+        }
+        if self.session.limited_datagrams() > limited {
+            self.shared.metrics.refuse(Refusal::PingRate);
+        }
+    }
+
+    /// Counts the DATAGRAM frames among the first `received` that were never read.
+    fn count_dropped(&mut self, received: u64) {
+        let dropped = received.saturating_sub(self.datagrams_read + self.datagrams_dropped);
+        if dropped > 0 {
+            self.datagrams_dropped += dropped;
+            self.shared.metrics.refuse_n(Refusal::DatagramBuffer, dropped);
+            debug!(dropped, "datagrams dropped by the QUIC datagram buffer");
         }
     }
 
@@ -231,8 +299,10 @@ impl Driver<'_> {
     }
 
     async fn authenticate(&mut self, hello: Hello, handle: &SessionHandle) {
-        let now = unix_now();
-        let claims = match self.shared.services.verifier.verify(&hello.token, now) {
+        let now_ms = unix_now_ms();
+        let now = now_ms / 1_000;
+        let verifier = &self.shared.services.verifier;
+        let claims = match verifier.verify(&hello.token, now) {
             Ok(claims) if claims.did == hello.device_id.as_str() => claims,
             Ok(_) => return self.refuse(ErrorCode::UNAUTHENTICATED, "token is for another device", "device"),
             Err(TokenError::Expired) => {
@@ -264,10 +334,13 @@ impl Driver<'_> {
         let span = tracing::Span::current();
         span.record("user", claims.sub.as_str());
         span.record("device", claims.did.as_str());
+        // Read again: a 0-RTT Hello waited for the handshake, and both the clock the device
+        // corrects against and the token's remaining time count from Welcome.
+        let now_ms = unix_now_ms();
         let accept = Accept {
             session_id: self.id,
-            server_time_ms: now * 1_000,
-            token_valid_for: Some(valid_for(&claims, now)),
+            server_time_ms: now_ms,
+            token_valid_for: Some(self.shared.services.verifier.valid_for(&claims, now_ms)),
         };
         if let Err(error) = self.session.accept(Instant::now(), accept) {
             return warn!(%error, "accept out of phase");
@@ -330,10 +403,11 @@ impl Driver<'_> {
 
     fn reauth(&mut self, token: &str) {
         let Some(identity) = &self.identity else { return };
-        let now = unix_now();
-        match self.shared.services.verifier.verify(token, now) {
+        let now_ms = unix_now_ms();
+        let verifier = &self.shared.services.verifier;
+        match verifier.verify(token, now_ms / 1_000) {
             Ok(claims) if claims.sub == identity.user && claims.did == identity.device => {
-                self.session.renew_token(Instant::now(), Some(valid_for(&claims, now)));
+                self.session.renew_token(Instant::now(), Some(verifier.valid_for(&claims, now_ms)));
             }
             Ok(_) => {
                 self.session.close(ErrorCode::UNAUTHENTICATED, "reauth token names another user or device")
@@ -389,6 +463,8 @@ impl Driver<'_> {
         if let Some(identity) = &self.identity {
             self.shared.services.table.disconnect(&identity.user, &identity.device, self.id);
         }
+        // Datagrams still buffered now are never read either.
+        self.count_dropped(self.connection.stats().frame_rx.datagram);
         let code = self.closed.unwrap_or(ErrorCode::NO_ERROR);
         let _ = self.send.finish();
         self.connection.close(close_code(code), code.name().as_bytes());
@@ -403,12 +479,6 @@ impl Driver<'_> {
     }
 }
 
-/// How long a verified token stays valid, with the same leeway `verify` allowed it, so a
-/// token accepted at the edge of its expiry is not closed the moment its session starts.
-fn valid_for(claims: &crate::auth::DeviceClaims, now: u64) -> Duration {
-    Duration::from_secs(claims.exp.saturating_add(crate::auth::LEEWAY_SECS).saturating_sub(now))
-}
-
 fn close_code(code: ErrorCode) -> VarInt {
     VarInt::from_u32(u32::from(code.0))
 }
@@ -420,6 +490,17 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// Unix time in milliseconds: `Welcome.server_time_ms` is for skew correction (§6.2), so it
+/// is the real millisecond, not a whole second.
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Polls `future` once: its output if it is ready now, without waiting.
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }

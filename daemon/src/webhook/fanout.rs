@@ -139,8 +139,22 @@ struct Inner {
     committed: watch::Sender<u64>,
     /// One delivery task per app that has been seen.
     apps: Mutex<HashMap<String, AppTask>>,
-    /// Set by `shutdown`.
-    stopping: watch::Sender<bool>,
+    /// How far `shutdown` has gone.
+    phase: watch::Sender<Phase>,
+}
+
+/// How far a shutdown has gone; each phase follows the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Delivering as usual.
+    Running,
+    /// The committer writes what was published, then ends.
+    Closing,
+    /// Everything published is in the outbox: each delivery task sends what it holds at
+    /// once (no batch window, failures retried) and ends when its outbox is empty.
+    Draining,
+    /// The shutdown bound passed: tasks end at their next wait.
+    Stopped,
 }
 
 #[derive(Default)]
@@ -269,7 +283,7 @@ impl Fanout {
             .map_err(|_| FanoutError::Config("Fanout::start must be called inside a tokio runtime"))?;
         let client = build_client(&config)?;
         let (committed, _) = watch::channel(0);
-        let (stopping, _) = watch::channel(false);
+        let (phase, _) = watch::channel(Phase::Running);
         let inner = Arc::new(Inner {
             store,
             config,
@@ -280,7 +294,7 @@ impl Fanout {
             buffer_ready: Notify::new(),
             committed,
             apps: Mutex::new(HashMap::new()),
-            stopping,
+            phase,
         });
         let committer = inner.runtime.spawn(commit_loop(inner.clone()));
         Ok(Fanout { inner, committer: Mutex::new(Some(committer)) })
@@ -334,11 +348,14 @@ impl Fanout {
         })
     }
 
-    /// Stops within `bound`: writes what was published, lets POSTs in flight finish, and
-    /// ends every task. Undelivered events stay in the outbox for the next start.
+    /// Stops within `bound`, delivering what it owes first: writes what was published,
+    /// then every app's task POSTs what its outbox holds at once (no batch window,
+    /// failures retried with the usual backoff) and ends when the outbox is empty. At the
+    /// bound every task still working ends; what it did not deliver stays in the outbox for
+    /// the next start (delivery is at-least-once either way).
     pub async fn shutdown(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
-        let _ = self.inner.stopping.send(true);
+        let _ = self.inner.phase.send(Phase::Closing);
         let committer = lock(&self.committer).take();
         if let Some(mut handle) = committer {
             if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
@@ -346,13 +363,18 @@ impl Fanout {
                 handle.abort();
             }
         }
+        // Only now: a task that found nothing pending before the committer's last write
+        // would end without sending it.
+        let _ = self.inner.phase.send(Phase::Draining);
         let tasks: Vec<(String, AppTask)> = lock(&self.inner.apps).drain().collect();
         for (app, mut task) in tasks {
             if tokio::time::timeout_at(deadline, &mut task.handle).await.is_err() {
-                debug!(app, "webhook delivery still in flight at shutdown; abandoned");
+                let _ = self.inner.phase.send(Phase::Stopped);
+                warn!(app, "webhook delivery unfinished at the shutdown bound; the rest waits in the outbox");
                 task.handle.abort();
             }
         }
+        let _ = self.inner.phase.send(Phase::Stopped);
     }
 }
 
@@ -422,7 +444,7 @@ async fn blocking<T: Send + 'static>(
 /// The committer: writes buffered events, one transaction per app per round, and wakes
 /// the apps' delivery tasks. Also starts a task per registered app first.
 async fn commit_loop(inner: Arc<Inner>) {
-    let mut stopping = inner.stopping.subscribe();
+    let mut stopping = inner.phase.subscribe();
     loop {
         let store = inner.store.clone();
         let listed = blocking(move || {
@@ -445,7 +467,7 @@ async fn commit_loop(inner: Arc<Inner>) {
                 warn!(%error, "cannot list apps; webhook delivery waits for the store");
                 tokio::select! {
                     _ = tokio::time::sleep(STORE_RETRY) => {}
-                    _ = stopping.wait_for(|s| *s) => break,
+                    _ = stopping.wait_for(|p| *p >= Phase::Closing) => break,
                 }
             }
         }
@@ -456,13 +478,13 @@ async fn commit_loop(inner: Arc<Inner>) {
             (std::mem::take(&mut buffer.apps), buffer.published)
         };
         if apps.is_empty() {
-            if *stopping.borrow() {
+            if *stopping.borrow() >= Phase::Closing {
                 let _ = inner.committed.send(generation);
                 return;
             }
             tokio::select! {
                 _ = inner.buffer_ready.notified() => {}
-                _ = stopping.wait_for(|s| *s) => {}
+                _ = stopping.wait_for(|p| *p >= Phase::Closing) => {}
             }
             continue;
         }
@@ -551,7 +573,7 @@ impl Inner {
     }
 
     fn restart_task(self: &Arc<Self>, app_id: &str) {
-        if *self.stopping.borrow() {
+        if *self.phase.borrow() >= Phase::Closing {
             return;
         }
         let mut apps = lock(&self.apps);
@@ -745,49 +767,55 @@ fn event_at_ms(event: &[u8]) -> Option<u64> {
 }
 
 /// Waits until a batch is due: the oldest pending event is `batch_window` old, or enough
-/// has been published to fill a batch. Returns false when the fan-out is stopping.
-async fn wait_due(inner: &Inner, shared: &AppShared, stopping: &mut watch::Receiver<bool>) -> bool {
+/// has been published to fill a batch, or the fan-out is draining and something is
+/// pending. Returns false when the task should end: stopped, or draining with nothing
+/// left.
+async fn wait_due(inner: &Inner, shared: &AppShared, phase: &mut watch::Receiver<Phase>) -> bool {
     loop {
-        if *stopping.borrow() {
+        let now = *phase.borrow_and_update();
+        if now >= Phase::Stopped {
             return false;
         }
+        let draining = now == Phase::Draining;
         let pending = shared.snapshot();
         match pending.since {
+            None if draining => return false,
             None => {
                 tokio::select! {
                     _ = shared.notify.notified() => {}
-                    _ = stopping.wait_for(|s| *s) => return false,
+                    changed = phase.changed() => if changed.is_err() { return false },
                 }
             }
             Some(since) => {
                 let full =
                     pending.count >= inner.config.max_events || pending.bytes >= inner.config.max_bytes;
                 let due = since + inner.config.batch_window;
-                if full || Instant::now() >= due {
+                if full || draining || Instant::now() >= due {
                     return true;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => return true,
                     _ = shared.notify.notified() => {}
-                    _ = stopping.wait_for(|s| *s) => return false,
+                    changed = phase.changed() => if changed.is_err() { return false },
                 }
             }
         }
     }
 }
 
-/// Sleeps `delay` unless the fan-out stops first (then returns false).
-async fn pause(delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
+/// Sleeps `delay` unless the fan-out stops first (then returns false). A draining
+/// fan-out still waits: its retries go on until the shutdown bound.
+async fn pause(delay: Duration, phase: &mut watch::Receiver<Phase>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,
-        _ = stopping.wait_for(|s| *s) => false,
+        _ = phase.wait_for(|p| *p >= Phase::Stopped) => false,
     }
 }
 
 /// One app's delivery task: exactly one batch in flight, so events reach the receiver in
 /// outbox order.
 async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>, catch_up: bool) {
-    let mut stopping = inner.stopping.subscribe();
+    let mut stopping = inner.phase.subscribe();
     let mut attempt: u32 = 0;
     let (app, depth) = loop {
         let (store, id) = (inner.store.clone(), app_id.clone());
