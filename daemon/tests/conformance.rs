@@ -13,7 +13,7 @@ use common::receiver::Receiver;
 use common::relay::Relay;
 use common::*;
 use presence_protocol::{
-    EchoKind, EchoPing, ErrorCode, Message, Ping, PingKind, Status, limits::MAX_PING_LEN,
+    EchoKind, EchoPing, ErrorCode, Message, Ping, PingKind, Status, limits, limits::MAX_PING_LEN,
 };
 use presenced::settings::{DEFAULT_SESSION_PING_BURST, SettingsLayer};
 
@@ -35,6 +35,7 @@ async fn acks(device: &RawDevice, quiet: Duration) -> BTreeSet<u8> {
     while let Ok(Ok(payload)) = tokio::time::timeout(quiet, device.connection.read_datagram()).await {
         if let Ok(ping) = Ping::decode(&payload) {
             if ping.kind == PingKind::Ack {
+                assert!(!ping.ack_requested, "an Ack never asks for an Ack (PROTOCOL.md §8.1)");
                 seqs.insert(ping.seq);
             }
         }
@@ -200,7 +201,7 @@ async fn shutdown_closes_with_an_error_frame_and_posts_offline_before_returning(
 }
 
 #[tokio::test]
-async fn welcome_server_time_is_real_milliseconds() {
+async fn welcome_is_within_the_wire_limits_and_its_clock_is_real_milliseconds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = TestDaemon::start(dir.path()).await;
     let mut whole_seconds = 0;
@@ -216,6 +217,11 @@ async fn welcome_server_time_is_real_milliseconds() {
         .await;
         let after = unix_ms();
         let Message::Welcome(welcome) = answer else { panic!("{answer:?}") };
+        // PROTOCOL.md §7.2: never looser than the wire limits.
+        assert!(usize::from(welcome.max_visibility) <= limits::MAX_VISIBILITY);
+        assert!(usize::from(welcome.max_message_len) <= limits::MAX_MESSAGE_LEN);
+        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+        assert!((limits::MIN_HEARTBEAT..=limits::MAX_HEARTBEAT).contains(&heartbeat));
         assert!(
             (before..=after).contains(&welcome.server_time_ms),
             "round {round}: {} outside [{before}, {after}]",

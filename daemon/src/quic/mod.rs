@@ -330,3 +330,25 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
 fn reason(reason: &'static str) -> ReasonLabel {
     ReasonLabel { reason }
 }
+
+#[cfg(test)]
+mod tests {
+    use presence_protocol::limits::MAX_HEARTBEAT;
+
+    use super::*;
+    use crate::settings::{DEFAULT_HEARTBEAT_GRACE_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_SESSION_PING_BURST};
+
+    #[test]
+    fn the_default_idle_timeout_outlasts_the_longest_heartbeat_plus_grace() {
+        // PROTOCOL.md §2: liveness, not QUIC, decides that a quiet device is gone.
+        let idle = Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS);
+        assert!(idle > MAX_HEARTBEAT + Duration::from_secs(DEFAULT_HEARTBEAT_GRACE_SECS));
+        assert!(transport_config(idle, DEFAULT_SESSION_PING_BURST).is_ok());
+    }
+
+    #[test]
+    fn datagram_buffers_hold_twice_the_burst_and_any_datagram_of_a_packet() {
+        assert_eq!(datagram_buffer(DEFAULT_SESSION_PING_BURST), 2 * 20 * DATAGRAM_COST);
+        assert_eq!(datagram_buffer(1), MIN_DATAGRAM_BUFFER);
+    }
+}
