@@ -358,7 +358,9 @@ mod tests {
         assert_eq!(strict.verify(&token, 1_060), Err(TokenError::Expired));
         let claims = strict.verify(&token, 1_059).expect("valid");
         assert_eq!(strict.valid_for(&claims, 1_059_000), Duration::from_secs(1));
-        let later = signer.sign(&serde_json::json!({"sub": "a", "did": "d", "aud": "presence", "exp": 2_000, "nbf": 1_010}));
+        let later = signer.sign(
+            &serde_json::json!({"sub": "a", "did": "d", "aud": "presence", "exp": 2_000, "nbf": 1_010}),
+        );
         assert!(verifier.verify(&later, 1_000).is_ok(), "nbf within the leeway");
         assert_eq!(verifier.verify(&later, 999), Err(TokenError::NotYetValid));
     }

@@ -146,7 +146,8 @@ async fn the_token_leeway_is_the_configured_one_at_hello_and_mid_session() {
 
     // Expired one second beyond the leeway: refused.
     let beyond = daemon.signer.mint("alice", "phone", now - leeway - 1 - 60, 60);
-    let (device, answer) = RawDevice::hello(addr, &daemon.roots, hello(&beyond, "phone", Status::Online, &[])).await;
+    let (device, answer) =
+        RawDevice::hello(addr, &daemon.roots, hello(&beyond, "phone", Status::Online, &[])).await;
     assert!(matches!(answer, Message::Error(ref e) if e.code == ErrorCode::TOKEN_EXPIRED), "{answer:?}");
     assert_eq!(device.close_code().await, Some(u64::from(ErrorCode::TOKEN_EXPIRED.0)));
 

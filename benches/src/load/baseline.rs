@@ -89,7 +89,7 @@ impl BareServer {
             Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
             presenced::settings::DEFAULT_SESSION_PING_BURST,
         )
-            .map_err(|e| LoadError::Baseline(format!("{e:#}")))?;
+        .map_err(|e| LoadError::Baseline(format!("{e:#}")))?;
         config.transport_config(Arc::new(transport));
         config.migration(true);
         let endpoint = quinn::Endpoint::server(config, listen)

@@ -161,7 +161,10 @@ impl QuicServer {
         tls.send_tls13_tickets = 1;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(Arc::new(transport_config(settings.idle_timeout, settings.session_pings.burst)?));
+        server_config.transport_config(Arc::new(transport_config(
+            settings.idle_timeout,
+            settings.session_pings.burst,
+        )?));
         server_config.migration(true);
         let socket = udp_socket(settings.quic_listen, settings.udp_buffer)
             .with_context(|| format!("cannot bind QUIC on {}", settings.quic_listen))?;
@@ -336,7 +339,9 @@ mod tests {
     use presence_protocol::limits::MAX_HEARTBEAT;
 
     use super::*;
-    use crate::settings::{DEFAULT_HEARTBEAT_GRACE_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_SESSION_PING_BURST};
+    use crate::settings::{
+        DEFAULT_HEARTBEAT_GRACE_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_SESSION_PING_BURST,
+    };
 
     #[test]
     fn the_default_idle_timeout_outlasts_the_longest_heartbeat_plus_grace() {
