@@ -5,8 +5,14 @@
 //! itself ([`TokenSigner`], used by `presenced token`). The verifier is strict: `alg` must
 //! be `EdDSA` (no `none`, no algorithm confusion), `aud` must contain `presence`, `exp` must
 //! lie ahead, and `sub` and the device claim `did` must be present and bounded.
+//!
+//! "Ahead" allows the configured leeway (`token_leeway_secs`, PROTOCOL.md §9.8): the token
+//! issuer's clock and the daemon's are never quite the same, so a token is refused once
+//! `now >= exp + leeway` and a session it opened ends at `exp + leeway`, both from the one
+//! [`TokenVerifier`] so that the handshake and the session agree.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -15,12 +21,12 @@ use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::settings::DEFAULT_TOKEN_LEEWAY_SECS;
+
 /// The audience every device token must name.
 pub const AUDIENCE: &str = "presence";
 /// Longest user id (`sub`) accepted, in bytes.
 pub const MAX_USER_LEN: usize = 256;
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECS: u64 = 30;
 
 /// Why a token was refused. The payloads are typed so that callers and tests can tell the
 /// refusals apart without reading messages.
@@ -198,6 +204,8 @@ struct Header {
 #[derive(Debug)]
 pub struct TokenVerifier {
     keys: HashMap<Option<String>, UnparsedPublicKey<Vec<u8>>>,
+    /// Clock skew tolerated on `exp` and `nbf`, seconds.
+    leeway_secs: u64,
 }
 
 impl TokenVerifier {
@@ -219,7 +227,23 @@ impl TokenVerifier {
         if keys.is_empty() {
             return Err(KeyError::NoKey);
         }
-        Ok(TokenVerifier { keys })
+        Ok(TokenVerifier { keys, leeway_secs: DEFAULT_TOKEN_LEEWAY_SECS })
+    }
+
+    /// This verifier with another clock-skew leeway (the `token_leeway_secs` setting);
+    /// sub-second parts are ignored, as JWT times are whole seconds.
+    pub fn with_leeway(mut self, leeway: Duration) -> TokenVerifier {
+        self.leeway_secs = leeway.as_secs();
+        self
+    }
+
+    /// How long a token this verifier accepted at `now_ms` (Unix milliseconds) keeps its
+    /// session open: until `exp` plus the same leeway `verify` allowed, to the millisecond,
+    /// so a token accepted at the edge of its expiry is not closed the moment its session
+    /// starts, and none outlives `exp + leeway`.
+    pub fn valid_for(&self, claims: &DeviceClaims, now_ms: u64) -> Duration {
+        let end_ms = claims.exp.saturating_add(self.leeway_secs).saturating_mul(1_000);
+        Duration::from_millis(end_ms.saturating_sub(now_ms))
     }
 
     /// Verifies `token` at Unix time `now` and returns its claims.
@@ -253,10 +277,10 @@ impl TokenVerifier {
         if !claims.aud.contains(AUDIENCE) {
             return Err(TokenError::Audience);
         }
-        if claims.exp.saturating_add(LEEWAY_SECS) <= now {
+        if claims.exp.saturating_add(self.leeway_secs) <= now {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway_secs)) {
             return Err(TokenError::NotYetValid);
         }
         if claims.sub.is_empty() || claims.sub.len() > MAX_USER_LEN {
@@ -363,7 +387,7 @@ mod tests {
         let signer = signer();
         let verifier = verifier(&signer);
         let token = signer.mint("alice", "phone", 1_000, 60);
-        assert_eq!(verifier.verify(&token, 1_000 + 60 + LEEWAY_SECS), Err(TokenError::Expired));
+        assert_eq!(verifier.verify(&token, 1_000 + 60 + DEFAULT_TOKEN_LEEWAY_SECS), Err(TokenError::Expired));
         let forged = verifier.verify(&signer_token_from(&other_signer(), "alice"), 1_000);
         assert_eq!(forged, Err(TokenError::Signature));
         let wrong_aud =
@@ -418,6 +442,26 @@ mod tests {
         let future = signer.sign(&claims);
         assert_eq!(verifier.verify(&future, 1_000), Err(TokenError::NotYetValid));
         assert_eq!(verifier.verify(&future, u64::MAX), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn the_leeway_is_exact_and_configurable() {
+        let signer = signer();
+        let token = signer.mint("alice", "phone", 1_000, 60);
+        let verifier = verifier(&signer).with_leeway(Duration::from_secs(10));
+        // Accepted up to the last second before exp + leeway, refused from it on.
+        let claims = verifier.verify(&token, 1_069).expect("inside the leeway");
+        assert_eq!(verifier.valid_for(&claims, 1_069_250), Duration::from_millis(750));
+        assert_eq!(verifier.verify(&token, 1_070), Err(TokenError::Expired));
+        let strict = self::verifier(&signer).with_leeway(Duration::ZERO);
+        assert_eq!(strict.verify(&token, 1_060), Err(TokenError::Expired));
+        let claims = strict.verify(&token, 1_059).expect("valid");
+        assert_eq!(strict.valid_for(&claims, 1_059_000), Duration::from_secs(1));
+        let later = signer.sign(
+            &serde_json::json!({"sub": "a", "did": "d", "aud": "presence", "exp": 2_000, "nbf": 1_010}),
+        );
+        assert!(verifier.verify(&later, 1_000).is_ok(), "nbf within the leeway");
+        assert_eq!(verifier.verify(&later, 999), Err(TokenError::NotYetValid));
     }
 
     fn other_signer() -> TokenSigner {

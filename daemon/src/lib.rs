@@ -193,7 +193,7 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = quic::TlsIdentity { cert_chain: cert_chain.clone(), key: key.clone_key() };
         let services = Arc::new(session::SessionServices {
-            verifier,
+            verifier: verifier.with_leeway(quic_config.token_leeway),
             table: table.clone(),
             metrics: metrics.clone(),
             apps: apps.clone(),
@@ -306,7 +306,10 @@ impl Daemon {
     }
 
     /// Graceful drain: stop accepting, send `GoAway` to every device, wait until they have
-    /// left or the drain bound passes, then close what remains.
+    /// left or the drain bound passes, then close what remains (each session with its
+    /// `Error` frame, PROTOCOL.md §9.10), and POST the webhook events that caused (every
+    /// remaining device going `offline`) before returning, bounded by the drain bound
+    /// again; whatever a receiver did not take stays in the outbox for the next start.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + self.drain;
@@ -317,7 +320,7 @@ impl Daemon {
         self.quic.close(Duration::from_secs(1)).await;
         // Events published during the drain (devices going offline) reach the outbox.
         self.notifications.shutdown().await;
-        self.fanout.shutdown(Duration::from_secs(1)).await;
+        self.fanout.shutdown(self.drain).await;
         let (journal, high) = (self.journal.clone(), self.table.seq_high());
         if let Err(error) = blocking(move || journal.set_seq_floor(high)).await {
             tracing::warn!(%error, "cannot record the last presence seq");

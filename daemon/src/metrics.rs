@@ -131,6 +131,9 @@ pub enum Refusal {
     HandshakeIgnored,
     /// A heartbeat ping over its session's rate, dropped.
     PingRate,
+    /// A DATAGRAM quinn received but the session never read: dropped by quinn's datagram
+    /// buffer when full (it drops the oldest), or still in it when the session ended.
+    DatagramBuffer,
     /// A session closed with `RATE_LIMITED` (frames over the burst or a sustained ping flood).
     SessionRateLimited,
     /// A session closed because the device stopped reading its control stream.
@@ -155,6 +158,7 @@ impl Refusal {
             Refusal::HandshakeRetry => "handshake_retry",
             Refusal::HandshakeIgnored => "handshake_ignored",
             Refusal::PingRate => "ping_rate",
+            Refusal::DatagramBuffer => "datagram_buffer",
             Refusal::SessionRateLimited => "session_rate_limited",
             Refusal::SlowReader => "slow_reader",
             Refusal::NotifyAppRate => "notify_app_rate",

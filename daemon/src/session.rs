@@ -263,6 +263,13 @@ impl DeviceSession {
         self.process();
     }
 
+    /// The driver ends the session for a reason of its own (a peer without DATAGRAM
+    /// support, the end of the drain): the device gets the `Error` frame every close carries.
+    pub fn close(&mut self, code: ErrorCode, reason: &str) {
+        self.protocol.close(code, reason);
+        self.process();
+    }
+
     /// The device does not read its control stream: a write waited past the slow-reader
     /// bound. The session ends at once; nothing more can reach the device anyway.
     pub fn slow_reader(&mut self) {
@@ -457,12 +464,11 @@ impl DeviceSession {
         }
     }
 
-    /// How long a verified token stays valid, with the same leeway `verify` allowed it, so
-    /// a token accepted at the edge of its expiry is not closed the moment its session
-    /// starts.
+    /// How long a verified token stays valid, to the millisecond, with the same leeway
+    /// `verify` allowed it, so a token accepted at the edge of its expiry is not closed the
+    /// moment its session starts.
     fn valid_for(&self, claims: &DeviceClaims) -> Duration {
-        let now = self.services.clock.unix_secs();
-        Duration::from_secs(claims.exp.saturating_add(crate::auth::LEEWAY_SECS).saturating_sub(now))
+        self.services.verifier.valid_for(claims, self.services.clock.unix_ms())
     }
 
     fn refuse(&mut self, code: ErrorCode, detail: &str, label: &'static str) {

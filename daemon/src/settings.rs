@@ -44,6 +44,12 @@ pub const DEFAULT_SESSION_STORE: usize = 200_000;
 /// Default QUIC idle timeout, seconds: longer than the longest heartbeat interval plus grace
 /// so liveness, not QUIC, decides offline. The load tool's baseline uses it too.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1_860;
+/// Default clock skew tolerated on a device token's `exp` and `nbf`, seconds (PROTOCOL.md
+/// §9.8). A named constant because tests and the fuzz harness check tokens at its edge.
+pub const DEFAULT_TOKEN_LEEWAY_SECS: u64 = 30;
+/// Largest token leeway accepted, seconds: RFC 7519 allows "a small leeway", and more than
+/// a few minutes would turn skew tolerance into a longer token lifetime.
+pub const MAX_TOKEN_LEEWAY_SECS: u64 = 300;
 
 /// What the daemon's log lines look like.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -271,6 +277,10 @@ settings! {
         env "PRESENCED_SESSION_PING_BURST", check nonzero;
     /// Seconds a write to a device may wait for it to read before it is closed.
     slow_reader_secs: u64 = 30, env "PRESENCED_SLOW_READER_SECS", check nonzero;
+    /// Clock skew tolerated on device tokens' `exp` and `nbf`, seconds, 0 to 300
+    /// (PROTOCOL.md §9.8).
+    token_leeway_secs: u64 = DEFAULT_TOKEN_LEEWAY_SECS, env "PRESENCED_TOKEN_LEEWAY_SECS",
+        check small_leeway;
     /// Notifications per second per app (each request counts once).
     notify_app_rate: u32 = 50, env "PRESENCED_NOTIFY_APP_RATE", check nonzero;
     /// Notification burst per app.
@@ -293,6 +303,11 @@ settings! {
 }
 
 /// Check: the value is not zero.
+/// Check: a token leeway of at most [`MAX_TOKEN_LEEWAY_SECS`].
+fn small_leeway(name: &str, value: &u64) -> Option<String> {
+    (*value > MAX_TOKEN_LEEWAY_SECS).then(|| format!("{name} must be at most {MAX_TOKEN_LEEWAY_SECS}"))
+}
+
 fn nonzero<T: Default + PartialEq>(name: &str, value: &T) -> Option<String> {
     (*value == T::default()).then(|| format!("{name} must be greater than zero"))
 }
@@ -458,6 +473,7 @@ impl SettingsLayer {
                 session_frames: rate(v.session_frame_rate, v.session_frame_burst),
                 session_pings: rate(v.session_ping_rate, v.session_ping_burst),
                 slow_reader: secs(v.slow_reader_secs),
+                token_leeway: secs(v.token_leeway_secs),
                 drain: secs(v.drain_secs),
             },
             https: HttpConfig {
@@ -491,6 +507,16 @@ impl SettingsLayer {
 mod tests {
     use super::*;
     use clap::Args;
+
+    #[test]
+    fn a_token_leeway_over_five_minutes_is_refused() {
+        let layer =
+            |secs| SettingsLayer { dev: Some(true), token_leeway_secs: Some(secs), ..Default::default() };
+        assert_eq!(layer(0).resolve().expect("no leeway is fine").quic.token_leeway, Duration::ZERO);
+        assert_eq!(layer(300).resolve().expect("five minutes").quic.token_leeway, Duration::from_secs(300));
+        let error = layer(301).resolve().expect_err("more is a longer token lifetime, not skew");
+        assert!(error.to_string().contains("token_leeway_secs"), "{error}");
+    }
 
     #[test]
     fn defaults_apply_in_dev_mode() {

@@ -344,7 +344,7 @@ async fn a_token_expiring_mid_session_closes_it_unless_renewed() {
 
     // The daemon honours the verifier's leeway: a token two seconds from the end of its
     // leeway has two seconds of session left.
-    let leeway = presenced::auth::LEEWAY_SECS;
+    let leeway = presenced::settings::DEFAULT_TOKEN_LEEWAY_SECS;
     let mut short = daemon.options("alice", "phone", &["chat"]);
     short.token = daemon.signer.mint("alice", "phone", unix_now() + 2 - leeway, 0);
     let mut client = Client::connect(short).await.expect("connect");

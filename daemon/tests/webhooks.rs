@@ -666,6 +666,22 @@ async fn the_guard_blocks_private_targets_at_connect_time_unless_allow_listed() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delivers_what_it_owes_without_waiting_for_the_window() {
+    let receiver = Receiver::start().await;
+    // The first attempt fails: the drain retries within its bound.
+    receiver.script([Reply::Status(500)]);
+    let config = FanoutConfig { batch_window: Duration::from_secs(30), ..config() };
+    let (h, _) = Harness::start(&[("app_a", &receiver.url()), ("app_b", &receiver.url())], config);
+    h.fanout.publish("app_a", vec![presence("u1", 1), presence("u2", 1)]);
+    h.fanout.publish("app_b", vec![presence("u1", 1)]);
+    let started = Instant::now();
+    h.fanout.shutdown(Duration::from_secs(5)).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "no batch window waited: {:?}", started.elapsed());
+    assert_eq!(receiver.delivered_events().len(), 3, "every event was POSTed before shutdown returned");
+    assert_eq!(h.fanout.depth("app_a") + h.fanout.depth("app_b"), 0, "and acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_writes_what_was_published_and_removal_drops_the_outbox() {
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::Status(500));

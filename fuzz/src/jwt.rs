@@ -19,9 +19,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use presence_protocol::limits::{MAX_DEVICE_ID_LEN, MAX_TOKEN_LEN};
 use presenced::auth::{
-    AUDIENCE, Claim, DeviceClaims, LEEWAY_SECS, MAX_USER_LEN, Malformation, TokenError, TokenSigner,
-    TokenVerifier,
+    AUDIENCE, Claim, DeviceClaims, MAX_USER_LEN, Malformation, TokenError, TokenSigner, TokenVerifier,
 };
+// The leeway of a verifier built by `from_jwks_json`, as the harness builds it.
+use presenced::settings::DEFAULT_TOKEN_LEEWAY_SECS as LEEWAY_SECS;
 use ring::signature::Ed25519KeyPair;
 
 use crate::input::{Input, Script};

@@ -49,6 +49,7 @@ session_frame_burst = 50
 session_ping_rate = 5
 session_ping_burst = 20
 slow_reader_secs = 30
+token_leeway_secs = 30
 notify_app_rate = 50
 notify_app_burst = 100
 notify_user_rate = 1

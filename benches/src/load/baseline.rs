@@ -85,8 +85,11 @@ impl BareServer {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| LoadError::Baseline(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let transport = presenced::quic::transport_config(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS))
-            .map_err(|e| LoadError::Baseline(format!("{e:#}")))?;
+        let transport = presenced::quic::transport_config(
+            Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            presence_protocol::server::DEFAULT_PING_BURST,
+        )
+        .map_err(|e| LoadError::Baseline(format!("{e:#}")))?;
         config.transport_config(Arc::new(transport));
         config.migration(true);
         let endpoint = quinn::Endpoint::server(config, listen)

@@ -59,6 +59,8 @@ pub(crate) struct QuicConfig {
     pub(crate) session_pings: Rate,
     /// How long a write may wait on a device that does not read its control stream.
     pub(crate) slow_reader: Duration,
+    /// Clock skew tolerated on device tokens' `exp` and `nbf`.
+    pub(crate) token_leeway: Duration,
     /// The drain bound after SIGTERM; a draining device is told to wait this long before
     /// reconnecting.
     pub(crate) drain: Duration,

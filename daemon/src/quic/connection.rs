@@ -1,9 +1,20 @@
 //! One task per connection: moves bytes between quinn and the connection's
 //! [`DeviceSession`], which owns what they mean (authentication, the table, apps).
+//!
+//! Every end of a session goes through the session's close: it queues the `Error` frame
+//! PROTOCOL.md §9.9 requires, the task flushes and lingers for it, and only then closes the
+//! QUIC connection with the same code. That holds for the driver's own reasons too: a peer
+//! without DATAGRAM support (§2) and the end of a shutdown drain (§9.10).
+//!
+//! Datagrams are read in batches: the one that woke the task and every one already waiting
+//! behind it. With quinn's buffer empty, each DATAGRAM frame quinn counted
+//! (`ConnectionStats::frame_rx.datagram`) was either read here or dropped by quinn, so the
+//! difference is exact and is counted (`presence_refusals_total{reason="datagram_buffer"}`).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use presence_protocol::{ErrorCode, Transmit};
@@ -12,6 +23,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use super::{Shared, reason};
 use crate::handle::{Commands, SessionHandle};
+use crate::metrics::Refusal;
 use crate::session::{DeviceSession, Effect};
 
 /// Largest chunk read from the control stream at once; bounds per-read work.
@@ -19,12 +31,13 @@ const READ_CHUNK: usize = 4096;
 /// Longest wait for a closing session's last frames to be acknowledged.
 const LINGER: Duration = Duration::from_millis(500);
 
-/// Decrements the in-flight handshake count when the handshake phase ends, however it ends.
-struct Handshaking<'a>(&'a Shared);
+/// Decrements a count of tasks in some phase (handshaking, alive) when the phase ends,
+/// however it ends.
+struct InPhase<'a>(&'a AtomicU32);
 
-impl Drop for Handshaking<'_> {
+impl Drop for InPhase<'_> {
     fn drop(&mut self) {
-        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -41,6 +54,8 @@ pub(super) fn start(connecting: quinn::Connecting, shared: Arc<Shared>) {
         shared.metrics.handshakes_failed.get_or_create(&reason("tls")).inc();
         return;
     };
+    // Counted before the task exists, so shutdown never sees a spawned task as gone.
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(run(connection, handshake_done, id, shared).instrument(span));
 }
 
@@ -50,8 +65,9 @@ async fn run(
     id: u64,
     shared: Arc<Shared>,
 ) {
+    let _alive = InPhase(&shared.sessions);
     shared.handshaking.fetch_add(1, Ordering::Relaxed);
-    let guard = Handshaking(&shared);
+    let guard = InPhase(&shared.handshaking);
     let stream =
         tokio::time::timeout(shared.services.protocol.handshake_timeout, connection.accept_bi()).await;
     let (send, recv) = match stream {
@@ -78,6 +94,8 @@ async fn run(
         commands,
         handshake: Some(guard),
         handshake_done: Some(Box::pin(handshake_done)),
+        datagrams_read: 0,
+        datagrams_dropped: 0,
     };
     driver.run().await;
     if driver.session.should_linger() {
@@ -96,9 +114,12 @@ struct Driver<'a> {
     session: DeviceSession,
     commands: Commands,
     /// Held while the session is not yet up: counts towards the handshakes in flight.
-    handshake: Option<Handshaking<'a>>,
+    handshake: Option<InPhase<'a>>,
     /// Resolves when the TLS handshake completes; gone once it has.
     handshake_done: Option<std::pin::Pin<Box<quinn::ZeroRttAccepted>>>,
+    /// DATAGRAM frames read from quinn, and those counted as dropped by it.
+    datagrams_read: u64,
+    datagrams_dropped: u64,
 }
 
 impl Driver<'_> {
@@ -109,8 +130,20 @@ impl Driver<'_> {
         if draining {
             self.session.shutdown();
         }
+        let mut close_now = self.shared.close_sessions.clone();
         let mut remote = self.connection.remote_address();
         let mut stream_open = true;
+        if self.connection.max_datagram_size().is_none() {
+            // PROTOCOL.md §2: no pings, no session. Said on the control stream like every
+            // other close, before the device's Hello is even read.
+            self.shared.metrics.handshakes_failed.get_or_create(&reason("no_datagrams")).inc();
+            self.session.close(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "the QUIC DATAGRAM extension is required (max_datagram_frame_size)",
+            );
+            self.flush().await;
+            return;
+        }
         loop {
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -128,7 +161,7 @@ impl Driver<'_> {
                     Err(error) => return debug!(%error, "control stream ended"),
                 },
                 datagram = self.connection.read_datagram() => match datagram {
-                    Ok(payload) => self.session.handle_datagram(clock.now(), &payload),
+                    Ok(payload) => self.read_datagrams(&payload),
                     Err(error) => return debug!(%error, "connection ended"),
                 },
                 command = self.commands.recv() => self.session.handle_command(clock.now(), command),
@@ -140,6 +173,11 @@ impl Driver<'_> {
                 _ = shutdown.wait_for(|stop| *stop), if !draining => {
                     draining = true;
                     self.session.shutdown();
+                }
+                // The drain is over (PROTOCOL.md §9.10): the session ends itself, so the
+                // device gets the `Error` frame every close carries.
+                _ = close_now.wait_for(|close| *close) => {
+                    self.session.close(ErrorCode::SHUTTING_DOWN, "server shutting down");
                 }
             }
             let address = self.connection.remote_address();
@@ -168,10 +206,39 @@ impl Driver<'_> {
     /// Tells the session if the handshake has completed by now, without waiting for it.
     fn note_confirmed(&mut self) {
         let Some(done) = self.handshake_done.as_mut() else { return };
-        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-        if done.as_mut().poll(&mut context).is_ready() {
+        if ready_now(done.as_mut()).is_some() {
             self.handshake_done = None;
             self.session.handshake_confirmed(self.shared.services.clock.now());
+        }
+    }
+
+    /// Hands `first` and every datagram already waiting behind it to the session, then
+    /// counts what quinn dropped: once its buffer is empty, every DATAGRAM frame it received
+    /// up to the last look was either read here or dropped by it.
+    fn read_datagrams(&mut self, first: &[u8]) {
+        let clock = self.shared.services.clock;
+        self.datagrams_read += 1;
+        self.session.handle_datagram(clock.now(), first);
+        loop {
+            let received = self.connection.stats().frame_rx.datagram;
+            match ready_now(self.connection.read_datagram()) {
+                Some(Ok(payload)) => {
+                    self.datagrams_read += 1;
+                    self.session.handle_datagram(clock.now(), &payload);
+                }
+                // Empty (or the connection ended: the next read says so).
+                _ => return self.count_dropped(received),
+            }
+        }
+    }
+
+    /// Counts the DATAGRAM frames among the first `received` that were never read.
+    fn count_dropped(&mut self, received: u64) {
+        let dropped = received.saturating_sub(self.datagrams_read + self.datagrams_dropped);
+        if dropped > 0 {
+            self.datagrams_dropped += dropped;
+            self.shared.metrics.refuse_n(Refusal::DatagramBuffer, dropped);
+            debug!(dropped, "datagrams dropped by the QUIC datagram buffer");
         }
     }
 
@@ -204,6 +271,8 @@ impl Driver<'_> {
     /// Closes the connection with the session's code. Dropping the session afterwards
     /// takes the device off the table.
     fn finish(&mut self) {
+        // Datagrams still buffered now are never read either.
+        self.count_dropped(self.connection.stats().frame_rx.datagram);
         let code = self.session.close_code();
         let _ = self.send.finish();
         self.connection.close(close_code(code), code.name().as_bytes());
@@ -215,6 +284,15 @@ impl Driver<'_> {
     async fn linger(&mut self) {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
+    }
+}
+
+/// Polls `future` once: its output if it is ready now, without waiting.
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
     }
 }
 

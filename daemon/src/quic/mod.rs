@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use presence_protocol::ALPN;
+use presence_protocol::limits::MAX_PING_LEN;
 use quinn::{IdleTimeout, Runtime, TransportConfig, VarInt};
 use tokio::sync::watch;
 
@@ -31,16 +32,37 @@ use sessions::DurableSessions;
 
 pub(crate) use config::{Durable, QuicConfig, TlsIdentity};
 
-/// Largest DATAGRAM payload accepted; pings are 2 bytes, 4 at most.
-const DATAGRAM_BUFFER: usize = 256;
+/// What quinn charges one buffered DATAGRAM of the largest ping against a datagram buffer:
+/// the payload plus the `Bytes` handle that holds it (quinn-proto `DatagramState::received`
+/// counts `data.len() + size_of::<Datagram>()`, and `Datagram` is one `Bytes`). 36 bytes on
+/// 64-bit targets.
+const DATAGRAM_COST: usize = MAX_PING_LEN + std::mem::size_of::<bytes::Bytes>();
+/// Smallest datagram buffer: it also caps the `max_datagram_frame_size` quinn advertises, and
+/// quinn closes the connection on a datagram larger than the buffer, so the buffer holds any
+/// datagram that fits a 1200-byte packet (the MTU, since path MTU discovery is off). A
+/// datagram that large is undecodable and is dropped and counted like any other.
+const MIN_DATAGRAM_BUFFER: usize = 1_280;
+
+/// The datagram receive (and send) buffer of a session, sized so that quinn never drops a
+/// ping the session's rate limit would accept: quinn drops the *oldest* buffered datagram,
+/// silently, once the buffered bytes exceed the buffer (issue 11: with 256 bytes only the
+/// newest 7 pings of a burst were read). Twice the ping burst of the largest pings leaves
+/// room for a second burst arriving while the first is read; every ping past that is over
+/// the burst anyway, and the session refuses and counts it (`ping_rate`). Whatever quinn
+/// still drops is counted too (`datagram_buffer`, see `connection`).
+pub fn datagram_buffer(ping_burst: u32) -> usize {
+    (ping_burst as usize).saturating_mul(2 * DATAGRAM_COST).max(MIN_DATAGRAM_BUFFER)
+}
 /// Buckets in each per-source-address handshake table: fixed memory (about 200 KiB
 /// each) however many addresses, spoofed or not, send Initials.
 const SOURCE_SLOTS: usize = 8_192;
 
-/// The transport settings for idle mobile sessions: one bidirectional stream, small windows
-/// and datagram buffers, no MTU discovery and no server keep-alives (the device's heartbeat
-/// keeps the path alive; the server never wakes a radio for nothing).
-pub fn transport_config(idle_timeout: Duration) -> Result<TransportConfig> {
+/// The transport settings for idle mobile sessions: one bidirectional stream, small windows,
+/// datagram buffers sized from the ping burst ([`datagram_buffer`]; a buffer is a cap, not
+/// an allocation), no MTU discovery and no server keep-alives (the device's heartbeat keeps
+/// the path alive; the server never wakes a radio for nothing).
+pub fn transport_config(idle_timeout: Duration, ping_burst: u32) -> Result<TransportConfig> {
+    let datagrams = datagram_buffer(ping_burst);
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
@@ -48,8 +70,10 @@ pub fn transport_config(idle_timeout: Duration) -> Result<TransportConfig> {
         .stream_receive_window(VarInt::from_u32(32 * 1024))
         .receive_window(VarInt::from_u32(64 * 1024))
         .send_window(64 * 1024)
-        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .datagram_receive_buffer_size(Some(datagrams))
+        // One Ack per accepted ping of a burst, queued at once: quinn drops the oldest
+        // queued datagram when the send buffer is full, too.
+        .datagram_send_buffer_size(datagrams)
         .mtu_discovery_config(None)
         .keep_alive_interval(None)
         .max_idle_timeout(Some(IdleTimeout::try_from(idle_timeout).context("idle timeout too long")?));
@@ -63,7 +87,11 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) next_session: AtomicU64,
     pub(crate) handshaking: AtomicU32,
+    /// Session tasks still running (they end after their close has lingered).
+    pub(crate) sessions: AtomicU32,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Set when the drain is over: every session still open closes itself.
+    pub(crate) close_sessions: watch::Receiver<bool>,
     /// How long a write may wait on a device that does not read its control stream.
     pub(crate) slow_reader: Duration,
 }
@@ -76,6 +104,8 @@ pub struct QuicServer {
     max_sessions: usize,
     retry_threshold: u32,
     tls_sessions: Arc<DurableSessions>,
+    /// Tells the sessions left after the drain to close themselves.
+    close_sessions: watch::Sender<bool>,
     /// Handshakes per source address not yet validated; over it, a Retry.
     sources: HashedLimiter,
     /// Handshakes per validated source address; over it, ignored.
@@ -106,7 +136,8 @@ impl QuicServer {
         tls.send_tls13_tickets = 1;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(Arc::new(transport_config(config.idle_timeout)?));
+        server_config
+            .transport_config(Arc::new(transport_config(config.idle_timeout, config.session_pings.burst)?));
         server_config.migration(true);
         let socket = udp_socket(config.listen, config.udp_buffer)
             .with_context(|| format!("cannot bind QUIC on {}", config.listen))?;
@@ -121,12 +152,15 @@ impl QuicServer {
             runtime,
         )
         .with_context(|| format!("cannot start QUIC on {}", config.listen))?;
+        let (close_sessions, close_sessions_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             metrics: services.metrics.clone(),
             services,
             next_session: AtomicU64::new(1),
             handshaking: AtomicU32::new(0),
+            sessions: AtomicU32::new(0),
             shutdown,
+            close_sessions: close_sessions_rx,
             slow_reader: config.slow_reader,
         });
         Ok(QuicServer {
@@ -135,6 +169,7 @@ impl QuicServer {
             max_sessions: config.max_sessions as usize,
             retry_threshold: config.retry_threshold,
             tls_sessions,
+            close_sessions,
             sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
             validated_sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
         })
@@ -209,12 +244,21 @@ impl QuicServer {
         Some(if incoming.may_retry() { Refusal::HandshakeRetry } else { Refusal::HandshakeIgnored })
     }
 
-    /// Closes every connection and waits (bounded) for the close to reach the peers, then
-    /// writes the TLS sessions still queued.
+    /// Ends every session the drain left, within `bound`, then writes the TLS sessions
+    /// still queued. Each session closes itself through its sans-IO session, so the device
+    /// gets the `Error` frame (`SHUTTING_DOWN`) every close carries, lingers for it and
+    /// takes itself off the table (its `offline` events are published before this
+    /// returns). The endpoint's own close then reaches only connections that never became
+    /// a session, or sessions that outlived the bound.
     pub(crate) async fn close(&self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        let _ = self.close_sessions.send(true);
+        while self.shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.endpoint
             .close(VarInt::from_u32(u32::from(presence_protocol::ErrorCode::SHUTTING_DOWN.0)), b"shutdown");
-        let _ = tokio::time::timeout(bound, self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout_at(deadline, self.endpoint.wait_idle()).await;
         self.tls_sessions.close(bound).await;
     }
 
@@ -249,4 +293,31 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
 
 fn reason(reason: &'static str) -> ReasonLabel {
     ReasonLabel { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use presence_protocol::limits::MAX_HEARTBEAT;
+
+    use super::*;
+
+    /// The QUIC part of the default settings.
+    fn defaults() -> QuicConfig {
+        let layer = crate::settings::SettingsLayer { dev: Some(true), ..Default::default() };
+        layer.resolve().expect("the defaults are valid").quic
+    }
+
+    #[test]
+    fn the_default_idle_timeout_outlasts_the_longest_heartbeat_plus_grace() {
+        // PROTOCOL.md §2: liveness, not QUIC, decides that a quiet device is gone.
+        let config = defaults();
+        assert!(config.idle_timeout > MAX_HEARTBEAT + config.heartbeat_grace);
+        assert!(transport_config(config.idle_timeout, config.session_pings.burst).is_ok());
+    }
+
+    #[test]
+    fn datagram_buffers_hold_twice_the_burst_and_any_datagram_of_a_packet() {
+        assert_eq!(datagram_buffer(defaults().session_pings.burst), 2 * 20 * DATAGRAM_COST);
+        assert_eq!(datagram_buffer(1), MIN_DATAGRAM_BUFFER);
+    }
 }

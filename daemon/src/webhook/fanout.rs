@@ -150,8 +150,22 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// One delivery task per app that has been seen.
     tasks: Mutex<HashMap<String, AppTask>>,
-    /// Set by `shutdown`.
-    stopping: watch::Sender<bool>,
+    /// How far `shutdown` has gone.
+    phase: watch::Sender<Phase>,
+}
+
+/// How far a shutdown has gone; each phase follows the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Delivering as usual.
+    Running,
+    /// Nothing more is published; what was is being made durable.
+    Closing,
+    /// Everything published is in the outbox: each delivery task sends what its outbox
+    /// holds at once (no batch window, failures retried) and ends when it is empty.
+    Draining,
+    /// The shutdown bound passed: tasks end at their next wait.
+    Stopped,
 }
 
 struct AppTask {
@@ -237,7 +251,7 @@ impl Fanout {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| FanoutError::Config("Fanout::start must be called inside a tokio runtime"))?;
         let client = build_client(&config)?;
-        let (stopping, _) = watch::channel(false);
+        let (phase, _) = watch::channel(Phase::Running);
         let inner = Arc::new(Inner {
             outbox,
             apps,
@@ -246,7 +260,7 @@ impl Fanout {
             client,
             runtime,
             tasks: Mutex::new(HashMap::new()),
-            stopping,
+            phase,
         });
         // Read before anything is published, so whatever is waiting was left by a previous
         // run (a crash, a restart): it has waited long enough.
@@ -269,7 +283,7 @@ impl Fanout {
     /// that. An app that is not registered gets nothing stored. Events published after
     /// [`shutdown`](Self::shutdown) are dropped.
     pub fn publish(&self, app_id: &str, events: Vec<OutboxEvent>) {
-        if events.is_empty() || *self.inner.stopping.borrow() {
+        if events.is_empty() || *self.inner.phase.borrow() >= Phase::Closing {
             return;
         }
         let since = Instant::now();
@@ -305,21 +319,29 @@ impl Fanout {
         self.inner.outbox.depth(app_id)
     }
 
-    /// Stops within `bound`: writes what was published, lets POSTs in flight finish, and
-    /// ends every task. Undelivered events stay in the outbox for the next start.
+    /// Stops within `bound`, delivering what it owes first: makes what was published
+    /// durable, then every app's task POSTs what its outbox holds at once (no batch window,
+    /// failures retried with the usual backoff) and ends when the outbox is empty. At the
+    /// bound every task still working ends; what it did not deliver stays in the outbox for
+    /// the next start (delivery is at-least-once either way).
     pub async fn shutdown(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
-        let _ = self.inner.stopping.send(true);
+        let _ = self.inner.phase.send(Phase::Closing);
         if tokio::time::timeout_at(deadline, self.flush()).await.is_err() {
             warn!("webhook outbox writes did not finish within the shutdown bound");
         }
+        // Only now: a task that found its outbox empty before the last write would end
+        // without sending it.
+        let _ = self.inner.phase.send(Phase::Draining);
         let tasks: Vec<(String, AppTask)> = lock(&self.inner.tasks).drain().collect();
         for (app, mut task) in tasks {
             if tokio::time::timeout_at(deadline, &mut task.handle).await.is_err() {
-                debug!(app, "webhook delivery still in flight at shutdown; abandoned");
+                let _ = self.inner.phase.send(Phase::Stopped);
+                warn!(app, "webhook delivery unfinished at the shutdown bound; the rest waits in the outbox");
                 task.handle.abort();
             }
         }
+        let _ = self.inner.phase.send(Phase::Stopped);
         // Everything published is stored; the waker has nothing left to wake. Awaited, so
         // that the outbox it holds is let go of before shutdown returns.
         let waker = lock(&self.waker).take();
@@ -335,7 +357,7 @@ impl Drop for Fanout {
     /// tasks are aborted at once and nothing more is published. What the outbox was
     /// already handed is its to write or lose, as with `kill -9`.
     fn drop(&mut self) {
-        self.inner.stopping.send_replace(true);
+        self.inner.phase.send_replace(Phase::Stopped);
         if let Some(waker) = lock(&self.waker).take() {
             waker.abort();
         }
@@ -408,7 +430,7 @@ impl Inner {
         if let Some(task) = apps.get(app_id) {
             return task.shared.clone();
         }
-        if *self.stopping.borrow() {
+        if *self.phase.borrow() >= Phase::Closing {
             return Arc::default();
         }
         let task = self.spawn_task(app_id, false);
@@ -418,7 +440,7 @@ impl Inner {
     }
 
     fn restart_task(self: &Arc<Self>, app_id: &str) {
-        if *self.stopping.borrow() {
+        if *self.phase.borrow() >= Phase::Closing {
             return;
         }
         let mut apps = lock(&self.tasks);
@@ -603,18 +625,29 @@ pub fn message_id(app_id: &str, batch: &[OutboxEntry]) -> String {
 }
 
 /// Waits until a batch is due: the oldest pending event is `batch_window` old, or enough
-/// has been published to fill a batch. Returns false when the fan-out is stopping.
-async fn wait_due(inner: &Inner, shared: &AppShared, stopping: &mut watch::Receiver<bool>) -> bool {
+/// has been published to fill a batch, or the fan-out is draining and the app's outbox
+/// holds something. Returns false when the task should end: stopped, or draining with
+/// nothing left.
+async fn wait_due(
+    inner: &Inner,
+    app_id: &str,
+    shared: &AppShared,
+    phase: &mut watch::Receiver<Phase>,
+) -> bool {
     loop {
-        if *stopping.borrow() {
+        let now = *phase.borrow_and_update();
+        if now >= Phase::Stopped {
             return false;
+        }
+        if now == Phase::Draining {
+            return inner.outbox.depth(app_id) > 0;
         }
         let pending = shared.snapshot();
         match pending.since {
             None => {
                 tokio::select! {
                     _ = shared.notify.notified() => {}
-                    _ = stopping.wait_for(|s| *s) => return false,
+                    changed = phase.changed() => if changed.is_err() { return false },
                 }
             }
             Some(since) => {
@@ -627,7 +660,7 @@ async fn wait_due(inner: &Inner, shared: &AppShared, stopping: &mut watch::Recei
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => return true,
                     _ = shared.notify.notified() => {}
-                    _ = stopping.wait_for(|s| *s) => return false,
+                    changed = phase.changed() => if changed.is_err() { return false },
                 }
             }
         }
@@ -650,18 +683,19 @@ async fn wake_loop(inner: Arc<Inner>, mut queued: mpsc::UnboundedReceiver<Append
     }
 }
 
-/// Sleeps `delay` unless the fan-out stops first (then returns false).
-async fn pause(delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
+/// Sleeps `delay` unless the fan-out stops first (then returns false). A draining
+/// fan-out still waits: its retries go on until the shutdown bound.
+async fn pause(delay: Duration, phase: &mut watch::Receiver<Phase>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,
-        _ = stopping.wait_for(|s| *s) => false,
+        _ = phase.wait_for(|p| *p >= Phase::Stopped) => false,
     }
 }
 
 /// One app's delivery task: exactly one batch in flight, so events reach the receiver in
 /// outbox order.
 async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>, catch_up: bool) {
-    let mut stopping = inner.stopping.subscribe();
+    let mut phase = inner.phase.subscribe();
     let Some(app) = inner.apps.get(&app_id) else {
         inner.metrics.outbox_depth.remove(&AppLabel { app: app_id.clone() });
         inner.forget(&app_id, &shared);
@@ -694,7 +728,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
     let budget = inner.event_budget(&app_id);
     let mut attempt: u32 = 0;
     loop {
-        if !wait_due(&inner, &shared, &mut stopping).await {
+        if !wait_due(&inner, &app_id, &shared, &mut phase).await {
             return;
         }
         let pending = shared.take();
@@ -706,7 +740,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
                 Ok(batch) => batch,
                 Err(error) => {
                     warn!(app = app_id, %error, "cannot read the outbox");
-                    if !pause(inner.backoff(attempt), &mut stopping).await {
+                    if !pause(inner.backoff(attempt), &mut phase).await {
                         return;
                     }
                     attempt = attempt.saturating_add(1);
@@ -738,7 +772,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
             };
             attempt = attempt.saturating_add(1);
             debug!(app = app_id, attempt, ?delay, "webhook retry scheduled");
-            if !pause(delay, &mut stopping).await {
+            if !pause(delay, &mut phase).await {
                 return;
             }
             // Retry: re-peek, so whatever changed meanwhile is coalesced into the batch.

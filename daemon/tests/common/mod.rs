@@ -5,6 +5,7 @@
 
 pub mod honest;
 pub mod receiver;
+pub mod relay;
 // `process` (the daemon binary) and `netns` (network namespaces) are declared by the tests
 // that use them, so crates that borrow this harness by path need neither.
 
@@ -182,6 +183,34 @@ pub fn hello(token: &str, device: &str, status: Status, allow: &[&str]) -> Hello
 impl RawDevice {
     pub async fn connect(addr: SocketAddr, roots: &[CertificateDer<'static>]) -> RawDevice {
         let endpoint = transport::endpoint("127.0.0.1:0".parse().expect("addr"), roots).expect("endpoint");
+        let connection = endpoint.connect(addr, "localhost").expect("connect").await.expect("handshake");
+        let (send, recv) = connection.open_bi().await.expect("stream");
+        RawDevice { endpoint, connection, send, recv, decoder: FrameDecoder::new() }
+    }
+
+    /// Connects with `transport` instead of the client crate's settings (to disable DATAGRAM
+    /// support, or to queue more datagrams than a device would).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        roots: &[CertificateDer<'static>],
+        transport: quinn::TransportConfig,
+    ) -> RawDevice {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root.clone()).expect("root");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+        let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+        config.transport_config(std::sync::Arc::new(transport));
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(config);
         let connection = endpoint.connect(addr, "localhost").expect("connect").await.expect("handshake");
         let (send, recv) = connection.open_bi().await.expect("stream");
         RawDevice { endpoint, connection, send, recv, decoder: FrameDecoder::new() }
