@@ -77,8 +77,13 @@ impl fmt::Display for OutboxKey<'_> {
 pub fn encode(event: &WebhookEvent<'_>) -> Option<OutboxEvent> {
     let key = OutboxKey::of(event)?.to_string();
     let at_ms = event.at()?;
+    // Presence is state: of two events of one PUID, the higher `seq` is the newer.
+    let version = match event {
+        WebhookEvent::Presence { seq, .. } => *seq,
+        _ => 0,
+    };
     // Every known event is strings and integers, which always serialize.
-    serde_json::to_vec(event).ok().map(|json| OutboxEvent { key, at_ms, json })
+    serde_json::to_vec(event).ok().map(|json| OutboxEvent { key, version, at_ms, json })
 }
 
 /// A table change as a `presence` event, borrowing its text from `event`.

@@ -238,12 +238,12 @@ fn presence(puid: &str, seq: u64) -> OutboxEvent {
     let at = now_ms();
     let event =
         json!({"type": "presence", "puid": puid, "status": "online", "message": "", "seq": seq, "at": at});
-    OutboxEvent { key: format!("p:{puid}"), at_ms: at, json: event.to_string().into_bytes() }
+    OutboxEvent { key: format!("p:{puid}"), version: seq, at_ms: at, json: event.to_string().into_bytes() }
 }
 
 /// Any event under `key`.
 fn raw(key: String, json: Vec<u8>) -> OutboxEvent {
-    OutboxEvent { key, at_ms: now_ms(), json }
+    OutboxEvent { key, version: 0, at_ms: now_ms(), json }
 }
 
 /// Registers an app delivering to `url`; returns its secret.
@@ -350,7 +350,10 @@ async fn delivery_latency_is_measured_from_the_at_kept_beside_the_event() {
     let (h, _) = Harness::start(&[("app_a", &receiver.url())], config());
     // The JSON carries no `at`: only the outbox entry's own can say the event is 5 s old.
     let json = br#"{"type":"presence","puid":"old"}"#.to_vec();
-    h.fanout.publish("app_a", vec![OutboxEvent { key: "p:old".to_owned(), at_ms: now_ms() - 5_000, json }]);
+    h.fanout.publish(
+        "app_a",
+        vec![OutboxEvent { key: "p:old".to_owned(), version: 0, at_ms: now_ms() - 5_000, json }],
+    );
     until(Duration::from_secs(5), "the delivery", || !receiver.delivered().is_empty()).await;
     until(Duration::from_secs(2), "the latency", || {
         h.metric("presence_webhook_delivery_seconds_count") == 1.0

@@ -24,6 +24,7 @@ pub(crate) fn app(id: &str) -> AppRecord {
 fn ev(key: &str, body: &str) -> OutboxEvent {
     OutboxEvent {
         key: key.to_owned(),
+        version: 0,
         at_ms: 1_700_000_000_000 + body.len() as u64,
         json: body.as_bytes().to_vec(),
     }
@@ -95,6 +96,26 @@ pub(crate) async fn outbox_compaction<S: AppStore + Outbox>(store: &S) {
     assert!(append(store, "app_b", &[ev("p:1", "other")]).await);
     assert_eq!(store.depth("app_b"), 1, "apps are separate");
     assert_eq!(store.depth("app_a"), 3);
+}
+
+/// A late event with a lower version never replaces the newer state of its key, whether
+/// the newer one is still waiting to be written or already stored; an equal or higher one
+/// does. Unversioned events (0) always replace.
+pub(crate) async fn outbox_versions<S: AppStore + Outbox>(store: &S) {
+    store.put_app(&app("app_a")).expect("put");
+    let versioned = |key: &str, version, body: &str| OutboxEvent { version, ..ev(key, body) };
+    // In one append (the pending queue).
+    assert!(append(store, "app_a", &[versioned("p:1", 20, "new"), versioned("p:1", 10, "stale")]).await);
+    assert_eq!(batch(store, "app_a").await[0].event, b"new");
+    // Across appends (what is stored).
+    assert!(append(store, "app_a", &[versioned("p:1", 19, "stale again")]).await);
+    let entries = batch(store, "app_a").await;
+    assert_eq!((entries.len(), entries[0].event.as_slice()), (1, &b"new"[..]));
+    assert_eq!(store.depth("app_a"), 1);
+    assert!(append(store, "app_a", &[versioned("p:1", 21, "newer")]).await);
+    assert_eq!(batch(store, "app_a").await[0].event, b"newer");
+    assert!(append(store, "app_a", &[ev("a:1", "grant"), ev("a:1", "revoke")]).await);
+    assert_eq!(batch(store, "app_a").await[1].event, b"revoke");
 }
 
 /// Appends that are not awaited in between still land in call order, and `flush` waits
@@ -256,6 +277,11 @@ macro_rules! contract_suite {
             #[tokio::test]
             async fn outbox_compaction() {
                 super::outbox_compaction(&open().1).await;
+            }
+
+            #[tokio::test]
+            async fn outbox_versions() {
+                super::outbox_versions(&open().1).await;
             }
 
             #[tokio::test]

@@ -32,6 +32,12 @@ pub struct OutboxEvent {
     /// The compaction key: `p:<puid>` for presence, `a:<puid>` for grant/revoke,
     /// `n:<notification id>:<puid>` for notification outcomes, `r` for a reset.
     pub key: String,
+    /// Orders the events of one key: a waiting event is replaced only by one whose version
+    /// is at least its own. Presence events carry their `seq`, because the table hands its
+    /// events over after releasing its locks, so two changes of one PUID may be appended in
+    /// the other order; the higher `seq` is the newer state and must win. Events that are
+    /// not state (grant, revoke, outcomes, reset) carry 0 and always replace.
+    pub version: u64,
     /// The event's `at`, Unix milliseconds: kept beside the JSON so that the delivery
     /// latency is measured without parsing it again.
     pub at_ms: u64,
@@ -59,8 +65,9 @@ pub struct OutboxEntry {
 /// The contract (checked for every implementation by the contract suite):
 ///
 /// - **Compaction.** One live entry per (app, key); a newer event for a waiting key
-///   replaces it and takes a new serial at the back. Within one append the last event of
-///   a key wins.
+///   replaces it and takes a new serial at the back, unless its
+///   [`version`](OutboxEvent::version) is below the waiting one's (then it is dropped).
+///   Within one append the last event of a key wins, under the same rule.
 /// - **Order.** [`append`](Self::append) takes its place when it is *called*, not when its
 ///   future is polled: appends from one task land in call order.
 /// - **Durability.** The future of an append resolves once its events are durable (a crash

@@ -21,17 +21,22 @@ pub(crate) struct CompactingQueue {
 #[derive(Debug)]
 struct Live {
     serial: u64,
+    version: u64,
     at_ms: u64,
     json: Vec<u8>,
 }
 
 impl CompactingQueue {
     /// Pushes `event` under `serial`, which must be higher than every serial pushed
-    /// before. Returns true when it replaced a waiting entry (the queue did not grow).
+    /// before. Returns true when the queue did not grow: the event replaced a waiting one,
+    /// or a waiting one with a higher version made it stale and it was dropped.
     pub(crate) fn push(&mut self, serial: u64, event: OutboxEvent) -> bool {
-        let OutboxEvent { key, at_ms, json } = event;
+        let OutboxEvent { key, version, at_ms, json } = event;
+        if self.entries.get(&key).is_some_and(|old| old.version > version) {
+            return true;
+        }
         self.bytes += json.len();
-        let live = Live { serial, at_ms, json };
+        let live = Live { serial, version, at_ms, json };
         let replaced = match self.entries.get_mut(&key) {
             Some(old) => {
                 let old = std::mem::replace(old, live);
@@ -86,9 +91,9 @@ impl CompactingQueue {
         true
     }
 
-    /// Every entry in order, as (key, serial, at, event).
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, u64, u64, &[u8])> {
-        self.iter().map(|(key, live)| (key, live.serial, live.at_ms, live.json.as_slice()))
+    /// Every entry in order, as (key, serial, version, at, event).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, u64, u64, u64, &[u8])> {
+        self.iter().map(|(key, live)| (key, live.serial, live.version, live.at_ms, live.json.as_slice()))
     }
 
     /// Pushes every entry of `newer`, in its order and under its serials: for putting a
@@ -96,8 +101,8 @@ impl CompactingQueue {
     pub(crate) fn extend(&mut self, newer: CompactingQueue) {
         let CompactingQueue { mut entries, order, .. } = newer;
         for (serial, key) in order {
-            if let Some(Live { at_ms, json, .. }) = entries.remove(&key) {
-                self.push(serial, OutboxEvent { key, at_ms, json });
+            if let Some(Live { version, at_ms, json, .. }) = entries.remove(&key) {
+                self.push(serial, OutboxEvent { key, version, at_ms, json });
             }
         }
     }
@@ -114,7 +119,21 @@ mod tests {
     use super::*;
 
     fn ev(key: &str, json: &str) -> OutboxEvent {
-        OutboxEvent { key: key.to_owned(), at_ms: 7, json: json.as_bytes().to_vec() }
+        OutboxEvent { key: key.to_owned(), version: 0, at_ms: 7, json: json.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_lower_version_never_replaces_a_higher_one() {
+        let mut queue = CompactingQueue::default();
+        let versioned = |version, json: &str| OutboxEvent { version, ..ev("p:1", json) };
+        queue.push(1, versioned(20, "new"));
+        assert!(queue.push(2, versioned(10, "stale")), "dropped: the queue did not grow");
+        let entries: Vec<(u64, &[u8])> = queue.entries().map(|(_, s, _, _, e)| (s, e)).collect();
+        assert_eq!(entries, [(1, &b"new"[..])]);
+        queue.push(3, versioned(20, "same version, later call"));
+        queue.push(4, versioned(21, "newer"));
+        let entries: Vec<(u64, u64, &[u8])> = queue.entries().map(|(_, s, v, _, e)| (s, v, e)).collect();
+        assert_eq!(entries, [(4, 21, &b"newer"[..])]);
     }
 
     #[test]
@@ -125,7 +144,7 @@ mod tests {
         assert!(queue.push(3, ev("p:1", "ccc")));
         assert_eq!(queue.len(), 2);
         assert_eq!(queue.bytes, 5);
-        let order: Vec<(&str, u64)> = queue.entries().map(|(k, s, _, _)| (k, s)).collect();
+        let order: Vec<(&str, u64)> = queue.entries().map(|(k, s, _, _, _)| (k, s)).collect();
         assert_eq!(order, [("p:2", 2), ("p:1", 3)]);
         assert!(!queue.ack("p:1", 1), "a replaced serial acknowledges nothing");
         assert!(queue.ack("p:1", 3));
@@ -140,7 +159,7 @@ mod tests {
         let mut newer = CompactingQueue::default();
         newer.push(3, ev("p:1", "c"));
         older.extend(newer);
-        let entries: Vec<(&str, &[u8])> = older.entries().map(|(k, _, _, e)| (k, e)).collect();
+        let entries: Vec<(&str, &[u8])> = older.entries().map(|(k, _, _, _, e)| (k, e)).collect();
         assert_eq!(entries, [("p:2", &b"b"[..]), ("p:1", &b"c"[..])]);
         assert_eq!(older.len(), 2);
     }

@@ -389,7 +389,7 @@ mod tests {
     use crate::store::{Outbox, OutboxEvent};
 
     fn ev(key: &str, body: &str, at_ms: u64) -> OutboxEvent {
-        OutboxEvent { key: key.to_owned(), at_ms, json: body.as_bytes().to_vec() }
+        OutboxEvent { key: key.to_owned(), version: 0, at_ms, json: body.as_bytes().to_vec() }
     }
 
     #[tokio::test]

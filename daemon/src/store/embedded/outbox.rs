@@ -222,9 +222,17 @@ impl Shared {
                 }
                 let mut added = 0u64;
                 let mut stored = Vec::new();
-                for (key, _, at_ms, event) in app.queue.entries() {
+                for (key, _, version, at_ms, event) in app.queue.entries() {
+                    // A stored event of this key with a higher version is newer state than
+                    // this one, which was appended late (see `OutboxEvent::version`).
+                    let stale = outbox
+                        .get((app_id, key))?
+                        .is_some_and(|old| decode_event(old.value().1).version > version);
+                    if stale {
+                        continue;
+                    }
                     serial += 1;
-                    encode_event(&mut stored, at_ms, event);
+                    encode_event(&mut stored, version, at_ms, event);
                     let replaced =
                         outbox.insert((app_id, key), (serial, stored.as_slice()))?.map(|old| old.value().0);
                     match replaced {
@@ -274,7 +282,7 @@ impl Shared {
             if stored_serial != serial {
                 return Err(corrupt(Some(stored_serial)));
             }
-            let (at_ms, event) = decode_event(stored);
+            let Stored { at_ms, json: event, .. } = decode_event(stored);
             if !entries.is_empty() && bytes + event.len() > max_bytes {
                 break;
             }
@@ -318,22 +326,40 @@ impl Shared {
     }
 }
 
-/// The stored form of an event: its `at` (8 bytes, big-endian), then its JSON. `buffer` is
-/// reused across the events of a round.
-fn encode_event(buffer: &mut Vec<u8>, at_ms: u64, json: &[u8]) {
+/// The stored form of an event: its `at` and its version (8 bytes each, big-endian), then
+/// its JSON. `buffer` is reused across the events of a round.
+fn encode_event(buffer: &mut Vec<u8>, version: u64, at_ms: u64, json: &[u8]) {
     buffer.clear();
     // Kept below 2^56 so that the first byte is 0 (see `decode_event`).
     buffer.extend_from_slice(&at_ms.min((1 << 56) - 1).to_be_bytes());
+    buffer.extend_from_slice(&version.to_be_bytes());
     buffer.extend_from_slice(json);
 }
 
-/// The `at` and JSON of a stored event. An event stored by an older daemon is JSON alone:
-/// it starts with `{`, where an `at` (below 2^56 ms, the year 2,000,000) starts with 0.
-fn decode_event(stored: &[u8]) -> (u64, &[u8]) {
-    match stored.split_first_chunk::<8>() {
-        Some((at, json)) if stored[0] == 0 => (u64::from_be_bytes(*at), json),
-        _ => (0, stored),
+/// A stored event, read back.
+#[derive(Debug, PartialEq, Eq)]
+struct Stored<'a> {
+    at_ms: u64,
+    version: u64,
+    json: &'a [u8],
+}
+
+/// A stored event's parts. An event stored by an older daemon is JSON alone: it starts
+/// with `{`, where an `at` (below 2^56 ms, the year 2,000,000) starts with 0; its `at` and
+/// version read as 0 (unknown, and replaced by any newer event).
+fn decode_event(stored: &[u8]) -> Stored<'_> {
+    if stored.first() == Some(&0) {
+        if let Some((at, rest)) = stored.split_first_chunk::<8>() {
+            if let Some((version, json)) = rest.split_first_chunk::<8>() {
+                return Stored {
+                    at_ms: u64::from_be_bytes(*at),
+                    version: u64::from_be_bytes(*version),
+                    json,
+                };
+            }
+        }
     }
+    Stored { at_ms: 0, version: 0, json: stored }
 }
 
 #[cfg(test)]
@@ -341,14 +367,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_events_carry_their_at_and_older_ones_still_read() {
+    fn stored_events_carry_their_at_and_version_and_older_ones_still_read() {
         let mut stored = Vec::new();
-        encode_event(&mut stored, 1_764_400_000_123, br#"{"a":1}"#);
-        assert_eq!(decode_event(&stored), (1_764_400_000_123, &br#"{"a":1}"#[..]));
+        encode_event(&mut stored, 9, 1_764_400_000_123, br#"{"a":1}"#);
         assert_eq!(
-            decode_event(br#"{"type":"presence","at":1}"#),
-            (0, &br#"{"type":"presence","at":1}"#[..])
+            decode_event(&stored),
+            Stored { at_ms: 1_764_400_000_123, version: 9, json: br#"{"a":1}"# }
         );
-        assert_eq!(decode_event(b"{}"), (0, &b"{}"[..]), "shorter than an at");
+        let old = br#"{"type":"presence","at":1}"#;
+        assert_eq!(decode_event(old), Stored { at_ms: 0, version: 0, json: old });
+        assert_eq!(decode_event(b"{}"), Stored { at_ms: 0, version: 0, json: b"{}" }, "shorter than an at");
     }
 }
