@@ -6,13 +6,13 @@
 //! time, and the cache takes each after it committed.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::clock::Clock;
 use crate::store::{AppRecord, AppStore, StoreError, blocking};
 use crate::webhook::secret::WebhookSecret;
 
@@ -40,16 +40,18 @@ pub struct Apps {
     /// Held from a store write until the cache has it, so that two concurrent changes (an
     /// admin's and a 410's) reach the cache in the order they committed.
     writes: tokio::sync::Mutex<()>,
+    clock: Clock,
 }
 
 impl Apps {
     /// Loads every app from the store (start-up: it blocks on the read).
-    pub fn load(store: Arc<dyn AppStore>) -> Result<Apps, StoreError> {
+    pub fn load(store: Arc<dyn AppStore>, clock: Clock) -> Result<Apps, StoreError> {
         let apps = Apps {
             store,
             by_id: DashMap::new(),
             by_key: DashMap::new(),
             writes: tokio::sync::Mutex::new(()),
+            clock,
         };
         for app in apps.store.list_apps()? {
             apps.cache(app);
@@ -66,7 +68,7 @@ impl Apps {
             webhook_url: webhook_url.to_owned(),
             api_key_sha256: sha256_hex(&api_key),
             webhook_secret: WebhookSecret::generate().to_string(),
-            created_ms: now_ms(),
+            created_ms: self.clock.unix_ms(),
             disabled: false,
         };
         let (store, record) = (self.store.clone(), app.clone());
@@ -158,9 +160,4 @@ fn random_b64(bytes: usize) -> String {
     // The system RNG failing is not recoverable; an all-zero key would be worse than none.
     SystemRandom::new().fill(&mut buf).expect("system randomness");
     B64URL.encode(buf)
-}
-
-/// Now, Unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

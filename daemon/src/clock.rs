@@ -33,7 +33,17 @@ impl Clock {
 
     /// Monotonic now, for intervals and deadlines. Follows tokio's paused clock in tests.
     pub fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
+        self.tokio_now().into_std()
+    }
+
+    /// Monotonic now as tokio's `Instant`, for `sleep_until` and `timeout_at`.
+    pub fn tokio_now(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+
+    /// Wall-clock now as a `SystemTime`, for what takes one (HTTP dates).
+    pub fn system_time(&self) -> SystemTime {
+        SystemTime::now()
     }
 
     /// Wall-clock time since the Unix epoch (zero if the clock is before 1970).

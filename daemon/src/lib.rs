@@ -132,6 +132,7 @@ pub struct Daemon {
     drain: Duration,
     api: axum::Router,
     recorder: std::sync::OnceLock<Arc<testing::EventRecorder>>,
+    clock: clock::Clock,
 }
 
 impl Daemon {
@@ -161,15 +162,16 @@ impl Daemon {
         // It holds the webhook secrets: owner-only.
         #[cfg(unix)]
         std::fs::set_permissions(&store_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        let apps = Arc::new(Apps::load(store.clone())?);
+        let apps = Arc::new(Apps::load(store.clone(), clock)?);
         let url_policy = webhooks.url_policy.clone();
         let fanout_config = FanoutConfig {
             // The dev certificate signs test receivers too.
             extra_roots: if dev { cert_chain.clone() } else { Vec::new() },
             ..webhooks
         };
-        let fanout = Arc::new(Fanout::start(store.clone(), apps.clone(), fanout_config, metrics.clone())?);
-        let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone()));
+        let fanout =
+            Arc::new(Fanout::start(store.clone(), apps.clone(), fanout_config, metrics.clone(), clock)?);
+        let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone(), clock));
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
         let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), clock, Some(sink)));
@@ -179,6 +181,7 @@ impl Daemon {
             store.clone(),
             metrics.clone(),
             notify,
+            clock,
         ));
         let restored = notifications.restore()?;
         let crashed = journal.begin_run()?;
@@ -227,6 +230,7 @@ impl Daemon {
             admin_token: admin_token.as_deref().map(Arc::from),
             admin_remote: api.admin_remote,
             metrics_remote: api.metrics_remote,
+            clock,
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(http::serve(
@@ -263,6 +267,7 @@ impl Daemon {
             drain: quic_config.drain,
             api: router,
             recorder: std::sync::OnceLock::new(),
+            clock,
         })
     }
 
@@ -312,8 +317,8 @@ impl Daemon {
     /// again; whatever a receiver did not take stays in the outbox for the next start.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let deadline = tokio::time::Instant::now() + self.drain;
-        while self.quic.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        let deadline = self.clock.tokio_now() + self.drain;
+        while self.quic.open_connections() > 0 && self.clock.tokio_now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(remaining = self.quic.open_connections(), "drain finished");

@@ -58,9 +58,8 @@ impl RateLimiter {
         RateLimiter { limit: Rate { rate, burst }, buckets: DashMap::new() }
     }
 
-    /// Takes one token for `key`, or says how long until one is available.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let now = Instant::now();
+    /// Takes one token for `key` at `now`, or says how long until one is available.
+    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut bucket = self.buckets.entry(key.to_owned()).or_insert_with(|| Bucket::full(self.limit, now));
         bucket.take(self.limit, now)
     }
@@ -75,9 +74,8 @@ pub struct HashedLimiter {
 }
 
 impl HashedLimiter {
-    /// `slots` buckets (at least one), each `limit`, full at the start.
-    pub fn new(limit: Rate, slots: usize) -> HashedLimiter {
-        let now = Instant::now();
+    /// `slots` buckets (at least one), each `limit`, full at `now`.
+    pub fn new(limit: Rate, slots: usize, now: Instant) -> HashedLimiter {
         let slots = vec![Bucket::full(limit, now); slots.max(1)].into_boxed_slice();
         HashedLimiter { limit, hasher: RandomState::new(), slots: Mutex::new(slots) }
     }
@@ -120,17 +118,18 @@ mod tests {
     #[test]
     fn burst_then_refusal_with_a_wait() {
         let limiter = RateLimiter::new(10, 3);
+        let now = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.check("a").is_ok());
+            assert!(limiter.check("a", now).is_ok());
         }
-        let wait = limiter.check("a").expect_err("over the burst");
+        let wait = limiter.check("a", now).expect_err("over the burst");
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
-        assert!(limiter.check("b").is_ok(), "apps do not share buckets");
+        assert!(limiter.check("b", now).is_ok(), "apps do not share buckets");
     }
 
     #[test]
     fn hashed_buckets_hold_a_fixed_table_and_refill() {
-        let limiter = HashedLimiter::new(Rate { rate: 1, burst: 2 }, 64);
+        let limiter = HashedLimiter::new(Rate { rate: 1, burst: 2 }, 64, Instant::now());
         let now = Instant::now();
         assert!(limiter.check(&"10.0.0.1", now).is_ok());
         assert!(limiter.check(&"10.0.0.1", now).is_ok());
@@ -145,7 +144,7 @@ mod tests {
 
     #[test]
     fn check_all_takes_all_or_nothing() {
-        let limiter = HashedLimiter::new(Rate { rate: 1, burst: 1 }, 4_096);
+        let limiter = HashedLimiter::new(Rate { rate: 1, burst: 1 }, 4_096, Instant::now());
         let now = Instant::now();
         // Two keys in different slots (the hash key is random per run).
         let b = (0..)

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -185,7 +185,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 fn token(data_dir: &std::path::Path, user: &str, device: &str, ttl: Duration) -> Result<String> {
     let signer = credentials::dev_signer(data_dir)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let now = presenced::clock::Clock::system().unix_secs();
     Ok(signer.mint(user, device, now, ttl.as_secs()))
 }
 

@@ -26,13 +26,13 @@
 //! and no lock is held across one.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use presence_protocol::{AppId, Body, CancelReason, Data, Notify, Response, Title};
 use serde::Serialize;
 
-use crate::apps::now_ms;
+use crate::clock::Clock;
 use crate::handle::{SessionCommand, SessionHandle};
 use crate::limit::{HashedLimiter, RateLimiter};
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
@@ -219,6 +219,7 @@ pub struct Notifications {
     recipient_rate: HashedLimiter,
     /// Undecided notifications per app.
     outstanding: DashMap<String, u32>,
+    clock: Clock,
 }
 
 impl Notifications {
@@ -230,6 +231,7 @@ impl Notifications {
         store: Arc<dyn NotificationStore>,
         metrics: Arc<Metrics>,
         limits: NotifyLimits,
+        clock: Clock,
     ) -> Notifications {
         let (stopped, _) = tokio::sync::watch::channel(false);
         let (writes, queued) = tokio::sync::mpsc::unbounded_channel();
@@ -245,15 +247,16 @@ impl Notifications {
             stopped,
             limits,
             app_rate: RateLimiter::new(limits.app.rate, limits.app.burst),
-            recipient_rate: HashedLimiter::new(limits.recipient, RECIPIENT_SLOTS),
+            recipient_rate: HashedLimiter::new(limits.recipient, RECIPIENT_SLOTS, clock.now()),
             outstanding: DashMap::new(),
+            clock,
         }
     }
 
     /// Takes back the records of a previous run: readable again, and their pending
     /// recipients decided as `missed` at the expiry. Start-up only: it blocks on the read.
     pub fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let now = now_ms();
+        let now = self.clock.unix_ms();
         let mut restored = 0;
         for (id, bytes) in self.store.notifications()? {
             let record: Record = match serde_json::from_slice(&bytes) {
@@ -302,14 +305,16 @@ impl Notifications {
     /// notifications.
     fn admit(&self, request: &NewNotification) -> Result<(), NotifyRefused> {
         let app = request.app_id.as_str();
-        self.app_rate.check(app).map_err(|retry_after| NotifyRefused::AppRate { retry_after })?;
+        self.app_rate
+            .check(app, self.clock.now())
+            .map_err(|retry_after| NotifyRefused::AppRate { retry_after })?;
         let mut outstanding = self.outstanding.entry(app.to_owned()).or_insert(0);
         if *outstanding >= self.limits.outstanding {
             return Err(NotifyRefused::Outstanding { max: self.limits.outstanding });
         }
         let keys: Vec<(&str, &str)> = request.to.iter().map(|puid| (app, puid.as_str())).collect();
         self.recipient_rate
-            .check_all(&keys, Instant::now())
+            .check_all(&keys, self.clock.now())
             .map_err(|retry_after| NotifyRefused::RecipientRate { retry_after })?;
         *outstanding += 1;
         Ok(())
@@ -328,7 +333,7 @@ impl Notifications {
 
     fn deliver(self: &Arc<Self>, request: NewNotification) -> NotificationView {
         let id = self.fresh_id();
-        let created_at = now_ms();
+        let created_at = self.clock.unix_ms();
         let ttl_ms = u32::try_from(request.ttl.as_millis()).unwrap_or(u32::MAX);
         let notify = Notify {
             id,
@@ -490,7 +495,7 @@ impl Notifications {
 
     fn decide(&self, app_id: &str, id: u64, recipient: &mut Recipient, outcome: Outcome) {
         recipient.outcome = outcome;
-        recipient.decided_at = Some(now_ms());
+        recipient.decided_at = Some(self.clock.unix_ms());
         self.metrics.notifications.get_or_create(&ReasonLabel { reason: outcome.as_str() }).inc();
         self.outbound.outcome(app_id, id, &recipient.puid, outcome.as_str());
     }

@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 pub use presence_webhook::{WebhookBatch, WebhookEvent};
 
-use crate::apps::{Apps, now_ms};
+use crate::apps::Apps;
+use crate::clock::Clock;
 use crate::store::OutboxEvent;
 use crate::table::{PresenceEvent, PresenceSink};
 use crate::webhook::fanout::Fanout;
@@ -102,29 +103,33 @@ pub fn presence_event(event: &PresenceEvent) -> WebhookEvent<'_> {
 pub struct Outbound {
     apps: Arc<Apps>,
     fanout: Arc<Fanout>,
+    clock: Clock,
 }
 
 impl Outbound {
     /// Events go to `fanout`, only for apps registered in `apps`.
-    pub fn new(apps: Arc<Apps>, fanout: Arc<Fanout>) -> Outbound {
-        Outbound { apps, fanout }
+    pub fn new(apps: Arc<Apps>, fanout: Arc<Fanout>, clock: Clock) -> Outbound {
+        Outbound { apps, fanout, clock }
     }
 
     /// A user authorized an app; `state` lets the app link the PUID to its own account.
     pub fn grant(&self, app_id: &str, puid: &str, state: &str) {
-        self.send(app_id, &WebhookEvent::Grant { puid: puid.into(), state: state.into(), at: now_ms() });
+        self.send(
+            app_id,
+            &WebhookEvent::Grant { puid: puid.into(), state: state.into(), at: self.clock.unix_ms() },
+        );
     }
 
     /// A user withdrew an app's authorization.
     pub fn revoke(&self, app_id: &str, puid: &str) {
-        self.send(app_id, &WebhookEvent::Revoke { puid: puid.into(), at: now_ms() });
+        self.send(app_id, &WebhookEvent::Revoke { puid: puid.into(), at: self.clock.unix_ms() });
     }
 
     /// The daemon restarted after a crash: tell every app that all its users are offline
     /// until their devices reconnect.
     pub fn reset_all(&self, app_ids: impl IntoIterator<Item = String>) {
         for app_id in app_ids {
-            self.send(&app_id, &WebhookEvent::Reset { at: now_ms() });
+            self.send(&app_id, &WebhookEvent::Reset { at: self.clock.unix_ms() });
         }
     }
 
@@ -135,7 +140,7 @@ impl Outbound {
             id: id.into(),
             puid: puid.into(),
             outcome: outcome.into(),
-            at: now_ms(),
+            at: self.clock.unix_ms(),
         };
         self.send(app_id, &event);
     }

@@ -140,6 +140,8 @@ pub struct DeviceSession {
     phase: Phase,
     /// The TLS handshake completed: the peer is live, not a replay of 0-RTT data.
     confirmed: bool,
+    /// The control stream was opened in 0-RTT data (what `zero_rtt_accepted` counts).
+    early: bool,
     /// Until when a verified 0-RTT `Hello` may wait for the handshake.
     confirm_by: Option<Instant>,
     effects: VecDeque<Effect>,
@@ -159,6 +161,7 @@ impl DeviceSession {
             handle,
             phase: Phase::Opening,
             confirmed: false,
+            early: false,
             confirm_by: None,
             effects: VecDeque::new(),
             closed: None,
@@ -231,6 +234,13 @@ impl DeviceSession {
         self.process();
     }
 
+    /// The control stream was opened in 0-RTT data: its `Hello` waits for
+    /// [`handshake_confirmed`](Self::handshake_confirmed), and the session counts as
+    /// resumed in 0-RTT.
+    pub fn opened_in_0rtt(&mut self) {
+        self.early = true;
+    }
+
     /// The TLS handshake completed. A 0-RTT `Hello` waiting for it goes ahead now.
     pub fn handshake_confirmed(&mut self, now: Instant) {
         self.confirmed = true;
@@ -239,9 +249,8 @@ impl DeviceSession {
                 unreachable!("matched above")
             };
             let (hello, claims) = *verified;
-            self.services.metrics.zero_rtt_accepted.inc();
             self.confirm_by = None;
-            self.welcome(now, hello, claims, true);
+            self.welcome(now, hello, claims);
         }
         self.process();
     }
@@ -410,7 +419,7 @@ impl DeviceSession {
             }
         };
         if self.confirmed {
-            self.welcome(now, *hello, claims, false);
+            self.welcome(now, *hello, claims);
         } else {
             // 0-RTT data can be replayed: Welcome, the table and the ghost's close wait for
             // the handshake, which proves the client is live.
@@ -419,7 +428,8 @@ impl DeviceSession {
         }
     }
 
-    fn welcome(&mut self, now: Instant, hello: Hello, claims: DeviceClaims, zero_rtt: bool) {
+    fn welcome(&mut self, now: Instant, hello: Hello, claims: DeviceClaims) {
+        let zero_rtt = self.early;
         let span = tracing::Span::current();
         span.record("user", claims.sub.as_str());
         span.record("device", claims.did.as_str());
@@ -444,6 +454,9 @@ impl DeviceSession {
                 code: ErrorCode::REPLACED,
                 reason: "replaced by a new session".into(),
             });
+        }
+        if zero_rtt {
+            self.services.metrics.zero_rtt_accepted.inc();
         }
         info!(zero_rtt, heartbeat = ?self.protocol.heartbeat(), "session up");
         self.phase = Phase::Up(Identity { user: claims.sub, device: claims.did });
@@ -563,12 +576,12 @@ mod tests {
         let store = Arc::new(MemoryStore::default());
         let metrics = Arc::new(Metrics::default());
         let clock = Clock::system();
-        let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
+        let apps = Arc::new(Apps::load(store.clone(), clock).expect("apps"));
         let fanout = Arc::new(
-            Fanout::start(store.clone(), apps.clone(), FanoutConfig::default(), metrics.clone())
+            Fanout::start(store.clone(), apps.clone(), FanoutConfig::default(), metrics.clone(), clock)
                 .expect("fanout"),
         );
-        let outbound = Arc::new(Outbound::new(apps.clone(), fanout));
+        let outbound = Arc::new(Outbound::new(apps.clone(), fanout, clock));
         let events = Arc::new(EventRecorder::default());
         let key = crate::puid::PuidKey::new(&[9; 32]).expect("key");
         let table = Arc::new(PresenceTable::new(key, metrics.clone(), clock, Some(events.clone())));
@@ -577,8 +590,14 @@ mod tests {
             recipient: Rate { rate: 10, burst: 10 },
             outstanding: 10,
         };
-        let notifications =
-            Arc::new(Notifications::new(table.clone(), outbound.clone(), store, metrics.clone(), limits));
+        let notifications = Arc::new(Notifications::new(
+            table.clone(),
+            outbound.clone(),
+            store,
+            metrics.clone(),
+            limits,
+            clock,
+        ));
         let services = Arc::new(SessionServices {
             verifier,
             table,
@@ -653,6 +672,7 @@ mod tests {
         let world = world();
         let now = world.services.clock.now();
         let (mut session, _commands) = world.session(1, now);
+        session.opened_in_0rtt();
         session.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
         drive(&mut session, &world.services, now);
         assert!(!session.is_up(), "verified, but the handshake has not confirmed the client");

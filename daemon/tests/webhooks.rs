@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use presenced::apps::Apps;
+use presenced::clock::Clock;
 use presenced::metrics::Metrics;
 use presenced::store::embedded::EmbeddedStore;
 use presenced::store::{AppRecord, AppStore, Outbox, OutboxEvent};
@@ -278,8 +279,9 @@ impl Harness {
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("presenced.redb")).expect("store"));
         let secrets = apps.iter().map(|(id, url)| register(store.as_ref(), id, url)).collect();
         let metrics = Arc::new(Metrics::default());
-        let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
-        let fanout = Fanout::start(store.clone(), apps.clone(), config, metrics.clone()).expect("fanout");
+        let apps = Arc::new(Apps::load(store.clone(), Clock::system()).expect("apps"));
+        let fanout = Fanout::start(store.clone(), apps.clone(), config, metrics.clone(), Clock::system())
+            .expect("fanout");
         (Harness { _dir: dir, store, apps, fanout, metrics }, secrets)
     }
 
@@ -571,9 +573,10 @@ async fn undelivered_events_survive_a_crash_and_go_after_restart() {
     let secret = {
         let store = Arc::new(EmbeddedStore::open(&path).expect("store"));
         let secret = register(store.as_ref(), "app_a", &receiver.url());
-        let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
+        let apps = Arc::new(Apps::load(store.clone(), Clock::system()).expect("apps"));
         let fanout =
-            Fanout::start(store.clone(), apps, config(), Arc::new(Metrics::default())).expect("fanout");
+            Fanout::start(store.clone(), apps, config(), Arc::new(Metrics::default()), Clock::system())
+                .expect("fanout");
         for i in 0..10 {
             fanout.publish("app_a", vec![presence(&format!("u{i}"), 7)]);
         }
@@ -587,8 +590,9 @@ async fn undelivered_events_survive_a_crash_and_go_after_restart() {
     receiver.set_default(Reply::Ok);
     let store = reopen(&path).await;
     assert_eq!(store.depth("app_a"), 10);
-    let apps = Arc::new(Apps::load(store.clone()).expect("apps"));
-    let fanout = Fanout::start(store.clone(), apps, config(), Arc::new(Metrics::default())).expect("fanout");
+    let apps = Arc::new(Apps::load(store.clone(), Clock::system()).expect("apps"));
+    let fanout = Fanout::start(store.clone(), apps, config(), Arc::new(Metrics::default()), Clock::system())
+        .expect("fanout");
     until(Duration::from_secs(5), "the delivery after restart", || !receiver.delivered().is_empty()).await;
     let post = &receiver.delivered()[0];
     assert_eq!(post.events().len(), 10);

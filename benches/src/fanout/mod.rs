@@ -223,12 +223,14 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
             webhook_url: sink.url(),
             api_key_sha256: String::new(),
             webhook_secret: secret.clone(),
-            created_ms: presenced::apps::now_ms(),
+            created_ms: presenced::clock::Clock::system().unix_ms(),
             disabled: false,
         };
         store.put_app(&record).map_err(|e| setup("register app", &e))?;
     }
-    let apps = Arc::new(Apps::load(store.clone()).map_err(|e| setup("apps", &e))?);
+    let apps = Arc::new(
+        Apps::load(store.clone(), presenced::clock::Clock::system()).map_err(|e| setup("apps", &e))?,
+    );
     let fanout_config = FanoutConfig {
         batch_window: config.batch_window,
         max_events: config.max_events,
@@ -241,10 +243,11 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     let fanout = {
         let _guard = fanout_rt.enter();
         Arc::new(
-            Fanout::start(outbox, apps.clone(), fanout_config, metrics).map_err(|e| setup("fan-out", &e))?,
+            Fanout::start(outbox, apps.clone(), fanout_config, metrics, presenced::clock::Clock::system())
+                .map_err(|e| setup("fan-out", &e))?,
         )
     };
-    let outbound = Arc::new(Outbound::new(apps, fanout.clone()));
+    let outbound = Arc::new(Outbound::new(apps, fanout.clone(), presenced::clock::Clock::system()));
 
     let puids: Vec<Vec<presence_protocol::Puid>> = app_ids
         .iter()
@@ -326,7 +329,7 @@ fn publish(
     let ticks_before = own_ticks();
     const STATUSES: [Status; 3] = [Status::Online, Status::Away, Status::Unavailable];
     let started = Instant::now();
-    let at_ms = presenced::apps::now_ms();
+    let at_ms = presenced::clock::Clock::system().unix_ms();
     let per_app = apps.len() as u64;
     for i in 0..config.events {
         if let Some(rate) = config.rate {

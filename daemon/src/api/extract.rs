@@ -90,7 +90,7 @@ impl FromRequestParts<ApiState> for AppAuth {
                 "unknown API key",
             ));
         };
-        state.limiter.check(&app.id).map_err(ApiError::rate_limited)?;
+        state.limiter.check(&app.id, state.clock.now()).map_err(ApiError::rate_limited)?;
         Ok(AppAuth(app))
     }
 }

@@ -77,6 +77,8 @@ pub struct ApiState {
     pub admin_remote: bool,
     /// Whether `/metrics` answers non-loopback clients.
     pub metrics_remote: bool,
+    /// The daemon's clock (rate limits).
+    pub clock: crate::clock::Clock,
 }
 
 /// Every route [`router`] serves, as (method, path template), in the order it adds them.

@@ -84,7 +84,17 @@ async fn run(
         }
     };
     let (handle, commands) = SessionHandle::new(id);
-    let session = DeviceSession::new(shared.services.clone(), handle, shared.services.clock.now());
+    let now = shared.services.clock.now();
+    let mut session = DeviceSession::new(shared.services.clone(), handle, now);
+    // A stream opened in 1-RTT data means the handshake is complete; one opened in 0-RTT
+    // data (a resumed device's `Hello`) waits for it.
+    let handshake_done = if recv.is_0rtt() {
+        session.opened_in_0rtt();
+        Some(Box::pin(handshake_done))
+    } else {
+        session.handshake_confirmed(now);
+        None
+    };
     let mut driver = Driver {
         shared: &shared,
         connection,
@@ -93,7 +103,7 @@ async fn run(
         session,
         commands,
         handshake: Some(guard),
-        handshake_done: Some(Box::pin(handshake_done)),
+        handshake_done,
         datagrams_read: 0,
         datagrams_dropped: 0,
     };

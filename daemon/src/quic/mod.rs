@@ -16,7 +16,7 @@ mod socket;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use presence_protocol::ALPN;
@@ -130,8 +130,8 @@ impl QuicServer {
         // 0-RTT needs stateful resumption: a ticket store sized for the devices, durable so
         // that a restarted daemon still resumes them.
         tls.max_early_data_size = u32::MAX;
-        let tls_sessions =
-            DurableSessions::start(store, config.session_store).context("cannot load TLS sessions")?;
+        let tls_sessions = DurableSessions::start(store, config.session_store, services.clock)
+            .context("cannot load TLS sessions")?;
         tls.session_storage = tls_sessions.clone();
         tls.send_tls13_tickets = 1;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
@@ -143,8 +143,12 @@ impl QuicServer {
             .with_context(|| format!("cannot bind QUIC on {}", config.listen))?;
         let runtime = Arc::new(quinn::TokioRuntime);
         let socket = runtime.wrap_udp_socket(socket)?;
-        let socket =
-            Arc::new(socket::CountingSocket::new(socket, services.metrics.clone(), config.handshake_limit));
+        let socket = Arc::new(socket::CountingSocket::new(
+            socket,
+            services.metrics.clone(),
+            config.handshake_limit,
+            services.clock,
+        ));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             restart::endpoint_config(&endpoint_secret),
             Some(server_config),
@@ -153,6 +157,7 @@ impl QuicServer {
         )
         .with_context(|| format!("cannot start QUIC on {}", config.listen))?;
         let (close_sessions, close_sessions_rx) = watch::channel(false);
+        let clock = services.clock;
         let shared = Arc::new(Shared {
             metrics: services.metrics.clone(),
             services,
@@ -170,8 +175,8 @@ impl QuicServer {
             retry_threshold: config.retry_threshold,
             tls_sessions,
             close_sessions,
-            sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
-            validated_sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS),
+            sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS, clock.now()),
+            validated_sources: HashedLimiter::new(config.handshake_limit, SOURCE_SLOTS, clock.now()),
         })
     }
 
@@ -234,7 +239,7 @@ impl QuicServer {
     /// (no packet goes back).
     fn over_source_limit(&self, incoming: &quinn::Incoming) -> Option<Refusal> {
         let ip = incoming.remote_address().ip().to_canonical();
-        let now = Instant::now();
+        let now = self.shared.services.clock.now();
         if incoming.remote_address_validated() {
             return self.validated_sources.check(&ip, now).is_err().then_some(Refusal::HandshakeIgnored);
         }
@@ -251,9 +256,10 @@ impl QuicServer {
     /// returns). The endpoint's own close then reaches only connections that never became
     /// a session, or sessions that outlived the bound.
     pub(crate) async fn close(&self, bound: Duration) {
-        let deadline = tokio::time::Instant::now() + bound;
+        let clock = self.shared.services.clock;
+        let deadline = clock.tokio_now() + bound;
         let _ = self.close_sessions.send(true);
-        while self.shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.shared.sessions.load(Ordering::Relaxed) > 0 && clock.tokio_now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.endpoint

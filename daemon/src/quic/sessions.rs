@@ -27,12 +27,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::server::StoresServerSessions;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::clock::Clock;
 use crate::store::{SessionChange, StoreError, StoredSession, TicketStore};
 
 /// How long a session may be resumed: the lifetime rustls gives stateful TLS 1.3 tickets.
@@ -51,6 +52,7 @@ pub struct DurableSessions {
     /// released even while rustls configurations still hold this cache.
     store: Mutex<Option<Arc<dyn TicketStore>>>,
     capacity: usize,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for DurableSessions {
@@ -127,8 +129,12 @@ impl State {
 impl DurableSessions {
     /// Loads the unexpired sessions from `store` (the newest `capacity` of them) and starts
     /// the writer on the current tokio runtime.
-    pub fn start(store: Arc<dyn TicketStore>, capacity: usize) -> Result<Arc<DurableSessions>, StoreError> {
-        let loaded = store.load_sessions(oldest_live())?;
+    pub fn start(
+        store: Arc<dyn TicketStore>,
+        capacity: usize,
+        clock: Clock,
+    ) -> Result<Arc<DurableSessions>, StoreError> {
+        let loaded = store.load_sessions(oldest_live(clock))?;
         let mut state = State::default();
         let skip = loaded.len().saturating_sub(capacity);
         let mut evicted = Vec::new();
@@ -147,6 +153,7 @@ impl DurableSessions {
             written: Notify::new(),
             store: Mutex::new(Some(store)),
             capacity,
+            clock,
         });
         tokio::spawn(write_loop(Arc::downgrade(&sessions), sessions.queued.clone()));
         Ok(sessions)
@@ -164,7 +171,7 @@ impl DurableSessions {
 
     /// Waits (up to `bound`) until every change made before the call is written.
     pub async fn flush(&self, bound: Duration) {
-        let deadline = tokio::time::Instant::now() + bound;
+        let deadline = self.clock.tokio_now() + bound;
         let target = {
             let state = self.lock();
             // Anything pending goes in a round not started yet.
@@ -207,12 +214,12 @@ impl Drop for DurableSessions {
 
 impl StoresServerSessions for DurableSessions {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        let session = StoredSession { key: key.clone(), created_secs: unix_secs(), value };
+        let session = StoredSession { key: key.clone(), created_secs: self.clock.unix_secs(), value };
         {
             let mut state = self.lock();
             state.insert(session.clone());
             state.pending.insert(key, Some(session));
-            state.trim(self.capacity, oldest_live());
+            state.trim(self.capacity, oldest_live(self.clock));
         }
         self.queued.notify_one();
         true
@@ -221,7 +228,7 @@ impl StoresServerSessions for DurableSessions {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let state = self.lock();
         let entry = state.sessions.get(key)?;
-        (entry.created_secs >= oldest_live()).then(|| entry.value.clone())
+        (entry.created_secs >= oldest_live(self.clock)).then(|| entry.value.clone())
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -232,7 +239,7 @@ impl StoresServerSessions for DurableSessions {
             entry
         };
         self.queued.notify_one();
-        (entry.created_secs >= oldest_live()).then_some(entry.value)
+        (entry.created_secs >= oldest_live(self.clock)).then_some(entry.value)
     }
 
     fn can_cache(&self) -> bool {
@@ -306,13 +313,9 @@ async fn write_loop(sessions: std::sync::Weak<DurableSessions>, queued: Arc<Noti
     }
 }
 
-fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// The issue time of the oldest session still resumable.
-fn oldest_live() -> u64 {
-    unix_secs().saturating_sub(SESSION_LIFETIME.as_secs())
+fn oldest_live(clock: Clock) -> u64 {
+    clock.unix_secs().saturating_sub(SESSION_LIFETIME.as_secs())
 }
 
 #[cfg(test)]
@@ -328,7 +331,7 @@ mod tests {
     async fn tickets_survive_a_restart_and_stay_single_use() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let sessions = DurableSessions::start(open(dir.path()), 10).expect("start");
+            let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system()).expect("start");
             assert!(sessions.put(vec![1; 32], b"one".to_vec()));
             assert!(sessions.put(vec![2; 32], b"two".to_vec()));
             assert!(sessions.put(vec![3; 32], b"three".to_vec()));
@@ -337,13 +340,13 @@ mod tests {
             assert_eq!(sessions.get(&[1; 32]), Some(b"one".to_vec()));
             sessions.flush(Duration::from_secs(5)).await;
         }
-        let sessions = DurableSessions::start(open(dir.path()), 10).expect("restart");
+        let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system()).expect("restart");
         assert_eq!(sessions.len(), 2);
         assert_eq!(sessions.take(&[2; 32]), None, "single use across the restart");
         assert_eq!(sessions.take(&[1; 32]), Some(b"one".to_vec()));
         sessions.flush(Duration::from_secs(5)).await;
         drop(sessions);
-        let sessions = DurableSessions::start(open(dir.path()), 10).expect("restart again");
+        let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system()).expect("restart again");
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions.take(&[3; 32]), Some(b"three".to_vec()));
     }
@@ -353,7 +356,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         {
-            let sessions = DurableSessions::start(store.clone(), 3).expect("start");
+            let sessions = DurableSessions::start(store.clone(), 3, Clock::system()).expect("start");
             for key in 1..=5u8 {
                 sessions.put(vec![key; 32], vec![key]);
             }
@@ -366,7 +369,7 @@ mod tests {
             store.load_sessions(0).expect("load").into_iter().map(|s| s.value).collect();
         assert_eq!(stored.len(), 3, "the disk holds no more than memory: {stored:?}");
         // A smaller capacity at the next start keeps the newest.
-        let sessions = DurableSessions::start(store.clone(), 2).expect("restart");
+        let sessions = DurableSessions::start(store.clone(), 2, Clock::system()).expect("restart");
         assert_eq!(sessions.len(), 2);
         assert_eq!(sessions.get(&[3; 32]), None);
         assert_eq!(store.load_sessions(0).expect("load").len(), 2);
@@ -376,18 +379,18 @@ mod tests {
     async fn expired_sessions_are_not_resumed_or_loaded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
-        let old = unix_secs() - SESSION_LIFETIME.as_secs() - 10;
+        let old = Clock::system().unix_secs() - SESSION_LIFETIME.as_secs() - 10;
         store
             .save_sessions(&[
                 SessionChange::Put(StoredSession { key: vec![1; 32], created_secs: old, value: vec![1] }),
                 SessionChange::Put(StoredSession {
                     key: vec![2; 32],
-                    created_secs: unix_secs(),
+                    created_secs: Clock::system().unix_secs(),
                     value: vec![2],
                 }),
             ])
             .expect("save");
-        let sessions = DurableSessions::start(store.clone(), 10).expect("start");
+        let sessions = DurableSessions::start(store.clone(), 10, Clock::system()).expect("start");
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions.take(&[1; 32]), None);
         assert_eq!(sessions.take(&[2; 32]), Some(vec![2]));

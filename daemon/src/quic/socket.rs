@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
+use crate::clock::Clock;
 use crate::limit::HashedLimiter;
 use crate::metrics::{Metrics, Refusal};
 use crate::settings::Rate;
@@ -38,6 +38,7 @@ pub(crate) struct CountingSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     metrics: Arc<Metrics>,
     initials: HashedLimiter,
+    clock: Clock,
 }
 
 impl CountingSocket {
@@ -45,12 +46,13 @@ impl CountingSocket {
         inner: Arc<dyn AsyncUdpSocket>,
         metrics: Arc<Metrics>,
         handshakes: Rate,
+        clock: Clock,
     ) -> CountingSocket {
         let flood = Rate {
             rate: handshakes.rate.saturating_mul(FLOOD_FACTOR),
             burst: handshakes.burst.saturating_mul(FLOOD_FACTOR),
         };
-        CountingSocket { inner, metrics, initials: HashedLimiter::new(flood, SLOTS) }
+        CountingSocket { inner, metrics, initials: HashedLimiter::new(flood, SLOTS, clock.now()), clock }
     }
 }
 
@@ -98,7 +100,7 @@ impl AsyncUdpSocket for CountingSocket {
     ) -> Poll<io::Result<usize>> {
         let result = self.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(count)) = &result {
-            let now = Instant::now();
+            let now = self.clock.now();
             for (buf, meta) in bufs.iter().zip(meta.iter_mut()).take(*count) {
                 let stride = meta.stride.max(1);
                 let data = &buf[..meta.len.min(buf.len())];

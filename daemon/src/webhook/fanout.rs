@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::guard::{GuardedResolver, UrlPolicy};
 use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
 use crate::apps::Apps;
+use crate::clock::Clock;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
 use crate::store::{Outbox, OutboxEntry, OutboxEvent, StoreFuture};
 
@@ -148,6 +149,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
+    clock: Clock,
     /// One delivery task per app that has been seen.
     tasks: Mutex<HashMap<String, AppTask>>,
     /// How far `shutdown` has gone.
@@ -241,6 +243,7 @@ impl Fanout {
         apps: Arc<Apps>,
         config: FanoutConfig,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Result<Fanout, FanoutError> {
         if config.max_events == 0 || config.max_bytes == 0 {
             return Err(FanoutError::Config("max_events and max_bytes must be greater than zero"));
@@ -257,6 +260,7 @@ impl Fanout {
             apps,
             config,
             metrics,
+            clock,
             client,
             runtime,
             tasks: Mutex::new(HashMap::new()),
@@ -286,7 +290,7 @@ impl Fanout {
         if events.is_empty() || *self.inner.phase.borrow() >= Phase::Closing {
             return;
         }
-        let since = Instant::now();
+        let since = self.inner.clock.tokio_now();
         let count = events.len();
         let bytes = events.iter().map(|event| event.json.len()).sum();
         // Publishers need not be on the runtime (the bench's is a plain thread); the outbox
@@ -325,7 +329,7 @@ impl Fanout {
     /// bound every task still working ends; what it did not deliver stays in the outbox for
     /// the next start (delivery is at-least-once either way).
     pub async fn shutdown(&self, bound: Duration) {
-        let deadline = Instant::now() + bound;
+        let deadline = self.inner.clock.tokio_now() + bound;
         let _ = self.inner.phase.send(Phase::Closing);
         if tokio::time::timeout_at(deadline, self.flush()).await.is_err() {
             warn!("webhook outbox writes did not finish within the shutdown bound");
@@ -471,7 +475,7 @@ impl Inner {
 
     /// A publish time that makes a batch due at once (one window ago).
     fn long_ago(&self) -> Instant {
-        let now = Instant::now();
+        let now = self.clock.tokio_now();
         now.checked_sub(self.config.batch_window).unwrap_or(now)
     }
 
@@ -508,7 +512,7 @@ impl Inner {
         }
         let body = batch_body(app_id, batch);
         let id = message_id(app_id, batch);
-        let timestamp = unix_secs();
+        let timestamp = self.clock.unix_secs();
         let signature = secret.sign(&id, timestamp, &body);
         let request = self
             .client
@@ -526,7 +530,7 @@ impl Inner {
             }
         };
         let status = response.status();
-        let retry_after = parse_retry_after(response.headers(), SystemTime::now());
+        let retry_after = parse_retry_after(response.headers(), self.clock.system_time());
         // Read a little of the answer so the connection can be reused, then let go.
         let mut drained = 0;
         while drained < MAX_RESPONSE_DRAIN {
@@ -574,14 +578,6 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 const ENVELOPE_SUFFIX: &[u8] = b"]}";
@@ -654,7 +650,7 @@ async fn wait_due(
                 let full =
                     pending.count >= inner.config.max_events || pending.bytes >= inner.config.max_bytes;
                 let due = since + inner.config.batch_window;
-                if full || Instant::now() >= due {
+                if full || inner.clock.tokio_now() >= due {
                     return true;
                 }
                 tokio::select! {
@@ -733,8 +729,9 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
         }
         let pending = shared.take();
         // The wall-clock time of the oldest publish, for latency of events without `at`.
-        let enqueued_ms =
-            unix_ms().saturating_sub(pending.since.map_or(0, |s| s.elapsed().as_millis() as u64));
+        let waited =
+            pending.since.map_or(Duration::ZERO, |s| inner.clock.tokio_now().saturating_duration_since(s));
+        let enqueued_ms = inner.clock.unix_ms().saturating_sub(waited.as_millis() as u64);
         loop {
             let batch = match inner.outbox.next_batch(&app_id, inner.config.max_events, budget).await {
                 Ok(batch) => batch,
@@ -789,7 +786,7 @@ async fn delivered(
     batch: Vec<OutboxEntry>,
     enqueued_ms: u64,
 ) {
-    let now_ms = unix_ms();
+    let now_ms = inner.clock.unix_ms();
     let metrics = &inner.metrics;
     let latencies: Vec<f64> = batch
         .iter()
@@ -820,7 +817,7 @@ async fn delivered(
             if depth > 0 && (full || depth >= inner.config.max_events as u64) {
                 shared.note(inner.long_ago(), 0, 0);
             } else if depth > 0 && pending.since.is_none() {
-                shared.note(Instant::now(), 0, 0);
+                shared.note(inner.clock.tokio_now(), 0, 0);
             }
         }
         // The batch goes again (same id): at-least-once.
@@ -867,7 +864,7 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut headers = HeaderMap::new();
         assert_eq!(parse_retry_after(&headers, now), None);
         headers.insert(RETRY_AFTER, "7".parse().expect("value"));

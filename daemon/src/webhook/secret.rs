@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use base64::Engine;
@@ -119,7 +119,7 @@ impl WebhookSecret {
         body: &[u8],
         tolerance: Duration,
     ) -> Result<(), VerifyError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = crate::clock::Clock::system().unix_secs();
         self.verify_at(msg_id, timestamp, signature, body, tolerance, now)
     }
 
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn verifies_from_headers() {
         let secret = WebhookSecret::generate();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let now = crate::clock::Clock::system().unix_secs();
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_ID, "msg_x".parse().expect("value"));
         headers.insert(HEADER_TIMESTAMP, now.to_string().parse().expect("value"));
