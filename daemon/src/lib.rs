@@ -10,9 +10,15 @@
 //! - [`credentials`]: TLS certificate, token keys, PUID secret, admin token; `--dev` creates
 //!   them on first run.
 //! - [`auth`]: device tokens (EdDSA JWTs against a JWKS); [`puid`]: PUID derivation.
+//! - [`session`]: the driver-agnostic device session service: a sans-IO
+//!   [`presence_protocol::ServerSession`] plus what it means to the daemon (authentication,
+//!   the 0-RTT gate, the table, authorize, revoke, reauth, notification answers), with
+//!   inputs and `now` in and effects out.
 //! - [`quic`]: the QUIC driver, the only module that knows quinn; one task per connection
-//!   drives a sans-IO [`presence_protocol::ServerSession`].
-//! - [`table`]: the presence table, its aggregation rule and its per-(app, PUID) events.
+//!   moves bytes between quinn and a [`session::DeviceSession`].
+//! - [`table`]: the presence table, its incremental aggregation and its per-(app, PUID)
+//!   events, handed to a sink after its locks are released.
+//! - [`clock`]: the one place that reads the time; every component is handed a clock.
 //! - [`handle`]: how the rest of the daemon reaches a session (close, notify, cancel).
 //! - [`apps`]: the registered AppServices; [`store`]: storage by concern (apps, the
 //!   outbox, notifications, TLS tickets, the run journal), one small trait each, kept in a
@@ -25,6 +31,9 @@
 //!   TLS listener in front of them; [`metrics`]: metric names.
 //! - [`limit`]: the token buckets behind every rate limit (per app, per source address, per
 //!   recipient), bounded in memory whatever the peers send.
+//! - [`testing`]: what tests and tools watch a daemon with (an event recorder).
+//!
+//! ARCHITECTURE.md in the repository root draws the layers and the seams.
 //!
 //! [`Daemon::start`] binds everything and returns at once, so tests run a whole daemon
 //! in-process on loopback ports; [`Daemon::shutdown`] drains it as SIGTERM does.
