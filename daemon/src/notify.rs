@@ -589,3 +589,90 @@ fn view(id: u64, record: &Record) -> NotificationView {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use presence_protocol::{Status, Text};
+
+    use super::*;
+    use crate::apps::Apps;
+    use crate::handle::SessionHandle;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{AppStore, Outbox};
+    use crate::table::DeviceState;
+    use crate::webhook::fanout::{Fanout, FanoutConfig};
+
+    /// On tokio's paused clock: the five-second expiry and the hour of retention pass
+    /// without waiting, and every part of the manager follows the same clock.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_notification_is_missed_at_its_expiry_and_forgotten_after_the_retention() {
+        let clock = Clock::system();
+        let store = Arc::new(MemoryStore::default());
+        // Disabled: its events wait in the outbox, and nothing is POSTed anywhere.
+        let mut app = crate::store::contract::app("app_chat");
+        app.disabled = true;
+        store.put_app(&app).expect("app");
+        let metrics = Arc::new(Metrics::default());
+        let apps = Arc::new(Apps::load(store.clone(), clock).expect("apps"));
+        let fanout =
+            Fanout::start(store.clone(), apps.clone(), FanoutConfig::default(), metrics.clone(), clock)
+                .expect("fan-out");
+        let fanout = Arc::new(fanout);
+        let outbound = Arc::new(Outbound::new(apps, fanout.clone(), clock));
+        let key = crate::puid::PuidKey::new(&[5; 32]).expect("key");
+        let table = Arc::new(PresenceTable::new(key, metrics.clone(), clock, None));
+        let chat = AppId::new("app_chat").expect("app id");
+        let (handle, mut device) = SessionHandle::new(1);
+        let state = DeviceState {
+            status: Status::Online,
+            idle: false,
+            message: String::new(),
+            visibility: vec![chat.clone()],
+        };
+        table.connect("alice", "phone", handle, state);
+        let puid = table.puid("app_chat", "alice").to_string();
+        let limits = NotifyLimits {
+            app: Rate { rate: 10, burst: 10 },
+            recipient: Rate { rate: 10, burst: 10 },
+            outstanding: 10,
+        };
+        let notifications =
+            Arc::new(Notifications::new(table, outbound, store.clone(), metrics, limits, clock));
+
+        let started = clock.now();
+        let view = notifications
+            .send(NewNotification {
+                app_id: chat,
+                to: vec![puid.clone()],
+                title: Text::new("Join?").expect("title"),
+                body: Text::default(),
+                data: Text::default(),
+                ttl: MIN_TTL,
+                mode: Mode::All,
+            })
+            .expect("sent");
+        let id: u64 = view.id.parse().expect("id");
+        assert_eq!(view.recipients[0].outcome, Outcome::Pending);
+        assert!(matches!(device.recv().await, SessionCommand::Notify(notify) if notify.id == id));
+
+        tokio::time::sleep(MIN_TTL + Duration::from_millis(1)).await;
+        let view = notifications.get("app_chat", id).expect("still readable");
+        assert_eq!(view.recipients[0].outcome, Outcome::Missed);
+        assert!(
+            matches!(device.recv().await, SessionCommand::Cancel { id: cancelled, reason: CancelReason::Expired } if cancelled == id)
+        );
+        fanout.flush().await;
+        let batch = store.next_batch("app_chat", 10, 1 << 20).await.expect("batch");
+        let outcome: serde_json::Value = serde_json::from_slice(&batch[0].event).expect("json");
+        assert_eq!(
+            (outcome["outcome"].as_str(), outcome["puid"].as_str()),
+            (Some("missed"), Some(puid.as_str()))
+        );
+
+        tokio::time::sleep(RETENTION).await;
+        assert!(notifications.get("app_chat", id).is_none(), "forgotten after the retention");
+        assert!(clock.now() - started >= RETENTION + MIN_TTL, "an hour passed on the virtual clock");
+        notifications.shutdown().await;
+        fanout.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -33,7 +33,7 @@ mod queue;
 pub mod tickets;
 
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 
 pub use apps::{AppRecord, AppStore};
 pub use journal::RunJournal;
