@@ -358,7 +358,6 @@ impl Harness {
                     self.closed = true;
                     self.pending.clear();
                 }
-                _ => {}
             }
             events.push(event);
         }

@@ -45,6 +45,8 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const USER_AGENT: &str = concat!("presenced/", env!("CARGO_PKG_VERSION"), " (webhooks)");
 /// Response bytes read (and discarded) so an HTTP/1.1 connection can go back to the pool.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
+/// Most publishes the waker takes at once before it wakes their apps.
+const WAKE_BATCH: usize = 4_096;
 
 /// The fan-out's settings. Every field has a documented default ([`FanoutConfig::default`]).
 #[derive(Debug, Clone)]
@@ -666,15 +668,29 @@ async fn wait_due(
 /// Wakes each app's delivery task once its appends are stored. The outbox makes appends
 /// durable in call order, so awaiting them one at a time, in the order they were handed
 /// over, delays none: one task for every publish, instead of a task per publish.
+///
+/// Whatever is queued when it looks is taken together, and each app is woken (and its
+/// depth gauge set) once for all of it, not once per publish: under load that is one wake
+/// per group commit, as the outbox writes them.
 async fn wake_loop(inner: Arc<Inner>, mut queued: mpsc::UnboundedReceiver<Appended>) {
-    while let Some(Appended { app_id, since, count, bytes, stored }) = queued.recv().await {
-        match stored.await {
-            Ok(true) => {
-                set_depth(&inner.metrics, &app_id, inner.outbox.depth(&app_id));
-                inner.wake(&app_id, since, count, bytes);
+    let mut stored: HashMap<String, (Instant, usize, usize)> = HashMap::new();
+    let mut taken = Vec::new();
+    while queued.recv_many(&mut taken, WAKE_BATCH).await > 0 {
+        for Appended { app_id, since, count, bytes, stored: done } in taken.drain(..) {
+            match done.await {
+                Ok(true) => {
+                    let woken = stored.entry(app_id).or_insert((since, 0, 0));
+                    woken.0 = woken.0.min(since);
+                    woken.1 += count;
+                    woken.2 += bytes;
+                }
+                Ok(false) => debug!(app = app_id, "events for an unregistered app dropped"),
+                Err(error) => warn!(app = app_id, %error, "webhook events lost: the outbox gave up"),
             }
-            Ok(false) => debug!(app = app_id, "events for an unregistered app dropped"),
-            Err(error) => warn!(app = app_id, %error, "webhook events lost: the outbox gave up"),
+        }
+        for (app_id, (since, count, bytes)) in stored.drain() {
+            set_depth(&inner.metrics, &app_id, inner.outbox.depth(&app_id));
+            inner.wake(&app_id, since, count, bytes);
         }
     }
 }

@@ -223,20 +223,20 @@ impl Shared {
                 let mut added = 0u64;
                 let mut stored = Vec::new();
                 for (key, _, version, at_ms, event) in app.queue.entries() {
-                    // A stored event of this key with a higher version is newer state than
-                    // this one, which was appended late (see `OutboxEvent::version`).
-                    let stale = outbox
-                        .get((app_id, key))?
-                        .is_some_and(|old| decode_event(old.value().1).version > version);
-                    if stale {
-                        continue;
-                    }
                     serial += 1;
                     encode_event(&mut stored, version, at_ms, event);
-                    let replaced =
-                        outbox.insert((app_id, key), (serial, stored.as_slice()))?.map(|old| old.value().0);
+                    let replaced = outbox
+                        .insert((app_id, key), (serial, stored.as_slice()))?
+                        .map(|old| (old.value().0, old.value().1.to_vec()));
                     match replaced {
-                        Some(old_serial) => {
+                        // A stored event of this key with a higher version is newer state than
+                        // this one, which was appended late (see `OutboxEvent::version`): it
+                        // goes back, as it was. Rare, so the common path costs one insert.
+                        Some((old_serial, old)) if decode_event(&old).version > version => {
+                            outbox.insert((app_id, key), (old_serial, old.as_slice()))?;
+                            continue;
+                        }
+                        Some((old_serial, _)) => {
                             order.remove((app_id, old_serial))?;
                         }
                         None => added += 1,
