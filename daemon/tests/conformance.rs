@@ -177,14 +177,7 @@ async fn shutdown_closes_with_an_error_frame_and_posts_offline_before_returning(
     let daemon = TestDaemon::start(dir.path()).await;
     let mut receiver = Receiver::start(&dir.path().join("tls")).await;
     let app = daemon.register("chat", &receiver.url()).await;
-    let token = daemon.token("alice", "phone");
-    let (mut device, answer) = RawDevice::hello(
-        daemon.daemon.quic_addr,
-        &daemon.roots,
-        hello(&token, "phone", Status::Online, &[&app.id]),
-    )
-    .await;
-    assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+    let mut device = welcomed(&daemon, "alice", &[&app.id]).await;
     let online = receiver.event(|e| e["type"] == "presence").await;
     assert_eq!(online["status"], "online");
 
@@ -285,14 +278,7 @@ async fn notify_without_data_carries_an_empty_string() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = TestDaemon::start(dir.path()).await;
     let app = daemon.register("chat", "https://127.0.0.1:9/hook").await;
-    let token = daemon.token("alice", "phone");
-    let (mut device, answer) = RawDevice::hello(
-        daemon.daemon.quic_addr,
-        &daemon.roots,
-        hello(&token, "phone", Status::Online, &[&app.id]),
-    )
-    .await;
-    assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+    let mut device = welcomed(&daemon, "alice", &[&app.id]).await;
     let puid = daemon.daemon.table().puid(&app.id, "alice");
     let response = daemon
         .http()
@@ -308,4 +294,17 @@ async fn notify_without_data_carries_an_empty_string() {
     assert_eq!(notify.data.as_str(), "");
     assert_eq!(notify.app_id.as_str(), app.id);
     assert!(app.id.starts_with("app_"), "registered app ids are app_…: {}", app.id);
+}
+
+/// A raw device of `user` ("phone") listing `apps`, welcomed.
+async fn welcomed(daemon: &TestDaemon, user: &str, apps: &[&str]) -> RawDevice {
+    let token = daemon.token(user, "phone");
+    let (device, answer) = RawDevice::hello(
+        daemon.daemon.quic_addr,
+        &daemon.roots,
+        hello(&token, "phone", Status::Online, apps),
+    )
+    .await;
+    assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+    device
 }
