@@ -47,6 +47,10 @@ pub enum TokenError {
         /// The header's `kid`; `None` when it named none and the JWKS has several keys.
         kid: Option<String>,
     },
+    /// The header has `crit`: it names extensions the token must not be accepted without
+    /// understanding, and the daemon understands none (RFC 7515 §4.1.11).
+    #[error("token header names critical extensions (crit) this server does not understand")]
+    CriticalHeader,
     /// The signature does not verify.
     #[error("bad token signature")]
     Signature,
@@ -198,6 +202,10 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    /// Extensions the receiver must understand (RFC 7515 §4.1.11). The daemon understands
+    /// none, so a token that has the parameter at all is refused.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
 }
 
 /// Verifies device tokens against the public keys of a JWKS.
@@ -261,6 +269,9 @@ impl TokenVerifier {
         let header: Header = decode_json(header)?;
         if header.alg != "EdDSA" {
             return Err(TokenError::Algorithm { alg: header.alg });
+        }
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
         }
         let key = match self.keys.get(&header.kid) {
             Some(key) => key,
@@ -372,6 +383,31 @@ mod tests {
     fn verifier(signer: &TokenSigner) -> TokenVerifier {
         let json = serde_json::to_string(&signer.jwks()).expect("json");
         TokenVerifier::from_jwks_json(&json).expect("jwks")
+    }
+
+    #[test]
+    fn a_token_with_crit_is_refused_even_when_signed() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let now = 1_000;
+        let claims = DeviceClaims {
+            sub: "alice".into(),
+            did: "phone".into(),
+            aud: Audience::One(AUDIENCE.into()),
+            exp: now + 60,
+            nbf: None,
+            iat: Some(now),
+        };
+        for crit in [serde_json::json!(["exp"]), serde_json::json!(["b64"]), serde_json::json!([])] {
+            let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": signer.kid, "crit": crit});
+            let header = B64URL.encode(header.to_string());
+            let body = B64URL.encode(serde_json::to_vec(&claims).expect("claims"));
+            let input = format!("{header}.{body}");
+            let token = format!("{input}.{}", B64URL.encode(signer.key.sign(input.as_bytes())));
+            assert_eq!(verifier.verify(&token, now), Err(TokenError::CriticalHeader), "crit {crit}");
+        }
+        // The same claims without crit verify: only the header made the difference.
+        assert!(verifier.verify(&signer.sign(&claims), now).is_ok());
     }
 
     #[test]

@@ -105,8 +105,8 @@ impl FromRequestParts<ApiState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let peer = parts.extensions.get::<super::Peer>().map(|peer| peer.0);
-        if !state.admin_remote && !peer.is_some_and(|addr| addr.ip().is_loopback()) {
+        let peer = parts.extensions.get::<super::Peer>();
+        if !state.admin_remote && !peer.is_some_and(super::Peer::is_loopback) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 ApiErrorCode::AdminForbidden,

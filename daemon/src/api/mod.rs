@@ -42,6 +42,14 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+impl Peer {
+    /// Whether the client is on this host. An IPv4 client of a dual-stack `[::]` listener
+    /// arrives as `::ffff:127.0.0.1`, which is loopback too.
+    pub fn is_loopback(&self) -> bool {
+        self.0.ip().to_canonical().is_loopback()
+    }
+}
+
 /// The API's own settings: how fast each app may call it, and who beyond loopback may
 /// reach the admin routes and `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +146,7 @@ async fn metrics(
     State(state): State<ApiState>,
     peer: Option<axum::Extension<Peer>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if !state.metrics_remote && !peer.is_some_and(|peer| peer.0.0.ip().is_loopback()) {
+    if !state.metrics_remote && !peer.is_some_and(|peer| peer.0.is_loopback()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ApiErrorCode::MetricsForbidden,
@@ -158,4 +166,20 @@ async fn track(State(state): State<ApiState>, request: Request, next: Next) -> R
     let status = response.status().as_u16().to_string();
     state.metrics.http_responses.get_or_create(&crate::metrics::StatusLabel { status }).inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_includes_ipv4_mapped_addresses_and_nothing_else() {
+        let peer = |addr: &str| Peer(addr.parse().expect("address"));
+        for local in ["127.0.0.1:9", "[::1]:9", "[::ffff:127.0.0.1]:9", "127.10.0.3:9"] {
+            assert!(peer(local).is_loopback(), "{local}");
+        }
+        for remote in ["10.0.0.1:9", "[::ffff:10.0.0.1]:9", "[2001:db8::1]:9", "[::]:9"] {
+            assert!(!peer(remote).is_loopback(), "{remote}");
+        }
+    }
 }
