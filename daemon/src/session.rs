@@ -244,13 +244,13 @@ impl DeviceSession {
     /// The TLS handshake completed. A 0-RTT `Hello` waiting for it goes ahead now.
     pub fn handshake_confirmed(&mut self, now: Instant) {
         self.confirmed = true;
-        if matches!(self.phase, Phase::Confirming(_)) {
-            let Phase::Confirming(verified) = std::mem::replace(&mut self.phase, Phase::Opening) else {
-                unreachable!("matched above")
-            };
-            let (hello, claims) = *verified;
-            self.confirm_by = None;
-            self.welcome(now, hello, claims);
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Confirming(verified) => {
+                let (hello, claims) = *verified;
+                self.confirm_by = None;
+                self.welcome(now, hello, claims);
+            }
+            other => self.phase = other,
         }
         self.process();
     }
