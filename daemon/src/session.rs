@@ -618,6 +618,20 @@ mod tests {
             (DeviceSession::new(self.services.clone(), handle, now), commands)
         }
 
+        /// A 1-RTT session that said its Hello, with the token checks done.
+        fn hello_1rtt(
+            &self,
+            id: u64,
+            now: Instant,
+            (user, token_device, device): (&str, &str, &str),
+        ) -> (DeviceSession, crate::handle::Commands) {
+            let (mut session, commands) = self.session(id, now);
+            session.handshake_confirmed(now);
+            session.handle_stream_data(now, &self.hello(user, token_device, device));
+            drive(&mut session, &self.services, now);
+            (session, commands)
+        }
+
         fn hello(&self, user: &str, token_device: &str, device: &str) -> Vec<u8> {
             let token = self.signer.mint(user, token_device, self.services.clock.unix_secs(), 3_600);
             let hello = Hello {
@@ -706,10 +720,7 @@ mod tests {
     async fn a_one_rtt_hello_goes_up_at_once_and_leaves_the_table_when_dropped() {
         let world = world();
         let now = world.services.clock.now();
-        let (mut session, _commands) = world.session(1, now);
-        session.handshake_confirmed(now);
-        session.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
-        drive(&mut session, &world.services, now);
+        let (mut session, _commands) = world.hello_1rtt(1, now, ("alice", "phone", "phone"));
         assert!(session.is_up() && sent_welcome(&mut session));
         assert_eq!(world.services.metrics.zero_rtt_accepted.get(), 0);
         drop(session);
@@ -722,21 +733,12 @@ mod tests {
     async fn a_token_for_another_device_is_refused_and_a_new_session_closes_its_ghost() {
         let world = world();
         let now = world.services.clock.now();
-        let (mut forged, _c) = world.session(1, now);
-        forged.handshake_confirmed(now);
-        forged.handle_stream_data(now, &world.hello("alice", "laptop", "phone"));
-        drive(&mut forged, &world.services, now);
+        let (forged, _c) = world.hello_1rtt(1, now, ("alice", "laptop", "phone"));
         assert_eq!(forged.close_code(), ErrorCode::UNAUTHENTICATED);
         assert_eq!(world.services.table.users(), 0);
 
-        let (mut first, mut first_commands) = world.session(2, now);
-        first.handshake_confirmed(now);
-        first.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
-        drive(&mut first, &world.services, now);
-        let (mut second, _c) = world.session(3, now);
-        second.handshake_confirmed(now);
-        second.handle_stream_data(now, &world.hello("alice", "phone", "phone"));
-        drive(&mut second, &world.services, now);
+        let (mut first, mut first_commands) = world.hello_1rtt(2, now, ("alice", "phone", "phone"));
+        let (second, _c) = world.hello_1rtt(3, now, ("alice", "phone", "phone"));
         assert!(second.is_up());
         let command =
             tokio::time::timeout(Duration::from_secs(1), first_commands.recv()).await.expect("a command");
