@@ -329,7 +329,9 @@ fn publish(
     let ticks_before = own_ticks();
     const STATUSES: [Status; 3] = [Status::Online, Status::Away, Status::Unavailable];
     let started = Instant::now();
-    let at_ms = presenced::clock::Clock::system().unix_ms();
+    // Each event is stamped when it is made, as the table stamps a change: the fan-out
+    // counts an app's batch window from its oldest event's `at`.
+    let clock = presenced::clock::Clock::system();
     let per_app = apps.len() as u64;
     for i in 0..config.events {
         if let Some(rate) = config.rate {
@@ -347,7 +349,7 @@ fn publish(
             status: STATUSES[(i / (per_app * config.puids)) as usize % STATUSES.len()],
             message: String::new(),
             seq: i + 1,
-            at_ms,
+            at_ms: clock.unix_ms(),
         });
     }
     (started.elapsed().as_secs_f64(), own_ticks().saturating_sub(ticks_before))

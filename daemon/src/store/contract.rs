@@ -3,9 +3,11 @@
 //! implementation (redb in a temporary directory, and memory). A new implementation adds
 //! one line there.
 
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
 use super::{
-    AppRecord, AppStore, NotificationStore, Outbox, OutboxEntry, OutboxEvent, RunJournal, SessionChange,
-    StoredSession, TicketStore,
+    AppRecord, AppStore, Commit, CommitListener, NotificationStore, Outbox, OutboxEntry, OutboxEvent,
+    RunJournal, SessionChange, StoredSession, TicketStore,
 };
 
 /// A registered app with a made-up record (shared with the implementations' own tests).
@@ -38,8 +40,68 @@ fn acks(entries: &[OutboxEntry]) -> Vec<(String, u64)> {
     entries.iter().map(|e| (e.key.clone(), e.serial)).collect()
 }
 
+/// A commit as a [`Recorder`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Told {
+    pub(crate) app_id: String,
+    pub(crate) registered: bool,
+    pub(crate) events: usize,
+    pub(crate) bytes: usize,
+    pub(crate) oldest_at_ms: u64,
+    pub(crate) depth: u64,
+}
+
+/// A [`CommitListener`] that keeps every report, one `Vec` per commit.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder(Mutex<Vec<Vec<Told>>>);
+
+impl CommitListener for Recorder {
+    fn committed(&self, commits: &[Commit<'_>]) {
+        let told = commits
+            .iter()
+            .map(|c| Told {
+                app_id: c.app_id.to_owned(),
+                registered: c.registered,
+                events: c.events,
+                bytes: c.bytes,
+                oldest_at_ms: c.oldest_at_ms,
+                depth: c.depth,
+            })
+            .collect();
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(told);
+    }
+}
+
+impl Recorder {
+    /// A recorder listening to `outbox` from now on.
+    pub(crate) fn on<O: Outbox>(outbox: &O) -> Arc<Recorder> {
+        let recorder = Arc::new(Recorder::default());
+        let listener: Weak<dyn CommitListener> = Arc::downgrade(&recorder) as Weak<Recorder>;
+        outbox.listen(listener);
+        recorder
+    }
+
+    /// Every report so far, per commit.
+    pub(crate) fn commits(&self) -> Vec<Vec<Told>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Every report so far, flattened.
+    pub(crate) fn told(&self) -> Vec<Told> {
+        self.commits().into_iter().flatten().collect()
+    }
+}
+
+/// Appends, waits until it is durable, and returns whether the outbox reported it stored.
 async fn append<O: Outbox>(outbox: &O, app_id: &str, events: &[OutboxEvent]) -> bool {
-    outbox.append(app_id, events.to_vec()).await.expect("append")
+    let recorder = Recorder::on(outbox);
+    outbox.append(app_id, events.to_vec());
+    outbox.flush().await.expect("flush");
+    let told = recorder.told();
+    assert_eq!(told.len(), 1, "one report for one append: {told:?}");
+    assert_eq!(told[0].app_id, app_id);
+    assert_eq!(told[0].events, events.len());
+    told[0].registered
 }
 
 async fn batch<O: Outbox>(outbox: &O, app_id: &str) -> Vec<OutboxEntry> {
@@ -118,18 +180,42 @@ pub(crate) async fn outbox_versions<S: AppStore + Outbox>(store: &S) {
     assert_eq!(batch(store, "app_a").await[1].event, b"revoke");
 }
 
-/// Appends that are not awaited in between still land in call order, and `flush` waits
-/// for all of them.
+/// Appends that are not waited for in between still land in call order, `flush` waits for
+/// all of them, and every one was reported (per app, once per commit) before it resolves.
 pub(crate) async fn outbox_call_order_and_flush<S: AppStore + Outbox>(store: &S) {
     store.put_app(&app("app_a")).expect("put");
-    let pending: Vec<_> = (0..20).map(|i| store.append("app_a", vec![ev("p:1", &i.to_string())])).collect();
-    let more = store.append("app_a", vec![ev("p:2", "last")]);
+    store.put_app(&app("app_b")).expect("put");
+    let recorder = Recorder::on(store);
+    for i in 0..20 {
+        store.append("app_a", vec![ev("p:1", &i.to_string())]);
+    }
+    store.append("app_b", vec![ev("p:9", "b"), ev("p:9", "bb")]);
+    store.append("app_a", vec![ev("p:2", "last")]);
+    store.append("app_nobody", vec![ev("p:1", "lost")]);
     store.flush().await.expect("flush");
     assert_eq!(store.depth("app_a"), 2, "flushed means stored");
-    for append in pending {
-        assert!(append.await.expect("append"));
+    let commits = recorder.commits();
+    for commit in &commits {
+        let mut apps: Vec<_> = commit.iter().map(|told| told.app_id.as_str()).collect();
+        let reported = apps.len();
+        apps.dedup();
+        assert_eq!(apps.len(), reported, "one report per app per commit: {commit:?}");
     }
-    assert!(more.await.expect("append"));
+    let told = recorder.told();
+    let of = |app_id: &str| told.iter().filter(|t| t.app_id == app_id).cloned().collect::<Vec<_>>();
+    let (a, b, nobody) = (of("app_a"), of("app_b"), of("app_nobody"));
+    assert_eq!(a.iter().map(|t| t.events).sum::<usize>(), 21, "every append counted, before compaction");
+    assert_eq!(
+        a.iter().map(|t| t.bytes).sum::<usize>(),
+        (0..20).map(|i: u32| i.to_string().len()).sum::<usize>() + 4
+    );
+    assert_eq!(a.iter().map(|t| t.oldest_at_ms).min(), Some(1_700_000_000_001), "the oldest event's at");
+    assert_eq!(a.last().map(|t| t.depth), Some(2), "the depth after the last commit");
+    assert!(a.iter().all(|t| t.registered));
+    assert_eq!(b.len(), 1, "one append, one commit: {b:?}");
+    assert_eq!((b[0].events, b[0].bytes, b[0].depth, b[0].oldest_at_ms), (2, 3, 1, 1_700_000_000_001));
+    assert_eq!(nobody.len(), 1);
+    assert!(!nobody[0].registered, "an unregistered app is reported as such");
     let entries = batch(store, "app_a").await;
     assert_eq!(keys(&entries), ["p:1", "p:2"]);
     assert_eq!(entries[0].event, b"19", "the last call won");

@@ -6,18 +6,21 @@
 //! the durable outbox's. Never a daemon's store.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Weak};
 
+use super::outbox::ListenerSlot;
 use super::queue::CompactingQueue;
 use super::{
-    AppRecord, AppStore, NotificationStore, Outbox, OutboxEntry, OutboxEvent, RunJournal, SessionChange,
-    StoreError, StoreFuture, StoredSession, TicketStore,
+    AppRecord, AppStore, Commit, CommitListener, NotificationStore, Outbox, OutboxEntry, OutboxEvent,
+    RunJournal, SessionChange, StoreError, StoreFuture, StoredSession, TicketStore,
 };
 
-/// Every store in one mutex-guarded state. Appends are "durable" when they return.
+/// Every store in one mutex-guarded state. Appends are "durable" when they return: each is
+/// its own commit, told to the listener before `append` returns.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    listener: ListenerSlot,
 }
 
 #[derive(Debug, Default)]
@@ -78,19 +81,38 @@ impl AppStore for MemoryStore {
 }
 
 impl Outbox for MemoryStore {
-    fn append(&self, app_id: &str, events: Vec<OutboxEvent>) -> StoreFuture<bool> {
-        let mut state = self.lock();
-        if !state.apps.contains_key(app_id) {
-            return ready(false);
-        }
-        let mut serial = state.serial;
-        let queue = state.outboxes.entry(app_id.to_owned()).or_default();
-        for event in events {
-            serial += 1;
-            queue.push(serial, event);
-        }
-        state.serial = serial;
-        ready(true)
+    fn append(&self, app_id: &str, events: Vec<OutboxEvent>) {
+        let count = events.len();
+        let bytes = events.iter().map(|event| event.json.len()).sum();
+        let oldest_at_ms = events.iter().map(|event| event.at_ms).min().unwrap_or(u64::MAX);
+        let depth = {
+            let mut state = self.lock();
+            if state.apps.contains_key(app_id) {
+                let mut serial = state.serial;
+                if !state.outboxes.contains_key(app_id) {
+                    state.outboxes.insert(app_id.to_owned(), CompactingQueue::default());
+                }
+                let queue = state.outboxes.get_mut(app_id).expect("inserted above");
+                for event in events {
+                    serial += 1;
+                    queue.push(serial, event);
+                }
+                let depth = queue.len() as u64;
+                state.serial = serial;
+                Some(depth)
+            } else {
+                None
+            }
+        };
+        let commit = Commit {
+            app_id,
+            registered: depth.is_some(),
+            events: count,
+            bytes,
+            oldest_at_ms,
+            depth: depth.unwrap_or(0),
+        };
+        self.listener.tell(&[commit]);
     }
 
     fn flush(&self) -> StoreFuture<()> {
@@ -106,6 +128,10 @@ impl Outbox for MemoryStore {
         let mut state = self.lock();
         let Some(queue) = state.outboxes.get_mut(app_id) else { return ready(0) };
         ready(delivered.iter().filter(|(key, serial)| queue.ack(key, *serial)).count())
+    }
+
+    fn listen(&self, listener: Weak<dyn CommitListener>) {
+        self.listener.set(listener);
     }
 
     fn depth(&self, app_id: &str) -> u64 {

@@ -38,7 +38,7 @@ pub(crate) mod contract;
 pub use apps::{AppRecord, AppStore};
 pub use journal::RunJournal;
 pub use notifications::NotificationStore;
-pub use outbox::{Outbox, OutboxEntry, OutboxEvent, StoreFuture};
+pub use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
 pub use tickets::{SessionChange, StoredSession, TicketStore};
 
 /// A storage failure.
@@ -79,9 +79,6 @@ pub enum StoreError {
     /// A blocking storage call panicked or was cancelled.
     #[error("storage task failed")]
     Task(#[from] tokio::task::JoinError),
-    /// The outbox was used outside a tokio runtime, where it cannot commit.
-    #[error("the outbox needs a tokio runtime to commit")]
-    NoRuntime,
     /// The outbox's committer went away before answering (it panicked, or the store was
     /// dropped): whether the events were stored is unknown.
     #[error("the outbox committer stopped before answering")]

@@ -9,16 +9,24 @@
 //! acknowledged by (key, serial), so an acknowledgement of an entry replaced while its
 //! batch was in flight leaves the newer content waiting.
 //!
+//! ## Appends are told, not awaited
+//!
+//! [`append`](Outbox::append) is on the hot path (every status change of every app) and
+//! returns nothing: its events take their place at once, and the outbox tells its
+//! [`CommitListener`] (the fan-out) once per group commit what became durable, per app.
+//! A future per append, which the fan-out would have to await one by one, cost more than
+//! the append itself (an allocation, a channel, a task hop per status change).
+//!
 //! ## Why boxed futures
 //!
 //! The daemon holds `Arc<dyn Outbox>` (the implementation is chosen at start-up), and a
-//! trait with `async fn` is not dyn-compatible. So the asynchronous methods return a
-//! [`StoreFuture`]: boxed, `Send` and `'static`, so that the fan-out can hand the future
-//! of an append to a task of its own and return to its (synchronous) caller at once. The
-//! box costs one allocation per call, next to an fsync per group commit.
+//! trait with `async fn` is not dyn-compatible. So the asynchronous methods (flush, batch,
+//! acknowledgement: a few per delivered batch) return a [`StoreFuture`]: boxed, `Send` and
+//! `'static`. The box costs one allocation per call, next to an fsync per group commit.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Weak;
 
 use super::StoreError;
 
@@ -59,6 +67,32 @@ pub struct OutboxEntry {
     pub event: Vec<u8>,
 }
 
+/// What one group commit made durable for one app, as its [`CommitListener`] is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit<'a> {
+    /// The app the events were appended for.
+    pub app_id: &'a str,
+    /// False when no app has that id: nothing was stored.
+    pub registered: bool,
+    /// Events appended (before compaction) that this commit made durable.
+    pub events: usize,
+    /// Their JSON bytes, before compaction.
+    pub bytes: usize,
+    /// The smallest [`OutboxEvent::at_ms`] among them: when the oldest became news, so a
+    /// batch window is counted from the change, not from the fsync.
+    pub oldest_at_ms: u64,
+    /// Entries waiting in the app's outbox after this commit.
+    pub depth: u64,
+}
+
+/// Told of every group commit, once per commit, after it is durable; see the
+/// [module docs](self). Called from whatever thread commits (a blocking-pool thread for
+/// redb, the appending thread for the in-memory outbox): keep it short and never block.
+pub trait CommitListener: Send + Sync {
+    /// `commits` has one entry per app that had appends in the commit.
+    fn committed(&self, commits: &[Commit<'_>]);
+}
+
 /// The webhook outbox. Implementations are internally synchronized and cheap to call from
 /// many tasks.
 ///
@@ -70,11 +104,11 @@ pub struct OutboxEntry {
 ///   Within one append the last event of a key wins, under the same rule.
 /// - **Order.** [`append`](Self::append) takes its place when it is *called*, not when its
 ///   future is polled: appends from one task land in call order.
-/// - **Durability.** The future of an append resolves once its events are durable (a crash
-///   after that does not lose them), or once they were refused. Appends become durable in
-///   call order, and [`flush`](Self::flush) waits for every earlier one.
+/// - **Durability.** Appends become durable in call order, by group commits; each commit
+///   is reported to the [listener](Self::listen) once durable (a crash after that does not
+///   lose it), and [`flush`](Self::flush) waits for every earlier append.
 /// - **Registered apps only.** An append for an app that is not registered stores nothing
-///   and resolves to false; removing an app ([`AppStore::delete_app`](super::AppStore))
+///   and is reported with `registered: false`; removing an app ([`AppStore::delete_app`](super::AppStore))
 ///   removes its outbox.
 /// - **Batches** are the oldest entries, at most `max_events` and `max_bytes` of event
 ///   data, but always at least one entry when any is waiting (a single event larger than
@@ -84,16 +118,55 @@ pub struct OutboxEntry {
 ///   delivered again (webhooks are at-least-once).
 /// - **Depth** is kept in memory: reading it never touches the disk.
 pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
-    /// Appends events to an app's outbox (see the ordering and durability rules above).
-    /// Resolves to true once stored, false when no app has that id. Storage failures are
-    /// the implementation's to retry; an error means it gave up and the events are lost.
-    fn append(&self, app_id: &str, events: Vec<OutboxEvent>) -> StoreFuture<bool>;
-    /// Resolves once every append called before is durable (or refused).
+    /// Appends events to an app's outbox and returns at once (see the ordering and
+    /// durability rules above); the listener hears when they are durable. Storage failures
+    /// are the implementation's to retry. Called on a tokio runtime (redb commits on its
+    /// blocking pool); elsewhere the events are dropped with an error log.
+    fn append(&self, app_id: &str, events: Vec<OutboxEvent>);
+    /// Resolves once every append called before is durable (or refused); an error means
+    /// the outbox gave up (its committer is gone) and what was pending is lost.
     fn flush(&self) -> StoreFuture<()>;
+    /// Sets who is told of commits (replacing any earlier listener). Held weakly, so a
+    /// listener that owns the outbox makes no cycle; commits after it is dropped go untold.
+    fn listen(&self, listener: Weak<dyn CommitListener>);
     /// The oldest waiting entries of an app, within the limits.
     fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>>;
     /// Removes delivered entries whose serial still matches; resolves to how many went.
     fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize>;
     /// Entries waiting in an app's outbox, from memory.
     fn depth(&self, app_id: &str) -> u64;
+}
+
+/// Where an outbox keeps its [`CommitListener`]: set rarely (at start-up), read once per
+/// commit.
+#[derive(Default)]
+pub(crate) struct ListenerSlot(std::sync::Mutex<Option<Weak<dyn CommitListener>>>);
+
+impl ListenerSlot {
+    pub(crate) fn set(&self, listener: Weak<dyn CommitListener>) {
+        *self.lock() = Some(listener);
+    }
+
+    /// The listener, if one was set and is still alive.
+    pub(crate) fn get(&self) -> Option<std::sync::Arc<dyn CommitListener>> {
+        self.lock().as_ref().and_then(Weak::upgrade)
+    }
+
+    /// Tells the listener, if any, of one commit.
+    pub(crate) fn tell(&self, commits: &[Commit<'_>]) {
+        if let Some(listener) = self.get() {
+            listener.committed(commits);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Weak<dyn CommitListener>>> {
+        // Holds a pointer and nothing else: a panic elsewhere cannot leave it half-written.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for ListenerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSlot").field("set", &self.lock().is_some()).finish()
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -22,7 +22,7 @@ use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
-use crate::store::{Outbox, OutboxEntry, OutboxEvent, StoreFuture};
+use crate::store::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent};
 
 /// How long the first waiting event of an app waits for company before its batch goes.
 pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
@@ -45,8 +45,6 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const USER_AGENT: &str = concat!("presenced/", env!("CARGO_PKG_VERSION"), " (webhooks)");
 /// Response bytes read (and discarded) so an HTTP/1.1 connection can go back to the pool.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
-/// Most publishes the waker takes at once before it wakes their apps.
-const WAKE_BATCH: usize = 4_096;
 
 /// The fan-out's settings. Every field has a documented default ([`FanoutConfig::default`]).
 #[derive(Debug, Clone)]
@@ -121,19 +119,6 @@ pub enum FanoutError {
 /// The webhook fan-out. Cheap to share behind an `Arc`; see the [module docs](super).
 pub struct Fanout {
     inner: Arc<Inner>,
-    /// Appends on their way to the outbox, for the waker.
-    appended: mpsc::UnboundedSender<Appended>,
-    /// Wakes delivery tasks as appends are stored ([`wake_loop`]); taken by shutdown.
-    waker: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// An append handed to the outbox, and what its delivery task is told once it is stored.
-struct Appended {
-    app_id: String,
-    since: Instant,
-    count: usize,
-    bytes: usize,
-    stored: StoreFuture<bool>,
 }
 
 impl fmt::Debug for Fanout {
@@ -143,6 +128,8 @@ impl fmt::Debug for Fanout {
 }
 
 struct Inner {
+    /// Itself, for the outbox's commit reports ([`CommitListener`]), which wake tasks.
+    me: Weak<Inner>,
     outbox: Arc<dyn Outbox>,
     /// The registered apps: a delivery task reads its app from here, and a 410 disables it
     /// through here, so the cache stays what is stored.
@@ -195,14 +182,22 @@ struct Pending {
 }
 
 impl AppShared {
-    fn note(&self, since: Instant, count: usize, bytes: usize) {
-        {
+    /// Records events stored for the task, waking it only when that changes what it waits
+    /// for: a first event (its window starts), an earlier start, or a batch just filled.
+    /// Under load most commits wake nobody: the task is already timing its window.
+    fn note(&self, since: Instant, count: usize, bytes: usize, config: &FanoutConfig) {
+        let full = |p: &Pending| p.count >= config.max_events || p.bytes >= config.max_bytes;
+        let wake = {
             let mut pending = lock(&self.pending);
-            pending.since = Some(pending.since.map_or(since, |s| s.min(since)));
+            let was = *pending;
+            pending.since = Some(was.since.map_or(since, |s| s.min(since)));
             pending.count += count;
             pending.bytes += bytes;
+            was.since.is_none_or(|s| since < s) || (!full(&was) && full(&pending))
+        };
+        if wake {
+            self.notify.notify_one();
         }
-        self.notify.notify_one();
     }
 
     fn snapshot(&self) -> Pending {
@@ -257,7 +252,8 @@ impl Fanout {
             .map_err(|_| FanoutError::Config("Fanout::start must be called inside a tokio runtime"))?;
         let client = build_client(&config)?;
         let (phase, _) = watch::channel(Phase::Running);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             outbox,
             apps,
             config,
@@ -273,35 +269,29 @@ impl Fanout {
         for app in inner.apps.list() {
             let shared = inner.ensure_task(&app.id);
             if inner.outbox.depth(&app.id) > 0 {
-                shared.note(inner.long_ago(), 0, 0);
+                shared.note(inner.long_ago(), 0, 0, &inner.config);
             }
         }
-        let (appended, queued) = mpsc::unbounded_channel();
-        let waker = inner.runtime.spawn(wake_loop(inner.clone(), queued));
-        Ok(Fanout { inner, appended, waker: Mutex::new(Some(waker)) })
+        let listener: Weak<dyn CommitListener> = Arc::downgrade(&inner) as Weak<Inner>;
+        inner.outbox.listen(listener);
+        Ok(Fanout { inner })
     }
 
     /// Hands events to an app's outbox and returns at once.
     ///
     /// Their place in the outbox is taken now (the outbox orders appends by call); the
     /// outbox makes them durable with its next group commit, typically a few milliseconds
-    /// later, and then the app's delivery task is woken. [`flush`](Self::flush) waits for
+    /// later, and its report of the commit wakes the app's delivery task. [`flush`](Self::flush) waits for
     /// that. An app that is not registered gets nothing stored. Events published after
     /// [`shutdown`](Self::shutdown) are dropped.
     pub fn publish(&self, app_id: &str, events: Vec<OutboxEvent>) {
         if events.is_empty() || *self.inner.phase.borrow() >= Phase::Closing {
             return;
         }
-        let since = self.inner.clock.tokio_now();
-        let count = events.len();
-        let bytes = events.iter().map(|event| event.json.len()).sum();
         // Publishers need not be on the runtime (the bench's is a plain thread); the outbox
         // may need it to start a commit.
         let _runtime = self.inner.runtime.enter();
-        let stored = self.inner.outbox.append(app_id, events);
-        // Fails only once the waker is gone (a crash stop): the events still reach the
-        // outbox, no task is woken for them.
-        let _ = self.appended.send(Appended { app_id: app_id.to_owned(), since, count, bytes, stored });
+        self.inner.outbox.append(app_id, events);
     }
 
     /// Waits until everything published before the call is durable in the outbox. Waits
@@ -348,13 +338,6 @@ impl Fanout {
             }
         }
         let _ = self.inner.phase.send(Phase::Stopped);
-        // Everything published is stored; the waker has nothing left to wake. Awaited, so
-        // that the outbox it holds is let go of before shutdown returns.
-        let waker = lock(&self.waker).take();
-        if let Some(waker) = waker {
-            waker.abort();
-            let _ = waker.await;
-        }
     }
 }
 
@@ -364,9 +347,6 @@ impl Drop for Fanout {
     /// already handed is its to write or lose, as with `kill -9`.
     fn drop(&mut self) {
         self.inner.phase.send_replace(Phase::Stopped);
-        if let Some(waker) = lock(&self.waker).take() {
-            waker.abort();
-        }
         for (_, task) in lock(&self.inner.tasks).drain() {
             task.handle.abort();
         }
@@ -425,7 +405,7 @@ impl Inner {
     /// Wakes an app's task (starting one if the app has none yet).
     fn wake(self: &Arc<Self>, app_id: &str, since: Instant, count: usize, bytes: usize) {
         let shared = self.ensure_task(app_id);
-        shared.note(since, count, bytes);
+        shared.note(since, count, bytes, &self.config);
     }
 
     /// The app's task state, spawning the task if there is none. A finished task (a
@@ -476,6 +456,15 @@ impl Inner {
     }
 
     /// A publish time that makes a batch due at once (one window ago).
+    /// The instant of a wall-clock time a moment ago (an event's `at`), for a batch window
+    /// counted from the change itself; never further back than one window (a clock step
+    /// or an old event only makes its batch due now).
+    fn published_at(&self, at_ms: u64) -> Instant {
+        let age = Duration::from_millis(self.clock.unix_ms().saturating_sub(at_ms));
+        let now = self.clock.tokio_now();
+        now.checked_sub(age.min(self.config.batch_window)).unwrap_or(now)
+    }
+
     fn long_ago(&self) -> Instant {
         let now = self.clock.tokio_now();
         now.checked_sub(self.config.batch_window).unwrap_or(now)
@@ -665,32 +654,19 @@ async fn wait_due(
     }
 }
 
-/// Wakes each app's delivery task once its appends are stored. The outbox makes appends
-/// durable in call order, so awaiting them one at a time, in the order they were handed
-/// over, delays none: one task for every publish, instead of a task per publish.
-///
-/// Whatever is queued when it looks is taken together, and each app is woken (and its
-/// depth gauge set) once for all of it, not once per publish: under load that is one wake
-/// per group commit, as the outbox writes them.
-async fn wake_loop(inner: Arc<Inner>, mut queued: mpsc::UnboundedReceiver<Appended>) {
-    let mut stored: HashMap<String, (Instant, usize, usize)> = HashMap::new();
-    let mut taken = Vec::new();
-    while queued.recv_many(&mut taken, WAKE_BATCH).await > 0 {
-        for Appended { app_id, since, count, bytes, stored: done } in taken.drain(..) {
-            match done.await {
-                Ok(true) => {
-                    let woken = stored.entry(app_id).or_insert((since, 0, 0));
-                    woken.0 = woken.0.min(since);
-                    woken.1 += count;
-                    woken.2 += bytes;
-                }
-                Ok(false) => debug!(app = app_id, "events for an unregistered app dropped"),
-                Err(error) => warn!(app = app_id, %error, "webhook events lost: the outbox gave up"),
+/// The outbox's report of a group commit wakes each app's delivery task once for all its
+/// appends in the commit (and sets its depth gauge): under load, one wake per app per group
+/// commit, not one per publish.
+impl CommitListener for Inner {
+    fn committed(&self, commits: &[Commit<'_>]) {
+        let Some(inner) = self.me.upgrade() else { return };
+        for commit in commits {
+            if !commit.registered {
+                debug!(app = commit.app_id, "events for an unregistered app dropped");
+                continue;
             }
-        }
-        for (app_id, (since, count, bytes)) in stored.drain() {
-            set_depth(&inner.metrics, &app_id, inner.outbox.depth(&app_id));
-            inner.wake(&app_id, since, count, bytes);
+            set_depth(&inner.metrics, commit.app_id, commit.depth);
+            inner.wake(commit.app_id, inner.published_at(commit.oldest_at_ms), commit.events, commit.bytes);
         }
     }
 }
@@ -735,7 +711,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
     };
     if catch_up && depth > 0 {
         // Waiting while the app was disabled or misconfigured: it has waited long enough.
-        shared.note(inner.long_ago(), 0, 0);
+        shared.note(inner.long_ago(), 0, 0, &inner.config);
     }
     let budget = inner.event_budget(&app_id);
     let mut attempt: u32 = 0;
@@ -831,9 +807,9 @@ async fn delivered(
             // this task, and it too must wait its window.
             let pending = shared.snapshot();
             if depth > 0 && (full || depth >= inner.config.max_events as u64) {
-                shared.note(inner.long_ago(), 0, 0);
+                shared.note(inner.long_ago(), 0, 0, &inner.config);
             } else if depth > 0 && pending.since.is_none() {
-                shared.note(inner.clock.tokio_now(), 0, 0);
+                shared.note(inner.clock.tokio_now(), 0, 0, &inner.config);
             }
         }
         // The batch goes again (same id): at-least-once.

@@ -31,7 +31,8 @@
 //!
 //! ```text
 //! publish() ──> Outbox::append ──(the outbox's group commit)──> stored
-//!                                                                 │ wake (one waker task)
+//!                                                                 │ commit report (CommitListener):
+//!                                                                 │ one wake per app per commit
 //!                                                                 v
 //!                 per-app delivery task: wait for the window ──> next batch ──> sign ──> POST
 //!                                        ^                                               │
@@ -40,9 +41,13 @@
 //!
 //! - **Durability is the outbox's.** `publish` hands events to the outbox and returns; the
 //!   outbox decides how appends share a transaction (the redb one commits whatever
-//!   accumulated during its previous fsync, see [`crate::store::embedded`]) and resolves
-//!   each append once stored. The fan-out only wakes delivery tasks then, and reads depths
-//!   from the outbox's memory.
+//!   accumulated during its previous fsync, see [`crate::store::embedded`]) and reports
+//!   each commit, once durable, to the fan-out ([`CommitListener`](crate::store::CommitListener)):
+//!   per app, how many events and bytes, the oldest `at`, the depth after it. Only then is
+//!   the app's delivery task woken, and only if that changes what it waits for (a first
+//!   event, or a batch just filled): publishing costs no future, channel or task hop.
+//!   The batch window counts from the oldest event's `at` (the change itself), so the
+//!   commit's fsync does not lengthen it.
 //! - **One task and one batch in flight per app.** Order within an app holds, and a slow or
 //!   dead AppService only ever blocks its own task: every POST has a timeout, and the
 //!   pooled client serves all apps concurrently.

@@ -39,7 +39,7 @@
 //! An append only queues its events (compacted, in call order) and, if no committer is
 //! running, starts one on the blocking pool. The committer writes whatever accumulated
 //! while its previous write (an fsync) ran, every app in one transaction, until nothing is
-//! pending; each append's future resolves after the fsync that stored it. Under light load
+//! pending; the listener is told of each round after its fsync. Under light load
 //! an event is on disk within one fsync; under heavy load the writes batch themselves, with
 //! no timer adding latency. A failed round is retried, in front of what came meanwhile.
 //! Acknowledgements commit without an fsync and become durable with the next append (a
@@ -57,6 +57,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransactio
 use tokio::sync::watch;
 
 use self::outbox::Pending;
+use super::outbox::ListenerSlot;
 use super::{
     AppRecord, AppStore, NotificationStore, RunJournal, SessionChange, StoreError, StoredSession, TicketStore,
 };
@@ -98,6 +99,8 @@ struct Shared {
     depths: Mutex<HashMap<String, u64>>,
     /// Appends waiting for the next group commit.
     pending: Mutex<Pending>,
+    /// Told of every group commit (the fan-out).
+    listener: ListenerSlot,
     /// The highest append generation durably written (or refused); shared apart from the
     /// database so that the committer can report after letting go of the database.
     committed: Arc<watch::Sender<u64>>,
@@ -142,6 +145,7 @@ impl EmbeddedStore {
                 outbox_writes: Mutex::new(()),
                 depths: Mutex::new(depths),
                 pending: Mutex::new(Pending::default()),
+                listener: ListenerSlot::default(),
                 committed: Arc::new(committed),
             }),
         })
@@ -385,7 +389,7 @@ mod tests {
     //! behaviour shared with the memory store is in the contract suite.
 
     use super::*;
-    use crate::store::contract::app;
+    use crate::store::contract::{Recorder, app};
     use crate::store::{Outbox, OutboxEvent};
 
     fn ev(key: &str, body: &str, at_ms: u64) -> OutboxEvent {
@@ -399,8 +403,10 @@ mod tests {
         let last_serial = {
             let store = EmbeddedStore::open(&path).expect("open");
             store.put_app(&app("app_a")).expect("put");
-            store.append("app_a", vec![ev("p:1", "one", 11), ev("p:2", "two", 12)]).await.expect("append");
-            store.append("app_a", vec![ev("p:1", "uno", 13)]).await.expect("append");
+            store.append("app_a", vec![ev("p:1", "one", 11), ev("p:2", "two", 12)]);
+            store.flush().await.expect("flush");
+            store.append("app_a", vec![ev("p:1", "uno", 13)]);
+            store.flush().await.expect("flush");
             store.put_notification(7, b"record").expect("put");
             store
                 .save_sessions(&[SessionChange::Put(StoredSession {
@@ -425,7 +431,8 @@ mod tests {
         assert_eq!(store.load_sessions(0).expect("load").len(), 1);
         assert!(store.begin_run().expect("begin"), "the run that never ended was a crash");
         assert_eq!(store.seq_floor().expect("floor"), 500);
-        store.append("app_a", vec![ev("p:3", "three", 14)]).await.expect("append");
+        store.append("app_a", vec![ev("p:3", "three", 14)]);
+        store.flush().await.expect("flush");
         let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
         assert!(batch[2].serial > last_serial, "serials are never reused");
         assert_eq!(store.total_outbox_entries().expect("total"), 3);
@@ -438,11 +445,13 @@ mod tests {
         {
             let store = EmbeddedStore::open(&path).expect("open");
             store.put_app(&app("app_a")).expect("put");
-            store.append("app_a", vec![ev("p:1", "one", 1), ev("p:2", "two", 2)]).await.expect("append");
+            store.append("app_a", vec![ev("p:1", "one", 1), ev("p:2", "two", 2)]);
+            store.flush().await.expect("flush");
             let first = store.next_batch("app_a", 1, 1 << 20).await.expect("batch");
             let delivered = vec![(first[0].key.clone(), first[0].serial)];
             assert_eq!(store.ack("app_a", delivered).await.expect("ack"), 1);
-            store.append("app_a", vec![ev("p:3", "three", 3)]).await.expect("append");
+            store.append("app_a", vec![ev("p:3", "three", 3)]);
+            store.flush().await.expect("flush");
         }
         let store = EmbeddedStore::open(&path).expect("reopen");
         let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
@@ -476,7 +485,8 @@ mod tests {
         assert_eq!(batch.len(), 1);
         assert_eq!((batch[0].serial, batch[0].at_ms), (41, 0), "no at was stored");
         assert_eq!(batch[0].event, br#"{"type":"reset","at":5}"#);
-        store.append("app_a", vec![ev("r", "{}", 6)]).await.expect("append");
+        store.append("app_a", vec![ev("r", "{}", 6)]);
+        store.flush().await.expect("flush");
         let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
         assert_eq!((batch[0].serial, batch[0].at_ms, batch[0].event.as_slice()), (42, 6, &b"{}"[..]));
         assert_eq!(store.depth("app_a"), 1, "the new event replaced the old one");
@@ -488,15 +498,19 @@ mod tests {
         let store = EmbeddedStore::open(&dir.path().join(FILE_NAME)).expect("open");
         store.put_app(&app("app_a")).expect("put");
         store.put_app(&app("app_b")).expect("put");
-        let appends: Vec<_> = (0..200)
-            .map(|i| {
-                let app_id = if i % 2 == 0 { "app_a" } else { "app_b" };
-                store.append(app_id, vec![ev(&format!("p:{}", i % 50), &i.to_string(), i)])
-            })
-            .collect();
-        for append in appends {
-            assert!(append.await.expect("append"));
+        let recorder = Recorder::on(&store);
+        for i in 0..200 {
+            let app_id = if i % 2 == 0 { "app_a" } else { "app_b" };
+            store.append(app_id, vec![ev(&format!("p:{}", i % 50), &i.to_string(), i)]);
         }
+        store.flush().await.expect("flush");
+        let told = recorder.told();
+        assert_eq!(told.iter().map(|t| t.events).sum::<usize>(), 200, "every append reported");
+        assert!(
+            recorder.commits().len() < 200,
+            "appends made while a commit ran share the next one: {} commits",
+            recorder.commits().len()
+        );
         assert_eq!(store.depth("app_a"), 25);
         assert_eq!(store.depth("app_b"), 25);
         assert_eq!(store.total_outbox_entries().expect("total"), 50);

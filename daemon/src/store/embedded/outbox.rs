@@ -3,7 +3,7 @@
 //! ```text
 //! append ──> pending (a CompactingQueue per app) ──(committer: one transaction per round)──> redb
 //!                                                                  │
-//!                      the appends' futures and `flush` resolve <──┘ after the fsync
+//!              the listener is told, then `flush` resolves <───────┘ after the fsync
 //! ```
 //!
 //! - **Group commit.** `append` only queues its events (compacted, in call order) and, if
@@ -27,11 +27,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redb::{Durability, ReadableTable};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::{APPS, DEPTH, EmbeddedStore, META, ORDER, OUTBOX, SERIAL, Shared, lock};
 use crate::store::queue::CompactingQueue;
-use crate::store::{Outbox, OutboxEntry, OutboxEvent, StoreError, StoreFuture, blocking};
+use crate::store::{
+    Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreError, StoreFuture, blocking,
+};
 
 /// Delay before a failed group commit is tried again.
 const STORE_RETRY: Duration = Duration::from_millis(200);
@@ -49,38 +51,62 @@ pub(super) struct Pending {
     writing: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PendingApp {
     queue: CompactingQueue,
-    /// Told, after the write, whether the app was registered.
-    waiters: Vec<oneshot::Sender<bool>>,
+    /// Events and bytes appended before compaction, and the oldest `at_ms`: what the
+    /// listener is told.
+    events: usize,
+    bytes: usize,
+    oldest_at_ms: u64,
+}
+
+impl Default for PendingApp {
+    fn default() -> PendingApp {
+        PendingApp { queue: CompactingQueue::default(), events: 0, bytes: 0, oldest_at_ms: u64::MAX }
+    }
+}
+
+impl PendingApp {
+    fn push(&mut self, serial: u64, event: OutboxEvent) {
+        self.events += 1;
+        self.bytes += event.json.len();
+        self.oldest_at_ms = self.oldest_at_ms.min(event.at_ms);
+        self.queue.push(serial, event);
+    }
+
+    /// Takes back a failed round's appends, in front of `newer` ones.
+    fn extend(&mut self, newer: PendingApp) {
+        self.queue.extend(newer.queue);
+        self.events += newer.events;
+        self.bytes += newer.bytes;
+        self.oldest_at_ms = self.oldest_at_ms.min(newer.oldest_at_ms);
+    }
 }
 
 impl Outbox for EmbeddedStore {
-    fn append(&self, app_id: &str, events: Vec<OutboxEvent>) -> StoreFuture<bool> {
+    fn append(&self, app_id: &str, events: Vec<OutboxEvent>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Box::pin(std::future::ready(Err(StoreError::NoRuntime)));
+            return tracing::error!(app = app_id, "webhook events appended outside a tokio runtime: dropped");
         };
-        let (told, outcome) = oneshot::channel();
-        {
-            let mut pending = lock(&self.shared.pending);
-            pending.published += 1;
-            let mut next = pending.next;
-            let app = pending.apps.entry(app_id.to_owned()).or_default();
+        let mut pending = lock(&self.shared.pending);
+        pending.published += 1;
+        let mut next = pending.next;
+        if !pending.apps.contains_key(app_id) {
+            pending.apps.insert(app_id.to_owned(), PendingApp::default());
+        }
+        if let Some(app) = pending.apps.get_mut(app_id) {
             for event in events {
                 next += 1;
-                app.queue.push(next, event);
-            }
-            app.waiters.push(told);
-            pending.next = next;
-            if !pending.writing {
-                pending.writing = true;
-                let shared = self.shared.clone();
-                runtime.spawn_blocking(move || commit_rounds(shared));
+                app.push(next, event);
             }
         }
-        // The committer answers every waiter it takes; a dropped sender means it panicked.
-        Box::pin(async move { outcome.await.map_err(|_| StoreError::CommitterGone) })
+        pending.next = next;
+        if !pending.writing {
+            pending.writing = true;
+            let shared = self.shared.clone();
+            runtime.spawn_blocking(move || commit_rounds(shared));
+        }
     }
 
     fn flush(&self) -> StoreFuture<()> {
@@ -104,6 +130,10 @@ impl Outbox for EmbeddedStore {
         Box::pin(blocking(move || shared.ack(&app_id, &delivered)))
     }
 
+    fn listen(&self, listener: Weak<dyn CommitListener>) {
+        self.shared.listener.set(listener);
+    }
+
     fn depth(&self, app_id: &str) -> u64 {
         lock(&self.shared.depths).get(app_id).copied().unwrap_or(0)
     }
@@ -111,7 +141,7 @@ impl Outbox for EmbeddedStore {
 
 /// The committer: writes pending appends, a round at a time, until none are left.
 ///
-/// It lets go of the store *before* it answers the last round: whoever was told "stored"
+/// It lets go of the store *before* it reports the last round: whoever was told "stored"
 /// may drop the store and reopen the file at once (a restart), and must not find it still
 /// open here.
 fn commit_rounds(shared: Arc<Shared>) {
@@ -131,6 +161,11 @@ fn commit_rounds(shared: Arc<Shared>) {
         };
         match store.write_round(&apps) {
             Ok(known) => {
+                let depths: Vec<u64> = {
+                    let depths = lock(&store.depths);
+                    apps.keys().map(|app_id| depths.get(app_id).copied().unwrap_or(0)).collect()
+                };
+                let listener = store.listener.get();
                 {
                     let mut pending = lock(&store.pending);
                     if pending.apps.is_empty() {
@@ -140,7 +175,7 @@ fn commit_rounds(shared: Arc<Shared>) {
                     }
                 }
                 drop(store);
-                answer(apps, &known);
+                report(listener, &apps, &known, &depths);
                 mark_committed(&committed, generation);
             }
             Err(error) => {
@@ -150,8 +185,7 @@ fn commit_rounds(shared: Arc<Shared>) {
                     let mut pending = lock(&store.pending);
                     for (app_id, mut failed) in apps {
                         if let Some(newer) = pending.apps.remove(&app_id) {
-                            failed.queue.extend(newer.queue);
-                            failed.waiters.extend(newer.waiters);
+                            failed.extend(newer);
                         }
                         pending.apps.insert(app_id, failed);
                     }
@@ -162,17 +196,34 @@ fn commit_rounds(shared: Arc<Shared>) {
     }
 }
 
-/// Tells a round's waiters whether their app was registered.
-fn answer(apps: HashMap<String, PendingApp>, known: &HashMap<String, bool>) {
-    for (app_id, app) in apps {
-        let registered = known.get(&app_id).copied().unwrap_or(false);
-        if !registered {
-            tracing::debug!(app = app_id, "webhook events for an unregistered app dropped");
-        }
-        for waiter in app.waiters {
-            // A caller that stopped waiting does not need the answer.
-            let _ = waiter.send(registered);
-        }
+/// Tells the listener what a round stored: per app, in the order of `apps`' keys (the
+/// order `depths` was read in).
+fn report(
+    listener: Option<Arc<dyn CommitListener>>,
+    apps: &HashMap<String, PendingApp>,
+    known: &HashMap<String, bool>,
+    depths: &[u64],
+) {
+    let commits: Vec<Commit<'_>> = apps
+        .iter()
+        .zip(depths)
+        .map(|((app_id, app), &depth)| {
+            let registered = known.get(app_id).copied().unwrap_or(false);
+            if !registered {
+                tracing::debug!(app = app_id, "webhook events for an unregistered app dropped");
+            }
+            Commit {
+                app_id,
+                registered,
+                events: app.events,
+                bytes: app.bytes,
+                oldest_at_ms: app.oldest_at_ms,
+                depth,
+            }
+        })
+        .collect();
+    if let Some(listener) = listener {
+        listener.committed(&commits);
     }
 }
 
