@@ -69,6 +69,9 @@ impl Default for DeliveryHistogram {
 pub struct Metrics {
     /// `presence_sessions{state}`: sessions up, by the device's effective state.
     pub sessions: Family<StateLabel, Gauge>,
+    /// `presence_users`: users with at least one session, set when `/metrics` is read (it
+    /// left the public `/healthz`, which anyone can read).
+    pub users: Gauge,
     /// `presence_handshakes_total`: QUIC connection attempts whose Initial decrypted and that
     /// passed the handshake limits (junk Initials count under `handshakes_failed{reason="initial"}`).
     pub handshakes: Counter,
@@ -138,6 +141,9 @@ pub enum Refusal {
     SessionRateLimited,
     /// A session closed because the device stopped reading its control stream.
     SlowReader,
+    /// A new device of a user who has `max_devices_per_user` connected, refused with
+    /// `TOO_MANY_DEVICES`.
+    DevicesPerUser,
     /// A notification request over its app's rate.
     NotifyAppRate,
     /// A notification request over a recipient's rate.
@@ -161,6 +167,7 @@ impl Refusal {
             Refusal::DatagramBuffer => "datagram_buffer",
             Refusal::SessionRateLimited => "session_rate_limited",
             Refusal::SlowReader => "slow_reader",
+            Refusal::DevicesPerUser => "devices_per_user",
             Refusal::NotifyAppRate => "notify_app_rate",
             Refusal::NotifyUserRate => "notify_user_rate",
             Refusal::NotifyOutstanding => "notify_outstanding",
@@ -179,6 +186,7 @@ impl Metrics {
         }
         let mut registry = Registry::default();
         registry.register("presence_sessions", "Sessions up, by effective state", self.sessions.clone());
+        registry.register("presence_users", "Users with at least one session", self.users.clone());
         registry.register("presence_handshakes", "QUIC connections accepted", self.handshakes.clone());
         registry.register(
             "presence_handshakes_failed",

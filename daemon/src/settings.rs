@@ -14,7 +14,7 @@
 //! - [`SettingsLayer::resolve`] applies the defaults, runs every check and reports every
 //!   problem at once (so an operator fixes a config in one round), then builds [`Settings`]:
 //!   one struct per component (`QuicConfig`, `HttpConfig`, `ApiConfig`,
-//!   [`FanoutConfig`], [`NotifyLimits`], [`Credentials`]) and the few truly global values
+//!   [`FanoutConfig`], [`NotifyLimits`], `TableConfig`, [`Credentials`]) and the few truly global values
 //!   (data directory, dev mode, logging). [`crate::Daemon::start`] hands each component its
 //!   own struct and nothing else.
 //!
@@ -32,6 +32,7 @@ use crate::api::ApiConfig;
 use crate::http::HttpConfig;
 use crate::notify::NotifyLimits;
 use crate::quic::QuicConfig;
+use crate::table::TableConfig;
 use crate::webhook::fanout::FanoutConfig;
 use crate::webhook::guard::UrlPolicy;
 
@@ -217,6 +218,10 @@ settings! {
     puid_secret_file: PathBuf, env "PRESENCED_PUID_SECRET_FILE";
     /// Most concurrent device sessions.
     max_sessions: u32 = 200_000, env "PRESENCED_MAX_SESSIONS", check nonzero;
+    /// Most devices one user may have connected at once; one more is refused with
+    /// TOO_MANY_DEVICES (a device reconnecting replaces its own session and is not refused).
+    max_devices_per_user: u32 = crate::table::DEFAULT_MAX_DEVICES_PER_USER,
+        env "PRESENCED_MAX_DEVICES_PER_USER", check nonzero;
     /// Handshakes in flight above which QUIC Retry validates addresses.
     retry_threshold: u32 = 256, env "PRESENCED_RETRY_THRESHOLD";
     /// TLS resumption tickets held for 0-RTT, kept in the data dir across restarts.
@@ -348,6 +353,8 @@ pub struct Settings {
     pub(crate) fanout: FanoutConfig,
     /// Notification limits.
     pub(crate) notify: NotifyLimits,
+    /// The presence table's limits.
+    pub(crate) table: TableConfig,
 }
 
 /// Logging, set up by the binary before the daemon starts.
@@ -499,6 +506,7 @@ impl SettingsLayer {
                 recipient: rate(v.notify_user_rate, v.notify_user_burst),
                 outstanding: v.notify_outstanding,
             },
+            table: TableConfig { max_devices_per_user: v.max_devices_per_user },
         })
     }
 }
