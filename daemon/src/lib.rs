@@ -252,6 +252,7 @@ impl Daemon {
             router.clone(),
             https,
             metrics.clone(),
+            clock,
             shutdown_rx.clone(),
         )));
         let serving = quic.clone();

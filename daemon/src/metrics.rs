@@ -150,10 +150,23 @@ pub enum Refusal {
     NotifyUserRate,
     /// A notification request over its app's cap on undecided notifications.
     NotifyOutstanding,
-    /// An HTTPS connection over the connection cap, closed at once.
+    /// An HTTPS connection over the connection cap when no connection was idle (every slot
+    /// it may take has a request in flight), closed at once.
     HttpsConnections,
     /// An HTTPS client too slow with its TLS handshake.
     HttpsHandshakeTimeout,
+    /// An HTTPS connection from an address that holds `https_max_per_source` already,
+    /// closed at once.
+    HttpsPerSource,
+    /// An idle HTTPS connection (no request in flight) closed to make room for a new one
+    /// while every slot was taken.
+    HttpsIdleEvicted,
+    /// An HTTPS connection closed after `https_idle_timeout_secs` without a request.
+    HttpsIdleTimeout,
+    /// An HTTPS request whose body did not arrive within `https_body_timeout_secs` (408).
+    HttpsBodyTimeout,
+    /// An HTTPS request not answered within `https_request_timeout_secs` (408).
+    HttpsRequestTimeout,
 }
 
 impl Refusal {
@@ -173,6 +186,11 @@ impl Refusal {
             Refusal::NotifyOutstanding => "notify_outstanding",
             Refusal::HttpsConnections => "https_connections",
             Refusal::HttpsHandshakeTimeout => "https_handshake_timeout",
+            Refusal::HttpsPerSource => "https_per_source",
+            Refusal::HttpsIdleEvicted => "https_idle_evicted",
+            Refusal::HttpsIdleTimeout => "https_idle_timeout",
+            Refusal::HttpsBodyTimeout => "https_body_timeout",
+            Refusal::HttpsRequestTimeout => "https_request_timeout",
         }
     }
 }

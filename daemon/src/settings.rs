@@ -296,11 +296,28 @@ settings! {
     notify_user_burst: u32 = 10, env "PRESENCED_NOTIFY_USER_BURST", check nonzero;
     /// Most undecided notifications per app.
     notify_outstanding: u32 = 10_000, env "PRESENCED_NOTIFY_OUTSTANDING", check nonzero;
-    /// Most concurrent HTTPS connections.
+    /// Most concurrent HTTPS connections. When all are taken a new client takes the place
+    /// of the oldest idle one (no request in flight); only when all are busy is it refused.
     https_max_connections: u32 = 4_096, env "PRESENCED_HTTPS_MAX_CONNECTIONS", check nonzero;
+    /// Of --https-max-connections, how many only loopback clients may take, so an operator
+    /// on the host always reaches the admin API, /metrics and /healthz.
+    https_reserved_connections: u32 = 64, env "PRESENCED_HTTPS_RESERVED_CONNECTIONS";
+    /// Most HTTPS connections from one IP address (each loopback address counts apart); 0
+    /// for no limit. Behind a load balancer every client may share its few addresses: raise
+    /// it or set 0 there.
+    https_max_per_source: u32 = 512, env "PRESENCED_HTTPS_MAX_PER_SOURCE";
     /// Seconds for an HTTPS client's TLS handshake and each request's headers (slowloris
     /// bound).
     https_header_timeout_secs: u64 = 10, env "PRESENCED_HTTPS_HEADER_TIMEOUT_SECS", check nonzero;
+    /// Seconds from an HTTPS request's headers to the last byte of its body (slow bodies);
+    /// over it the answer is 408 request_timeout.
+    https_body_timeout_secs: u64 = 10, env "PRESENCED_HTTPS_BODY_TIMEOUT_SECS", check nonzero;
+    /// Seconds for a whole HTTPS request, body and handler; over it the answer is 408
+    /// request_timeout.
+    https_request_timeout_secs: u64 = 30, env "PRESENCED_HTTPS_REQUEST_TIMEOUT_SECS", check nonzero;
+    /// Seconds an HTTPS connection may stay without a request in flight before it is closed
+    /// (longer than a load balancer's usual 60 s, so the balancer ends its own first).
+    https_idle_timeout_secs: u64 = 75, env "PRESENCED_HTTPS_IDLE_TIMEOUT_SECS", check nonzero;
     /// Let /metrics answer clients that are not on loopback (it tells load, error rates and
     /// app ids).
     metrics_remote: bool = false, env "PRESENCED_METRICS_REMOTE",
@@ -449,6 +466,9 @@ impl SettingsLayer {
                 }
             }
         }
+        if v.https_reserved_connections >= v.https_max_connections {
+            errors.push("https_reserved_connections must be less than https_max_connections".into());
+        }
         if v.quic_listen.port() != 0 && v.quic_listen == v.https_listen {
             errors.push("quic_listen and https_listen must differ".into());
         }
@@ -486,7 +506,12 @@ impl SettingsLayer {
             https: HttpConfig {
                 listen: v.https_listen,
                 max_connections: v.https_max_connections,
+                reserved: v.https_reserved_connections,
+                max_per_source: v.https_max_per_source,
                 header_timeout: secs(v.https_header_timeout_secs),
+                body_timeout: secs(v.https_body_timeout_secs),
+                request_timeout: secs(v.https_request_timeout_secs),
+                idle_timeout: secs(v.https_idle_timeout_secs),
             },
             api: ApiConfig {
                 rate: rate(v.api_rate, v.api_burst),
@@ -548,6 +573,7 @@ mod tests {
             log: Some("=[".into()),
             notify_user_burst: Some(0),
             handshake_rate: Some(0),
+            https_reserved_connections: Some(4_096),
             webhook_allow: Some(vec!["10.0.0.0/33".into()]),
             quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9000))),
             https_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9000))),
@@ -565,6 +591,7 @@ mod tests {
             "log filter",
             "notify_user_burst",
             "handshake_rate",
+            "https_reserved_connections must be less",
             "webhook_allow \"10.0.0.0/33\"",
             "quic_listen and https_listen",
         ] {
