@@ -97,7 +97,7 @@ impl Table {
                 message: String::new(),
                 visibility: vec![app.clone()],
             };
-            table.connect(user, DEVICE, handle, state);
+            table.connect(user, DEVICE, handle, state).expect("one device per user");
         }
         Table { table, users }
     }

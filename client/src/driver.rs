@@ -536,6 +536,9 @@ fn is_fatal(code: ErrorCode) -> bool {
         ErrorCode::REPLACED,
         ErrorCode::LIMIT_EXCEEDED,
         ErrorCode::PROTOCOL_VIOLATION,
+        // Retrying cannot succeed until another of the user's devices disconnects; every
+        // device retrying would only hammer the server with refused handshakes.
+        ErrorCode::TOO_MANY_DEVICES,
     ]
     .contains(&code)
 }

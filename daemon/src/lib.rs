@@ -159,6 +159,7 @@ impl Daemon {
             api,
             fanout: webhooks,
             notify,
+            table: table_config,
         } = settings;
         let credentials::Secrets { cert_chain, key, verifier, puid_key, admin_token } =
             credentials::load(&secrets, &data_dir)?;
@@ -183,7 +184,10 @@ impl Daemon {
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone(), clock));
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
-        let table = Arc::new(PresenceTable::new(puid_key, metrics.clone(), clock, Some(sink)));
+        let table = Arc::new(
+            PresenceTable::new(puid_key, metrics.clone(), clock, Some(sink))
+                .with_max_devices(table_config.max_devices_per_user),
+        );
         let notifications = Arc::new(Notifications::new(
             table.clone(),
             outbound.clone(),
@@ -248,6 +252,7 @@ impl Daemon {
             router.clone(),
             https,
             metrics.clone(),
+            clock,
             shutdown_rx.clone(),
         )));
         let serving = quic.clone();

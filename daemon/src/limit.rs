@@ -7,6 +7,10 @@
 //!   fixed at start whatever arrives: a flood of fresh keys cannot grow it, only share
 //!   slots. The hash key is random per run, so nobody can aim at a victim's slot; sharing a
 //!   slot by chance only makes two keys share one budget.
+//! - [`PerAppLimiter`]: one [`HashedLimiter`] per app, for peer-chosen keys that belong to
+//!   an app (the recipients of its notifications). An app that floods fresh keys can only
+//!   empty its own table, so two colluding apps cannot drain a recipient's budget for a
+//!   third app; the tables are as many as the registered apps, which the operator bounds.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
@@ -111,6 +115,35 @@ impl HashedLimiter {
     }
 }
 
+/// One fixed table of hashed buckets per app, made on the app's first check. See the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct PerAppLimiter {
+    limit: Rate,
+    slots: usize,
+    tables: DashMap<String, HashedLimiter>,
+}
+
+impl PerAppLimiter {
+    /// Tables of `slots` buckets each, every bucket `limit`.
+    pub fn new(limit: Rate, slots: usize) -> PerAppLimiter {
+        PerAppLimiter { limit, slots, tables: DashMap::new() }
+    }
+
+    /// Takes one token for every key in `app`'s own table, all or none (as
+    /// [`HashedLimiter::check_all`]).
+    pub fn check_all<K: Hash>(&self, app: &str, keys: &[K], now: Instant) -> Result<(), Duration> {
+        if let Some(table) = self.tables.get(app) {
+            return table.check_all(keys, now);
+        }
+        let table = self
+            .tables
+            .entry(app.to_owned())
+            .or_insert_with(|| HashedLimiter::new(self.limit, self.slots, now));
+        table.check_all(keys, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +188,24 @@ mod tests {
         // "b" is empty, so "a" keeps its token.
         assert!(limiter.check_all(&["a", b.as_str()], now).is_err());
         assert!(limiter.check(&"a", now).is_ok());
+    }
+
+    /// One app that empties every slot of its table with fresh keys leaves another app's
+    /// recipients their whole budget (in one shared table they would have found it empty).
+    #[test]
+    fn an_app_draining_its_recipient_table_leaves_other_apps_theirs() {
+        let limiter = PerAppLimiter::new(Rate { rate: 1, burst: 1 }, 4);
+        let now = Instant::now();
+        for i in 0..64 {
+            let _ = limiter.check_all("app_greedy", &[format!("puid{i}")], now);
+        }
+        assert!(
+            limiter.check_all("app_greedy", &["alice"], now).is_err(),
+            "the greedy app emptied all four of its slots"
+        );
+        assert!(limiter.check_all("app_other", &["alice"], now).is_ok(), "its own table is full");
+        assert!(limiter.check_all("app_other", &["alice"], now).is_err(), "and alice's budget there is one");
+        assert!(limiter.check_all("app_other", &["alice"], now + Duration::from_secs(1)).is_ok(), "refilled");
+        assert_eq!(limiter.tables.len(), 2);
     }
 }

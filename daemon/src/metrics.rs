@@ -69,6 +69,9 @@ impl Default for DeliveryHistogram {
 pub struct Metrics {
     /// `presence_sessions{state}`: sessions up, by the device's effective state.
     pub sessions: Family<StateLabel, Gauge>,
+    /// `presence_users`: users with at least one session, set when `/metrics` is read (it
+    /// left the public `/healthz`, which anyone can read).
+    pub users: Gauge,
     /// `presence_handshakes_total`: QUIC connection attempts whose Initial decrypted and that
     /// passed the handshake limits (junk Initials count under `handshakes_failed{reason="initial"}`).
     pub handshakes: Counter,
@@ -138,16 +141,32 @@ pub enum Refusal {
     SessionRateLimited,
     /// A session closed because the device stopped reading its control stream.
     SlowReader,
+    /// A new device of a user who has `max_devices_per_user` connected, refused with
+    /// `TOO_MANY_DEVICES`.
+    DevicesPerUser,
     /// A notification request over its app's rate.
     NotifyAppRate,
     /// A notification request over a recipient's rate.
     NotifyUserRate,
     /// A notification request over its app's cap on undecided notifications.
     NotifyOutstanding,
-    /// An HTTPS connection over the connection cap, closed at once.
+    /// An HTTPS connection over the connection cap when no connection was idle (every slot
+    /// it may take has a request in flight), closed at once.
     HttpsConnections,
     /// An HTTPS client too slow with its TLS handshake.
     HttpsHandshakeTimeout,
+    /// An HTTPS connection from an address that holds `https_max_per_source` already,
+    /// closed at once.
+    HttpsPerSource,
+    /// An idle HTTPS connection (no request in flight) closed to make room for a new one
+    /// while every slot was taken.
+    HttpsIdleEvicted,
+    /// An HTTPS connection closed after `https_idle_timeout_secs` without a request.
+    HttpsIdleTimeout,
+    /// An HTTPS request whose body did not arrive within `https_body_timeout_secs` (408).
+    HttpsBodyTimeout,
+    /// An HTTPS request not answered within `https_request_timeout_secs` (408).
+    HttpsRequestTimeout,
 }
 
 impl Refusal {
@@ -161,11 +180,17 @@ impl Refusal {
             Refusal::DatagramBuffer => "datagram_buffer",
             Refusal::SessionRateLimited => "session_rate_limited",
             Refusal::SlowReader => "slow_reader",
+            Refusal::DevicesPerUser => "devices_per_user",
             Refusal::NotifyAppRate => "notify_app_rate",
             Refusal::NotifyUserRate => "notify_user_rate",
             Refusal::NotifyOutstanding => "notify_outstanding",
             Refusal::HttpsConnections => "https_connections",
             Refusal::HttpsHandshakeTimeout => "https_handshake_timeout",
+            Refusal::HttpsPerSource => "https_per_source",
+            Refusal::HttpsIdleEvicted => "https_idle_evicted",
+            Refusal::HttpsIdleTimeout => "https_idle_timeout",
+            Refusal::HttpsBodyTimeout => "https_body_timeout",
+            Refusal::HttpsRequestTimeout => "https_request_timeout",
         }
     }
 }
@@ -179,6 +204,7 @@ impl Metrics {
         }
         let mut registry = Registry::default();
         registry.register("presence_sessions", "Sessions up, by effective state", self.sessions.clone());
+        registry.register("presence_users", "Users with at least one session", self.users.clone());
         registry.register("presence_handshakes", "QUIC connections accepted", self.handshakes.clone());
         registry.register(
             "presence_handshakes_failed",

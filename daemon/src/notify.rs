@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::handle::{SessionCommand, SessionHandle};
-use crate::limit::{HashedLimiter, RateLimiter};
+use crate::limit::{PerAppLimiter, RateLimiter};
 use crate::metrics::{Metrics, ReasonLabel, Refusal};
 use crate::outbound::Outbound;
 use crate::settings::Rate;
@@ -49,8 +49,10 @@ pub const MIN_TTL: Duration = Duration::from_secs(5);
 pub const MAX_TTL: Duration = Duration::from_secs(600);
 /// Most recipients of one notification.
 pub const MAX_RECIPIENTS: usize = 1_000;
-/// Buckets in the per-recipient rate table: fixed memory whatever PUIDs apps send.
-const RECIPIENT_SLOTS: usize = 65_536;
+/// Buckets in each app's per-recipient rate table: fixed memory per app (384 KiB, made on
+/// its first notification) whatever PUIDs it sends. One table per app, so apps that send
+/// floods of made-up PUIDs empty only their own buckets, never another app's recipients'.
+const RECIPIENT_SLOTS: usize = 16_384;
 /// Most record writes the writer hands to one blocking call.
 const WRITE_BATCH: usize = 256;
 
@@ -216,7 +218,7 @@ pub struct Notifications {
     stopped: tokio::sync::watch::Sender<bool>,
     limits: NotifyLimits,
     app_rate: RateLimiter,
-    recipient_rate: HashedLimiter,
+    recipient_rate: PerAppLimiter,
     /// Undecided notifications per app.
     outstanding: DashMap<String, u32>,
     clock: Clock,
@@ -247,7 +249,7 @@ impl Notifications {
             stopped,
             limits,
             app_rate: RateLimiter::new(limits.app.rate, limits.app.burst),
-            recipient_rate: HashedLimiter::new(limits.recipient, RECIPIENT_SLOTS, clock.now()),
+            recipient_rate: PerAppLimiter::new(limits.recipient, RECIPIENT_SLOTS),
             outstanding: DashMap::new(),
             clock,
         }
@@ -312,9 +314,9 @@ impl Notifications {
         if *outstanding >= self.limits.outstanding {
             return Err(NotifyRefused::Outstanding { max: self.limits.outstanding });
         }
-        let keys: Vec<(&str, &str)> = request.to.iter().map(|puid| (app, puid.as_str())).collect();
+        let keys: Vec<&str> = request.to.iter().map(|puid| puid.as_str()).collect();
         self.recipient_rate
-            .check_all(&keys, self.clock.now())
+            .check_all(app, &keys, self.clock.now())
             .map_err(|retry_after| NotifyRefused::RecipientRate { retry_after })?;
         *outstanding += 1;
         Ok(())
@@ -629,7 +631,7 @@ mod tests {
             message: String::new(),
             visibility: vec![chat.clone()],
         };
-        table.connect("alice", "phone", handle, state);
+        table.connect("alice", "phone", handle, state).expect("within the cap");
         let puid = table.puid("app_chat", "alice").to_string();
         let limits = NotifyLimits {
             app: Rate { rate: 10, burst: 10 },

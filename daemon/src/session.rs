@@ -433,6 +433,22 @@ impl DeviceSession {
         let span = tracing::Span::current();
         span.record("user", claims.sub.as_str());
         span.record("device", claims.did.as_str());
+        let state = DeviceState {
+            status: hello.status,
+            idle: hello.idle,
+            message: hello.message.into_string(),
+            visibility: hello.visibility.into_vec(),
+        };
+        // The table decides the device cap atomically with adding the device, so it goes
+        // first; a refused device never got a Welcome.
+        let table = &self.services.table;
+        let ghost = match table.connect(&claims.sub, &claims.did, self.handle.clone(), state) {
+            Ok(ghost) => ghost,
+            Err(refused) => {
+                self.services.metrics.refuse(Refusal::DevicesPerUser);
+                return self.refuse(ErrorCode::TOO_MANY_DEVICES, &refused.to_string(), "too_many_devices");
+            }
+        };
         let accept = Accept {
             session_id: self.handle.id,
             server_time_ms: self.services.clock.unix_ms(),
@@ -440,16 +456,10 @@ impl DeviceSession {
         };
         if let Err(error) = self.protocol.accept(now, accept) {
             self.phase = Phase::Done;
+            table.disconnect(&claims.sub, &claims.did, self.handle.id);
             return warn!(%error, "accept out of phase");
         }
-        let state = DeviceState {
-            status: hello.status,
-            idle: hello.idle,
-            message: hello.message.into_string(),
-            visibility: hello.visibility.into_vec(),
-        };
-        let table = &self.services.table;
-        if let Some(ghost) = table.connect(&claims.sub, &claims.did, self.handle.clone(), state) {
+        if let Some(ghost) = ghost {
             ghost.send(SessionCommand::Close {
                 code: ErrorCode::REPLACED,
                 reason: "replaced by a new session".into(),
@@ -562,6 +572,9 @@ mod tests {
     use crate::testing::EventRecorder;
     use crate::webhook::fanout::{Fanout, FanoutConfig};
 
+    /// The device cap of the test world's table.
+    const MAX_DEVICES: u32 = 3;
+
     struct World {
         services: Arc<SessionServices>,
         signer: TokenSigner,
@@ -584,7 +597,10 @@ mod tests {
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout, clock));
         let events = Arc::new(EventRecorder::default());
         let key = crate::puid::PuidKey::new(&[9; 32]).expect("key");
-        let table = Arc::new(PresenceTable::new(key, metrics.clone(), clock, Some(events.clone())));
+        let table = Arc::new(
+            PresenceTable::new(key, metrics.clone(), clock, Some(events.clone()))
+                .with_max_devices(MAX_DEVICES),
+        );
         let limits = NotifyLimits {
             app: Rate { rate: 10, burst: 10 },
             recipient: Rate { rate: 10, burst: 10 },
@@ -746,5 +762,41 @@ mod tests {
         assert_eq!(first.close_code(), ErrorCode::REPLACED);
         drop(first);
         assert_eq!(world.services.table.users(), 1, "the ghost's end does not take the new session off");
+    }
+
+    #[tokio::test]
+    async fn a_device_beyond_the_users_cap_is_refused_with_too_many_devices() {
+        let world = world();
+        let now = world.services.clock.now();
+        let mut up: Vec<_> = (0..MAX_DEVICES)
+            .map(|i| world.hello_1rtt(u64::from(i) + 1, now, ("alice", &format!("d{i}"), &format!("d{i}"))))
+            .collect();
+        assert!(up.iter_mut().all(|(session, _)| session.is_up() && sent_welcome(session)));
+        let events = world.events.all().len();
+
+        let (mut extra, _c) = world.hello_1rtt(10, now, ("alice", "extra", "extra"));
+        assert!(extra.is_closed() && !extra.is_up());
+        assert_eq!(extra.close_code(), ErrorCode::TOO_MANY_DEVICES);
+        assert!(!sent_welcome(&mut extra), "a refused device is never welcomed");
+        assert_eq!(world.services.table.sessions_of("alice").len(), MAX_DEVICES as usize);
+        assert_eq!(world.events.all().len(), events, "the apps saw nothing of it");
+        let refused = ReasonLabel { reason: "devices_per_user" };
+        assert_eq!(world.services.metrics.refusals.get_or_create(&refused).get(), 1);
+        drop(extra);
+        assert_eq!(
+            world.services.table.sessions_of("alice").len(),
+            MAX_DEVICES as usize,
+            "its end takes nobody off"
+        );
+
+        // A device of the cap reconnecting replaces its own session; bob has his own cap.
+        let (again, _c) = world.hello_1rtt(11, now, ("alice", "d0", "d0"));
+        assert!(again.is_up(), "a reconnect is not a new device");
+        let (bob, _c) = world.hello_1rtt(12, now, ("bob", "extra", "extra"));
+        assert!(bob.is_up());
+        // Once one of alice's devices leaves, a new one fits.
+        drop(up.pop());
+        let (late, _c) = world.hello_1rtt(13, now, ("alice", "extra", "extra"));
+        assert!(late.is_up());
     }
 }

@@ -14,7 +14,7 @@
 //! - [`SettingsLayer::resolve`] applies the defaults, runs every check and reports every
 //!   problem at once (so an operator fixes a config in one round), then builds [`Settings`]:
 //!   one struct per component (`QuicConfig`, `HttpConfig`, `ApiConfig`,
-//!   [`FanoutConfig`], [`NotifyLimits`], [`Credentials`]) and the few truly global values
+//!   [`FanoutConfig`], [`NotifyLimits`], `TableConfig`, [`Credentials`]) and the few truly global values
 //!   (data directory, dev mode, logging). [`crate::Daemon::start`] hands each component its
 //!   own struct and nothing else.
 //!
@@ -32,6 +32,7 @@ use crate::api::ApiConfig;
 use crate::http::HttpConfig;
 use crate::notify::NotifyLimits;
 use crate::quic::QuicConfig;
+use crate::table::TableConfig;
 use crate::webhook::fanout::FanoutConfig;
 use crate::webhook::guard::UrlPolicy;
 
@@ -217,6 +218,10 @@ settings! {
     puid_secret_file: PathBuf, env "PRESENCED_PUID_SECRET_FILE";
     /// Most concurrent device sessions.
     max_sessions: u32 = 200_000, env "PRESENCED_MAX_SESSIONS", check nonzero;
+    /// Most devices one user may have connected at once; one more is refused with
+    /// TOO_MANY_DEVICES (a device reconnecting replaces its own session and is not refused).
+    max_devices_per_user: u32 = crate::table::DEFAULT_MAX_DEVICES_PER_USER,
+        env "PRESENCED_MAX_DEVICES_PER_USER", check nonzero;
     /// Handshakes in flight above which QUIC Retry validates addresses.
     retry_threshold: u32 = 256, env "PRESENCED_RETRY_THRESHOLD";
     /// TLS resumption tickets held for 0-RTT, kept in the data dir across restarts.
@@ -291,11 +296,28 @@ settings! {
     notify_user_burst: u32 = 10, env "PRESENCED_NOTIFY_USER_BURST", check nonzero;
     /// Most undecided notifications per app.
     notify_outstanding: u32 = 10_000, env "PRESENCED_NOTIFY_OUTSTANDING", check nonzero;
-    /// Most concurrent HTTPS connections.
+    /// Most concurrent HTTPS connections. When all are taken a new client takes the place
+    /// of the oldest idle one (no request in flight); only when all are busy is it refused.
     https_max_connections: u32 = 4_096, env "PRESENCED_HTTPS_MAX_CONNECTIONS", check nonzero;
+    /// Of --https-max-connections, how many only loopback clients may take, so an operator
+    /// on the host always reaches the admin API, /metrics and /healthz.
+    https_reserved_connections: u32 = 64, env "PRESENCED_HTTPS_RESERVED_CONNECTIONS";
+    /// Most HTTPS connections from one IP address (each loopback address counts apart); 0
+    /// for no limit. Behind a load balancer every client may share its few addresses: raise
+    /// it or set 0 there.
+    https_max_per_source: u32 = 512, env "PRESENCED_HTTPS_MAX_PER_SOURCE";
     /// Seconds for an HTTPS client's TLS handshake and each request's headers (slowloris
     /// bound).
     https_header_timeout_secs: u64 = 10, env "PRESENCED_HTTPS_HEADER_TIMEOUT_SECS", check nonzero;
+    /// Seconds from an HTTPS request's headers to the last byte of its body (slow bodies);
+    /// over it the answer is 408 request_timeout.
+    https_body_timeout_secs: u64 = 10, env "PRESENCED_HTTPS_BODY_TIMEOUT_SECS", check nonzero;
+    /// Seconds for a whole HTTPS request, body and handler; over it the answer is 408
+    /// request_timeout.
+    https_request_timeout_secs: u64 = 30, env "PRESENCED_HTTPS_REQUEST_TIMEOUT_SECS", check nonzero;
+    /// Seconds an HTTPS connection may stay without a request in flight before it is closed
+    /// (longer than a load balancer's usual 60 s, so the balancer ends its own first).
+    https_idle_timeout_secs: u64 = 75, env "PRESENCED_HTTPS_IDLE_TIMEOUT_SECS", check nonzero;
     /// Let /metrics answer clients that are not on loopback (it tells load, error rates and
     /// app ids).
     metrics_remote: bool = false, env "PRESENCED_METRICS_REMOTE",
@@ -348,6 +370,8 @@ pub struct Settings {
     pub(crate) fanout: FanoutConfig,
     /// Notification limits.
     pub(crate) notify: NotifyLimits,
+    /// The presence table's limits.
+    pub(crate) table: TableConfig,
 }
 
 /// Logging, set up by the binary before the daemon starts.
@@ -442,6 +466,9 @@ impl SettingsLayer {
                 }
             }
         }
+        if v.https_reserved_connections >= v.https_max_connections {
+            errors.push("https_reserved_connections must be less than https_max_connections".into());
+        }
         if v.quic_listen.port() != 0 && v.quic_listen == v.https_listen {
             errors.push("quic_listen and https_listen must differ".into());
         }
@@ -479,7 +506,12 @@ impl SettingsLayer {
             https: HttpConfig {
                 listen: v.https_listen,
                 max_connections: v.https_max_connections,
+                reserved: v.https_reserved_connections,
+                max_per_source: v.https_max_per_source,
                 header_timeout: secs(v.https_header_timeout_secs),
+                body_timeout: secs(v.https_body_timeout_secs),
+                request_timeout: secs(v.https_request_timeout_secs),
+                idle_timeout: secs(v.https_idle_timeout_secs),
             },
             api: ApiConfig {
                 rate: rate(v.api_rate, v.api_burst),
@@ -499,6 +531,7 @@ impl SettingsLayer {
                 recipient: rate(v.notify_user_rate, v.notify_user_burst),
                 outstanding: v.notify_outstanding,
             },
+            table: TableConfig { max_devices_per_user: v.max_devices_per_user },
         })
     }
 }
@@ -540,6 +573,7 @@ mod tests {
             log: Some("=[".into()),
             notify_user_burst: Some(0),
             handshake_rate: Some(0),
+            https_reserved_connections: Some(4_096),
             webhook_allow: Some(vec!["10.0.0.0/33".into()]),
             quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9000))),
             https_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9000))),
@@ -557,6 +591,7 @@ mod tests {
             "log filter",
             "notify_user_burst",
             "handshake_rate",
+            "https_reserved_connections must be less",
             "webhook_allow \"10.0.0.0/33\"",
             "quic_listen and https_listen",
         ] {
@@ -631,7 +666,9 @@ mod tests {
         let mut named = 0;
         for word in section.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
             let Some(flag) = word.strip_prefix("--") else { continue };
-            if flag.is_empty() || ["config", "help", "api", "ca", "admin-token"].contains(&flag) {
+            // Dashes alone are a Markdown table's rule, not a flag.
+            let rule = flag.chars().all(|c| c == '-');
+            if rule || ["config", "help", "api", "ca", "admin-token"].contains(&flag) {
                 continue;
             }
             let flag = format!("--{flag}");

@@ -52,6 +52,29 @@ use crate::handle::SessionHandle;
 use crate::metrics::Metrics;
 use crate::puid::PuidKey;
 
+/// Default most devices one user may have connected at once: a person's phone, tablet,
+/// laptops, desktop, watch, TV and a few browser profiles are about ten, so 32 leaves room
+/// for more while bounding what one user can make the daemon hold (about 1.8 KB a device)
+/// and the work under that user's entry.
+pub const DEFAULT_MAX_DEVICES_PER_USER: u32 = 32;
+
+/// The table's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TableConfig {
+    /// Most devices of one user connected at once; one more is refused
+    /// ([`TooManyDevices`]), a device reconnecting (replacing its own session) is not.
+    pub(crate) max_devices_per_user: u32,
+}
+
+/// A new device of a user who already has as many connected as the table allows; nothing
+/// changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the user already has {max} devices connected")]
+pub struct TooManyDevices {
+    /// The cap.
+    pub max: u32,
+}
+
 /// Where presence events go: the webhook outbox, and in tests a recorder.
 ///
 /// Called after the table has let go of the user's entry, so a slow sink delays only the
@@ -274,6 +297,8 @@ pub struct PresenceTable {
     seq_high: AtomicU64,
     /// Counts device changes, for the aggregation tie-break.
     changes: AtomicU64,
+    /// Most devices per user.
+    max_devices: u32,
 }
 
 impl PresenceTable {
@@ -294,7 +319,14 @@ impl PresenceTable {
             clock,
             seq_high: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            max_devices: DEFAULT_MAX_DEVICES_PER_USER,
         }
+    }
+
+    /// The same table with at most `max` devices per user (at least one).
+    pub fn with_max_devices(mut self, max: u32) -> PresenceTable {
+        self.max_devices = max.max(1);
+        self
     }
 
     /// Attaches a second sink that sees every event from now on, besides the outbox; false
@@ -309,17 +341,22 @@ impl PresenceTable {
     }
 
     /// Registers a device's new session. Returns the session it replaces, if the device was
-    /// still connected (a ghost after a network change): the caller closes that one.
+    /// still connected (a ghost after a network change): the caller closes that one. A new
+    /// device of a user who has the most devices allowed is refused, under the same lock
+    /// that would add it, so concurrent sessions cannot overshoot the cap.
     pub fn connect(
         &self,
         user: &str,
         device_id: &str,
         handle: SessionHandle,
         mut state: DeviceState,
-    ) -> Option<SessionHandle> {
+    ) -> Result<Option<SessionHandle>, TooManyDevices> {
         normalize(&mut state.visibility);
         let mut events = Events::new();
         let mut entry = self.users.entry(user.to_owned()).or_default();
+        if entry.slot_of(device_id).is_none() && entry.devices().count() >= self.max_devices as usize {
+            return Err(TooManyDevices { max: self.max_devices });
+        }
         let device = Device { id: device_id.to_owned(), handle, state, silent: false, changed: self.tick() };
         self.metrics.move_session(None, Some(device.gauge_state()));
         let (slot, replaced) = match entry.slot_of(device_id) {
@@ -344,7 +381,7 @@ impl PresenceTable {
         self.refresh(user, &mut entry, &mut events);
         drop(entry);
         self.publish(events);
-        replaced
+        Ok(replaced)
     }
 
     /// Applies a change to a device's state, if `session` is still the device's session.
@@ -636,7 +673,7 @@ mod tests {
                             visibility: pick(&mut rng),
                         };
                         let (handle, _commands) = SessionHandle::new(session);
-                        table.connect("u", &id, handle, state.clone());
+                        table.connect("u", &id, handle, state.clone()).expect("within the cap");
                         model.retain(|d| d.id != id);
                         let mut visibility = state.visibility;
                         normalize(&mut visibility);
@@ -732,12 +769,42 @@ mod tests {
             visibility: vec![chat.clone()],
         };
         let handles: Vec<_> = (1..=3).map(|i| SessionHandle::new(i).0).collect();
-        table.connect("u", "a", handles[0].clone(), state(Status::Online));
-        table.connect("u", "b", handles[1].clone(), state(Status::Offline));
-        table.connect("u", "c", handles[2].clone(), state(Status::Away));
+        table.connect("u", "a", handles[0].clone(), state(Status::Online)).expect("within the cap");
+        table.connect("u", "b", handles[1].clone(), state(Status::Offline)).expect("within the cap");
+        table.connect("u", "c", handles[2].clone(), state(Status::Away)).expect("within the cap");
         table.set_silent("u", "c", 3, true);
         let ids: Vec<u64> = table.reachable("u", "app_chat").iter().map(|h| h.id).collect();
         assert_eq!(ids, [1]);
         assert!(table.reachable("u", "app_other").is_empty());
+    }
+
+    #[test]
+    fn a_new_device_beyond_the_cap_is_refused_and_a_reconnecting_one_is_not() {
+        let (table, recorder) = table();
+        let table = table.with_max_devices(2);
+        let chat = AppId::new("app_chat").expect("app id");
+        let state = || DeviceState {
+            status: Status::Online,
+            idle: false,
+            message: String::new(),
+            visibility: vec![chat.clone()],
+        };
+        // The id of the session each connect replaced, if any.
+        let connect = |user: &str, device: &str, id| {
+            table.connect(user, device, SessionHandle::new(id).0, state()).map(|old| old.map(|h| h.id))
+        };
+        assert_eq!(connect("u", "a", 1), Ok(None));
+        assert_eq!(connect("u", "b", 2), Ok(None));
+        let events = recorder.all().len();
+        assert_eq!(connect("u", "c", 3), Err(TooManyDevices { max: 2 }));
+        assert_eq!(table.sessions_of("u").len(), 2, "nothing changed");
+        assert_eq!(recorder.all().len(), events, "and nothing was told");
+        // "a" reconnecting replaces its own session: not a new device.
+        assert_eq!(connect("u", "a", 4), Ok(Some(1)));
+        // Another user has their own cap.
+        assert_eq!(connect("v", "c", 5), Ok(None));
+        // Once a device leaves, a new one fits.
+        table.disconnect("u", "b", 2);
+        assert_eq!(connect("u", "c", 6), Ok(None));
     }
 }

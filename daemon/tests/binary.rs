@@ -40,11 +40,12 @@ async fn dev_daemon_shows_a_live_session_in_metrics_and_drains_on_sigterm() {
         .json()
         .await
         .expect("json");
-    assert_eq!(health["status"], "ok");
+    assert_eq!(health, serde_json::json!({"status": "ok"}), "the public /healthz tells no user count");
     let metrics = http.get(format!("{}/metrics", info.https)).send().await.expect("metrics");
     assert!(metrics.headers()["content-type"].to_str().expect("type").starts_with("text/plain"));
     let text = metrics.text().await.expect("text");
     assert_eq!(metric_value(&text, "presence_sessions{state=\"online\"}"), 1.0, "{text}");
+    assert_eq!(metric_value(&text, "presence_users"), 1.0, "the user count is on /metrics");
     assert_eq!(metric_value(&text, "presence_handshakes_total"), 1.0);
     let missing = http.get(format!("{}/nope", info.https)).send().await.expect("404");
     assert_eq!(missing.status(), 404);

@@ -296,15 +296,58 @@ async fn notify_without_data_carries_an_empty_string() {
     assert!(app.id.starts_with("app_"), "registered app ids are app_…: {}", app.id);
 }
 
-/// A raw device of `user` ("phone") listing `apps`, welcomed.
-async fn welcomed(daemon: &TestDaemon, user: &str, apps: &[&str]) -> RawDevice {
-    let token = daemon.token(user, "phone");
-    let (device, answer) = RawDevice::hello(
-        daemon.daemon.quic_addr,
-        &daemon.roots,
-        hello(&token, "phone", Status::Online, apps),
-    )
-    .await;
+/// A new device of a user who has `max_devices_per_user` connected gets `Error` and the
+/// QUIC close `TOO_MANY_DEVICES` (15) instead of `Welcome` (PROTOCOL.md §9.2, §10); the
+/// user's devices keep their sessions, a device of theirs reconnecting is not refused, and
+/// a new one fits again once one leaves.
+#[tokio::test]
+async fn a_device_beyond_the_users_cap_is_refused_with_too_many_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer = SettingsLayer { max_devices_per_user: Some(3), ..settings(dir.path()) };
+    let daemon = TestDaemon::start_with(layer).await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        devices.push(welcomed_as(&daemon, "alice", &format!("d{i}"), &[]).await);
+    }
+    let (extra, answer) = answer_to_hello(&daemon, "alice", "extra").await;
+    assert!(matches!(answer, Message::Error(ref e) if e.code == ErrorCode::TOO_MANY_DEVICES), "{answer:?}");
+    assert_eq!(extra.close_code().await, Some(u64::from(ErrorCode::TOO_MANY_DEVICES.0)));
+    assert_eq!(daemon.metric("presence_refusals_total{reason=\"devices_per_user\"}"), 1.0);
+    assert_eq!(daemon.daemon.table().sessions_of("alice").len(), 3, "alice's devices stay up");
+
+    // d0 reconnecting replaces its own session; bob is not alice.
+    let (_again, answer) = answer_to_hello(&daemon, "alice", "d0").await;
+    assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+    assert_eq!(devices.remove(0).close_code().await, Some(u64::from(ErrorCode::REPLACED.0)));
+    welcomed_as(&daemon, "bob", "extra", &[]).await;
+    // One of alice's leaves: a new one fits.
+    let leaving = devices.pop().expect("a device");
+    leaving.connection.close(0u32.into(), b"bye");
+    let deadline = Instant::now() + WAIT;
+    while daemon.daemon.table().sessions_of("alice").len() == 3 {
+        assert!(Instant::now() < deadline, "the closed session left the table");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    welcomed_as(&daemon, "alice", "extra", &[]).await;
+}
+
+/// Connects `user`'s `device` and says its `Hello`; returns the server's first answer.
+async fn answer_to_hello(daemon: &TestDaemon, user: &str, device: &str) -> (RawDevice, Message) {
+    let token = daemon.token(user, device);
+    RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, device, Status::Online, &[])).await
+}
+
+/// A raw device `device` of `user` listing `apps`, welcomed.
+async fn welcomed_as(daemon: &TestDaemon, user: &str, device: &str, apps: &[&str]) -> RawDevice {
+    let token = daemon.token(user, device);
+    let (device, answer) =
+        RawDevice::hello(daemon.daemon.quic_addr, &daemon.roots, hello(&token, device, Status::Online, apps))
+            .await;
     assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
     device
+}
+
+/// A raw device of `user` ("phone") listing `apps`, welcomed.
+async fn welcomed(daemon: &TestDaemon, user: &str, apps: &[&str]) -> RawDevice {
+    welcomed_as(daemon, user, "phone", apps).await
 }

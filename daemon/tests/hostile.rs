@@ -475,6 +475,7 @@ async fn https_connection_cap_and_slow_clients_are_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layer = SettingsLayer {
         https_max_connections: Some(4),
+        https_reserved_connections: Some(1),
         https_header_timeout_secs: Some(1),
         ..settings(dir.path())
     };
@@ -485,15 +486,18 @@ async fn https_connection_cap_and_slow_clients_are_bounded() {
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(tokio::net::TcpStream::connect(daemon.daemon.https_addr).await.expect("connect"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Over the cap: accepted by the kernel, closed at once.
-    let mut extra = tokio::net::TcpStream::connect(daemon.daemon.https_addr).await.expect("connect");
-    let read = tokio::time::timeout(Duration::from_millis(900), extra.read(&mut [0; 16])).await;
+    // Over the cap: the newcomer takes the place of the oldest idle connection, which is
+    // closed at once, long before the header timeout.
+    let extra = tokio::net::TcpStream::connect(daemon.daemon.https_addr).await.expect("connect");
+    let read = tokio::time::timeout(Duration::from_millis(900), idle[0].read(&mut [0; 16])).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed before the header timeout: {read:?}");
-    assert!(daemon.metric(&refusals("https_connections")) >= 1.0);
-    // Silent clients (slowloris) are dropped after the header timeout.
-    for stream in &mut idle {
+    assert_eq!(daemon.metric(&refusals("https_idle_evicted")), 1.0);
+    assert_eq!(daemon.metric(&refusals("https_connections")), 0.0, "nobody refused while some were idle");
+    // Silent clients (slowloris), the newcomer too, are dropped after the header timeout.
+    for stream in idle.iter_mut().skip(1).chain([extra].iter_mut()) {
         let read = tokio::time::timeout(WAIT, stream.read(&mut [0; 16])).await.expect("closed in time");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }

@@ -61,6 +61,9 @@ error_codes! {
     INTERNAL = 13, "internal";
     /// `Authorize` or `Revoke` named an app the server does not know (non-fatal, in `Denied`).
     UNKNOWN_APP = 14, "unknown_app";
+    /// The user already has as many devices connected as the server allows; a new device
+    /// is refused (a device replacing its own session is not).
+    TOO_MANY_DEVICES = 15, "too_many_devices";
 }
 
 impl ErrorCode {

@@ -55,11 +55,14 @@ pub enum ApiErrorCode {
     InvalidWebhookUrl,
     /// 500: the daemon failed (storage); details go to the log.
     Internal,
+    /// 408: the request's body did not arrive within the body timeout, or the whole request
+    /// took longer than the request timeout; on HTTP/1.1 the connection closes.
+    RequestTimeout,
 }
 
 impl ApiErrorCode {
     /// Every code, in the order openapi.json lists them.
-    pub const ALL: [ApiErrorCode; 21] = [
+    pub const ALL: [ApiErrorCode; 22] = [
         ApiErrorCode::Unauthenticated,
         ApiErrorCode::InvalidApiKey,
         ApiErrorCode::RateLimited,
@@ -81,6 +84,7 @@ impl ApiErrorCode {
         ApiErrorCode::AdminDisabled,
         ApiErrorCode::InvalidWebhookUrl,
         ApiErrorCode::Internal,
+        ApiErrorCode::RequestTimeout,
     ];
 
     /// The code as clients see it in `error.code`.
@@ -107,6 +111,7 @@ impl ApiErrorCode {
             ApiErrorCode::AdminDisabled => "admin_disabled",
             ApiErrorCode::InvalidWebhookUrl => "invalid_webhook_url",
             ApiErrorCode::Internal => "internal",
+            ApiErrorCode::RequestTimeout => "request_timeout",
         }
     }
 }

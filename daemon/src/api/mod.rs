@@ -135,8 +135,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok", "users": state.table.users()}))
+/// Public, so it says only that the daemon answers: the number of connected users is load
+/// information, kept for the loopback-only `/metrics` (`presence_users`).
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
 }
 
 /// Metrics tell load, error rates and app ids: loopback only unless `metrics_remote`. The
@@ -153,6 +155,7 @@ async fn metrics(
             "/metrics answers loopback clients only (see metrics_remote)",
         ));
     }
+    state.metrics.users.set(i64::try_from(state.table.users()).unwrap_or(i64::MAX));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()))
 }
 

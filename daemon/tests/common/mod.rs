@@ -188,6 +188,13 @@ impl RawDevice {
         RawDevice { endpoint, connection, send, recv, decoder: FrameDecoder::new() }
     }
 
+    /// Connects over an endpoint shared with other devices (one UDP socket for a crowd).
+    pub async fn connect_on(endpoint: &quinn::Endpoint, addr: SocketAddr) -> RawDevice {
+        let connection = endpoint.connect(addr, "localhost").expect("connect").await.expect("handshake");
+        let (send, recv) = connection.open_bi().await.expect("stream");
+        RawDevice { endpoint: endpoint.clone(), connection, send, recv, decoder: FrameDecoder::new() }
+    }
+
     /// Connects with `transport` instead of the client crate's settings (to disable DATAGRAM
     /// support, or to queue more datagrams than a device would).
     pub async fn connect_with(

@@ -21,14 +21,24 @@ pub fn serve(dir: &Path) -> (Child, DevInfo) {
 
 /// [`serve`] on the given QUIC and HTTPS addresses (a restart on the same ports), with
 /// extra environment variables (an `LD_PRELOAD` that fakes the clock).
-#[allow(clippy::zombie_processes)]
 pub fn serve_with(dir: &Path, quic: &str, https: &str, env: &[(&str, &str)]) -> (Child, DevInfo) {
+    spawn(dir, quic, https, env, &[])
+}
+
+/// [`serve`] with extra `serve` flags.
+pub fn serve_args(dir: &Path, args: &[&str]) -> (Child, DevInfo) {
+    spawn(dir, "127.0.0.1:0", "127.0.0.1:0", &[], args)
+}
+
+#[allow(clippy::zombie_processes)]
+fn spawn(dir: &Path, quic: &str, https: &str, env: &[(&str, &str)], args: &[&str]) -> (Child, DevInfo) {
     let _ = std::fs::remove_file(dir.join("dev.json"));
     let mut child = Command::new(BIN)
         .args(["serve", "--dev", "--quic-listen", quic, "--https-listen", https])
         .arg("--data-dir")
         .arg(dir)
         .args(["--drain-secs", "3", "--log", "warn"])
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -86,7 +96,14 @@ pub async fn metrics_text(http: &reqwest::Client, info: &DevInfo) -> String {
 
 /// Registers an app through the admin API of a daemon process; returns its id.
 pub async fn register_app(info: &DevInfo, name: &str, webhook: &str) -> String {
-    let created: serde_json::Value = https_client(info)
+    let created = create_app(info, name, webhook).await;
+    created["app_id"].as_str().expect("app id").to_owned()
+}
+
+/// Registers an app through the admin API of a daemon process; returns the whole answer
+/// (its id, API key and webhook secret).
+pub async fn create_app(info: &DevInfo, name: &str, webhook: &str) -> serde_json::Value {
+    https_client(info)
         .post(format!("{}/v1/admin/apps", info.https))
         .bearer_auth(&info.admin_token)
         .json(&serde_json::json!({"name": name, "webhook_url": webhook}))
@@ -95,6 +112,5 @@ pub async fn register_app(info: &DevInfo, name: &str, webhook: &str) -> String {
         .expect("admin API")
         .json()
         .await
-        .expect("json");
-    created["app_id"].as_str().expect("app id").to_owned()
+        .expect("json")
 }
