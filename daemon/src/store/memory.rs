@@ -6,7 +6,8 @@
 //! the durable outbox's. Never a daemon's store.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::outbox::ListenerSlot;
 use super::queue::CompactingQueue;
@@ -20,16 +21,18 @@ use super::{
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// The last serial handed out, shared by all apps so a serial is never reused, even
+    /// by an app id registered again.
+    serial: AtomicU64,
     listener: ListenerSlot,
 }
 
 #[derive(Debug, Default)]
 struct State {
     apps: BTreeMap<String, AppRecord>,
-    outboxes: HashMap<String, CompactingQueue>,
-    /// The last serial handed out, shared by all apps so a serial is never reused, even
-    /// by an app id registered again.
-    serial: u64,
+    /// Each app's queue behind a lock of its own, so that appending to one app does not
+    /// wait for another app's batch or acknowledgement.
+    outboxes: HashMap<String, Arc<Mutex<CompactingQueue>>>,
     notifications: BTreeMap<u64, Vec<u8>>,
     running: bool,
     seq_floor: u64,
@@ -38,10 +41,19 @@ struct State {
 
 impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the state consistent; a panic elsewhere does not
-        // make it unusable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
+
+    /// An app's queue, if it has one.
+    fn queue(&self, app_id: &str) -> Option<Arc<Mutex<CompactingQueue>>> {
+        self.lock().outboxes.get(app_id).cloned()
+    }
+}
+
+/// Every critical section leaves its data consistent; a panic elsewhere does not make the
+/// store unusable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn ready<T: Send + 'static>(value: T) -> StoreFuture<T> {
@@ -85,25 +97,30 @@ impl Outbox for MemoryStore {
         let count = events.len();
         let bytes = events.iter().map(|event| event.json.len()).sum();
         let oldest_at_ms = events.iter().map(|event| event.at_ms).min().unwrap_or(u64::MAX);
-        let depth = {
+        let queue = {
             let mut state = self.lock();
             if state.apps.contains_key(app_id) {
-                let mut serial = state.serial;
-                if !state.outboxes.contains_key(app_id) {
-                    state.outboxes.insert(app_id.to_owned(), CompactingQueue::default());
-                }
-                let queue = state.outboxes.get_mut(app_id).expect("inserted above");
-                for event in events {
-                    serial += 1;
-                    queue.push(serial, event);
-                }
-                let depth = queue.len() as u64;
-                state.serial = serial;
-                Some(depth)
+                let queue = match state.outboxes.get(app_id) {
+                    Some(queue) => queue.clone(),
+                    None => {
+                        let queue = Arc::default();
+                        state.outboxes.insert(app_id.to_owned(), Arc::clone(&queue));
+                        queue
+                    }
+                };
+                Some(queue)
             } else {
                 None
             }
         };
+        // Serials are taken under the app's lock, so they increase in the app's push order.
+        let depth = queue.map(|queue| {
+            let mut queue = lock(&queue);
+            for event in events {
+                queue.push(self.serial.fetch_add(1, Ordering::Relaxed) + 1, event);
+            }
+            queue.len() as u64
+        });
         let commit = Commit {
             app_id,
             registered: depth.is_some(),
@@ -120,13 +137,13 @@ impl Outbox for MemoryStore {
     }
 
     fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>> {
-        let batch = self.lock().outboxes.get(app_id).map(|q| q.batch(max_events, max_bytes));
+        let batch = self.queue(app_id).map(|queue| lock(&queue).batch(max_events, max_bytes));
         ready(batch.unwrap_or_default())
     }
 
     fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize> {
-        let mut state = self.lock();
-        let Some(queue) = state.outboxes.get_mut(app_id) else { return ready(0) };
+        let Some(queue) = self.queue(app_id) else { return ready(0) };
+        let mut queue = lock(&queue);
         ready(delivered.iter().filter(|(key, serial)| queue.ack(key, *serial)).count())
     }
 
@@ -135,7 +152,7 @@ impl Outbox for MemoryStore {
     }
 
     fn depth(&self, app_id: &str) -> u64 {
-        self.lock().outboxes.get(app_id).map_or(0, |queue| queue.len() as u64)
+        self.queue(app_id).map_or(0, |queue| lock(&queue).len() as u64)
     }
 }
 
