@@ -32,10 +32,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use dashmap::DashMap;
 use presence_protocol::{AppId, Status};
 use presenced::clock::Clock;
-use presenced::handle::SessionHandle;
-use presenced::metrics::Metrics;
-use presenced::puid::PuidKey;
-use presenced::table::{DeviceState, PresenceEvent, PresenceSink, PresenceTable};
+use presenced::testing::handle::SessionHandle;
+use presenced::testing::metrics::Metrics;
+use presenced::testing::puid::PuidKey;
+use presenced::testing::table::{DeviceState, PresenceEvent, PresenceSink, PresenceTable};
 
 const DEVICE: &str = "phone";
 
@@ -72,7 +72,9 @@ struct OutboxLike {
 
 impl PresenceSink for OutboxLike {
     fn publish(&self, event: &PresenceEvent) {
-        let Some(encoded) = presenced::outbound::encode(&presenced::outbound::presence_event(event)) else {
+        let Some(encoded) =
+            presenced::testing::outbound::encode(&presenced::testing::outbound::presence_event(event))
+        else {
             return;
         };
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());

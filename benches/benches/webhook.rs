@@ -19,12 +19,12 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use presence_protocol::{AppId, Status};
-use presenced::outbound::{encode as encode_event, presence_event};
-use presenced::puid::PuidKey;
-use presenced::store::OutboxEntry;
-use presenced::table::PresenceEvent;
-use presenced::webhook::WebhookSecret;
-use presenced::webhook::fanout::{batch_body, message_id};
+use presenced::testing::outbound::{encode as encode_event, presence_event};
+use presenced::testing::puid::PuidKey;
+use presenced::testing::store::OutboxEntry;
+use presenced::testing::table::PresenceEvent;
+use presenced::testing::webhook::WebhookSecret;
+use presenced::testing::webhook::fanout::{batch_body, message_id};
 
 const APP: &str = "app_Zm9vYmFyYmF6cXV4";
 const SIZES: [usize; 3] = [1, 100, 1_000];

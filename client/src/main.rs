@@ -248,7 +248,6 @@ impl Printer {
                     AdaptCause::Missed { delay } => ("missed", Some(*delay)),
                     AdaptCause::PathChanged => ("path_changed", None),
                     AdaptCause::Settled => ("settled", None),
-                    _ => ("other", None),
                 };
                 self.line(
                     "heartbeat",

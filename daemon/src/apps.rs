@@ -17,9 +17,9 @@ use crate::store::{AppRecord, AppStore, StoreError, blocking};
 use crate::webhook::secret::WebhookSecret;
 
 /// Prefix of API keys, so a leaked one is recognisable in logs and secret scanners.
-pub const API_KEY_PREFIX: &str = "pk_";
+pub(crate) const API_KEY_PREFIX: &str = "pk_";
 /// Prefix of app ids.
-pub const APP_ID_PREFIX: &str = "app_";
+pub(crate) const APP_ID_PREFIX: &str = "app_";
 
 /// What `create` returns: the record and the API key, which is shown once and never stored.
 #[derive(Debug, Clone)]
@@ -150,7 +150,7 @@ impl Apps {
 }
 
 /// Lowercase hex SHA-256, for API keys at rest.
-pub fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -14,7 +14,7 @@ use presence_protocol::{AppId, CancelReason, ErrorCode, Notify};
 
 /// Commands per session that may queue before new ones are dropped; a session that cannot
 /// keep up with this many is stuck, and waiting on it would let it stall its callers.
-pub const COMMAND_QUEUE: usize = 32;
+pub(crate) const COMMAND_QUEUE: usize = 32;
 
 /// Something the daemon asks a session to do.
 #[derive(Debug, Clone)]

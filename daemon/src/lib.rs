@@ -31,7 +31,14 @@
 //!   TLS listener in front of them; [`metrics`]: metric names.
 //! - [`limit`]: the token buckets behind every rate limit (per app, per source address, per
 //!   recipient), bounded in memory whatever the peers send.
-//! - [`testing`]: what tests and tools watch a daemon with (an event recorder).
+//! - [`testing`]: what tests, benches and fuzz targets reach inside the daemon (a named
+//!   re-export of each item they use) and what they watch it with (an event recorder).
+//!
+//! ## Visibility
+//!
+//! The public API is [`Daemon`], [`settings`], [`credentials`], [`clock`] and
+//! [`admin_cli`]; every other module is `pub(crate)`, and the workspace's other crates
+//! reach internals only through [`testing`].
 //!
 //! ARCHITECTURE.md in the repository root draws the layers and the seams.
 //!
@@ -42,27 +49,31 @@
 //! reusable parts (`auth`, `puid`, `table`, `settings`) have typed errors.
 
 #![forbid(unsafe_code)]
+// These docs are written for the people who work on the daemon, and link its crate-private
+// modules: `cargo doc -p presenced --document-private-items` renders them (CI checks every
+// link that way too).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin_cli;
-pub mod api;
-pub mod apps;
-pub mod auth;
+pub(crate) mod api;
+pub(crate) mod apps;
+pub(crate) mod auth;
 pub mod clock;
 pub mod credentials;
-pub mod handle;
-pub mod http;
-pub mod limit;
-pub mod metrics;
-pub mod notify;
-pub mod outbound;
-pub mod puid;
-pub mod quic;
-pub mod session;
+pub(crate) mod handle;
+pub(crate) mod http;
+pub(crate) mod limit;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+pub(crate) mod outbound;
+pub(crate) mod puid;
+pub(crate) mod quic;
+pub(crate) mod session;
 pub mod settings;
-pub mod store;
-pub mod table;
+pub(crate) mod store;
+pub(crate) mod table;
 pub mod testing;
-pub mod webhook;
+pub(crate) mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -51,19 +51,19 @@ impl Bucket {
 
 /// Token buckets keyed exactly, for a bounded set of keys.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limit: Rate,
     buckets: DashMap<String, Bucket>,
 }
 
 impl RateLimiter {
     /// `rate` requests per second on average, `burst` at once.
-    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+    pub(crate) fn new(rate: u32, burst: u32) -> RateLimiter {
         RateLimiter { limit: Rate { rate, burst }, buckets: DashMap::new() }
     }
 
     /// Takes one token for `key` at `now`, or says how long until one is available.
-    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut bucket = self.buckets.entry(key.to_owned()).or_insert_with(|| Bucket::full(self.limit, now));
         bucket.take(self.limit, now)
     }
@@ -71,7 +71,7 @@ impl RateLimiter {
 
 /// A fixed table of token buckets indexed by a keyed hash of the key.
 #[derive(Debug)]
-pub struct HashedLimiter {
+pub(crate) struct HashedLimiter {
     limit: Rate,
     hasher: RandomState,
     slots: Mutex<Box<[Bucket]>>,
@@ -79,19 +79,19 @@ pub struct HashedLimiter {
 
 impl HashedLimiter {
     /// `slots` buckets (at least one), each `limit`, full at `now`.
-    pub fn new(limit: Rate, slots: usize, now: Instant) -> HashedLimiter {
+    pub(crate) fn new(limit: Rate, slots: usize, now: Instant) -> HashedLimiter {
         let slots = vec![Bucket::full(limit, now); slots.max(1)].into_boxed_slice();
         HashedLimiter { limit, hasher: RandomState::new(), slots: Mutex::new(slots) }
     }
 
     /// Takes one token for `key` at `now`, or says how long until one is available.
-    pub fn check(&self, key: &impl Hash, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &impl Hash, now: Instant) -> Result<(), Duration> {
         self.check_all(std::slice::from_ref(key), now)
     }
 
     /// Takes one token for every key, all or none: if any key's bucket is empty nothing is
     /// taken, and the answer is the longest wait.
-    pub fn check_all<K: Hash>(&self, keys: &[K], now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check_all<K: Hash>(&self, keys: &[K], now: Instant) -> Result<(), Duration> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let indices: Vec<usize> = keys.iter().map(|key| self.slot_of(key, slots.len())).collect();
         let mut wait = Duration::ZERO;
@@ -118,7 +118,7 @@ impl HashedLimiter {
 /// One fixed table of hashed buckets per app, made on the app's first check. See the
 /// [module docs](self).
 #[derive(Debug)]
-pub struct PerAppLimiter {
+pub(crate) struct PerAppLimiter {
     limit: Rate,
     slots: usize,
     tables: DashMap<String, HashedLimiter>,
@@ -126,13 +126,13 @@ pub struct PerAppLimiter {
 
 impl PerAppLimiter {
     /// Tables of `slots` buckets each, every bucket `limit`.
-    pub fn new(limit: Rate, slots: usize) -> PerAppLimiter {
+    pub(crate) fn new(limit: Rate, slots: usize) -> PerAppLimiter {
         PerAppLimiter { limit, slots, tables: DashMap::new() }
     }
 
     /// Takes one token for every key in `app`'s own table, all or none (as
     /// [`HashedLimiter::check_all`]).
-    pub fn check_all<K: Hash>(&self, app: &str, keys: &[K], now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check_all<K: Hash>(&self, app: &str, keys: &[K], now: Instant) -> Result<(), Duration> {
         if let Some(table) = self.tables.get(app) {
             return table.check_all(keys, now);
         }

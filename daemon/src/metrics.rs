@@ -18,7 +18,7 @@ pub struct StateLabel {
 }
 
 /// The values of the `state` label of `presence_sessions`.
-pub const SESSION_STATES: [&str; 5] = ["online", "away", "unavailable", "offline", "silent"];
+pub(crate) const SESSION_STATES: [&str; 5] = ["online", "away", "unavailable", "offline", "silent"];
 
 /// A label naming why something failed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,7 +50,7 @@ pub struct AppLabel {
 
 /// Upper bounds, in seconds, of the webhook delivery latency buckets: fine around the
 /// 250 ms batch window, then coarse out to the hours an AppService outage can last.
-pub const DELIVERY_BUCKETS: [f64; 16] =
+pub(crate) const DELIVERY_BUCKETS: [f64; 16] =
     [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
 
 /// A histogram with [`DELIVERY_BUCKETS`]; a newtype so that [`Metrics`] keeps its

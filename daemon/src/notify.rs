@@ -42,13 +42,13 @@ use crate::store::{NotificationStore, StoreError, blocking};
 use crate::table::PresenceTable;
 
 /// How long a notification stays readable after it expired.
-pub const RETENTION: Duration = Duration::from_secs(3_600);
+pub(crate) const RETENTION: Duration = Duration::from_secs(3_600);
 /// Shortest time to live an app may ask for.
-pub const MIN_TTL: Duration = Duration::from_secs(5);
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(5);
 /// Longest time to live an app may ask for.
-pub const MAX_TTL: Duration = Duration::from_secs(600);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(600);
 /// Most recipients of one notification.
-pub const MAX_RECIPIENTS: usize = 1_000;
+pub(crate) const MAX_RECIPIENTS: usize = 1_000;
 /// Buckets in each app's per-recipient rate table: fixed memory per app (384 KiB, made on
 /// its first notification) whatever PUIDs it sends. One table per app, so apps that send
 /// floods of made-up PUIDs empty only their own buckets, never another app's recipients'.
@@ -58,7 +58,7 @@ const WRITE_BATCH: usize = 256;
 
 /// How much apps may notify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotifyLimits {
+pub(crate) struct NotifyLimits {
     /// Notification requests per app.
     pub app: Rate,
     /// Notifications per recipient (app and PUID).
@@ -69,8 +69,7 @@ pub struct NotifyLimits {
 
 /// Why a notification was refused; nothing was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NotifyRefused {
+pub(crate) enum NotifyRefused {
     /// The app sends notifications faster than its rate.
     #[error("this app sends notifications faster than its rate allows")]
     AppRate {
@@ -94,7 +93,7 @@ pub enum NotifyRefused {
 /// Who decides a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Each recipient answers for themselves.
     All,
     /// The first recipient to accept takes it from everyone else.
@@ -104,7 +103,7 @@ pub enum Mode {
 /// A recipient's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Shown, not yet answered.
     Pending,
     /// Accepted on one of the user's devices.
@@ -121,7 +120,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The stable name used in webhooks, the API and metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Pending => "pending",
             Outcome::Accepted => "accepted",
@@ -135,7 +134,7 @@ impl Outcome {
 
 /// A validated request to notify.
 #[derive(Debug, Clone)]
-pub struct NewNotification {
+pub(crate) struct NewNotification {
     /// The sending app.
     pub app_id: AppId,
     /// Recipients' PUIDs (deduplicated by the caller or here).
@@ -154,7 +153,7 @@ pub struct NewNotification {
 
 /// What `GET /v1/notifications/{id}` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NotificationView {
+pub(crate) struct NotificationView {
     /// The id, as a decimal string.
     pub id: String,
     /// Who decides.
@@ -169,7 +168,7 @@ pub struct NotificationView {
 
 /// One recipient in a [`NotificationView`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RecipientView {
+pub(crate) struct RecipientView {
     /// The recipient.
     pub puid: String,
     /// Its outcome so far.
@@ -204,7 +203,7 @@ struct Record {
 
 /// The notification manager.
 #[derive(Debug)]
-pub struct Notifications {
+pub(crate) struct Notifications {
     records: DashMap<u64, Mutex<Record>>,
     table: Arc<PresenceTable>,
     outbound: Arc<Outbound>,
@@ -227,7 +226,7 @@ pub struct Notifications {
 impl Notifications {
     /// A manager that reaches devices through `table`, reports through `outbound` and
     /// keeps its records in `store`. Starts its writer task on the current tokio runtime.
-    pub fn new(
+    pub(crate) fn new(
         table: Arc<PresenceTable>,
         outbound: Arc<Outbound>,
         store: Arc<dyn NotificationStore>,
@@ -257,7 +256,7 @@ impl Notifications {
 
     /// Takes back the records of a previous run: readable again, and their pending
     /// recipients decided as `missed` at the expiry. Start-up only: it blocks on the read.
-    pub fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
+    pub(crate) fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = self.clock.unix_ms();
         let mut restored = 0;
         for (id, bytes) in self.store.notifications()? {
@@ -289,7 +288,10 @@ impl Notifications {
 
     /// Sends a notification and returns its initial view (undeliverable recipients are
     /// already decided), unless the app is over one of its [`NotifyLimits`].
-    pub fn send(self: &Arc<Self>, mut request: NewNotification) -> Result<NotificationView, NotifyRefused> {
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        mut request: NewNotification,
+    ) -> Result<NotificationView, NotifyRefused> {
         let mut seen = std::collections::HashSet::new();
         request.to.retain(|puid| seen.insert(puid.clone()));
         self.admit(&request).inspect_err(|refused| {
@@ -383,7 +385,7 @@ impl Notifications {
 
     /// Stops every timer and waits until every record change so far is written (then the
     /// writer lets go of the store). What is pending stays in the store, for the next start.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.stopped.send_replace(true);
         let _ = self.writes.send(Write::Close);
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -438,7 +440,7 @@ impl Notifications {
     }
 
     /// A device answered. Only the first answer per recipient counts.
-    pub fn respond(&self, id: u64, user: &str, session: u64, response: Response) {
+    pub(crate) fn respond(&self, id: u64, user: &str, session: u64, response: Response) {
         let Some(record) = self.records.get(&id) else { return };
         let mut record = lock(&record);
         let record = &mut *record;
@@ -469,7 +471,7 @@ impl Notifications {
     }
 
     /// The view of a notification, for the app that sent it only.
-    pub fn get(&self, app_id: &str, id: u64) -> Option<NotificationView> {
+    pub(crate) fn get(&self, app_id: &str, id: u64) -> Option<NotificationView> {
         let record = self.records.get(&id)?;
         let record = lock(&record);
         (record.app_id == app_id).then(|| view(id, &record))

@@ -24,7 +24,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-pub use presence_webhook::{WebhookBatch, WebhookEvent};
+pub(crate) use presence_webhook::WebhookEvent;
 
 use crate::apps::Apps;
 use crate::clock::Clock;
@@ -35,7 +35,7 @@ use crate::webhook::fanout::Fanout;
 /// An outbox entry's compaction key: entries of one app with equal keys replace each other
 /// (the newest wins), so the key says which events are state and which are a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboxKey<'a> {
+pub(crate) enum OutboxKey<'a> {
     /// `p:<puid>`: a user's presence is state; only the latest waits.
     Presence(&'a str),
     /// `a:<puid>`: a user's access (grant or revoke); the latest decision wins.
@@ -49,7 +49,7 @@ pub enum OutboxKey<'a> {
 impl<'a> OutboxKey<'a> {
     /// The key `event` compacts under; `None` for [`WebhookEvent::Unknown`], which the
     /// daemon never sends.
-    pub fn of(event: &'a WebhookEvent<'_>) -> Option<OutboxKey<'a>> {
+    pub(crate) fn of(event: &'a WebhookEvent<'_>) -> Option<OutboxKey<'a>> {
         Some(match event {
             WebhookEvent::Presence { puid, .. } => OutboxKey::Presence(puid),
             WebhookEvent::Grant { puid, .. } | WebhookEvent::Revoke { puid, .. } => OutboxKey::Access(puid),
@@ -81,7 +81,12 @@ pub fn encode(event: &WebhookEvent<'_>) -> Option<OutboxEvent> {
     // Presence is state: of two events of one PUID, the higher `seq` is the newer.
     let version = match event {
         WebhookEvent::Presence { seq, .. } => *seq,
-        _ => 0,
+        // Not state: each replaces whatever of its key waits.
+        WebhookEvent::Grant { .. }
+        | WebhookEvent::Revoke { .. }
+        | WebhookEvent::Notification { .. }
+        | WebhookEvent::Reset { .. }
+        | WebhookEvent::Unknown => 0,
     };
     // Every known event is strings and integers, which always serialize.
     serde_json::to_vec(event).ok().map(|json| OutboxEvent { key, version, at_ms, json })

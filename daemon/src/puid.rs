@@ -13,12 +13,12 @@ use ring::hmac;
 /// Bytes of HMAC output kept: 128 bits, 22 characters of base64url.
 const PUID_BYTES: usize = 16;
 /// Characters of every PUID.
-pub const PUID_LEN: usize = 22;
+pub(crate) const PUID_LEN: usize = 22;
 
 /// Whether `text` has a PUID's shape (22 characters of base64url). The API refuses other
 /// strings before any lookup: the shape is public, so this tells nobody whether a user
 /// exists, and it bounds what a client can make the daemon hash and hold.
-pub fn is_puid(text: &str) -> bool {
+pub(crate) fn is_puid(text: &str) -> bool {
     text.len() == PUID_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 

@@ -59,7 +59,7 @@ use crate::table::{DeviceState, PresenceTable};
 
 /// The daemon services every device session uses, whatever driver carries it.
 #[derive(Debug)]
-pub struct SessionServices {
+pub(crate) struct SessionServices {
     /// Verifies device tokens.
     pub verifier: TokenVerifier,
     /// The presence table.
@@ -83,14 +83,14 @@ pub struct SessionServices {
 impl SessionServices {
     /// Checks a token against the daemon's keys and wall clock. Pure CPU (a signature
     /// check), so a driver may run it wherever suits its event loop.
-    pub fn verify(&self, token: &str) -> Result<DeviceClaims, TokenError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<DeviceClaims, TokenError> {
         self.verifier.verify(token, self.clock.unix_secs())
     }
 }
 
 /// Work a session asks its driver to do and report back.
 #[derive(Debug)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Verify this token (with [`SessionServices::verify`]) and give the result to
     /// [`DeviceSession::token_verified`].
     VerifyToken(TokenCheck),
@@ -98,7 +98,7 @@ pub enum Effect {
 
 /// A token waiting to be verified, and what it is for.
 #[derive(Debug)]
-pub struct TokenCheck {
+pub(crate) struct TokenCheck {
     /// The compact JWS.
     pub token: String,
     purpose: Purpose,
@@ -133,7 +133,7 @@ enum Phase {
 
 /// The domain side of one device session. See the [module docs](self).
 #[derive(Debug)]
-pub struct DeviceSession {
+pub(crate) struct DeviceSession {
     services: Arc<SessionServices>,
     protocol: ServerSession,
     handle: SessionHandle,
@@ -153,7 +153,7 @@ impl DeviceSession {
     /// A session whose control stream opened at `now`. `handle` is how the rest of the
     /// daemon reaches it; the driver keeps the mailbox's receiving end and feeds its
     /// commands to [`handle_command`](Self::handle_command).
-    pub fn new(services: Arc<SessionServices>, handle: SessionHandle, now: Instant) -> DeviceSession {
+    pub(crate) fn new(services: Arc<SessionServices>, handle: SessionHandle, now: Instant) -> DeviceSession {
         let protocol = ServerSession::new(services.protocol.clone(), now);
         DeviceSession {
             services,
@@ -168,25 +168,20 @@ impl DeviceSession {
         }
     }
 
-    /// The session id (unique per daemon run).
-    pub fn id(&self) -> u64 {
-        self.handle.id
-    }
-
     /// Bytes read from the control stream.
-    pub fn handle_stream_data(&mut self, now: Instant, bytes: &[u8]) {
+    pub(crate) fn handle_stream_data(&mut self, now: Instant, bytes: &[u8]) {
         self.protocol.handle_stream_data(now, bytes);
         self.process();
     }
 
     /// The device finished its side of the control stream: a clean close.
-    pub fn handle_stream_finished(&mut self) {
+    pub(crate) fn handle_stream_finished(&mut self) {
         self.protocol.close(ErrorCode::NO_ERROR, "control stream finished");
         self.process();
     }
 
     /// A DATAGRAM (a ping) arrived.
-    pub fn handle_datagram(&mut self, now: Instant, payload: &[u8]) {
+    pub(crate) fn handle_datagram(&mut self, now: Instant, payload: &[u8]) {
         let metrics = &self.services.metrics;
         metrics.pings_received.inc();
         let (bad, limited) = (self.protocol.bad_datagrams(), self.protocol.limited_datagrams());
@@ -201,7 +196,7 @@ impl DeviceSession {
     }
 
     /// The deadline [`poll_timeout`](Self::poll_timeout) gave has passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.confirm_by.is_some_and(|by| now >= by) {
             self.confirm_by = None;
             self.refuse(
@@ -215,7 +210,7 @@ impl DeviceSession {
     }
 
     /// A command from the rest of the daemon arrived in the session's mailbox.
-    pub fn handle_command(&mut self, now: Instant, command: SessionCommand) {
+    pub(crate) fn handle_command(&mut self, now: Instant, command: SessionCommand) {
         let result = match command {
             SessionCommand::Close { code, reason } => {
                 self.protocol.close(code, &reason);
@@ -237,12 +232,12 @@ impl DeviceSession {
     /// The control stream was opened in 0-RTT data: its `Hello` waits for
     /// [`handshake_confirmed`](Self::handshake_confirmed), and the session counts as
     /// resumed in 0-RTT.
-    pub fn opened_in_0rtt(&mut self) {
+    pub(crate) fn opened_in_0rtt(&mut self) {
         self.early = true;
     }
 
     /// The TLS handshake completed. A 0-RTT `Hello` waiting for it goes ahead now.
-    pub fn handshake_confirmed(&mut self, now: Instant) {
+    pub(crate) fn handshake_confirmed(&mut self, now: Instant) {
         self.confirmed = true;
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Confirming(verified) => {
@@ -256,7 +251,7 @@ impl DeviceSession {
     }
 
     /// The device's address changed (a migration or a NAT rebinding).
-    pub fn path_changed(&mut self) {
+    pub(crate) fn path_changed(&mut self) {
         self.services.metrics.migrations.inc();
         // Its NAT binding may have lapsed: pushes to the old address were lost.
         self.protocol.handle_path_change();
@@ -264,7 +259,7 @@ impl DeviceSession {
 
     /// The daemon is draining: a welcomed device is asked to go away and come back after
     /// the drain; one not yet welcomed just ends.
-    pub fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         let reason = Reason::new("server shutting down").unwrap_or_default();
         if self.protocol.go_away(reason, self.services.drain).is_err() {
             self.protocol.close(ErrorCode::SHUTTING_DOWN, "server shutting down");
@@ -274,14 +269,14 @@ impl DeviceSession {
 
     /// The driver ends the session for a reason of its own (a peer without DATAGRAM
     /// support, the end of the drain): the device gets the `Error` frame every close carries.
-    pub fn close(&mut self, code: ErrorCode, reason: &str) {
+    pub(crate) fn close(&mut self, code: ErrorCode, reason: &str) {
         self.protocol.close(code, reason);
         self.process();
     }
 
     /// The device does not read its control stream: a write waited past the slow-reader
     /// bound. The session ends at once; nothing more can reach the device anyway.
-    pub fn slow_reader(&mut self) {
+    pub(crate) fn slow_reader(&mut self) {
         self.services.metrics.refuse(Refusal::SlowReader);
         warn!("device does not read its control stream; closing");
         self.closed = Some(ErrorCode::PROTOCOL_VIOLATION);
@@ -289,7 +284,7 @@ impl DeviceSession {
     }
 
     /// The result of an [`Effect::VerifyToken`].
-    pub fn token_verified(
+    pub(crate) fn token_verified(
         &mut self,
         now: Instant,
         check: TokenCheck,
@@ -303,17 +298,17 @@ impl DeviceSession {
     }
 
     /// The next thing to send.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
         self.protocol.poll_transmit()
     }
 
     /// The next piece of work for the driver.
-    pub fn poll_effect(&mut self) -> Option<Effect> {
+    pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         match (self.protocol.poll_timeout(), self.confirm_by) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -322,29 +317,24 @@ impl DeviceSession {
 
     /// The session has ended: flush what [`poll_transmit`](Self::poll_transmit) still
     /// gives, then close the connection with [`close_code`](Self::close_code).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_some() || self.protocol.is_closed()
     }
 
     /// Whether the device is welcomed and on the table.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         matches!(self.phase, Phase::Up(_))
     }
 
     /// The QUIC close code for the session's end (`NO_ERROR` while it has not ended).
-    pub fn close_code(&self) -> ErrorCode {
+    pub(crate) fn close_code(&self) -> ErrorCode {
         self.closed.unwrap_or(ErrorCode::NO_ERROR)
     }
 
     /// Whether the driver should let the final frames (an `Error`, a `GoAway`) reach the
     /// device before closing: a QUIC close discards stream data still in flight.
-    pub fn should_linger(&self) -> bool {
+    pub(crate) fn should_linger(&self) -> bool {
         self.closed.is_some_and(|code| code != ErrorCode::NO_ERROR)
-    }
-
-    /// The heartbeat interval agreed with the device.
-    pub fn heartbeat(&self) -> Duration {
-        self.protocol.heartbeat()
     }
 
     /// Applies the protocol's events to the daemon.

@@ -56,7 +56,7 @@ use crate::puid::PuidKey;
 /// laptops, desktop, watch, TV and a few browser profiles are about ten, so 32 leaves room
 /// for more while bounding what one user can make the daemon hold (about 1.8 KB a device)
 /// and the work under that user's entry.
-pub const DEFAULT_MAX_DEVICES_PER_USER: u32 = 32;
+pub(crate) const DEFAULT_MAX_DEVICES_PER_USER: u32 = 32;
 
 /// The table's own settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,103 @@
-//! What tests, benches and tools need to watch a daemon from inside the process.
+//! What tests, benches, fuzz targets and tools reach inside the daemon, and nothing else.
 //!
-//! Production code never uses this module; it exists so that tests observe the daemon
-//! through the same seams its components use (a [`PresenceSink`]), not through channels
-//! kept alive only for them.
+//! The daemon's modules are `pub(crate)`: its public API is [`Daemon`](crate::Daemon),
+//! [`settings`](crate::settings), [`credentials`](crate::credentials),
+//! [`clock`](crate::clock) and the admin CLI. What the workspace's other crates need of the
+//! internals (a table to bench, a token signer to fuzz, an outbox to drive) is re-exported
+//! here, one submodule per daemon module, each item named: a new internal item stays
+//! crate-private until a test names it here. Production code never uses this module.
+//!
+//! It also holds what tests watch a daemon with: an [`EventRecorder`], so that they observe
+//! the daemon through the same seam its components use (a [`PresenceSink`]), not through
+//! channels kept alive only for them.
+
+/// The HTTPS API's routes, error codes and description.
+pub mod api {
+    pub use crate::api::error::ApiErrorCode;
+    pub use crate::api::{OPENAPI, Peer, ROUTES};
+}
+
+/// The registered AppServices.
+pub mod apps {
+    pub use crate::apps::Apps;
+}
+
+/// Device tokens.
+pub mod auth {
+    pub use crate::auth::{
+        AUDIENCE, Claim, DeviceClaims, MAX_USER_LEN, Malformation, TokenError, TokenSigner, TokenVerifier,
+    };
+}
+
+/// How the daemon reaches a session.
+pub mod handle {
+    pub use crate::handle::{SessionCommand, SessionHandle};
+}
+
+/// The daemon's metrics.
+pub mod metrics {
+    pub use crate::metrics::Metrics;
+}
+
+/// Webhook events and their encoding for the outbox.
+pub mod outbound {
+    pub use crate::outbound::{Outbound, encode, presence_event};
+    pub use presence_webhook::{WebhookBatch, WebhookEvent};
+}
+
+/// PUID derivation.
+pub mod puid {
+    pub use crate::puid::PuidKey;
+}
+
+/// The QUIC driver's transport settings.
+pub mod quic {
+    pub use crate::quic::{datagram_buffer, transport_config};
+}
+
+/// Storage by concern, and both implementations.
+pub mod store {
+    pub use crate::store::apps::{AppRecord, AppStore};
+    pub use crate::store::outbox::{Outbox, OutboxEntry, OutboxEvent};
+
+    /// The redb store.
+    pub mod embedded {
+        pub use crate::store::embedded::EmbeddedStore;
+    }
+
+    /// The in-memory store.
+    pub mod memory {
+        pub use crate::store::memory::MemoryStore;
+    }
+}
+
+/// The presence table.
+pub mod table {
+    pub use crate::table::{DeviceState, PresenceEvent, PresenceSink, PresenceTable};
+}
+
+/// Webhook signing, the SSRF guard and the fan-out.
+pub mod webhook {
+    pub use crate::webhook::fanout::{Fanout, FanoutConfig};
+    pub use crate::webhook::secret::WebhookSecret;
+
+    /// The delivery engine's batch format.
+    pub mod fanout {
+        pub use crate::webhook::fanout::{DEFAULT_REQUEST_TIMEOUT, batch_body, message_id};
+    }
+
+    /// The SSRF guard.
+    pub mod guard {
+        pub use crate::webhook::guard::{UrlPolicy, is_public, parse_cidr};
+    }
+
+    /// Standard Webhooks signing.
+    pub mod secret {
+        pub use crate::webhook::secret::{
+            DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, VerifyError, WebhookSecret,
+        };
+    }
+}
 
 use std::sync::{Arc, Mutex, PoisonError};
 

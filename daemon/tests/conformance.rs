@@ -96,7 +96,7 @@ async fn datagrams_quinn_drops_are_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layer = SettingsLayer { session_ping_burst: Some(1), ..settings(dir.path()) };
     let daemon = TestDaemon::start_with(layer).await;
-    let buffer = presenced::quic::datagram_buffer(1);
+    let buffer = presenced::testing::quic::datagram_buffer(1);
     let mut device = RawDevice::connect_with(daemon.daemon.quic_addr, &daemon.roots, roomy_transport()).await;
     let token = daemon.token("alice", "phone");
     device.send_message(&Message::Hello(hello(&token, "phone", Status::Online, &[]))).await;

@@ -1,5 +1,5 @@
 //! openapi.json against the daemon: the documented routes are exactly the served ones
-//! ([`presenced::api::ROUTES`] and the router's `.route(...)` calls), every route answers a
+//! ([`presenced::testing::api::ROUTES`] and the router's `.route(...)` calls), every route answers a
 //! real request with a documented status and a body that matches its documented schema,
 //! every error is the documented `Error` shape with a code documented for that operation,
 //! and the webhooks a real receiver gets match the documented payloads and headers.
@@ -12,11 +12,11 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use common::*;
 use presence_client::{Client, Event};
-use presenced::api::{ApiErrorCode, OPENAPI, ROUTES};
 use presenced::credentials::DevInfo;
-use presenced::outbound::{WebhookBatch, WebhookEvent};
 use presenced::settings::SettingsLayer;
-use presenced::webhook::secret::{DEFAULT_TOLERANCE, WebhookSecret};
+use presenced::testing::api::{ApiErrorCode, OPENAPI, ROUTES};
+use presenced::testing::outbound::{WebhookBatch, WebhookEvent};
+use presenced::testing::webhook::secret::{DEFAULT_TOLERANCE, WebhookSecret};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -231,7 +231,7 @@ fn sample_events() -> Vec<Value> {
                 | WebhookEvent::Reset { .. } => kinds.insert(event.kind().expect("a sent type")),
                 WebhookEvent::Unknown => unreachable!("the daemon sends no unknown events"),
             };
-            let json = presenced::outbound::encode(event).expect("encodes").json;
+            let json = presenced::testing::outbound::encode(event).expect("encodes").json;
             serde_json::from_slice(&json).expect("JSON")
         })
         .collect();

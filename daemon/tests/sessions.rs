@@ -420,7 +420,7 @@ async fn go_away_reconnects_with_zero_rtt_and_keeps_presence() {
     assert_eq!(next_event(&mut events, "chat").await.status, Status::Unavailable);
 
     for session in daemon.daemon.table().sessions_of("alice") {
-        let command = presenced::handle::SessionCommand::GoAway {
+        let command = presenced::testing::handle::SessionCommand::GoAway {
             reason: "rebalancing".into(),
             retry_after: Duration::from_millis(100),
         };

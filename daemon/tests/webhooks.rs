@@ -18,14 +18,14 @@ use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use presenced::apps::Apps;
 use presenced::clock::Clock;
-use presenced::metrics::Metrics;
-use presenced::store::embedded::EmbeddedStore;
-use presenced::store::{AppRecord, AppStore, Outbox, OutboxEvent};
-use presenced::webhook::guard::UrlPolicy;
-use presenced::webhook::secret::DEFAULT_TOLERANCE;
-use presenced::webhook::{Fanout, FanoutConfig, WebhookSecret};
+use presenced::testing::apps::Apps;
+use presenced::testing::metrics::Metrics;
+use presenced::testing::store::embedded::EmbeddedStore;
+use presenced::testing::store::{AppRecord, AppStore, Outbox, OutboxEvent};
+use presenced::testing::webhook::guard::UrlPolicy;
+use presenced::testing::webhook::secret::DEFAULT_TOLERANCE;
+use presenced::testing::webhook::{Fanout, FanoutConfig, WebhookSecret};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -1006,7 +1006,7 @@ async fn bad_receivers_never_delay_a_healthy_app_and_lose_nothing() {
     apps.extend(bad.iter().map(|(app, receiver)| (*app, receiver.url())));
     let apps: Vec<(&str, &str)> = apps.iter().map(|(app, url)| (*app, url.as_str())).collect();
     let config = FanoutConfig {
-        request_timeout: presenced::webhook::fanout::DEFAULT_REQUEST_TIMEOUT,
+        request_timeout: presenced::testing::webhook::fanout::DEFAULT_REQUEST_TIMEOUT,
         backoff_max: Duration::from_secs(1),
         ..config()
     };

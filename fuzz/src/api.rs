@@ -4,7 +4,7 @@
 //! router without TLS or a socket), with one registered app whose webhooks go to a receiver
 //! on loopback that takes everything, so the outbox drains as it does in production. The
 //! input is a program of up to [`MAX_REQUESTS`] requests; each picks a method, a route (one
-//! of [`presenced::api::ROUTES`] with a fuzzed or a known path parameter, or a fuzzed path),
+//! of [`presenced::testing::api::ROUTES`] with a fuzzed or a known path parameter, or a fuzzed path),
 //! the credentials (none, the app's API key, the admin token, fuzzed), the client address,
 //! the content type and the body. Apps the program registers are removed at its end, so
 //! the daemon's state does not grow with the run.
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
-use presenced::api::{OPENAPI, Peer, ROUTES};
+use presenced::testing::api::{OPENAPI, Peer, ROUTES};
 use presenced::settings::SettingsLayer;
 use serde_json::{Value, json};
 use tower::ServiceExt;

@@ -1,4 +1,4 @@
-//! The device-token target: JWT parsing and verification (`presenced::auth`).
+//! The device-token target: JWT parsing and verification (`presenced::testing::auth`).
 //!
 //! A device sends its token in `Hello`; it is the first thing an unauthenticated peer can
 //! make the daemon parse. The input is a small program; its first byte picks the mode:
@@ -18,7 +18,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use presence_protocol::limits::{MAX_DEVICE_ID_LEN, MAX_TOKEN_LEN};
-use presenced::auth::{
+use presenced::testing::auth::{
     AUDIENCE, Claim, DeviceClaims, MAX_USER_LEN, Malformation, TokenError, TokenSigner, TokenVerifier,
 };
 // The leeway of a verifier built by `from_jwks_json`, as the harness builds it.

@@ -1,11 +1,11 @@
 //! The webhook targets: Standard Webhooks secrets and signatures
-//! (`presenced::webhook::secret`) and the webhook URL policy (`presenced::webhook::guard`).
+//! (`presenced::testing::webhook::secret`) and the webhook URL policy (`presenced::testing::webhook::guard`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use presenced::webhook::guard::{UrlPolicy, is_public, parse_cidr};
-use presenced::webhook::secret::{VerifyError, WebhookSecret};
+use presenced::testing::webhook::guard::{UrlPolicy, is_public, parse_cidr};
+use presenced::testing::webhook::secret::{VerifyError, WebhookSecret};
 use url::{Host, Url};
 
 use crate::input::{Input, Script};

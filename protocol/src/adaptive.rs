@@ -86,7 +86,6 @@ impl Default for AdaptiveHeartbeat {
 
 /// Why the adaptive heartbeat changed its mind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum AdaptCause {
     /// An echo arrived after this delay of silence: the binding outlived it.
     Echoed {

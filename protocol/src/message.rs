@@ -286,7 +286,6 @@ pub struct Reauth {
 
 /// Every control message. The variant index is the frame kind; see PROTOCOL.md.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Message {
     /// Kind 0.
     Hello(Hello),

@@ -616,7 +616,17 @@ impl ServerSession {
                 }
             }
             Message::Hello(_) => self.close(ErrorCode::PROTOCOL_VIOLATION, "second hello"),
-            _ => {}
+            // Never reach here: the caller closes on a server-to-device kind (§5.2) and ends
+            // the session on `Error` first. Listed, not `_`, so that a new message kind is a
+            // compile error here until it is handled.
+            Message::Welcome(_)
+            | Message::Authorized(_)
+            | Message::Revoked(_)
+            | Message::Denied(_)
+            | Message::Notify(_)
+            | Message::Cancel(_)
+            | Message::GoAway(_)
+            | Message::Error(_) => {}
         }
     }
 

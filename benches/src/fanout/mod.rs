@@ -30,16 +30,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presence_protocol::{AppId, Status};
-use presenced::apps::Apps;
-use presenced::metrics::Metrics;
-use presenced::outbound::Outbound;
 use presenced::settings::SettingsLayer;
-use presenced::store::embedded::EmbeddedStore;
-use presenced::store::memory::MemoryStore;
-use presenced::store::{AppRecord, AppStore, Outbox};
-use presenced::table::{PresenceEvent, PresenceSink};
-use presenced::webhook::guard::UrlPolicy;
-use presenced::webhook::{Fanout, FanoutConfig, WebhookSecret};
+use presenced::testing::apps::Apps;
+use presenced::testing::metrics::Metrics;
+use presenced::testing::outbound::Outbound;
+use presenced::testing::store::embedded::EmbeddedStore;
+use presenced::testing::store::memory::MemoryStore;
+use presenced::testing::store::{AppRecord, AppStore, Outbox};
+use presenced::testing::table::{PresenceEvent, PresenceSink};
+use presenced::testing::webhook::guard::UrlPolicy;
+use presenced::testing::webhook::{Fanout, FanoutConfig, WebhookSecret};
 use serde::Serialize;
 
 use crate::load::LoadError;

@@ -3,7 +3,7 @@
 //! Density figures mean little on their own: a number of bytes per session depends on the
 //! allocator, the kernel and quinn's version as much as on the daemon. So the tool measures,
 //! in the same run and on the same machine, what a quinn server with the daemon's exact
-//! transport and TLS settings (`presenced::quic::transport_config`, TLS 1.3 only, the
+//! transport and TLS settings (`presenced::testing::quic::transport_config`, TLS 1.3 only, the
 //! presence ALPN, a stateful ticket store of the daemon's default size, one ticket per
 //! handshake) costs per connection when it only accepts connections and reads datagrams.
 //! The daemon's bytes per session divided by that is the ratio to bare quinn.
@@ -85,7 +85,7 @@ impl BareServer {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| LoadError::Baseline(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let transport = presenced::quic::transport_config(
+        let transport = presenced::testing::quic::transport_config(
             Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
             presence_protocol::server::DEFAULT_PING_BURST,
         )

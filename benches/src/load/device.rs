@@ -22,7 +22,7 @@ use presence_protocol::{
     AppId, AppList, ClientConfig, ClientEvent, ClientSession, DeviceId, ErrorCode, Hello, LinkState,
     PROTOCOL_VERSION, Response, Status, StatusText, Token, Transmit,
 };
-use presenced::auth::TokenSigner;
+use presenced::testing::auth::TokenSigner;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::setup::{ClientConfigs, SERVER_NAME};

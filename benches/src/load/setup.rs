@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_protocol::ALPN;
-use presenced::auth::TokenSigner;
 use presenced::credentials::{self, DevInfo};
+use presenced::testing::auth::TokenSigner;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::client::{Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::{CertificateDer, ServerName};

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use presence_protocol::Status;
 use presence_webhook::{WebhookBatch, WebhookEvent};
-use presenced::webhook::secret::{DEFAULT_TOLERANCE, WebhookSecret};
+use presenced::testing::webhook::secret::{DEFAULT_TOLERANCE, WebhookSecret};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 

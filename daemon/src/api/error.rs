@@ -124,7 +124,7 @@ impl std::fmt::Display for ApiErrorCode {
 
 /// A JSON error answer.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: ApiErrorCode,
     message: String,
@@ -133,17 +133,17 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with a stable `code` (documented in openapi.json) and a message for people.
-    pub fn new(status: StatusCode, code: ApiErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, code: ApiErrorCode, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     /// 422 `invalid_request`: the JSON was well-formed but a field is wrong.
-    pub fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::InvalidRequest, message)
     }
 
     /// `invalid_puid` (400 in a path, 422 in a body): not 22 characters of base64url.
-    pub fn invalid_puid(status: StatusCode, puid: &str) -> ApiError {
+    pub(crate) fn invalid_puid(status: StatusCode, puid: &str) -> ApiError {
         let shown: String = puid.chars().take(40).collect();
         let message = format!("{shown:?} is not a PUID (22 characters of base64url)");
         ApiError::new(status, ApiErrorCode::InvalidPuid, message)
@@ -151,7 +151,7 @@ impl ApiError {
 
     /// 422 with `code`, the message being `error` and each of its causes, `: `-separated
     /// (the error types keep their causes as sources, not in their own message).
-    pub fn unprocessable(code: ApiErrorCode, error: &dyn std::error::Error) -> ApiError {
+    pub(crate) fn unprocessable(code: ApiErrorCode, error: &dyn std::error::Error) -> ApiError {
         let mut message = error.to_string();
         let mut cause = error.source();
         while let Some(error) = cause {
@@ -162,24 +162,24 @@ impl ApiError {
     }
 
     /// 404 `not_found`.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, ApiErrorCode::NotFound, message)
     }
 
     /// 500 `internal`: the daemon failed (storage); details go to the log, not the client.
-    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "internal error answering an API request");
         let message = "internal error; try again later";
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal, message)
     }
 
     /// 429 `rate_limited` with a `Retry-After`.
-    pub fn rate_limited(retry_after: Duration) -> ApiError {
+    pub(crate) fn rate_limited(retry_after: Duration) -> ApiError {
         ApiError::too_many(ApiErrorCode::RateLimited, "too many requests", Some(retry_after))
     }
 
     /// 429 with its own `code`, and a `Retry-After` when the wait is known.
-    pub fn too_many(
+    pub(crate) fn too_many(
         code: ApiErrorCode,
         message: impl Into<String>,
         retry_after: Option<Duration>,
@@ -187,11 +187,6 @@ impl ApiError {
         let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
         error.retry_after = retry_after;
         error
-    }
-
-    /// The stable code.
-    pub fn code(&self) -> ApiErrorCode {
-        self.code
     }
 }
 
@@ -230,7 +225,7 @@ mod tests {
         let policy = crate::webhook::guard::UrlPolicy::new(false, &[]).expect("policy");
         let refused = policy.validate("https://").expect_err("no host");
         let error = ApiError::unprocessable(ApiErrorCode::InvalidWebhookUrl, &refused);
-        assert_eq!(error.code(), ApiErrorCode::InvalidWebhookUrl);
+        assert_eq!(error.code, ApiErrorCode::InvalidWebhookUrl);
         assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
         let cause = std::error::Error::source(&refused).expect("the URL parser's error").to_string();
         assert_eq!(error.message, format!("not a valid URL: {cause}"));

@@ -6,7 +6,7 @@
 //! a test checks that the routes served and the routes documented are the same.
 
 mod admin;
-pub mod error;
+pub(crate) mod error;
 mod extract;
 mod notifications;
 mod presence;
@@ -21,8 +21,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use crate::limit::RateLimiter;
-pub use error::{ApiError, ApiErrorCode};
+pub(crate) use crate::limit::RateLimiter;
+pub(crate) use error::{ApiError, ApiErrorCode};
 
 use crate::apps::Apps;
 use crate::metrics::Metrics;
@@ -33,7 +33,7 @@ use crate::webhook::fanout::Fanout;
 use crate::webhook::guard::UrlPolicy;
 
 /// Largest request body accepted (a query of 1,000 PUIDs is about 30 KiB).
-pub const MAX_BODY: usize = 128 * 1024;
+pub(crate) const MAX_BODY: usize = 128 * 1024;
 
 /// The OpenAPI 3.1 document, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -64,7 +64,7 @@ pub(crate) struct ApiConfig {
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The presence table.
@@ -109,7 +109,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Every route.
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -9,8 +9,8 @@
 
 mod config;
 mod connection;
-pub mod restart;
-pub mod sessions;
+pub(crate) mod restart;
+pub(crate) mod sessions;
 mod socket;
 
 use std::net::SocketAddr;
@@ -98,7 +98,7 @@ pub(crate) struct Shared {
 
 /// The device-facing QUIC server.
 #[derive(Debug)]
-pub struct QuicServer {
+pub(crate) struct QuicServer {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     max_sessions: usize,
@@ -181,7 +181,7 @@ impl QuicServer {
     }
 
     /// The address actually bound.
-    pub fn local_addr(&self) -> Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
     }
 
@@ -269,7 +269,7 @@ impl QuicServer {
     }
 
     /// Sessions currently open.
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.endpoint.open_connections()
     }
 }

@@ -19,12 +19,12 @@ use quinn_proto::HashedConnectionIdGenerator;
 use ring::hmac;
 
 /// The label under which the endpoint secret is derived from the PUID secret.
-pub const SECRET_LABEL: &str = "presence quic endpoint v1";
+pub(crate) const SECRET_LABEL: &str = "presence quic endpoint v1";
 
 /// An endpoint configuration whose stateless reset tokens and connection ids depend only
 /// on `secret`. Connection ids are quinn's default kind (a random nonce and a keyed hash
 /// over it, so that resets go only to ids the endpoint issued), with the key derived too.
-pub fn endpoint_config(secret: &[u8; 32]) -> EndpointConfig {
+pub(crate) fn endpoint_config(secret: &[u8; 32]) -> EndpointConfig {
     let reset = hmac::Key::new(hmac::HMAC_SHA256, &derive(secret, b"stateless reset"));
     let cid_key = cid_key(secret);
     let mut config = EndpointConfig::new(Arc::new(reset));

@@ -37,12 +37,12 @@ use crate::clock::Clock;
 use crate::store::{SessionChange, StoreError, StoredSession, TicketStore};
 
 /// How long a session may be resumed: the lifetime rustls gives stateful TLS 1.3 tickets.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// Pause before writing again after a store error.
 const RETRY: Duration = Duration::from_millis(200);
 
 /// The durable session store. Cheap to share behind an `Arc`.
-pub struct DurableSessions {
+pub(crate) struct DurableSessions {
     state: Mutex<State>,
     /// Wakes the writer (shared with it, so it can wait without keeping the cache alive).
     queued: Arc<Notify>,
@@ -129,7 +129,7 @@ impl State {
 impl DurableSessions {
     /// Loads the unexpired sessions from `store` (the newest `capacity` of them) and starts
     /// the writer on the current tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         store: Arc<dyn TicketStore>,
         capacity: usize,
         clock: Clock,
@@ -160,17 +160,13 @@ impl DurableSessions {
     }
 
     /// Sessions held in memory.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().sessions.len()
     }
 
-    /// Whether no session is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Waits (up to `bound`) until every change made before the call is written.
-    pub async fn flush(&self, bound: Duration) {
+    pub(crate) async fn flush(&self, bound: Duration) {
         let deadline = self.clock.tokio_now() + bound;
         let target = {
             let state = self.lock();
@@ -192,7 +188,7 @@ impl DurableSessions {
 
     /// Writes what is queued (up to `bound`), then lets go of the store: later changes stay
     /// in memory only.
-    pub async fn close(&self, bound: Duration) {
+    pub(crate) async fn close(&self, bound: Duration) {
         self.flush(bound).await;
         self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         self.queued.notify_one();

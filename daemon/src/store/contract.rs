@@ -409,6 +409,6 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(embedded, |dir: &std::path::Path| {
-    super::super::embedded::EmbeddedStore::open(&dir.join(super::super::embedded::FILE_NAME)).expect("open")
+    super::super::embedded::EmbeddedStore::open(&dir.join(crate::STORE_FILE)).expect("open")
 });
 contract_suite!(memory, |_dir: &std::path::Path| super::super::memory::MemoryStore::default());

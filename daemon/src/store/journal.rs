@@ -4,7 +4,7 @@ use super::StoreError;
 
 /// Whether the previous run ended cleanly, and the presence `seq` floor. Every method is
 /// one transaction and may block on disk I/O.
-pub trait RunJournal: Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait RunJournal: Send + Sync + std::fmt::Debug + 'static {
     /// Records that a daemon run has started. Returns true when the previous run never
     /// called [`end_run`](Self::end_run): it crashed, and what it told apps about who is
     /// online can no longer be trusted. A store that never saw a run returns false.

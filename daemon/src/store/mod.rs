@@ -23,23 +23,23 @@
 //! The contract every implementation keeps is written once, as test suites generic over
 //! the implementation (`contract`), and run against both.
 
-pub mod apps;
-pub mod embedded;
-pub mod journal;
-pub mod memory;
-pub mod notifications;
-pub mod outbox;
+pub(crate) mod apps;
+pub(crate) mod embedded;
+pub(crate) mod journal;
+pub(crate) mod memory;
+pub(crate) mod notifications;
+pub(crate) mod outbox;
 mod queue;
-pub mod tickets;
+pub(crate) mod tickets;
 
 #[cfg(test)]
 pub(crate) mod contract;
 
-pub use apps::{AppRecord, AppStore};
-pub use journal::RunJournal;
-pub use notifications::NotificationStore;
-pub use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
-pub use tickets::{SessionChange, StoredSession, TicketStore};
+pub(crate) use apps::{AppRecord, AppStore};
+pub(crate) use journal::RunJournal;
+pub(crate) use notifications::NotificationStore;
+pub(crate) use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
+pub(crate) use tickets::{SessionChange, StoredSession, TicketStore};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

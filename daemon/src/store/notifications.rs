@@ -5,7 +5,7 @@ use super::StoreError;
 
 /// Notification records, opaque bytes (JSON, owned by [`crate::notify`]) by id. Every
 /// method is one transaction and may block on disk I/O.
-pub trait NotificationStore: Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait NotificationStore: Send + Sync + std::fmt::Debug + 'static {
     /// Inserts or replaces a notification's record.
     fn put_notification(&self, id: u64, record: &[u8]) -> Result<(), StoreError>;
     /// Every stored record, ordered by id.

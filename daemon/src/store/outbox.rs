@@ -32,7 +32,7 @@ use super::StoreError;
 
 /// What the asynchronous storage methods return: see the [module docs](self) for why it
 /// is boxed.
-pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+pub(crate) type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
 /// One event to append.
 #[derive(Debug, Clone, PartialEq, Eq)]

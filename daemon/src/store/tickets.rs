@@ -6,7 +6,7 @@ use super::StoreError;
 
 /// One TLS session (the server's half of a resumption ticket), as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSession {
+pub(crate) struct StoredSession {
     /// The ticket the client presents (random, 32 bytes from rustls).
     pub key: Vec<u8>,
     /// When it was issued, Unix seconds (a wall-clock time, since it outlives the process).
@@ -17,7 +17,7 @@ pub struct StoredSession {
 
 /// A change to the stored TLS sessions, written in batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionChange {
+pub(crate) enum SessionChange {
     /// A session was issued.
     Put(StoredSession),
     /// A session was used (tickets are single-use), evicted or expired.
@@ -25,7 +25,7 @@ pub enum SessionChange {
 }
 
 /// The stored TLS sessions. Every method is one transaction and may block on disk I/O.
-pub trait TicketStore: Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait TicketStore: Send + Sync + std::fmt::Debug + 'static {
     /// Applies TLS session changes, in order, in one durable transaction (the session cache
     /// batches them off the handshake path).
     fn save_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError>;

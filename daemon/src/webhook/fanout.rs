@@ -25,24 +25,24 @@ use crate::metrics::{AppLabel, Metrics, ResultLabel};
 use crate::store::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent};
 
 /// How long the first waiting event of an app waits for company before its batch goes.
-pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
+pub(crate) const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
 /// Most events in one POST.
-pub const DEFAULT_MAX_EVENTS: usize = 1_000;
+pub(crate) const DEFAULT_MAX_EVENTS: usize = 1_000;
 /// Most bytes in one POST body (256 KiB).
-pub const DEFAULT_MAX_BYTES: usize = 256 * 1024;
+pub(crate) const DEFAULT_MAX_BYTES: usize = 256 * 1024;
 /// Bound on one POST, connecting included; a receiver slower than this is a failure.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay; it doubles per consecutive failure.
-pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 /// Longest retry delay.
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+pub(crate) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 /// Longest `Retry-After` obeyed; a larger one (or a date far ahead) is cut to this, so a
 /// misconfigured receiver cannot park its app for days.
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+pub(crate) const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 /// How long an idle pooled connection to a receiver is kept.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The `User-Agent` of webhook requests.
-pub const USER_AGENT: &str = concat!("presenced/", env!("CARGO_PKG_VERSION"), " (webhooks)");
+pub(crate) const USER_AGENT: &str = concat!("presenced/", env!("CARGO_PKG_VERSION"), " (webhooks)");
 /// Response bytes read (and discarded) so an HTTP/1.1 connection can go back to the pool.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
 

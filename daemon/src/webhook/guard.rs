@@ -8,7 +8,7 @@
 //!
 //! The rule is enforced twice:
 //!
-//! - **At registration**, [`UrlPolicy::validate`] (or [`validate_url`]) rejects a URL whose
+//! - **At registration**, [`UrlPolicy::validate`] rejects a URL whose
 //!   scheme is wrong or whose host resolves to a forbidden address, so the admin gets an
 //!   error at once.
 //! - **At connect time**, because DNS can change after registration (DNS rebinding: a name
@@ -31,7 +31,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// `url::ParseError`, named through the `Url` reqwest re-exports, so the daemon needs no
 /// direct dependency on the `url` crate.
-pub type UrlParseError = <Url as FromStr>::Err;
+pub(crate) type UrlParseError = <Url as FromStr>::Err;
 
 /// Why a webhook URL or address is refused.
 #[derive(Debug, thiserror::Error)]
@@ -342,27 +342,22 @@ fn literal_addr(host: &str) -> Option<IpAddr> {
     }
 }
 
-/// Registration-time validation of a webhook URL; see [`UrlPolicy::validate`].
-pub fn validate_url(url: &str, policy: &UrlPolicy) -> Result<Url, GuardError> {
-    policy.validate(url)
-}
-
 /// A reqwest resolver that resolves with the system resolver (through tokio) and keeps
 /// only the addresses the policy permits; a name left with none fails to connect with a
 /// [`GuardError`] as the cause.
 #[derive(Debug, Clone)]
-pub struct GuardedResolver {
+pub(crate) struct GuardedResolver {
     policy: Arc<UrlPolicy>,
 }
 
 impl GuardedResolver {
     /// A resolver enforcing `policy`.
-    pub fn new(policy: Arc<UrlPolicy>) -> GuardedResolver {
+    pub(crate) fn new(policy: Arc<UrlPolicy>) -> GuardedResolver {
         GuardedResolver { policy }
     }
 
     /// Resolves `host` and filters its addresses (the resolver without reqwest's types).
-    pub async fn resolve_host(&self, host: &str) -> Result<Vec<SocketAddr>, GuardError> {
+    pub(crate) async fn resolve_host(&self, host: &str) -> Result<Vec<SocketAddr>, GuardError> {
         let found = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|source| GuardError::Resolve { host: host.to_owned(), source })?;
@@ -530,12 +525,12 @@ mod tests {
         let strict = UrlPolicy::new(false, &[]).expect("policy");
         let listed = UrlPolicy::new(false, &["127.0.0.0/8".into()]).expect("policy");
         let dev = UrlPolicy::new(true, &[]).expect("policy");
-        assert!(validate_url("https://8.8.8.8/hook", &strict).is_ok());
-        assert!(validate_url("https://[2606:4700:4700::1111]:8443/hook", &strict).is_ok());
-        assert!(matches!(validate_url("http://8.8.8.8/hook", &strict), Err(GuardError::Scheme { .. })));
-        assert!(matches!(validate_url("ftp://8.8.8.8/hook", &dev), Err(GuardError::Scheme { .. })));
-        assert!(matches!(validate_url("not a url", &strict), Err(GuardError::InvalidUrl(_))));
-        assert!(matches!(validate_url("mailto:a@b.c", &dev), Err(GuardError::Scheme { .. })));
+        assert!(strict.validate("https://8.8.8.8/hook").is_ok());
+        assert!(strict.validate("https://[2606:4700:4700::1111]:8443/hook").is_ok());
+        assert!(matches!(strict.validate("http://8.8.8.8/hook"), Err(GuardError::Scheme { .. })));
+        assert!(matches!(dev.validate("ftp://8.8.8.8/hook"), Err(GuardError::Scheme { .. })));
+        assert!(matches!(strict.validate("not a url"), Err(GuardError::InvalidUrl(_))));
+        assert!(matches!(dev.validate("mailto:a@b.c"), Err(GuardError::Scheme { .. })));
         for forbidden in [
             "https://127.0.0.1/hook",
             "https://127.1/hook",
@@ -548,24 +543,21 @@ mod tests {
             "https://[fd00::1]/hook",
             "https://0.0.0.0/hook",
         ] {
-            assert!(
-                matches!(validate_url(forbidden, &strict), Err(GuardError::Forbidden { .. })),
-                "{forbidden}"
-            );
+            assert!(matches!(strict.validate(forbidden), Err(GuardError::Forbidden { .. })), "{forbidden}");
         }
-        assert!(validate_url("https://127.0.0.1:9000/hook", &listed).is_ok());
-        assert!(matches!(validate_url("https://[::1]/hook", &listed), Err(GuardError::Forbidden { .. })));
-        assert!(validate_url("http://127.0.0.1:9000/hook", &dev).is_ok());
-        assert!(validate_url("https://localhost:9000/hook", &dev).is_ok(), "dev mode resolves nothing");
+        assert!(listed.validate("https://127.0.0.1:9000/hook").is_ok());
+        assert!(matches!(listed.validate("https://[::1]/hook"), Err(GuardError::Forbidden { .. })));
+        assert!(dev.validate("http://127.0.0.1:9000/hook").is_ok());
+        assert!(dev.validate("https://localhost:9000/hook").is_ok(), "dev mode resolves nothing");
     }
 
     #[test]
     fn validation_resolves_names_and_refuses_private_answers() {
         let strict = UrlPolicy::new(false, &[]).expect("policy");
         // `localhost` resolves to loopback without any network.
-        assert!(matches!(validate_url("https://localhost/hook", &strict), Err(GuardError::Forbidden { .. })));
+        assert!(matches!(strict.validate("https://localhost/hook"), Err(GuardError::Forbidden { .. })));
         let listed = UrlPolicy::new(false, &["127.0.0.0/8".into(), "::1/128".into()]).expect("policy");
-        assert!(validate_url("https://localhost:8443/hook", &listed).is_ok());
+        assert!(listed.validate("https://localhost:8443/hook").is_ok());
     }
 
     #[tokio::test]

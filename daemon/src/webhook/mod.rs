@@ -66,10 +66,6 @@
 //! through a DNS resolver that drops forbidden addresses, so DNS rebinding cannot get
 //! around it.
 
-pub mod fanout;
-pub mod guard;
-pub mod secret;
-
-pub use fanout::{Fanout, FanoutConfig, FanoutError};
-pub use guard::{GuardError, UrlPolicy, validate_url};
-pub use secret::WebhookSecret;
+pub(crate) mod fanout;
+pub(crate) mod guard;
+pub(crate) mod secret;

@@ -17,10 +17,10 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// The prefix that marks a Standard Webhooks secret.
-pub const SECRET_PREFIX: &str = "whsec_";
+pub(crate) const SECRET_PREFIX: &str = "whsec_";
 /// Bytes of key material in a generated secret (the HMAC-SHA256 block size is more than
 /// enough; 32 bytes matches the hash output and the common libraries' generators).
-pub const SECRET_BYTES: usize = 32;
+pub(crate) const SECRET_BYTES: usize = 32;
 /// Header carrying the message id, stable across retries of the same content.
 pub const HEADER_ID: &str = "webhook-id";
 /// Header carrying the send time, Unix seconds.

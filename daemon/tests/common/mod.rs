@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use presence_client::{ClientOptions, transport};
 use presence_protocol::*;
 use presenced::Daemon;
-use presenced::auth::TokenSigner;
 use presenced::credentials::{self, DevInfo};
 use presenced::settings::SettingsLayer;
-use presenced::table::PresenceEvent;
 use presenced::testing::EventCursor;
+use presenced::testing::auth::TokenSigner;
+use presenced::testing::table::PresenceEvent;
 use rustls::pki_types::CertificateDer;
 
 /// Upper bound for anything a test waits for.

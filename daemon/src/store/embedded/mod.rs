@@ -62,9 +62,6 @@ use super::{
     AppRecord, AppStore, NotificationStore, RunJournal, SessionChange, StoreError, StoredSession, TicketStore,
 };
 
-/// The file name the daemon uses inside its data directory.
-pub const FILE_NAME: &str = "presenced.redb";
-
 const APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("apps");
 const OUTBOX: TableDefinition<'_, (&str, &str), (u64, &[u8])> = TableDefinition::new("outbox");
 const ORDER: TableDefinition<'_, (&str, u64), &str> = TableDefinition::new("outbox_order");
@@ -399,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn everything_survives_close_and_reopen_and_serials_keep_increasing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join(crate::STORE_FILE);
         let last_serial = {
             let store = EmbeddedStore::open(&path).expect("open");
             store.put_app(&app("app_a")).expect("put");
@@ -441,7 +438,7 @@ mod tests {
     #[tokio::test]
     async fn an_ack_becomes_durable_with_the_next_append() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join(crate::STORE_FILE);
         {
             let store = EmbeddedStore::open(&path).expect("open");
             store.put_app(&app("app_a")).expect("put");
@@ -463,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn an_outbox_written_by_an_older_daemon_still_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join(crate::STORE_FILE);
         {
             let store = EmbeddedStore::open(&path).expect("open");
             store.put_app(&app("app_a")).expect("put");
@@ -495,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_share_commits_and_all_land() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join(FILE_NAME)).expect("open");
+        let store = EmbeddedStore::open(&dir.path().join(crate::STORE_FILE)).expect("open");
         store.put_app(&app("app_a")).expect("put");
         store.put_app(&app("app_b")).expect("put");
         let recorder = Recorder::on(&store);
