@@ -63,9 +63,11 @@ pub enum ClientEvent {
     Denied(Denied),
     /// A live notification to show; answer it with [`ClientSession::respond`].
     Notification(Notify),
-    /// Stop showing a notification.
+    /// Stop showing a notification: answered elsewhere or taken (an expiry is
+    /// [`NotificationExpired`](Self::NotificationExpired)).
     Cancelled(Cancel),
-    /// A notification's time to live ran out unanswered.
+    /// A notification's time to live ran out unanswered: by this device's timer or by the
+    /// server's `Cancel(Expired)`, whichever came first (told once either way).
     NotificationExpired {
         /// The notification's id.
         id: u64,
@@ -491,8 +493,20 @@ impl ClientSession {
                 self.events.push_back(ClientEvent::Notification(notify));
             }
             (Phase::Active, Message::Cancel(cancel)) => {
+                let before = self.shown.len();
                 self.shown.retain(|&(id, _)| id != cancel.id);
-                self.events.push_back(ClientEvent::Cancelled(cancel));
+                let was_shown = self.shown.len() < before;
+                if cancel.reason == CancelReason::Expired {
+                    // The server's timer started before this device's (which runs from the
+                    // `Notify`'s arrival), so its `Cancel(Expired)` usually comes first: it
+                    // is the expiry, told once, the same way whichever timer fires first
+                    // (PROTOCOL.md §9.7). After the local expiry it is late, and says nothing.
+                    if was_shown {
+                        self.events.push_back(ClientEvent::NotificationExpired { id: cancel.id });
+                    }
+                } else {
+                    self.events.push_back(ClientEvent::Cancelled(cancel));
+                }
             }
             (Phase::Active, Message::GoAway(go_away)) => self.events.push_back(ClientEvent::GoAway(go_away)),
             (Phase::Closed, _) => {}

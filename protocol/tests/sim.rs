@@ -1113,6 +1113,39 @@ fn answer_after_expiry_is_refused_or_ignored() {
 }
 
 #[test]
+fn the_servers_cancel_expired_is_the_devices_expiry_told_once() {
+    let mut sim = Sim::default_pair();
+    let (_, welcomed) = sim.handshake();
+    let sent = welcomed + secs(1);
+    sim.run_until(sent);
+    sim.server.notify(sim.now, notify(6, 5_000)).unwrap();
+    // The server's timer fires first (it started a one-way delay before the device's).
+    sim.run_until(sent + secs(5));
+    sim.server.cancel(6, CancelReason::Expired).unwrap();
+    // Notification 7: the device's own timer fires first; the server's Cancel is late.
+    let second = sim.t();
+    sim.server.notify(sim.now, notify(7, 5_000)).unwrap();
+    sim.run_until(second + secs(5) + DELAY + ms(1));
+    sim.server.cancel(7, CancelReason::Expired).unwrap();
+    sim.run_until(second + secs(60));
+
+    let told: Vec<_> = sim
+        .client_events_since(welcomed + ms(1))
+        .into_iter()
+        .filter(|(_, event)| !matches!(event, ClientEvent::Notification(_)))
+        .collect();
+    assert_eq!(
+        told,
+        vec![
+            (sent + secs(5) + DELAY, ClientEvent::NotificationExpired { id: 6 }),
+            (second + DELAY + secs(5), ClientEvent::NotificationExpired { id: 7 }),
+        ],
+        "one expiry each, whichever timer fired first; never a Cancelled for an expiry"
+    );
+    assert_eq!(sim.client.respond(6, Response::Accepted), Err(SessionError::UnknownNotification { id: 6 }));
+}
+
+#[test]
 fn cancel_removes_the_pending_notification_on_both_ends() {
     let mut sim = Sim::default_pair();
     let (_, welcomed) = sim.handshake();
