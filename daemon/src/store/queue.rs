@@ -2,18 +2,24 @@
 //! each app's entries in one; the redb outbox keeps the appends waiting for its next group
 //! commit in one, so a stalled disk costs memory per key, not per flap.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use super::{OutboxEntry, OutboxEvent};
 
 /// A queue with at most one entry per key: pushing a key that is waiting replaces its
 /// entry, which moves to the back under its new serial.
+///
+/// The order is a deque of (serial, key) in push order, appended to and never searched: a
+/// replaced or acknowledged entry leaves its element behind, *dead* (its serial is no
+/// longer its key's live one), skipped by readers, popped once it reaches the front and
+/// swept out when the dead outnumber the live. Pushing is a hash insert and a deque push,
+/// not a search tree's insert and remove: this queue is on every status change's path.
 #[derive(Debug, Default)]
 pub(crate) struct CompactingQueue {
     /// Key → the live version.
     entries: HashMap<String, Live>,
-    /// Serial → key, in queue order.
-    order: BTreeMap<u64, String>,
+    /// (serial, key), in push order; live where `entries[key].serial` is the serial.
+    order: VecDeque<(u64, String)>,
     /// Event bytes waiting.
     bytes: usize,
 }
@@ -40,7 +46,6 @@ impl CompactingQueue {
         let replaced = match self.entries.get_mut(&key) {
             Some(old) => {
                 let old = std::mem::replace(old, live);
-                self.order.remove(&old.serial);
                 self.bytes -= old.json.len();
                 true
             }
@@ -49,7 +54,10 @@ impl CompactingQueue {
                 false
             }
         };
-        self.order.insert(serial, key);
+        self.order.push_back((serial, key));
+        if replaced {
+            self.tidy();
+        }
         replaced
     }
 
@@ -87,7 +95,7 @@ impl CompactingQueue {
         if let Some(live) = self.entries.remove(key) {
             self.bytes -= live.json.len();
         }
-        self.order.remove(&serial);
+        self.tidy();
         true
     }
 
@@ -101,16 +109,41 @@ impl CompactingQueue {
     pub(crate) fn extend(&mut self, newer: CompactingQueue) {
         let CompactingQueue { mut entries, order, .. } = newer;
         for (serial, key) in order {
-            if let Some(Live { version, at_ms, json, .. }) = entries.remove(&key) {
-                self.push(serial, OutboxEvent { key, version, at_ms, json });
+            if entries.get(&key).is_some_and(|live| live.serial == serial) {
+                if let Some(Live { version, at_ms, json, .. }) = entries.remove(&key) {
+                    self.push(serial, OutboxEvent { key, version, at_ms, json });
+                }
             }
         }
     }
 
+    /// The live entries, in order.
     fn iter(&self) -> impl Iterator<Item = (&str, &Live)> {
-        self.order
-            .values()
-            .filter_map(|key| self.entries.get_key_value(key).map(|(k, live)| (k.as_str(), live)))
+        self.order.iter().filter_map(|(serial, key)| {
+            let (key, live) = self.entries.get_key_value(key.as_str())?;
+            (live.serial == *serial).then_some((key.as_str(), live))
+        })
+    }
+
+    /// Whether an element of `order` is still its key's live version.
+    fn is_live(&self, serial: u64, key: &str) -> bool {
+        self.entries.get(key).is_some_and(|live| live.serial == serial)
+    }
+
+    /// Pops dead elements off the front, and sweeps the deque once the dead outnumber the
+    /// live (so it holds at most about twice the live entries, whatever the flapping).
+    fn tidy(&mut self) {
+        while let Some((serial, key)) = self.order.front() {
+            if self.is_live(*serial, key) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(serial, key)| entries.get(key.as_str()).is_some_and(|live| live.serial == *serial));
+        }
     }
 }
 
@@ -149,6 +182,29 @@ mod tests {
         assert!(!queue.ack("p:1", 1), "a replaced serial acknowledges nothing");
         assert!(queue.ack("p:1", 3));
         assert_eq!(queue.bytes, 2);
+    }
+
+    #[test]
+    fn flapping_keys_leave_the_order_bounded_and_the_live_entries_in_order() {
+        let mut queue = CompactingQueue::default();
+        let mut serial = 0;
+        for round in 0..10_000u64 {
+            for key in ["p:1", "p:2", "p:3"] {
+                serial += 1;
+                queue.push(serial, ev(key, &round.to_string()));
+            }
+        }
+        assert_eq!(queue.len(), 3);
+        assert!(queue.order.len() <= 2 * 3 + 64 + 1, "dead elements swept: {}", queue.order.len());
+        let live: Vec<(&str, u64)> = queue.entries().map(|(k, s, _, _, _)| (k, s)).collect();
+        assert_eq!(live, [("p:1", serial - 2), ("p:2", serial - 1), ("p:3", serial)]);
+        let batch = queue.batch(2, 1 << 20);
+        assert_eq!(batch.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["p:1", "p:2"]);
+        for entry in &batch {
+            assert!(queue.ack(&entry.key, entry.serial));
+        }
+        assert_eq!(queue.order.len(), 1, "acknowledged heads are popped at once");
+        assert_eq!(queue.entries().map(|(k, ..)| k).collect::<Vec<_>>(), ["p:3"]);
     }
 
     #[test]
