@@ -72,6 +72,9 @@ pub struct Metrics {
     /// `presence_users`: users with at least one session, set when `/metrics` is read (it
     /// left the public `/healthz`, which anyone can read).
     pub users: Gauge,
+    /// `presence_outbox_writable`: 1 while the webhook outbox can write, 0 while its writes
+    /// fail (a full disk); set when `/metrics` is read.
+    pub outbox_writable: Gauge,
     /// `presence_handshakes_total`: QUIC connection attempts whose Initial decrypted and that
     /// passed the handshake limits (junk Initials count under `handshakes_failed{reason="initial"}`).
     pub handshakes: Counter,
@@ -205,6 +208,11 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register("presence_sessions", "Sessions up, by effective state", self.sessions.clone());
         registry.register("presence_users", "Users with at least one session", self.users.clone());
+        registry.register(
+            "presence_outbox_writable",
+            "1 while the webhook outbox can write, 0 while its writes fail",
+            self.outbox_writable.clone(),
+        );
         registry.register("presence_handshakes", "QUIC connections accepted", self.handshakes.clone());
         registry.register(
             "presence_handshakes_failed",

@@ -135,10 +135,14 @@ pub(crate) fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Public, so it says only that the daemon answers: the number of connected users is load
-/// information, kept for the loopback-only `/metrics` (`presence_users`).
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// Public, so it says only that the daemon answers, and whether it is degraded: serving
+/// presence while its webhook outbox cannot write (a full disk; `presence_outbox_writable`
+/// on `/metrics` says which part). Still 200 then: devices are served, and a load balancer
+/// that took the node out would move its devices for nothing. The number of connected
+/// users is load information, kept for the loopback-only `/metrics` (`presence_users`).
+async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
+    let status = if state.fanout.outbox_writable() { "ok" } else { "degraded" };
+    axum::Json(serde_json::json!({ "status": status }))
 }
 
 /// Metrics tell load, error rates and app ids: loopback only unless `metrics_remote`. The
@@ -156,6 +160,7 @@ async fn metrics(
         ));
     }
     state.metrics.users.set(i64::try_from(state.table.users()).unwrap_or(i64::MAX));
+    state.metrics.outbox_writable.set(i64::from(state.fanout.outbox_writable()));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()))
 }
 

@@ -151,6 +151,10 @@ impl Outbox for MemoryStore {
         self.listener.set(listener);
     }
 
+    fn writable(&self) -> bool {
+        true
+    }
+
     fn depth(&self, app_id: &str) -> u64 {
         self.queue(app_id).map_or(0, |queue| lock(&queue).len() as u64)
     }

@@ -83,6 +83,22 @@ pub enum StoreError {
     /// dropped): whether the events were stored is unknown.
     #[error("the outbox committer stopped before answering")]
     CommitterGone,
+    /// The database is closed after an I/O error and could not be opened again yet (its
+    /// last transaction is still open, or the disk still refuses); the next call retries.
+    #[error("the database is being reopened after an I/O error")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether the disk failed (rather than the data): after one, a redb handle refuses
+    /// every later operation and must be reopened.
+    pub(crate) fn is_io(&self) -> bool {
+        match self {
+            // Every redb error type flattens its storage errors into these two on conversion.
+            StoreError::Redb(error) => matches!(**error, redb::Error::Io(_) | redb::Error::PreviousIo),
+            _ => false,
+        }
+    }
 }
 
 /// Every redb error type converts into [`redb::Error`]; these let `?` take them directly.

@@ -135,6 +135,10 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize>;
     /// Entries waiting in an app's outbox, from memory.
     fn depth(&self, app_id: &str) -> u64;
+    /// False while its writes fail (a full disk, an I/O error): appends wait in memory,
+    /// compacted, and are retried; what is stored keeps being delivered once the store
+    /// reads again. From memory.
+    fn writable(&self) -> bool;
 }
 
 /// Where an outbox keeps its [`CommitListener`]: set rarely (at start-up), read once per

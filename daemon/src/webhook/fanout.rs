@@ -310,6 +310,11 @@ impl Fanout {
         self.inner.restart_task(app_id);
     }
 
+    /// Whether the outbox can write (false while a full disk refuses it; from memory).
+    pub(crate) fn outbox_writable(&self) -> bool {
+        self.inner.outbox.writable()
+    }
+
     /// Events waiting in an app's outbox (from memory: cheap).
     pub fn depth(&self, app_id: &str) -> u64 {
         self.inner.outbox.depth(app_id)

@@ -50,8 +50,9 @@ mod outbox;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::watch;
@@ -88,7 +89,16 @@ pub struct EmbeddedStore {
 }
 
 struct Shared {
-    db: Database,
+    /// The database. A redb handle that saw an I/O error (a full disk, say) refuses every
+    /// later operation (`PreviousIo`), so after one the handle is dropped and the file
+    /// opened again ([`Shared::reopen`]): a disk that fills and is freed costs the outbox a
+    /// pause, not the rest of the run. `None` between the two.
+    db: RwLock<Option<Database>>,
+    /// Where the file is, for reopening it.
+    path: PathBuf,
+    /// Set when a write fails, cleared by the next that succeeds: what `/healthz` and
+    /// `presence_outbox_writable` report.
+    failing: AtomicBool,
     /// Held across every write that changes the outbox (group commit, ack, app removal)
     /// and the in-memory depth update after it, so the depths follow the commits in order.
     outbox_writes: Mutex<()>,
@@ -138,7 +148,9 @@ impl EmbeddedStore {
         let (committed, _) = watch::channel(0);
         Ok(EmbeddedStore {
             shared: Arc::new(Shared {
-                db,
+                db: RwLock::new(Some(db)),
+                path: path.to_owned(),
+                failing: AtomicBool::new(false),
                 outbox_writes: Mutex::new(()),
                 depths: Mutex::new(depths),
                 pending: Mutex::new(Pending::default()),
@@ -162,12 +174,54 @@ impl Shared {
         durability: Durability,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(durability);
-        // On an error the transaction is dropped, which aborts it: nothing half-done lands.
-        let value = body(&txn)?;
-        txn.commit()?;
-        Ok(value)
+        let result = self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability);
+            // On an error the transaction is dropped, which aborts it: nothing half-done lands.
+            let value = body(&txn)?;
+            txn.commit()?;
+            Ok(value)
+        });
+        self.failing.store(result.is_err(), Ordering::Relaxed);
+        result
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.with_db(|db| Ok(db.begin_read()?))
+    }
+
+    /// Runs `work` on the database, reopening it first if an earlier I/O error closed it,
+    /// and closing it after an I/O error so that the next call opens it afresh.
+    fn with_db<T>(&self, work: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = {
+            let mut db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            if db.is_none() {
+                drop(db);
+                self.reopen()?;
+                db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            }
+            let Some(open) = db.as_ref() else { return Err(StoreError::Closed) };
+            work(open)
+        };
+        if let Err(error) = &result {
+            if error.is_io() {
+                tracing::warn!(%error, path = %self.path.display(), "storage I/O failed; the database will be reopened");
+                *self.db.write().unwrap_or_else(PoisonError::into_inner) = None;
+            }
+        }
+        result
+    }
+
+    /// Opens the file again after an I/O error. It fails while the old handle's last
+    /// transaction is still open (redb locks the file per handle) or while the disk still
+    /// refuses; the next call tries again.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if db.is_none() {
+            *db = Some(Database::create(&self.path)?);
+            tracing::info!(path = %self.path.display(), "database reopened");
+        }
+        Ok(())
     }
 
     /// Adds `added` (and takes `removed`) to an app's in-memory depth.
@@ -186,7 +240,7 @@ impl EmbeddedStore {
     /// and diagnostics (it reads the whole table's length, not the in-memory depths).
     pub fn total_outbox_entries(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.begin_read()?;
         Ok(txn.open_table(OUTBOX)?.len()?)
     }
 }
@@ -226,7 +280,7 @@ impl AppStore for EmbeddedStore {
     }
 
     fn get_app(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.begin_read()?;
         let apps = txn.open_table(APPS)?;
         let found = apps.get(id)?;
         found.map(|bytes| decode_app(bytes.value())).transpose()
@@ -249,7 +303,7 @@ impl AppStore for EmbeddedStore {
     }
 
     fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.begin_read()?;
         let apps = txn.open_table(APPS)?;
         let mut list = Vec::new();
         for item in apps.iter()? {
@@ -289,7 +343,7 @@ impl RunJournal for EmbeddedStore {
     }
 
     fn seq_floor(&self) -> Result<u64, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(SEQ_FLOOR)?.map_or(0, |v| v.value()))
     }
@@ -362,7 +416,7 @@ impl NotificationStore for EmbeddedStore {
     }
 
     fn notifications(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.begin_read()?;
         let table = txn.open_table(NOTIFICATIONS)?;
         let mut records = Vec::new();
         for item in table.iter()? {
@@ -512,7 +566,7 @@ mod tests {
         assert_eq!(store.depth("app_b"), 25);
         assert_eq!(store.total_outbox_entries().expect("total"), 50);
         let serial = {
-            let txn = store.shared.db.begin_read().expect("read");
+            let txn = store.shared.begin_read().expect("read");
             txn.open_table(META).expect("meta").get(SERIAL).expect("get").map_or(0, |v| v.value())
         };
         assert!(serial <= 200, "one stored serial per event at most, whatever the rounds: {serial}");

@@ -137,6 +137,10 @@ impl Outbox for EmbeddedStore {
     fn depth(&self, app_id: &str) -> u64 {
         lock(&self.shared.depths).get(app_id).copied().unwrap_or(0)
     }
+
+    fn writable(&self) -> bool {
+        !self.shared.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The committer: writes pending appends, a round at a time, until none are left.
@@ -179,6 +183,14 @@ fn commit_rounds(shared: Arc<Shared>) {
                 mark_committed(&committed, generation);
             }
             Err(error) => {
+                if Arc::strong_count(&store) == 1 {
+                    // Every handle is gone (the daemon stopped): nobody is left to deliver
+                    // these, and retrying forever would keep the runtime from shutting down.
+                    let lost: usize = apps.values().map(|app| app.events).sum();
+                    tracing::error!(%error, lost, "webhook events not written: the store closed while its writes failed");
+                    lock(&store.pending).writing = false;
+                    return;
+                }
                 tracing::warn!(%error, "cannot write webhook events; retrying");
                 std::thread::sleep(STORE_RETRY);
                 {
@@ -315,7 +327,7 @@ impl Shared {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let order = txn.open_table(ORDER)?;
         let outbox = txn.open_table(OUTBOX)?;
         let mut entries = Vec::new();
