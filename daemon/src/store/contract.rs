@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::{
     AppRecord, AppStore, Commit, CommitListener, NotificationStore, Outbox, OutboxEntry, OutboxEvent,
-    RunJournal, SessionChange, StoredSession, TicketStore,
+    PreviousSecret, RunJournal, SessionChange, StoredSession, TicketStore,
 };
 
 /// A registered app with a made-up record (shared with the implementations' own tests).
@@ -20,6 +20,7 @@ pub(crate) fn app(id: &str) -> AppRecord {
         webhook_secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
         created_ms: 1_700_000_000_000,
         disabled: false,
+        previous_secret: None,
     }
 }
 
@@ -128,6 +129,13 @@ pub(crate) fn apps<S: AppStore>(store: &S) {
     let stored = store.get_app("app_b").expect("get").expect("app");
     assert!(stored.disabled);
     assert_eq!(stored.webhook_secret, secret);
+    // A rotation's previous secret and its expiry are kept, and removed by a later write.
+    let previous = PreviousSecret { secret: secret.clone(), expires_ms: 1_700_000_086_400_000 };
+    let kept = Some(previous.clone());
+    store.update_app("app_b", &mut |app| app.previous_secret = kept.clone()).expect("update");
+    assert_eq!(store.get_app("app_b").expect("get").expect("app").previous_secret, Some(previous));
+    store.update_app("app_b", &mut |app| app.previous_secret = None).expect("update");
+    assert_eq!(store.get_app("app_b").expect("get").expect("app").previous_secret, None);
 
     assert!(store.delete_app("app_a").expect("delete"));
     assert!(!store.delete_app("app_a").expect("delete again"));

@@ -35,7 +35,7 @@ pub(crate) mod tickets;
 #[cfg(test)]
 pub(crate) mod contract;
 
-pub(crate) use apps::{AppRecord, AppStore};
+pub(crate) use apps::{AppRecord, AppStore, PreviousSecret};
 pub(crate) use journal::RunJournal;
 pub(crate) use notifications::NotificationStore;
 pub(crate) use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
