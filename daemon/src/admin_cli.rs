@@ -73,7 +73,7 @@ pub enum AppsCommand {
         id: String,
         /// Keep signing with the old secret beside the new one for this long (`90s`, `30m`,
         /// `24h`, `7d`; at most 7 days), so receivers can switch without a gap. Default: none.
-        #[arg(long, value_parser = parse_overlap)]
+        #[arg(long, value_parser = parse_duration)]
         overlap: Option<std::time::Duration>,
         /// Print JSON.
         #[arg(long)]
@@ -197,13 +197,15 @@ pub async fn run(target: &AdminTarget, command: AppsCommand) -> Result<()> {
     Ok(())
 }
 
-/// `--overlap`: whole seconds, minutes, hours or days (`90s`, `30m`, `24h`, `7d`; a bare
-/// number is seconds). The daemon enforces the 7-day bound; this only reads the text.
-fn parse_overlap(text: &str) -> Result<std::time::Duration, String> {
+/// A duration flag (`--overlap`, `token --ttl`): whole seconds, minutes, hours or days
+/// (`90s`, `30m`, `24h`, `7d`; a bare number is seconds). Bounds are the caller's (the
+/// daemon enforces the overlap's 7 days); this only reads the text.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 24h"))?;
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;
     let unit_secs = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -235,18 +237,18 @@ fn print_app(app: &Value) {
 mod tests {
     use std::time::Duration;
 
-    use super::parse_overlap;
+    use super::parse_duration;
 
     #[test]
     fn overlaps_read_seconds_minutes_hours_and_days() {
-        assert_eq!(parse_overlap("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_overlap("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_overlap("30m"), Ok(Duration::from_secs(1_800)));
-        assert_eq!(parse_overlap("7d"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_overlap("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_overlap("1w").is_err());
-        assert!(parse_overlap("h").is_err());
-        assert!(parse_overlap("-1h").is_err());
-        assert!(parse_overlap("99999999999999999999d").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-1h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 }

@@ -358,6 +358,101 @@ async fn a_rotation_with_an_overlap_signs_with_both_secrets_until_it_ends() {
     assert!(verifies_with(&last, &newest) && !verifies_with(&last, &new_secret));
 }
 
+/// Waits for the next `Revoked`, skipping other events.
+async fn next_revoked(client: &mut Client) -> String {
+    loop {
+        if let Event::Revoked { app_id } = next_client_event(client).await {
+            return app_id;
+        }
+    }
+}
+
+/// What the app's poll says of `puid`.
+async fn polled_status(daemon: &TestDaemon, app: &RegisteredApp, puid: &str) -> Value {
+    let (status, polled) =
+        api(daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/presence/{puid}"), None).await;
+    assert_eq!(status, 200, "{polled}");
+    polled["status"].clone()
+}
+
+/// Lets a batch window or two pass, then takes every presence event the receiver got for
+/// `puid` whose status is not offline.
+async fn visible_events(receiver: &mut Receiver, puid: &str) -> Vec<Value> {
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let events = receiver.drain();
+    events
+        .into_iter()
+        .filter(|e| e["type"] == "presence" && e["puid"] == puid && e["status"] != "offline")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_revoke_reaches_a_device_that_was_offline_and_outlives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("chat", &receiver.url()).await;
+    let other = daemon.register("mail", &receiver.url()).await;
+    let mut phone = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("phone");
+    let laptop =
+        Client::connect(daemon.options("alice", "laptop", &[&app.id, &other.id])).await.expect("laptop");
+    let puid = daemon.daemon.table().puid(&app.id, "alice");
+    let online = receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await;
+    assert_eq!(online["status"], "online");
+
+    // The laptop goes away; the phone revokes meanwhile.
+    laptop.close().await;
+    phone.revoke(app.id.clone()).await.expect("revoke");
+    assert_eq!(next_revoked(&mut phone).await, app.id);
+    assert_eq!(receiver.event(|e| e["type"] == "revoke").await["puid"], puid.as_str());
+    let offline = receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await;
+    assert_eq!(offline["status"], "offline");
+
+    // The laptop comes back still listing the app: told Revoked, and the app sees nothing.
+    let mut laptop = Client::connect(daemon.options("alice", "laptop", &[&app.id, &other.id]))
+        .await
+        .expect("laptop again");
+    assert_eq!(next_revoked(&mut laptop).await, app.id);
+    assert_eq!(visible_events(&mut receiver, puid.as_str()).await, Vec::<Value>::new());
+    assert_eq!(polled_status(&daemon, &app, puid.as_str()).await, "offline");
+    let mail_puid = daemon.daemon.table().puid(&other.id, "alice");
+    assert_eq!(
+        polled_status(&daemon, &other, mail_puid.as_str()).await,
+        "online",
+        "the other app is unaffected"
+    );
+    // Nor does a later visibility list bring it back.
+    laptop.set_visibility(vec![app.id.clone(), other.id.clone()]).await.expect("visibility");
+    assert_eq!(next_revoked(&mut laptop).await, app.id);
+    assert_eq!(visible_events(&mut receiver, puid.as_str()).await, Vec::<Value>::new());
+
+    // The tombstone is durable: after a restart a device listing the app is told again.
+    laptop.close().await;
+    phone.close().await;
+    daemon.daemon.shutdown().await;
+    receiver.drain();
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut laptop = Client::connect(daemon.options("alice", "laptop", &[&app.id, &other.id]))
+        .await
+        .expect("after restart");
+    assert_eq!(next_revoked(&mut laptop).await, app.id);
+    assert_eq!(visible_events(&mut receiver, puid.as_str()).await, Vec::<Value>::new());
+    assert_eq!(polled_status(&daemon, &app, puid.as_str()).await, "offline");
+
+    // A new Authorize lifts it: the next list that names the app counts again.
+    laptop.authorize(app.id.clone(), "alice@chat".into()).await.expect("authorize");
+    loop {
+        if let Event::Authorized { app_id, .. } = next_client_event(&mut laptop).await {
+            assert_eq!(app_id, app.id);
+            break;
+        }
+    }
+    laptop.allow(app.id.clone()).await.expect("allow");
+    let back = receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await;
+    assert_eq!(back["status"], "online");
+    assert_eq!(polled_status(&daemon, &app, puid.as_str()).await, "online");
+}
+
 #[tokio::test]
 async fn api_errors_are_json_with_stable_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
