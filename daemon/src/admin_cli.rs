@@ -71,6 +71,10 @@ pub enum AppsCommand {
     RotateSecret {
         /// The app id.
         id: String,
+        /// Keep signing with the old secret beside the new one for this long (`90s`, `30m`,
+        /// `24h`, `7d`; at most 7 days), so receivers can switch without a gap. Default: none.
+        #[arg(long, value_parser = parse_duration)]
+        overlap: Option<std::time::Duration>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -165,13 +169,20 @@ pub async fn run(target: &AdminTarget, command: AppsCommand) -> Result<()> {
             let app = admin.call(Method::GET, &format!("/{id}"), None).await?.context("empty answer")?;
             if json { println!("{app}") } else { print_app(&app) }
         }
-        AppsCommand::RotateSecret { id, json } => {
-            let rotated =
-                admin.call(Method::POST, &format!("/{id}/rotate-secret"), None).await?.context("empty")?;
+        AppsCommand::RotateSecret { id, overlap, json } => {
+            let query =
+                overlap.map_or_else(String::new, |overlap| format!("?overlap_secs={}", overlap.as_secs()));
+            let rotated = admin
+                .call(Method::POST, &format!("/{id}/rotate-secret{query}"), None)
+                .await?
+                .context("empty")?;
             if json {
                 println!("{rotated}");
             } else {
                 println!("webhook_secret: {}", rotated["webhook_secret"].as_str().unwrap_or_default());
+                if let Some(expires) = rotated["previous_secret_expires_at_ms"].as_u64() {
+                    println!("the previous secret also signs until {expires} (Unix ms)");
+                }
             }
         }
         AppsCommand::Enable { id } => {
@@ -186,6 +197,28 @@ pub async fn run(target: &AdminTarget, command: AppsCommand) -> Result<()> {
     Ok(())
 }
 
+/// A duration flag (`--overlap`, `token --ttl`): whole seconds, minutes, hours or days
+/// (`90s`, `30m`, `24h`, `7d`; a bare number is seconds). Bounds are the caller's (the
+/// daemon enforces the overlap's 7 days); this only reads the text.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h or d")),
+    };
+    number
+        .checked_mul(unit_secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
 fn print_app(app: &Value) {
     println!(
         "{}  {}  {}{}  outbox {}",
@@ -195,4 +228,27 @@ fn print_app(app: &Value) {
         if app["disabled"].as_bool() == Some(true) { "  DISABLED" } else { "" },
         app["outbox_depth"],
     );
+    if let Some(expires) = app["previous_secret_expires_at_ms"].as_u64() {
+        println!("  previous webhook secret signs until {expires} (Unix ms)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn overlaps_read_seconds_minutes_hours_and_days() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-1h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
 }

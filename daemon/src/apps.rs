@@ -6,6 +6,7 @@
 //! time, and the cache takes each after it committed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -13,7 +14,7 @@ use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::clock::Clock;
-use crate::store::{AppRecord, AppStore, StoreError, blocking};
+use crate::store::{AppRecord, AppStore, PreviousSecret, StoreError, blocking};
 use crate::webhook::secret::WebhookSecret;
 
 /// Prefix of API keys, so a leaked one is recognisable in logs and secret scanners.
@@ -70,6 +71,7 @@ impl Apps {
             webhook_secret: WebhookSecret::generate().to_string(),
             created_ms: self.clock.unix_ms(),
             disabled: false,
+            previous_secret: None,
         };
         let (store, record) = (self.store.clone(), app.clone());
         let _writes = self.writes.lock().await;
@@ -101,9 +103,17 @@ impl Apps {
         apps
     }
 
-    /// Replaces an app's webhook secret; the old one stops working at once.
-    pub async fn rotate_secret(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.modify(id, |app| app.webhook_secret = WebhookSecret::generate().to_string()).await
+    /// Replaces an app's webhook secret. With a zero `overlap` the old one stops working at
+    /// once; otherwise it keeps signing beside the new one for `overlap`, so receivers can
+    /// switch without a gap. A previous secret still in its overlap is dropped: only the
+    /// one just replaced is kept, so a receiver is never more than one rotation behind.
+    pub async fn rotate_secret(&self, id: &str, overlap: Duration) -> Result<Option<AppRecord>, StoreError> {
+        let expires_ms = self.clock.unix_ms().saturating_add(overlap.as_millis() as u64);
+        self.modify(id, move |app| {
+            let old = std::mem::replace(&mut app.webhook_secret, WebhookSecret::generate().to_string());
+            app.previous_secret = (!overlap.is_zero()).then_some(PreviousSecret { secret: old, expires_ms });
+        })
+        .await
     }
 
     /// Turns webhook deliveries back on after a 410 disabled them.
@@ -134,7 +144,17 @@ impl Apps {
         change: impl FnMut(&mut AppRecord) + Send + 'static,
     ) -> Result<Option<AppRecord>, StoreError> {
         let (store, owned) = (self.store.clone(), id.to_owned());
+        let clock = self.clock;
         let mut change = change;
+        // Every write also drops an expired previous secret, so one rotated with an overlap
+        // leaves the store at the next change after its expiry (it is never used once
+        // expired in any case: see `AppRecord::live_previous_secret`).
+        let mut change = move |app: &mut AppRecord| {
+            change(app);
+            if app.live_previous_secret(clock.unix_ms()).is_none() {
+                app.previous_secret = None;
+            }
+        };
         let _writes = self.writes.lock().await;
         let app = blocking(move || store.update_app(&owned, &mut change)).await?;
         if let Some(app) = &app {

@@ -68,6 +68,7 @@ pub(crate) mod notify;
 pub(crate) mod outbound;
 pub(crate) mod puid;
 pub(crate) mod quic;
+pub(crate) mod revocations;
 pub(crate) mod session;
 pub mod settings;
 pub(crate) mod store;
@@ -90,6 +91,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notifications;
 use crate::outbound::Outbound;
 use crate::quic::QuicServer;
+use crate::revocations::Revocations;
 use crate::settings::Settings;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{RunJournal, blocking};
@@ -147,6 +149,9 @@ pub struct Daemon {
     notifications: Arc<Notifications>,
     fanout: Arc<Fanout>,
     journal: Arc<dyn RunJournal>,
+    /// Revocation tombstones, and the task writing them (it ends at shutdown).
+    revocations: Arc<Revocations>,
+    revocation_writer: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
@@ -195,9 +200,12 @@ impl Daemon {
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone(), clock));
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
+        let (revocations, revocation_writer) = Revocations::load(store.clone(), clock)?;
+        let revocations = Arc::new(revocations);
         let table = Arc::new(
             PresenceTable::new(puid_key, metrics.clone(), clock, Some(sink))
-                .with_max_devices(table_config.max_devices_per_user),
+                .with_max_devices(table_config.max_devices_per_user)
+                .with_revocations(revocations.clone()),
         );
         let notifications = Arc::new(Notifications::new(
             table.clone(),
@@ -257,6 +265,7 @@ impl Daemon {
             clock,
         });
         let mut tasks = Vec::new();
+        let revocation_writer = tokio::spawn(revocation_writer);
         tasks.push(tokio::spawn(http::serve(
             listener,
             Arc::new(tls),
@@ -287,6 +296,8 @@ impl Daemon {
             notifications,
             fanout,
             journal,
+            revocations,
+            revocation_writer,
             shutdown,
             tasks,
             drain: quic_config.drain,
@@ -350,6 +361,12 @@ impl Daemon {
         self.quic.close(Duration::from_secs(1)).await;
         // Events published during the drain (devices going offline) reach the outbox.
         self.notifications.shutdown().await;
+        // Tombstones of revokes made during the run are durable before the run ends, and
+        // the writer lets go of the store, so the same data dir can be opened again at once.
+        self.revocations.stop();
+        if let Err(error) = self.revocation_writer.await {
+            tracing::warn!(%error, "the revocation writer failed");
+        }
         self.fanout.shutdown(self.drain).await;
         let (journal, high) = (self.journal.clone(), self.table.seq_high());
         if let Err(error) = blocking(move || journal.set_seq_floor(high)).await {

@@ -50,7 +50,7 @@ enum Command {
         #[arg(long)]
         device: String,
         /// Lifetime: a number with s, m, h or d (default 24h).
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = presenced::admin_cli::parse_duration)]
         ttl: Duration,
     },
 }
@@ -187,20 +187,4 @@ fn token(data_dir: &std::path::Path, user: &str, device: &str, ttl: Duration) ->
     let signer = credentials::dev_signer(data_dir)?;
     let now = presenced::clock::Clock::system().unix_secs();
     Ok(signer.mint(user, device, now, ttl.as_secs()))
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 =
-        number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(number * seconds))
 }

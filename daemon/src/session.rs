@@ -361,7 +361,11 @@ impl DeviceSession {
                     }
                 });
             }
-            ServerEvent::Visibility(apps) => self.update(|state| state.visibility = apps.into_vec()),
+            ServerEvent::Visibility(apps) => {
+                let apps = apps.into_vec();
+                self.tell_revoked(&apps);
+                self.update(|state| state.visibility = apps);
+            }
             ServerEvent::Authorize(authorize) => self.authorize(authorize.app_id, &authorize.state),
             ServerEvent::Revoke(revoke) => self.revoke(revoke.app_id),
             ServerEvent::Reauth(token) => {
@@ -429,6 +433,7 @@ impl DeviceSession {
             message: hello.message.into_string(),
             visibility: hello.visibility.into_vec(),
         };
+        let listed = state.visibility.clone();
         // The table decides the device cap atomically with adding the device, so it goes
         // first; a refused device never got a Welcome.
         let table = &self.services.table;
@@ -448,6 +453,11 @@ impl DeviceSession {
             self.phase = Phase::Done;
             table.disconnect(&claims.sub, &claims.did, self.handle.id);
             return warn!(%error, "accept out of phase");
+        }
+        // A device that was away when the user revoked an app still lists it: the table left
+        // it out, and the device learns why, after its Welcome (PROTOCOL.md §6.8).
+        for app_id in listed.into_iter().filter(|app| table.is_revoked(&claims.sub, app)) {
+            let _ = self.protocol.revoked(app_id);
         }
         if let Some(ghost) = ghost {
             ghost.send(SessionCommand::Close {
@@ -500,6 +510,8 @@ impl DeviceSession {
             return;
         }
         let puid = services.table.puid(&app_id, &identity.user);
+        // A new grant lifts a revoke: the visibility lists sent from now on count again.
+        services.table.grant(&identity.user, &app_id);
         services.outbound.grant(&app_id, &puid, state);
         let _ = self.protocol.authorized(app_id, puid);
     }
@@ -521,6 +533,18 @@ impl DeviceSession {
             }
         }
         let _ = self.protocol.revoked(app_id);
+    }
+
+    /// Tells the device `Revoked` for each app of its new visibility list that the user
+    /// revoked and has not authorized since (the table leaves those out).
+    fn tell_revoked(&mut self, apps: &[AppId]) {
+        let Phase::Up(identity) = &self.phase else { return };
+        let table = &self.services.table;
+        let revoked: Vec<AppId> =
+            apps.iter().filter(|app| table.is_revoked(&identity.user, app)).cloned().collect();
+        for app_id in revoked {
+            let _ = self.protocol.revoked(app_id);
+        }
     }
 
     fn update(&self, change: impl FnOnce(&mut DeviceState)) {

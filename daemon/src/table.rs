@@ -51,6 +51,7 @@ use crate::clock::Clock;
 use crate::handle::SessionHandle;
 use crate::metrics::Metrics;
 use crate::puid::PuidKey;
+use crate::revocations::Revocations;
 
 /// Default most devices one user may have connected at once: a person's phone, tablet,
 /// laptops, desktop, watch, TV and a few browser profiles are about ten, so 32 leaves room
@@ -299,6 +300,8 @@ pub struct PresenceTable {
     changes: AtomicU64,
     /// Most devices per user.
     max_devices: u32,
+    /// Revoked (app, PUID) pairs: a device's list never makes such an app see the user.
+    revocations: Arc<Revocations>,
 }
 
 impl PresenceTable {
@@ -320,7 +323,32 @@ impl PresenceTable {
             seq_high: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             max_devices: DEFAULT_MAX_DEVICES_PER_USER,
+            revocations: Arc::new(Revocations::in_memory(clock)),
         }
+    }
+
+    /// The same table with durable revocation tombstones (the daemon's; by default they
+    /// last for the process only).
+    pub(crate) fn with_revocations(mut self, revocations: Arc<Revocations>) -> PresenceTable {
+        self.revocations = revocations;
+        self
+    }
+
+    /// Whether the user revoked `app_id` and no device has authorized it since: then no
+    /// visibility list makes the app see them.
+    pub fn is_revoked(&self, user: &str, app_id: &str) -> bool {
+        self.revocations.is_revoked(app_id, self.puid(app_id, user).as_str())
+    }
+
+    /// A device authorized `app_id` again: its revocation is lifted, so the visibility
+    /// lists sent from now on count again (those filtered before are not restored).
+    pub fn grant(&self, user: &str, app_id: &str) {
+        self.revocations.grant(app_id, self.puid(app_id, user).as_str());
+    }
+
+    /// Drops the apps `user` revoked from a visibility list (sorted or not).
+    fn drop_revoked(&self, user: &str, visibility: &mut Vec<AppId>) {
+        visibility.retain(|app| !self.is_revoked(user, app));
     }
 
     /// The same table with at most `max` devices per user (at least one).
@@ -354,6 +382,9 @@ impl PresenceTable {
         normalize(&mut state.visibility);
         let mut events = Events::new();
         let mut entry = self.users.entry(user.to_owned()).or_default();
+        // Under the entry, as `revoke` records the tombstone: a reconnecting device cannot
+        // slip a revoked app in between.
+        self.drop_revoked(user, &mut state.visibility);
         if entry.slot_of(device_id).is_none() && entry.devices().count() >= self.max_devices as usize {
             return Err(TooManyDevices { max: self.max_devices });
         }
@@ -389,6 +420,7 @@ impl PresenceTable {
         self.with_device(user, device_id, session, |device| {
             change(&mut device.state);
             normalize(&mut device.state.visibility);
+            self.drop_revoked(user, &mut device.state.visibility);
         });
     }
 
@@ -452,9 +484,15 @@ impl PresenceTable {
     }
 
     /// Removes an app from every visibility list of a user (a revocation): the app stops
-    /// seeing the user at once, and learns `offline` if it saw them.
+    /// seeing the user at once, and learns `offline` if it saw them. The tombstone keeps it
+    /// so for devices connecting later, until [`grant`](Self::grant).
     pub fn revoke(&self, user: &str, app_id: &str) {
-        let Some(mut entry) = self.users.get_mut(user) else { return };
+        let puid = self.puid(app_id, user);
+        let Some(mut entry) = self.users.get_mut(user) else {
+            self.revocations.revoke(app_id, puid.as_str());
+            return;
+        };
+        self.revocations.revoke(app_id, puid.as_str());
         let UserEntry { devices, apps } = &mut *entry;
         for device in devices.iter_mut().flatten() {
             if let Ok(index) = device.state.visibility.binary_search_by(|app| app.as_str().cmp(app_id)) {
@@ -654,6 +692,8 @@ mod tests {
             let mut session = 0u64;
             let mut last_seq: std::collections::HashMap<AppId, u64> = Default::default();
             let mut checked = 0;
+            // Apps revoked and not granted since: no list brings them back.
+            let mut revoked: std::collections::HashSet<AppId> = Default::default();
             for _ in 0..60 {
                 let pick = |rng: &mut fastrand::Rng| {
                     let mut v: Vec<AppId> = apps.iter().filter(|_| rng.bool()).cloned().collect();
@@ -677,6 +717,7 @@ mod tests {
                         model.retain(|d| d.id != id);
                         let mut visibility = state.visibility;
                         normalize(&mut visibility);
+                        visibility.retain(|a| !revoked.contains(a));
                         model.push(ModelDevice {
                             id,
                             session,
@@ -714,6 +755,7 @@ mod tests {
                         let mut visibility = pick(&mut rng);
                         table.update("u", &d.id, d.session, |state| state.visibility = visibility.clone());
                         normalize(&mut visibility);
+                        visibility.retain(|a| !revoked.contains(a));
                         (d.visibility, d.changed) = (visibility, tick);
                         tick += 1;
                     }
@@ -721,12 +763,19 @@ mod tests {
                         let d = model.remove(rng.usize(..model.len()));
                         table.disconnect("u", &d.id, d.session);
                     }
-                    _ => {
+                    _ if rng.bool() => {
                         let app = &apps[rng.usize(..apps.len())];
                         table.revoke("u", app);
+                        revoked.insert(app.clone());
                         for d in &mut model {
                             d.visibility.retain(|a| a != app);
                         }
+                    }
+                    _ => {
+                        // A grant: later lists count again; the current ones stay as they are.
+                        let app = &apps[rng.usize(..apps.len())];
+                        table.grant("u", app);
+                        revoked.remove(app);
                     }
                 }
                 for app in &apps {
@@ -806,5 +855,51 @@ mod tests {
         // Once a device leaves, a new one fits.
         table.disconnect("u", "b", 2);
         assert_eq!(connect("u", "c", 6), Ok(None));
+    }
+
+    #[test]
+    fn a_revoked_app_stays_hidden_from_devices_connecting_later_until_granted_again() {
+        let (table, recorder) = table();
+        let (chat, mail) = (AppId::new("app_chat").expect("app id"), AppId::new("app_mail").expect("app id"));
+        let state = |visibility: Vec<AppId>| DeviceState {
+            status: Status::Online,
+            idle: false,
+            message: String::new(),
+            visibility,
+        };
+        let puid = table.puid("app_chat", "u");
+        let told = |app: &str| recorder.all().iter().filter(|e| e.app_id.as_str() == app).count();
+        table.connect("u", "a", SessionHandle::new(1).0, state(vec![chat.clone()])).expect("within the cap");
+        table
+            .connect("u", "b", SessionHandle::new(2).0, state(vec![chat.clone(), mail.clone()]))
+            .expect("cap");
+        table.disconnect("u", "b", 2);
+        assert!(table.lookup("app_chat", &puid).is_some());
+        table.revoke("u", "app_chat");
+        assert!(table.is_revoked("u", "app_chat") && !table.is_revoked("u", "app_mail"));
+        assert!(!table.is_revoked("v", "app_chat"), "another user's are not");
+        assert_eq!(table.lookup("app_chat", &puid), None);
+        let chat_events = told("app_chat");
+        // "b" comes back listing chat: chat is not told, mail is.
+        table
+            .connect("u", "b", SessionHandle::new(3).0, state(vec![chat.clone(), mail.clone()]))
+            .expect("cap");
+        assert_eq!(told("app_chat"), chat_events, "no event for the revoked app");
+        assert_eq!(table.lookup("app_chat", &puid), None);
+        assert_eq!(table.user_of("app_chat", &puid), None);
+        assert_eq!(
+            table.lookup("app_mail", &table.puid("app_mail", "u")).map(|v| v.status),
+            Some(Status::Online)
+        );
+        assert!(table.reachable("u", "app_chat").is_empty());
+        // Nor does a later visibility list bring it back.
+        table.update("u", "a", 1, |s| s.visibility = vec![chat.clone()]);
+        assert_eq!((told("app_chat"), table.lookup("app_chat", &puid)), (chat_events, None));
+        // A grant lifts it: the next list counts.
+        table.grant("u", "app_chat");
+        assert!(!table.is_revoked("u", "app_chat"));
+        table.update("u", "a", 1, |s| s.visibility = vec![chat.clone()]);
+        assert_eq!(table.lookup("app_chat", &puid).map(|v| v.status), Some(Status::Online));
+        assert_eq!(told("app_chat"), chat_events + 1);
     }
 }

@@ -94,7 +94,8 @@ pub mod webhook {
     /// Standard Webhooks signing.
     pub mod secret {
         pub use crate::webhook::secret::{
-            DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, VerifyError, WebhookSecret,
+            DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Signer, VerifyError,
+            WebhookSecret,
         };
     }
 }

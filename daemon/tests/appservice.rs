@@ -273,6 +273,186 @@ async fn revoke_hides_the_user_from_the_app() {
     }
 }
 
+/// Whether `secret` alone verifies a delivery, with the daemon's verifier (which accepts
+/// any matching entry of a several-signature header, as the Standard Webhooks libraries do).
+fn verifies_with(delivery: &Delivery, secret: &str) -> bool {
+    use presenced::testing::webhook::secret::{DEFAULT_TOLERANCE, WebhookSecret};
+    let secret = WebhookSecret::parse(secret).expect("secret");
+    secret
+        .verify(&delivery.id, &delivery.timestamp, &delivery.signature, &delivery.body, DEFAULT_TOLERANCE)
+        .is_ok()
+}
+
+/// The next delivery that carries a presence event.
+async fn next_presence_delivery(receiver: &mut Receiver) -> Delivery {
+    loop {
+        let delivery = receiver.next().await;
+        if delivery.events().iter().any(|e| e["type"] == "presence") {
+            return delivery;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rotation_with_an_overlap_signs_with_both_secrets_until_it_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("chat", &receiver.url()).await;
+    let admin = daemon.info.admin_token.clone();
+    let rotate = |query: &str| format!("/v1/admin/apps/{}/rotate-secret{query}", app.id);
+
+    // Past the bound, or not a number: refused with the stable code, nothing rotated.
+    for query in ["?overlap_secs=604801", "?overlap_secs=soon", "?overlap_secs=-1"] {
+        let (status, body) = api(&daemon, &admin, reqwest::Method::POST, &rotate(query), None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("overlap_out_of_range")), "{query}");
+    }
+
+    let overlap_secs = 3;
+    let before = unix_now() * 1000;
+    let (status, rotated) =
+        api(&daemon, &admin, reqwest::Method::POST, &rotate(&format!("?overlap_secs={overlap_secs}")), None)
+            .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["webhook_secret"].as_str().expect("new secret").to_owned();
+    assert_ne!(new_secret, app.secret);
+    let expires_ms = rotated["previous_secret_expires_at_ms"].as_u64().expect("expiry in the answer");
+    assert!(
+        expires_ms >= before + overlap_secs * 1000
+            && expires_ms <= unix_now() * 1000 + overlap_secs * 1000 + 1000
+    );
+    let (_, shown) =
+        api(&daemon, &admin, reqwest::Method::GET, &format!("/v1/admin/apps/{}", app.id), None).await;
+    assert_eq!(shown["previous_secret_expires_at_ms"].as_u64(), Some(expires_ms), "{shown}");
+
+    // During the overlap: both signatures, and a receiver holding either secret verifies.
+    let phone = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("connect");
+    let during = next_presence_delivery(&mut receiver).await;
+    assert!(
+        unix_now() * 1000 < expires_ms,
+        "the first delivery came after the overlap: the test is too slow"
+    );
+    assert_eq!(during.signature.split(' ').count(), 2, "{}", during.signature);
+    assert!(verifies_with(&during, &app.secret), "a receiver still on the old secret verifies");
+    assert!(verifies_with(&during, &new_secret), "a receiver on the new secret verifies");
+
+    // After it: the new signature only; the old secret no longer verifies.
+    while unix_now() * 1000 <= expires_ms + 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    phone.set_status(Status::Away, None).await.expect("status");
+    let after = next_presence_delivery(&mut receiver).await;
+    assert_eq!(after.signature.split(' ').count(), 1, "{}", after.signature);
+    assert!(verifies_with(&after, &new_secret));
+    assert!(!verifies_with(&after, &app.secret), "the old secret stopped at the end of the overlap");
+    let (_, shown) =
+        api(&daemon, &admin, reqwest::Method::GET, &format!("/v1/admin/apps/{}", app.id), None).await;
+    assert!(shown.get("previous_secret_expires_at_ms").is_none(), "{shown}");
+
+    // Without an overlap, as before: the old secret stops at once.
+    let (_, again) = api(&daemon, &admin, reqwest::Method::POST, &rotate(""), None).await;
+    assert!(again.get("previous_secret_expires_at_ms").is_none(), "{again}");
+    let newest = again["webhook_secret"].as_str().expect("secret").to_owned();
+    phone.set_status(Status::Online, None).await.expect("status");
+    let last = next_presence_delivery(&mut receiver).await;
+    assert!(verifies_with(&last, &newest) && !verifies_with(&last, &new_secret));
+}
+
+/// Waits for the next `Revoked`, skipping other events.
+async fn next_revoked(client: &mut Client) -> String {
+    loop {
+        if let Event::Revoked { app_id } = next_client_event(client).await {
+            return app_id;
+        }
+    }
+}
+
+/// What the app's poll says of `puid`.
+async fn polled_status(daemon: &TestDaemon, app: &RegisteredApp, puid: &str) -> Value {
+    let (status, polled) =
+        api(daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/presence/{puid}"), None).await;
+    assert_eq!(status, 200, "{polled}");
+    polled["status"].clone()
+}
+
+/// Lets a batch window or two pass, then takes every presence event the receiver got for
+/// `puid` whose status is not offline.
+async fn visible_events(receiver: &mut Receiver, puid: &str) -> Vec<Value> {
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let events = receiver.drain();
+    events
+        .into_iter()
+        .filter(|e| e["type"] == "presence" && e["puid"] == puid && e["status"] != "offline")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_revoke_reaches_a_device_that_was_offline_and_outlives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("chat", &receiver.url()).await;
+    let other = daemon.register("mail", &receiver.url()).await;
+    let mut phone = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("phone");
+    let laptop =
+        Client::connect(daemon.options("alice", "laptop", &[&app.id, &other.id])).await.expect("laptop");
+    let puid = daemon.daemon.table().puid(&app.id, "alice");
+    let online = receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await;
+    assert_eq!(online["status"], "online");
+
+    // The laptop goes away; the phone revokes meanwhile.
+    laptop.close().await;
+    phone.revoke(app.id.clone()).await.expect("revoke");
+    assert_eq!(next_revoked(&mut phone).await, app.id);
+    assert_eq!(receiver.event(|e| e["type"] == "revoke").await["puid"], puid.as_str());
+    let offline = receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await;
+    assert_eq!(offline["status"], "offline");
+
+    // The laptop comes back still listing the app: told Revoked, and the app sees nothing.
+    let mut laptop = Client::connect(daemon.options("alice", "laptop", &[&app.id, &other.id]))
+        .await
+        .expect("laptop again");
+    assert_eq!(next_revoked(&mut laptop).await, app.id);
+    assert_eq!(visible_events(&mut receiver, puid.as_str()).await, Vec::<Value>::new());
+    assert_eq!(polled_status(&daemon, &app, puid.as_str()).await, "offline");
+    let mail_puid = daemon.daemon.table().puid(&other.id, "alice");
+    assert_eq!(
+        polled_status(&daemon, &other, mail_puid.as_str()).await,
+        "online",
+        "the other app is unaffected"
+    );
+    // Nor does a later visibility list bring it back.
+    laptop.set_visibility(vec![app.id.clone(), other.id.clone()]).await.expect("visibility");
+    assert_eq!(next_revoked(&mut laptop).await, app.id);
+    assert_eq!(visible_events(&mut receiver, puid.as_str()).await, Vec::<Value>::new());
+
+    // The tombstone is durable: after a restart a device listing the app is told again.
+    laptop.close().await;
+    phone.close().await;
+    daemon.daemon.shutdown().await;
+    receiver.drain();
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut laptop = Client::connect(daemon.options("alice", "laptop", &[&app.id, &other.id]))
+        .await
+        .expect("after restart");
+    assert_eq!(next_revoked(&mut laptop).await, app.id);
+    assert_eq!(visible_events(&mut receiver, puid.as_str()).await, Vec::<Value>::new());
+    assert_eq!(polled_status(&daemon, &app, puid.as_str()).await, "offline");
+
+    // A new Authorize lifts it: the next list that names the app counts again.
+    laptop.authorize(app.id.clone(), "alice@chat".into()).await.expect("authorize");
+    loop {
+        if let Event::Authorized { app_id, .. } = next_client_event(&mut laptop).await {
+            assert_eq!(app_id, app.id);
+            break;
+        }
+    }
+    laptop.allow(app.id.clone()).await.expect("allow");
+    let back = receiver.event(|e| e["type"] == "presence" && e["puid"] == puid.as_str()).await;
+    assert_eq!(back["status"], "online");
+    assert_eq!(polled_status(&daemon, &app, puid.as_str()).await, "online");
+}
+
 #[tokio::test]
 async fn api_errors_are_json_with_stable_codes() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -259,6 +259,7 @@ fn register(store: &dyn AppStore, id: &str, url: &str) -> WebhookSecret {
             webhook_secret: secret.to_string(),
             created_ms: now_ms(),
             disabled: false,
+            previous_secret: None,
         })
         .expect("put app");
     secret

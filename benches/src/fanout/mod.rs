@@ -225,6 +225,7 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
             webhook_secret: secret.clone(),
             created_ms: presenced::clock::Clock::system().unix_ms(),
             disabled: false,
+            previous_secret: None,
         };
         store.put_app(&record).map_err(|e| setup("register app", &e))?;
     }

@@ -3,7 +3,10 @@
 //! Reads come from the [`Apps`](crate::apps::Apps) cache and the outbox's in-memory depth;
 //! changes go through `Apps`, whose store writes run on the blocking pool.
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -40,11 +43,17 @@ pub(super) struct AppView {
     created_at: u64,
     disabled: bool,
     outbox_depth: u64,
+    /// When the secret a rotation replaced stops signing beside the current one; absent
+    /// when there is none (no overlap, or it has ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_secret_expires_at_ms: Option<u64>,
 }
 
 fn view(state: &ApiState, app: AppRecord) -> AppView {
     let outbox_depth = state.fanout.depth(&app.id);
+    let previous_secret_expires_at_ms = previous_expiry(state, &app);
     AppView {
+        previous_secret_expires_at_ms,
         app_id: app.id,
         name: app.name,
         webhook_url: app.webhook_url,
@@ -52,6 +61,11 @@ fn view(state: &ApiState, app: AppRecord) -> AppView {
         disabled: app.disabled,
         outbox_depth,
     }
+}
+
+/// When the app's previous secret stops signing, if it still does.
+fn previous_expiry(state: &ApiState, app: &AppRecord) -> Option<u64> {
+    app.live_previous_secret(state.clock.unix_ms()).map(|previous| previous.expires_ms)
 }
 
 /// A store lookup's answer: the app, 404 `not_found` if there is none, 500 on a failure.
@@ -115,16 +129,45 @@ pub(super) async fn show(
 pub(super) struct Rotated {
     app_id: String,
     webhook_secret: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_secret_expires_at_ms: Option<u64>,
+}
+
+/// The longest overlap a rotation may give the old secret: long enough for a receiver's
+/// deploy, short enough that a leaked secret being rotated away does not stay valid.
+pub(crate) const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `rotate-secret`'s query: `overlap_secs`, how long the old secret keeps signing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RotateQuery {
+    overlap_secs: Option<u64>,
 }
 
 pub(super) async fn rotate_secret(
     State(state): State<ApiState>,
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
+    query: Result<Query<RotateQuery>, QueryRejection>,
 ) -> Result<axum::Json<Rotated>, ApiError> {
-    let app = found(state.apps.rotate_secret(&id).await)?;
+    let overlap_out_of_range = |detail: String| {
+        let max = MAX_SECRET_OVERLAP.as_secs();
+        let message = format!("`overlap_secs` must be an integer from 0 to {max} (7 days): {detail}");
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::OverlapOutOfRange, message)
+    };
+    let Query(query) = query.map_err(|rejection| overlap_out_of_range(rejection.body_text()))?;
+    let overlap = Duration::from_secs(query.overlap_secs.unwrap_or(0));
+    if overlap > MAX_SECRET_OVERLAP {
+        return Err(overlap_out_of_range(format!("{} is too long", overlap.as_secs())));
+    }
+    let app = found(state.apps.rotate_secret(&id, overlap).await)?;
     state.fanout.app_changed(&app.id);
-    Ok(axum::Json(Rotated { app_id: app.id, webhook_secret: app.webhook_secret }))
+    let previous_secret_expires_at_ms = previous_expiry(&state, &app);
+    Ok(axum::Json(Rotated {
+        app_id: app.id,
+        webhook_secret: app.webhook_secret,
+        previous_secret_expires_at_ms,
+    }))
 }
 
 pub(super) async fn enable(

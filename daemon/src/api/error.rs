@@ -53,6 +53,8 @@ pub enum ApiErrorCode {
     AdminDisabled,
     /// 422: a webhook URL the SSRF guard refuses.
     InvalidWebhookUrl,
+    /// 422: a secret rotation's `overlap_secs` that is not 0 to 7 days.
+    OverlapOutOfRange,
     /// 500: the daemon failed (storage); details go to the log.
     Internal,
     /// 408: the request's body did not arrive within the body timeout, or the whole request
@@ -62,7 +64,7 @@ pub enum ApiErrorCode {
 
 impl ApiErrorCode {
     /// Every code, in the order openapi.json lists them.
-    pub const ALL: [ApiErrorCode; 22] = [
+    pub const ALL: [ApiErrorCode; 23] = [
         ApiErrorCode::Unauthenticated,
         ApiErrorCode::InvalidApiKey,
         ApiErrorCode::RateLimited,
@@ -83,6 +85,7 @@ impl ApiErrorCode {
         ApiErrorCode::MetricsForbidden,
         ApiErrorCode::AdminDisabled,
         ApiErrorCode::InvalidWebhookUrl,
+        ApiErrorCode::OverlapOutOfRange,
         ApiErrorCode::Internal,
         ApiErrorCode::RequestTimeout,
     ];
@@ -110,6 +113,7 @@ impl ApiErrorCode {
             ApiErrorCode::MetricsForbidden => "metrics_forbidden",
             ApiErrorCode::AdminDisabled => "admin_disabled",
             ApiErrorCode::InvalidWebhookUrl => "invalid_webhook_url",
+            ApiErrorCode::OverlapOutOfRange => "overlap_out_of_range",
             ApiErrorCode::Internal => "internal",
             ApiErrorCode::RequestTimeout => "request_timeout",
         }

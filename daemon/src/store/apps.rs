@@ -24,6 +24,27 @@ pub struct AppRecord {
     pub created_ms: u64,
     /// Set when the endpoint answered 410 Gone: no more deliveries until re-enabled.
     pub disabled: bool,
+    /// The secret a rotation with an overlap replaced, still signing beside the new one
+    /// until it expires; absent in records written before overlaps existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A replaced webhook secret during a rotation's overlap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// The old `whsec_` secret.
+    pub secret: String,
+    /// When it stops signing, Unix milliseconds.
+    pub expires_ms: u64,
+}
+
+impl AppRecord {
+    /// The previous secret if it is still within its overlap at `now_ms`: an expired one
+    /// is never used, whether or not a later write has removed it yet.
+    pub fn live_previous_secret(&self, now_ms: u64) -> Option<&PreviousSecret> {
+        self.previous_secret.as_ref().filter(|previous| now_ms < previous.expires_ms)
+    }
 }
 
 /// The registered apps. Every method is one transaction and may block on disk I/O.

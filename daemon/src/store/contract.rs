@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::{
     AppRecord, AppStore, Commit, CommitListener, NotificationStore, Outbox, OutboxEntry, OutboxEvent,
-    RunJournal, SessionChange, StoredSession, TicketStore,
+    PreviousSecret, RevocationStore, RunJournal, SessionChange, StoredSession, TicketStore, Tombstone,
 };
 
 /// A registered app with a made-up record (shared with the implementations' own tests).
@@ -20,6 +20,7 @@ pub(crate) fn app(id: &str) -> AppRecord {
         webhook_secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
         created_ms: 1_700_000_000_000,
         disabled: false,
+        previous_secret: None,
     }
 }
 
@@ -128,6 +129,13 @@ pub(crate) fn apps<S: AppStore>(store: &S) {
     let stored = store.get_app("app_b").expect("get").expect("app");
     assert!(stored.disabled);
     assert_eq!(stored.webhook_secret, secret);
+    // A rotation's previous secret and its expiry are kept, and removed by a later write.
+    let previous = PreviousSecret { secret: secret.clone(), expires_ms: 1_700_000_086_400_000 };
+    let kept = Some(previous.clone());
+    store.update_app("app_b", &mut |app| app.previous_secret = kept.clone()).expect("update");
+    assert_eq!(store.get_app("app_b").expect("get").expect("app").previous_secret, Some(previous));
+    store.update_app("app_b", &mut |app| app.previous_secret = None).expect("update");
+    assert_eq!(store.get_app("app_b").expect("get").expect("app").previous_secret, None);
 
     assert!(store.delete_app("app_a").expect("delete"));
     assert!(!store.delete_app("app_a").expect("delete again"));
@@ -340,6 +348,24 @@ pub(crate) fn journal<S: RunJournal>(store: &S) {
     assert_eq!(store.seq_floor().expect("floor"), 501);
 }
 
+/// Tombstones are kept per (app, PUID), listed in that order, replaced by a newer revoke of
+/// the same pair, and deleted once.
+pub(crate) fn revocations<S: RevocationStore>(store: &S) {
+    let stone =
+        |app: &str, puid: &str, at: u64| Tombstone { app_id: app.into(), puid: puid.into(), revoked_ms: at };
+    assert_eq!(store.list_tombstones().expect("list"), []);
+    store.put_tombstone(&stone("app_b", "p1", 1)).expect("put");
+    store.put_tombstone(&stone("app_a", "p2", 2)).expect("put");
+    store.put_tombstone(&stone("app_a", "p1", 3)).expect("put");
+    store.put_tombstone(&stone("app_a", "p1", 4)).expect("again");
+    let listed = store.list_tombstones().expect("list");
+    assert_eq!(listed, [stone("app_a", "p1", 4), stone("app_a", "p2", 2), stone("app_b", "p1", 1)]);
+    assert!(store.delete_tombstone("app_a", "p1").expect("delete"));
+    assert!(!store.delete_tombstone("app_a", "p1").expect("delete again"));
+    assert!(!store.delete_tombstone("app_c", "p2").expect("never there"));
+    assert_eq!(store.list_tombstones().expect("list"), [stone("app_a", "p2", 2), stone("app_b", "p1", 1)]);
+}
+
 /// Runs every suite against one implementation. `$open` turns a fresh temporary directory
 /// into a store; every suite gets its own.
 macro_rules! contract_suite {
@@ -347,9 +373,10 @@ macro_rules! contract_suite {
         mod $name {
             use super::*;
 
-            fn open()
-            -> (tempfile::TempDir, impl AppStore + Outbox + NotificationStore + TicketStore + RunJournal)
-            {
+            fn open() -> (
+                tempfile::TempDir,
+                impl AppStore + Outbox + NotificationStore + TicketStore + RunJournal + RevocationStore,
+            ) {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let store = ($open)(dir.path());
                 (dir, store)
@@ -403,6 +430,11 @@ macro_rules! contract_suite {
             #[test]
             fn journal() {
                 super::journal(&open().1);
+            }
+
+            #[test]
+            fn revocations() {
+                super::revocations(&open().1);
             }
         }
     };

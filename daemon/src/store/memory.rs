@@ -13,7 +13,8 @@ use super::outbox::ListenerSlot;
 use super::queue::CompactingQueue;
 use super::{
     AppRecord, AppStore, Commit, CommitListener, NotificationStore, Outbox, OutboxEntry, OutboxEvent,
-    RunJournal, SessionChange, StoreError, StoreFuture, StoredSession, TicketStore,
+    RevocationStore, RunJournal, SessionChange, StoreError, StoreFuture, StoredSession, TicketStore,
+    Tombstone,
 };
 
 /// Every store in one mutex-guarded state. Appends are "durable" when they return: each is
@@ -37,6 +38,8 @@ struct State {
     running: bool,
     seq_floor: u64,
     sessions: BTreeMap<Vec<u8>, StoredSession>,
+    /// (app, PUID) → revoked at.
+    tombstones: BTreeMap<(String, String), u64>,
 }
 
 impl MemoryStore {
@@ -219,5 +222,29 @@ impl TicketStore for MemoryStore {
         let mut sessions: Vec<StoredSession> = state.sessions.values().cloned().collect();
         sessions.sort_by_key(|session| session.created_secs);
         Ok(sessions)
+    }
+}
+
+impl RevocationStore for MemoryStore {
+    fn put_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
+        let key = (tombstone.app_id.clone(), tombstone.puid.clone());
+        self.lock().tombstones.insert(key, tombstone.revoked_ms);
+        Ok(())
+    }
+
+    fn delete_tombstone(&self, app_id: &str, puid: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().tombstones.remove(&(app_id.to_owned(), puid.to_owned())).is_some())
+    }
+
+    fn list_tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        let state = self.lock();
+        let tombstones = state.tombstones.iter();
+        Ok(tombstones
+            .map(|((app_id, puid), &revoked_ms)| Tombstone {
+                app_id: app_id.clone(),
+                puid: puid.clone(),
+                revoked_ms,
+            })
+            .collect())
     }
 }

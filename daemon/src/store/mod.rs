@@ -9,8 +9,9 @@
 //! | [`NotificationStore`] | [`notifications`] | live notifications, so a restart loses no outcome |
 //! | [`TicketStore`]       | [`tickets`]       | the server half of TLS resumption tickets        |
 //! | [`RunJournal`]        | [`journal`]       | whether the last run ended cleanly; the seq floor |
+//! | [`RevocationStore`]   | [`revocations`]   | revoked (app, PUID) pairs, until granted again   |
 //!
-//! Two implementations hold all five: [`embedded::EmbeddedStore`] (one redb file in the data
+//! Two implementations hold all six: [`embedded::EmbeddedStore`] (one redb file in the data
 //! directory, the daemon's) and [`memory::MemoryStore`] (nothing durable: tests and the
 //! fan-out bench's `--store memory` diagnostic). One object implements every trait because
 //! the concerns meet in two places: removing an app removes its outbox, and an outbox
@@ -30,15 +31,17 @@ pub(crate) mod memory;
 pub(crate) mod notifications;
 pub(crate) mod outbox;
 mod queue;
+pub(crate) mod revocations;
 pub(crate) mod tickets;
 
 #[cfg(test)]
 pub(crate) mod contract;
 
-pub(crate) use apps::{AppRecord, AppStore};
+pub(crate) use apps::{AppRecord, AppStore, PreviousSecret};
 pub(crate) use journal::RunJournal;
 pub(crate) use notifications::NotificationStore;
 pub(crate) use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
+pub(crate) use revocations::{RevocationStore, Tombstone};
 pub(crate) use tickets::{SessionChange, StoredSession, TicketStore};
 
 /// A storage failure.

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::guard::{GuardedResolver, UrlPolicy};
-use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
+use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Signer, WebhookSecret};
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
@@ -501,7 +501,7 @@ impl Inner {
         self.config.max_bytes.saturating_sub(envelope + self.config.max_events)
     }
 
-    async fn send(&self, app_id: &str, url: &Url, secret: &WebhookSecret, batch: &[OutboxEntry]) -> Outcome {
+    async fn send(&self, app_id: &str, url: &Url, signer: &Signer, batch: &[OutboxEntry]) -> Outcome {
         if let Err(error) = self.config.url_policy.check_target(url) {
             warn!(app = app_id, %error, "webhook URL refused");
             return Outcome::Failed(None);
@@ -509,7 +509,8 @@ impl Inner {
         let body = batch_body(app_id, batch);
         let id = message_id(app_id, batch);
         let timestamp = self.clock.unix_secs();
-        let signature = secret.sign(&id, timestamp, &body);
+        // Checked per attempt: a previous secret whose overlap ended is never sent.
+        let signature = signer.header(&id, timestamp, &body, self.clock.unix_ms());
         let request = self
             .client
             .post(url.clone())
@@ -714,6 +715,18 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
             return;
         }
     };
+    // A previous secret that does not parse only costs the receivers still on it; the
+    // current one goes on signing.
+    let previous = app.live_previous_secret(inner.clock.unix_ms()).and_then(|previous| {
+        match WebhookSecret::parse(&previous.secret) {
+            Ok(secret) => Some((secret, previous.expires_ms)),
+            Err(error) => {
+                warn!(app = app_id, %error, "invalid previous webhook secret; signing with the new one only");
+                None
+            }
+        }
+    });
+    let signer = Signer::new(secret, previous);
     if catch_up && depth > 0 {
         // Waiting while the app was disabled or misconfigured: it has waited long enough.
         shared.note(inner.long_ago(), 0, 0, &inner.config);
@@ -744,7 +757,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
             if batch.is_empty() {
                 break;
             }
-            let delay = match inner.send(&app_id, &url, &secret, &batch).await {
+            let delay = match inner.send(&app_id, &url, &signer, &batch).await {
                 Outcome::Delivered => {
                     delivered(&inner, &app_id, &shared, batch, enqueued_ms).await;
                     attempt = 0;

@@ -164,6 +164,37 @@ impl WebhookSecret {
     }
 }
 
+/// An app's signing keys: the current secret and, during a rotation's overlap, the
+/// previous one until it expires.
+///
+/// Receivers that have not switched yet keep verifying while both are sent (Standard
+/// Webhooks lets a header carry several signatures and a verifier accept any one), so a
+/// rotation need not be a flag day. Expiry is checked each time a header is made, against
+/// the caller's clock: no timer has to remove the old secret for it to stop being used.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    current: WebhookSecret,
+    previous: Option<(WebhookSecret, u64)>,
+}
+
+impl Signer {
+    /// The current secret, and the previous one with its expiry (Unix ms), if any.
+    pub fn new(current: WebhookSecret, previous: Option<(WebhookSecret, u64)>) -> Signer {
+        Signer { current, previous }
+    }
+
+    /// The `webhook-signature` value: the current secret's signature, then the previous
+    /// secret's if `now_ms` is before its expiry, space-separated.
+    pub fn header(&self, msg_id: &str, timestamp_secs: u64, body: &[u8], now_ms: u64) -> String {
+        let mut header = self.current.sign(msg_id, timestamp_secs, body);
+        if let Some((previous, _)) = self.previous.as_ref().filter(|(_, expires_ms)| now_ms < *expires_ms) {
+            header.push(' ');
+            header.push_str(&previous.sign(msg_id, timestamp_secs, body));
+        }
+        header
+    }
+}
+
 /// `"{msg_id}.{timestamp}.{body}"`, the bytes the HMAC covers.
 fn signed_content(msg_id: &str, timestamp_secs: u64, body: &[u8]) -> Vec<u8> {
     let prefix = format!("{msg_id}.{timestamp_secs}.");
@@ -305,5 +336,26 @@ mod tests {
             secret.verify_headers(&headers, b"body", DEFAULT_TOLERANCE),
             Err(VerifyError::MissingHeader(HEADER_ID))
         );
+    }
+
+    #[test]
+    fn during_an_overlap_both_secrets_verify_and_after_it_only_the_new_one() {
+        let (old, new) = (WebhookSecret::generate(), WebhookSecret::generate());
+        let signer = Signer::new(new.clone(), Some((old.clone(), 10_000)));
+        let at = 1_700_000_000;
+        let check = |secret: &WebhookSecret, header: &str| {
+            secret.verify_at("msg_1", &at.to_string(), header, b"{}", DEFAULT_TOLERANCE, at)
+        };
+        let during = signer.header("msg_1", at, b"{}", 9_999);
+        assert_eq!(during.split(' ').count(), 2, "{during}");
+        assert!(during.starts_with(&new.sign("msg_1", at, b"{}")), "the new signature first");
+        assert_eq!(check(&old, &during), Ok(()));
+        assert_eq!(check(&new, &during), Ok(()));
+        let after = signer.header("msg_1", at, b"{}", 10_000);
+        assert_eq!(after, new.sign("msg_1", at, b"{}"));
+        assert_eq!(check(&new, &after), Ok(()));
+        assert_eq!(check(&old, &after), Err(VerifyError::NoMatch));
+        let single = Signer::new(new.clone(), None).header("msg_1", at, b"{}", 0);
+        assert_eq!(single, new.sign("msg_1", at, b"{}"));
     }
 }

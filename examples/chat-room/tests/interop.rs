@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use presenced::testing::webhook::secret::{
-    DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret,
+    DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Signer, WebhookSecret,
 };
 use standardwebhooks::Webhook;
 
@@ -63,4 +63,23 @@ fn both_sign_the_specifications_example_alike() {
     let expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
     assert_eq!(WebhookSecret::parse(text).expect("secret").sign(id, at, body), expected);
     assert_eq!(Webhook::new(text).expect("secret").sign(id, at as i64, body).expect("sign"), expected);
+}
+
+#[test]
+fn the_reference_library_verifies_a_rotation_overlaps_two_signatures_with_either_secret() {
+    let (old, new) = (WebhookSecret::generate(), WebhookSecret::generate());
+    let (id, at) = ("msg_rotation", now());
+    let expires_ms = at * 1000 + 60_000;
+    let signer = Signer::new(new.clone(), Some((old.clone(), expires_ms)));
+    let during = signer.header(id, at, BODY, at * 1000);
+    for secret in [&old, &new] {
+        let library = Webhook::new(&secret.to_string()).expect("secret");
+        library.verify(BODY, &headers(id, at, &during)).expect("either secret verifies both signatures");
+    }
+    let after = signer.header(id, at, BODY, expires_ms);
+    Webhook::new(&new.to_string())
+        .expect("secret")
+        .verify(BODY, &headers(id, at, &after))
+        .expect("new verifies");
+    assert!(Webhook::new(&old.to_string()).expect("secret").verify(BODY, &headers(id, at, &after)).is_err());
 }

@@ -17,6 +17,7 @@
 //! | `meta`          | name                | u64                   | serial counter, run flag, seq floor |
 //! | `notifications` | notification id     | record (JSON)         | outcomes survive a restart          |
 //! | `tls_sessions`  | ticket              | (issued secs, state)  | 0-RTT resumption across restarts    |
+//! | `revocations`   | (app id, PUID)      | revoked at (Unix ms)  | a revoke outlives offline devices   |
 //!
 //! A stored event is the event's `at` (Unix ms, 8 bytes big-endian) followed by its JSON,
 //! so delivery reads `at` without parsing the JSON and without a table of its own (one more
@@ -60,7 +61,8 @@ use tokio::sync::watch;
 use self::outbox::Pending;
 use super::outbox::ListenerSlot;
 use super::{
-    AppRecord, AppStore, NotificationStore, RunJournal, SessionChange, StoreError, StoredSession, TicketStore,
+    AppRecord, AppStore, NotificationStore, RevocationStore, RunJournal, SessionChange, StoreError,
+    StoredSession, TicketStore, Tombstone,
 };
 
 const APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("apps");
@@ -70,6 +72,7 @@ const DEPTH: TableDefinition<'_, &str, u64> = TableDefinition::new("outbox_depth
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
 const SESSIONS: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("tls_sessions");
+const REVOCATIONS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("revocations");
 
 /// The `meta` key of the last serial handed out.
 const SERIAL: &str = "serial";
@@ -139,6 +142,7 @@ impl EmbeddedStore {
             txn.open_table(META)?;
             txn.open_table(NOTIFICATIONS)?;
             txn.open_table(SESSIONS)?;
+            txn.open_table(REVOCATIONS)?;
             for item in txn.open_table(DEPTH)?.iter()? {
                 let (app, depth) = item?;
                 depths.insert(app.value().to_owned(), depth.value());
@@ -355,6 +359,35 @@ impl RunJournal for EmbeddedStore {
             meta.insert(SEQ_FLOOR, now.max(seq))?;
             Ok(())
         })
+    }
+}
+
+impl RevocationStore for EmbeddedStore {
+    fn put_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let key = (tombstone.app_id.as_str(), tombstone.puid.as_str());
+            txn.open_table(REVOCATIONS)?.insert(key, tombstone.revoked_ms)?;
+            Ok(())
+        })
+    }
+
+    fn delete_tombstone(&self, app_id: &str, puid: &str) -> Result<bool, StoreError> {
+        self.write(|txn| Ok(txn.open_table(REVOCATIONS)?.remove((app_id, puid))?.is_some()))
+    }
+
+    fn list_tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let mut tombstones = Vec::new();
+        for item in txn.open_table(REVOCATIONS)?.iter()? {
+            let (key, revoked_ms) = item?;
+            let (app_id, puid) = key.value();
+            tombstones.push(Tombstone {
+                app_id: app_id.to_owned(),
+                puid: puid.to_owned(),
+                revoked_ms: revoked_ms.value(),
+            });
+        }
+        Ok(tombstones)
     }
 }
 
