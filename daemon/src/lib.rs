@@ -102,8 +102,9 @@ pub const STORE_FILE: &str = "presenced.redb";
 /// How often the highest presence `seq` handed out is recorded in the store.
 const SEQ_RECORD_INTERVAL: Duration = Duration::from_secs(1);
 /// How far above the last recorded `seq` a daemon starts after a crash: a minute of
-/// microseconds, far more than one interval's worth of seqs (they follow the clock, or
-/// count one per event when the clock is behind).
+/// microseconds, far more than one interval's worth of seqs (they follow the clock to its
+/// slot, or step at most [`table::MAX_STEP`] past the last when the clock is behind: tens of
+/// thousands of new views within the last interval before the crash).
 const SEQ_CRASH_MARGIN_MICROS: u64 = 60_000_000;
 
 /// Records the table's highest `seq` whenever it changed, once per interval, off the

@@ -8,16 +8,32 @@
 //! grace). Availability runs online > away > unavailable > offline; the winning device's
 //! message goes with it; with no such device the app sees `offline` and an empty message.
 //!
-//! # Events and sequence numbers
+//! # Events, sequence numbers and times
 //!
 //! Whenever that aggregate changes, the table emits a [`PresenceEvent`] for the (app, PUID)
-//! pair. Its `seq` increases per PUID, across reconnects and daemon restarts alike:
-//! `seq = max(previous + 1, now in Unix microseconds, highest handed out + 1)`. Receivers
-//! drop any event whose `seq` is not above the last one they saw for that PUID. The highest
-//! one handed out survives a step of the clock back; the daemon also records it in the
-//! store about once a second and starts above it after a restart (with a margin after a
-//! crash), so a restart with the clock stepped back cannot make a sequence go backwards
-//! either.
+//! pair, with a `seq` and an `at` of that pair's own, so that two apps cannot match their
+//! PUIDs to one user by equal numbers or equal gaps between them (SECURITY.md):
+//!
+//! - Time is cut into slots of [`SLOT_MICROS`] (2^20 µs, about a second). A change in slot
+//!   `s` takes `seq = max(s + j, after + step)`, where `j` (below half a slot) and `step`
+//!   (1 to [`MAX_STEP`]) come from a keyed hash of (app, PUID, slot, previous seq)
+//!   ([`PuidKey::spread`]); `after` is the pair's previous `seq` while the table holds its
+//!   view, and the highest `seq` the table ever handed out (or the floor) when it makes the
+//!   view anew (the user came back). So `seq` increases per (app, PUID), across reconnects
+//!   and daemon restarts alike, and receivers drop any event whose `seq` is not above the
+//!   last one they saw for that PUID.
+//! - `at` is a point of the same slot chosen by the same hash: the change's time to about
+//!   a second, at a place of its own per app and change. Two changes of one slot may carry
+//!   `at`s in either order (keeping it from going back would give both apps the same zero
+//!   gap); `seq` is what orders them.
+//!
+//! What remains linkable is the slot: two apps see a user's changes in the same seconds
+//! (the pattern of status over time), which no numbering can hide.
+//!
+//! The highest `seq` handed out survives a step of the clock back; the daemon also records
+//! it in the store about once a second and starts above it after a restart (with a margin
+//! after a crash), so a restart with the clock stepped back cannot make a sequence go
+//! backwards either.
 //!
 //! A user's entry lives while they have a session; the table holds nothing for users who
 //! are gone, so memory follows connected users only.
@@ -57,6 +73,15 @@ use crate::puid::PuidKey;
 /// for more while bounding what one user can make the daemon hold (about 1.8 KB a device)
 /// and the work under that user's entry.
 pub(crate) const DEFAULT_MAX_DEVICES_PER_USER: u32 = 32;
+
+/// Microseconds of one time slot (2^20 µs, about a second): what two apps can still tell
+/// about when a user's status changed. A power of two, so the hash splits into its parts
+/// by masks.
+pub(crate) const SLOT_MICROS: u64 = 1 << 20;
+/// Widest step of one (app, PUID)'s `seq` past the one before it (or past the table's
+/// highest, for a view made anew). Small, so that a storm of reconnects moves the highest
+/// `seq` ahead of the clock only beyond about 2,000 new views a second.
+pub(crate) const MAX_STEP: u64 = 1 << 10;
 
 /// The table's own settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +125,10 @@ pub struct PresenceEvent {
     pub status: Status,
     /// The winning device's message.
     pub message: String,
-    /// Increases per PUID; see the module docs.
+    /// Increases per (app, PUID), with values of that pair's own; see the module docs.
     pub seq: u64,
-    /// When the change happened, Unix milliseconds.
+    /// When the change happened, Unix milliseconds, to about a second (a point of its slot
+    /// chosen per app; see the module docs).
     pub at_ms: u64,
 }
 
@@ -128,7 +154,7 @@ pub struct AppView {
     pub message: String,
     /// Sequence number of the last change.
     pub seq: u64,
-    /// When it last changed, Unix milliseconds.
+    /// When it last changed, Unix milliseconds: the `at` of that change's event.
     pub since_ms: u64,
 }
 
@@ -526,8 +552,8 @@ impl PresenceTable {
             match &mut app.seen {
                 Some(seen) if seen.view.status == status && seen.view.message == message => {}
                 Some(seen) => {
-                    let seq = self.next_seq(seen.view.seq, now);
-                    seen.view = AppView { status, message: message.to_owned(), seq, since_ms: now / 1_000 };
+                    let (seq, since_ms) = self.stamp(&app.app_id, &seen.puid, Some(&seen.view), now);
+                    seen.view = AppView { status, message: message.to_owned(), seq, since_ms };
                     events.push(event(&app.app_id, seen));
                 }
                 // An app that never saw the user online learns nothing from "offline".
@@ -535,8 +561,8 @@ impl PresenceTable {
                 None => {
                     let puid = self.puid(&app.app_id, user);
                     self.reverse.insert(puid.clone(), (app.app_id.clone(), user.to_owned()));
-                    let seq = self.next_seq(0, now);
-                    let view = AppView { status, message: message.to_owned(), seq, since_ms: now / 1_000 };
+                    let (seq, since_ms) = self.stamp(&app.app_id, &puid, None, now);
+                    let view = AppView { status, message: message.to_owned(), seq, since_ms };
                     let seen = Seen { puid, view };
                     events.push(event(&app.app_id, &seen));
                     app.seen = Some(seen);
@@ -561,19 +587,22 @@ impl PresenceTable {
         self.seq_high.fetch_max(floor, Ordering::Relaxed);
     }
 
-    /// The next sequence number for a PUID whose last one was `previous`: above it, at least
-    /// the clock, and above every number this table handed out before, so a PUID whose view
-    /// was dropped and rebuilt, or a clock stepped back, never makes a sequence go backwards.
-    fn next_seq(&self, previous: u64, now_micros: u64) -> u64 {
-        let wanted = (previous + 1).max(now_micros);
-        let mut high = self.seq_high.load(Ordering::Relaxed);
-        loop {
-            let next = wanted.max(high + 1);
-            match self.seq_high.compare_exchange_weak(high, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return next,
-                Err(actual) => high = actual,
-            }
-        }
+    /// The `seq` and `at` (Unix ms) of a change of what `app_id` sees of `puid` at
+    /// `now_micros`, given the pair's current view if the table holds one (module docs).
+    /// A view made anew starts above every `seq` this table handed out before (or the
+    /// floor), so a PUID whose view was dropped and rebuilt, or a clock stepped back, never
+    /// makes a sequence go backwards. Called under the user's entry, so one pair's changes
+    /// are numbered one at a time.
+    fn stamp(&self, app_id: &str, puid: &str, previous: Option<&AppView>, now_micros: u64) -> (u64, u64) {
+        let slot = now_micros & !(SLOT_MICROS - 1);
+        let hash = self.puid_key.spread(app_id, puid, slot, previous.map_or(0, |view| view.seq));
+        let timed = slot.saturating_add(hash & (SLOT_MICROS / 2 - 1));
+        let step = 1 + ((hash >> 20) & (MAX_STEP - 1));
+        let after = previous.map_or_else(|| self.seq_high.load(Ordering::Relaxed), |view| view.seq);
+        let seq = timed.max(after.saturating_add(step));
+        self.seq_high.fetch_max(seq, Ordering::Relaxed);
+        let at_ms = slot.saturating_add((hash >> 32) & (SLOT_MICROS - 1)) / 1_000;
+        (seq, at_ms)
     }
 
     /// The next value of the table-wide change counter.
@@ -756,6 +785,94 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One user's changes as two apps see them, at chosen times (several in one slot, a
+    /// gap, a clock step back), numbered by the table's own [`PresenceTable::stamp`]: no
+    /// `seq` of one app equals one of the other, no gap between two of one app's `seq`s or
+    /// `at`s equals the gap between the same two changes at the other, and each app's
+    /// sequence increases while its `at` stays within the change's slot.
+    #[test]
+    fn two_apps_seeing_one_users_changes_get_no_equal_seqs_or_gaps() {
+        let (table, _) = table();
+        let t0 = 1_767_225_600_000_000u64;
+        let times: Vec<u64> = [0, 10, 20, 300_000, 2_000_000, 2_000_001, 9_000_000, 60_000_000, 61_500_000]
+            .iter()
+            .map(|d| t0 + d)
+            .chain([t0 + 30_000_000, t0 + 61_600_000])
+            .collect();
+        let stamps = |app: &str| {
+            let puid = table.puid(app, "u");
+            let mut view: Option<AppView> = None;
+            let mut out = Vec::new();
+            for &now in &times {
+                let (seq, since_ms) = table.stamp(app, &puid, view.as_ref(), now);
+                let slot_ms = (now & !(SLOT_MICROS - 1)) / 1_000;
+                if let Some(previous) = &view {
+                    assert!(seq > previous.seq, "{app}: seq increases");
+                }
+                let slot_end = slot_ms + SLOT_MICROS / 1_000;
+                assert!((slot_ms..=slot_end).contains(&since_ms), "{app}: at is within the change's slot");
+                view = Some(AppView { status: Status::Online, message: String::new(), seq, since_ms });
+                out.push((seq, since_ms));
+            }
+            out
+        };
+        let (a, b) = (stamps("app_a"), stamps("app_b"));
+        for (sa, _) in &a {
+            assert!(b.iter().all(|(sb, _)| sb != sa), "equal seq {sa} at both apps");
+        }
+        for i in 0..a.len() {
+            for j in i + 1..a.len() {
+                assert_ne!(a[j].0 - a[i].0, b[j].0 - b[i].0, "equal seq gap between changes {i} and {j}");
+                let (gap_a, gap_b) = (a[j].1 as i64 - a[i].1 as i64, b[j].1 as i64 - b[i].1 as i64);
+                assert_ne!(gap_a, gap_b, "equal at gap between changes {i} and {j}");
+            }
+        }
+    }
+
+    /// A restarted daemon's table, raised to the floor the previous run recorded, numbers a
+    /// returning user's changes above every `seq` the previous run gave each app, even with
+    /// the wall clock an hour behind; and the events' `seq` and `at` are what a poll reads.
+    #[test]
+    fn seq_increases_per_app_and_puid_across_a_restart_and_a_clock_step_back() {
+        let apps = [AppId::new("app_a").expect("app id"), AppId::new("app_b").expect("app id")];
+        let state =
+            |status| DeviceState { status, idle: false, message: String::new(), visibility: apps.to_vec() };
+        let (first, recorder) = table();
+        first.connect("u", "phone", SessionHandle::new(1).0, state(Status::Online)).expect("within the cap");
+        for status in [Status::Away, Status::Unavailable, Status::Online] {
+            first.update("u", "phone", 1, |s| s.status = status);
+        }
+        for app in &apps {
+            let view = first.lookup(app, &first.puid(app, "u")).expect("seen");
+            let last = recorder.all().into_iter().rev().find(|e| &e.app_id == app).expect("told");
+            assert_eq!(
+                (view.seq, view.since_ms),
+                (last.seq, last.at_ms),
+                "a poll reads the event's seq and at"
+            );
+        }
+        first.disconnect("u", "phone", 1);
+        let last: Vec<u64> = apps
+            .iter()
+            .map(|app| recorder.all().iter().filter(|e| &e.app_id == app).map(|e| e.seq).max().expect("told"))
+            .collect();
+        let floor = first.seq_high();
+        drop(first);
+
+        let (second, recorder) = table();
+        second.raise_seq_floor(floor);
+        second.connect("u", "phone", SessionHandle::new(1).0, state(Status::Online)).expect("within the cap");
+        for (app, last) in apps.iter().zip(&last) {
+            let again = recorder.all().into_iter().find(|e| &e.app_id == app).expect("told again");
+            assert!(again.seq > *last, "{app}: {} after {last}", again.seq);
+        }
+        // The clock an hour behind: a view made anew still starts above the floor.
+        let hour_ago = second.clock.unix_micros() - 3_600_000_000;
+        let puid = second.puid("app_c", "u");
+        let (seq, _) = second.stamp("app_c", &puid, None, hour_ago);
+        assert!(seq > floor, "{seq} above the floor {floor}");
     }
 
     #[test]
