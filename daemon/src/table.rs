@@ -35,6 +35,17 @@
 //! after a crash), so a restart with the clock stepped back cannot make a sequence go
 //! backwards either.
 //!
+//! # Departures: a drain that does not flap
+//!
+//! When a clean drain sends devices away with `GoAway` ([`PresenceTable::begin_drain`],
+//! with a grace of `drain_grace_secs`), a user going offline is not told: the table moves
+//! what each app was last told into its *departures*, with a deadline, and the daemon
+//! records them in the run journal. The next run takes them over
+//! ([`PresenceTable::restore_departures`]): until the deadline the app's view stays what it
+//! was told (so polls agree with the webhooks); a user who comes back claims it, and the
+//! app hears only what changed, nothing if nothing did; at the deadline the app is told
+//! `offline` ([`PresenceTable::expire_departures`]), with a `seq` above the last.
+//!
 //! A user's entry lives while they have a session; the table holds nothing for users who
 //! are gone, so memory follows connected users only.
 //!
@@ -57,8 +68,10 @@
 //! the sink ([`PresenceSink`]), so encoding and outbox work never hold up other users.
 
 use std::cmp::Reverse;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use presence_protocol::{AppId, Puid, Status};
@@ -67,6 +80,7 @@ use crate::clock::Clock;
 use crate::handle::SessionHandle;
 use crate::metrics::Metrics;
 use crate::puid::PuidKey;
+use crate::store::Departure;
 
 /// Default most devices one user may have connected at once: a person's phone, tablet,
 /// laptops, desktop, watch, TV and a few browser profiles are about ten, so 32 leaves room
@@ -89,6 +103,9 @@ pub(crate) struct TableConfig {
     /// Most devices of one user connected at once; one more is refused
     /// ([`TooManyDevices`]), a device reconnecting (replacing its own session) is not.
     pub(crate) max_devices_per_user: u32,
+    /// How long a user the drain sent away keeps what apps see of them before they are told
+    /// `offline`; zero tells them in the drain (module docs, departures).
+    pub(crate) drain_grace: std::time::Duration,
 }
 
 /// A new device of a user who already has as many connected as the table allows; nothing
@@ -243,6 +260,15 @@ struct Seen {
     view: AppView,
 }
 
+/// What an app was last told of a user the drain sent away, until they come back or the
+/// deadline passes.
+#[derive(Debug)]
+struct Departed {
+    seen: Seen,
+    /// Unix milliseconds.
+    deadline_ms: u64,
+}
+
 #[derive(Debug, Default)]
 struct UserEntry {
     /// Device slots: a device keeps its slot while connected; a free slot is reused.
@@ -325,6 +351,13 @@ pub struct PresenceTable {
     changes: AtomicU64,
     /// Most devices per user.
     max_devices: u32,
+    /// Set by [`Self::begin_drain`]: a user going offline departs instead of being told.
+    draining: AtomicBool,
+    /// The grace a departure gets; zero: none, the drain tells apps `offline`.
+    drain_grace: Duration,
+    /// Departed users by (app, user). Taken under a user's entry (a user coming back claims
+    /// theirs) and alone (expiry), never the other way round.
+    departed: Mutex<HashMap<(AppId, String), Departed>>,
 }
 
 impl PresenceTable {
@@ -346,6 +379,17 @@ impl PresenceTable {
             seq_high: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             max_devices: DEFAULT_MAX_DEVICES_PER_USER,
+            draining: AtomicBool::new(false),
+            drain_grace: Duration::ZERO,
+            departed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same table with the table's settings.
+    pub(crate) fn with_config(self, config: TableConfig) -> PresenceTable {
+        PresenceTable {
+            drain_grace: config.drain_grace,
+            ..self.with_max_devices(config.max_devices_per_user)
         }
     }
 
@@ -453,8 +497,86 @@ impl PresenceTable {
     /// What `app_id` currently sees of the user behind `puid`; `None` reads as offline.
     pub fn lookup(&self, app_id: &str, puid: &str) -> Option<AppView> {
         let user = self.user_of(app_id, puid)?;
-        let entry = self.users.get(&user)?;
-        entry.app(app_id)?.seen.as_ref().map(|seen| seen.view.clone())
+        let seen =
+            self.users.get(&user).and_then(|entry| entry.app(app_id)?.seen.as_ref().map(|s| s.view.clone()));
+        // A departed user reads as the app was last told, until they come back or expire.
+        seen.or_else(|| {
+            let departed = self.departed();
+            departed.get(&(AppId::new(app_id).ok()?, user)).map(|d| d.seen.view.clone())
+        })
+    }
+
+    /// The drain begins: from now on a user going offline departs (module docs) instead of
+    /// being told, if the table has a grace. Returns whether it has.
+    pub(crate) fn begin_drain(&self) -> bool {
+        let grace = !self.drain_grace.is_zero();
+        self.draining.store(grace, Ordering::Relaxed);
+        grace
+    }
+
+    /// Every departure held (this run's drain's and those taken over and not yet claimed),
+    /// for the run journal.
+    pub(crate) fn departures(&self) -> Vec<Departure> {
+        self.departed()
+            .iter()
+            .map(|((app_id, user), d)| Departure {
+                user: user.clone(),
+                app_id: app_id.to_string(),
+                status: d.seen.view.status.as_str().to_owned(),
+                message: d.seen.view.message.clone(),
+                seq: d.seen.view.seq,
+                since_ms: d.seen.view.since_ms,
+                deadline_ms: d.deadline_ms,
+            })
+            .collect()
+    }
+
+    /// Takes over the previous run's departures: the apps keep seeing those users as they
+    /// were told until they come back or [`Self::expire_departures`] tells them `offline`.
+    /// Records that do not decode (a status or app id this daemon does not know) are
+    /// skipped. Returns the earliest deadline.
+    pub(crate) fn restore_departures(&self, departures: Vec<Departure>) -> Option<u64> {
+        let mut departed = self.departed();
+        for d in departures {
+            let (Ok(app_id), Ok(status)) = (AppId::new(d.app_id), d.status.parse::<Status>()) else {
+                continue;
+            };
+            let puid = self.puid(&app_id, &d.user);
+            self.reverse.insert(puid.clone(), (app_id.clone(), d.user.clone()));
+            self.seq_high.fetch_max(d.seq, Ordering::Relaxed);
+            let view = AppView { status, message: d.message, seq: d.seq, since_ms: d.since_ms };
+            departed
+                .insert((app_id, d.user), Departed { seen: Seen { puid, view }, deadline_ms: d.deadline_ms });
+        }
+        departed.values().map(|d| d.deadline_ms).min()
+    }
+
+    /// Tells each app `offline` for every departed user whose deadline is at or before
+    /// `now_ms` (Unix ms) and who has not come back. Returns the next deadline, if any.
+    pub(crate) fn expire_departures(&self, now_ms: u64) -> Option<u64> {
+        let mut events = Events::new();
+        let next = {
+            let mut departed = self.departed();
+            let now = self.clock.unix_micros();
+            departed.retain(|(app_id, _), d| {
+                if d.deadline_ms > now_ms {
+                    return true;
+                }
+                let (seq, since_ms) = self.stamp(app_id, &d.seen.puid, Some(&d.seen.view), now);
+                d.seen.view = AppView { status: Status::Offline, message: String::new(), seq, since_ms };
+                events.push(event(app_id, &d.seen));
+                // Under the departures' lock: a user coming back checks it before inserting.
+                self.reverse.remove(&d.seen.puid);
+                false
+            });
+            departed.values().map(|d| d.deadline_ms).min()
+        };
+        self.publish(events);
+        next
+    }
+
+    fn departed(&self) -> MutexGuard<'_, HashMap<(AppId, String), Departed>> {
+        self.departed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The user behind `puid`, if `app_id` can currently see them.
@@ -549,6 +671,20 @@ impl PresenceTable {
             let (status, message) =
                 best.map_or((Status::Offline, ""), |d| (d.state.status, d.state.message.as_str()));
             let now = self.clock.unix_micros();
+            if app.seen.is_none() {
+                // A user the drain sent away is back: the app's view is what it was told.
+                let mut departed = self.departed();
+                app.seen = departed.remove(&(app.app_id.clone(), user.to_owned())).map(|d| d.seen);
+            }
+            if status == Status::Offline && self.draining.load(Ordering::Relaxed) {
+                if let Some(seen) = app.seen.take_if(|seen| seen.view.status != Status::Offline) {
+                    // Sent away by the drain: departs, untold, and the PUID stays readable.
+                    let grace = u64::try_from(self.drain_grace.as_millis()).unwrap_or(u64::MAX);
+                    let deadline_ms = (now / 1_000).saturating_add(grace);
+                    self.departed()
+                        .insert((app.app_id.clone(), user.to_owned()), Departed { seen, deadline_ms });
+                }
+            }
             match &mut app.seen {
                 Some(seen) if seen.view.status == status && seen.view.message == message => {}
                 Some(seen) => {
@@ -873,6 +1009,89 @@ mod tests {
         let puid = second.puid("app_c", "u");
         let (seq, _) = second.stamp("app_c", &puid, None, hour_ago);
         assert!(seq > floor, "{seq} above the floor {floor}");
+    }
+
+    /// A drain with a grace: users going offline depart untold and stay readable; the next
+    /// run takes the departures over: a user back with the same state makes no event, one
+    /// back with another state makes one event above the last `seq`, and one who stays away
+    /// is told `offline` at the deadline, not before, and then reads as offline.
+    #[test]
+    fn departed_users_are_held_across_a_restart_until_they_come_back_or_expire() {
+        let chat = AppId::new("app_chat").expect("app id");
+        let state = |status, message: &str| DeviceState {
+            status,
+            idle: false,
+            message: message.to_owned(),
+            visibility: vec![chat.clone()],
+        };
+        let config = TableConfig { max_devices_per_user: 4, drain_grace: Duration::from_secs(30) };
+        let (first, recorder) = table();
+        let first = first.with_config(config);
+        for (id, user) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+            first.connect(user, "phone", SessionHandle::new(id).0, state(Status::Online, "hi")).expect("cap");
+        }
+        let told = recorder.all();
+        assert!(first.begin_drain(), "a grace is configured");
+        let before_ms = first.clock.unix_ms();
+        for (id, user) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+            first.disconnect(user, "phone", id);
+        }
+        assert_eq!(recorder.all(), told, "nobody was told offline");
+        let puid = |user| first.puid(&chat, user);
+        let bob_view = first.lookup(&chat, &puid("bob")).expect("bob reads as he was told");
+        assert_eq!((bob_view.status, bob_view.message.as_str()), (Status::Online, "hi"));
+        let mut departures = first.departures();
+        departures.sort_by(|a, b| a.user.cmp(&b.user));
+        assert_eq!(departures.iter().map(|d| d.user.as_str()).collect::<Vec<_>>(), ["alice", "bob", "carol"]);
+        let deadline = departures[1].deadline_ms;
+        assert!((before_ms + 30_000..=first.clock.unix_ms() + 30_000).contains(&deadline), "{deadline}");
+        let floor = first.seq_high();
+        drop(first);
+
+        let (second, recorder) = table();
+        let second = second.with_config(config);
+        second.raise_seq_floor(floor);
+        let earliest = departures.iter().map(|d| d.deadline_ms).min();
+        assert_eq!(second.restore_departures(departures), earliest);
+        assert_eq!(second.lookup(&chat, &second.puid(&chat, "bob")), Some(bob_view.clone()), "polls agree");
+        second.connect("alice", "phone", SessionHandle::new(1).0, state(Status::Online, "hi")).expect("cap");
+        second.connect("carol", "phone", SessionHandle::new(3).0, state(Status::Away, "")).expect("cap");
+        let events = recorder.all();
+        assert_eq!(events.len(), 1, "alice came back as she was: nothing; carol changed: {events:?}");
+        let carol = &events[0];
+        assert_eq!((carol.puid.as_str(), carol.status), (second.puid(&chat, "carol").as_str(), Status::Away));
+        assert!(carol.seq > told.iter().find(|e| e.puid == carol.puid).expect("told").seq);
+
+        assert_eq!(second.expire_departures(deadline - 1), Some(deadline), "not before the deadline");
+        assert_eq!(recorder.all().len(), 1);
+        assert_eq!(second.expire_departures(deadline), None, "bob was the last one held");
+        let offline = recorder.all().pop().expect("bob's offline");
+        assert_eq!(
+            (offline.puid.as_str(), offline.status),
+            (second.puid(&chat, "bob").as_str(), Status::Offline)
+        );
+        assert!(offline.seq > bob_view.seq);
+        assert_eq!(second.lookup(&chat, &second.puid(&chat, "bob")), None, "bob reads as offline");
+        assert!(second.departures().is_empty());
+    }
+
+    /// Without a grace the drain tells apps `offline`, as before the departures existed.
+    #[test]
+    fn without_a_grace_the_drain_tells_apps_offline() {
+        let chat = AppId::new("app_chat").expect("app id");
+        let (table, recorder) = table();
+        let state = DeviceState {
+            status: Status::Online,
+            idle: false,
+            message: String::new(),
+            visibility: vec![chat],
+        };
+        table.connect("alice", "phone", SessionHandle::new(1).0, state).expect("cap");
+        assert!(!table.begin_drain());
+        table.disconnect("alice", "phone", 1);
+        let statuses: Vec<Status> = recorder.all().iter().map(|e| e.status).collect();
+        assert_eq!(statuses, [Status::Online, Status::Offline]);
+        assert!(table.departures().is_empty());
     }
 
     #[test]

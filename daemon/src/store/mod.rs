@@ -8,7 +8,7 @@
 //! | [`Outbox`]            | [`outbox`]        | per app, the webhook events not yet delivered    |
 //! | [`NotificationStore`] | [`notifications`] | live notifications, so a restart loses no outcome |
 //! | [`TicketStore`]       | [`tickets`]       | the server half of TLS resumption tickets        |
-//! | [`RunJournal`]        | [`journal`]       | whether the last run ended cleanly; the seq floor |
+//! | [`RunJournal`]        | [`journal`]       | whether the last run ended cleanly; the seq floor; the drain's departures |
 //!
 //! Two implementations hold all five: [`embedded::EmbeddedStore`] (one redb file in the data
 //! directory, the daemon's) and [`memory::MemoryStore`] (nothing durable: tests and the
@@ -36,7 +36,7 @@ pub(crate) mod tickets;
 pub(crate) mod contract;
 
 pub(crate) use apps::{AppRecord, AppStore};
-pub(crate) use journal::RunJournal;
+pub(crate) use journal::{Departure, RunJournal};
 pub(crate) use notifications::NotificationStore;
 pub(crate) use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
 pub(crate) use tickets::{SessionChange, StoredSession, TicketStore};
