@@ -12,7 +12,9 @@
 //!
 //! `reset` follows a daemon crash: the sessions died without their `offline` events, so
 //! every user the app saw is offline unless a later event (with a higher `seq`) says
-//! otherwise. A clean shutdown needs none: its drain reports every user offline.
+//! otherwise. A clean shutdown needs none: its drain reports every user offline, or, with a
+//! drain grace, leaves them to the next start, which reports those who do not come back
+//! ([`crate::table`], departures).
 //!
 //! `at` is Unix milliseconds; `seq` increases per PUID. A presence event's `seq` and `at`
 //! are the (app, PUID) pair's own, to about a second (see [`crate::table`]).

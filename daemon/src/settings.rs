@@ -568,6 +568,19 @@ mod tests {
         assert!(error.to_string().contains("token_leeway_secs"), "{error}");
     }
 
+    /// The drain grace reaches the table: 30 s by default, 0 allowed (offline in the
+    /// drain), a day at most.
+    #[test]
+    fn the_drain_grace_defaults_to_30_s_and_is_at_most_a_day() {
+        let layer = |secs| SettingsLayer { dev: Some(true), drain_grace_secs: secs, ..Default::default() };
+        assert_eq!(layer(None).resolve().expect("default").table.drain_grace, Duration::from_secs(30));
+        assert_eq!(layer(Some(0)).resolve().expect("none is fine").table.drain_grace, Duration::ZERO);
+        let day = layer(Some(MAX_DRAIN_GRACE_SECS)).resolve().expect("a day");
+        assert_eq!(day.table.drain_grace, Duration::from_secs(MAX_DRAIN_GRACE_SECS));
+        let error = layer(Some(MAX_DRAIN_GRACE_SECS + 1)).resolve().expect_err("more than a day");
+        assert!(error.to_string().contains("drain_grace_secs"), "{error}");
+    }
+
     #[test]
     fn defaults_apply_in_dev_mode() {
         let settings = SettingsLayer { dev: Some(true), ..Default::default() }.resolve().expect("valid");

@@ -1062,6 +1062,12 @@ mod tests {
         assert_eq!((carol.puid.as_str(), carol.status), (second.puid(&chat, "carol").as_str(), Status::Away));
         assert!(carol.seq > told.iter().find(|e| e.puid == carol.puid).expect("told").seq);
 
+        // Only bob is still held, with his deadline: what a second drain would record again.
+        let held = second.departures();
+        assert_eq!(
+            held.iter().map(|d| (d.user.as_str(), d.deadline_ms)).collect::<Vec<_>>(),
+            [("bob", deadline)]
+        );
         assert_eq!(second.expire_departures(deadline - 1), Some(deadline), "not before the deadline");
         assert_eq!(recorder.all().len(), 1);
         assert_eq!(second.expire_departures(deadline), None, "bob was the last one held");
