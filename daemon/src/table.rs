@@ -673,8 +673,11 @@ impl PresenceTable {
             let now = self.clock.unix_micros();
             if app.seen.is_none() {
                 // A user the drain sent away is back: the app's view is what it was told.
+                // (Empty outside a grace: no key is built on a new view's path then.)
                 let mut departed = self.departed();
-                app.seen = departed.remove(&(app.app_id.clone(), user.to_owned())).map(|d| d.seen);
+                if !departed.is_empty() {
+                    app.seen = departed.remove(&(app.app_id.clone(), user.to_owned())).map(|d| d.seen);
+                }
             }
             if status == Status::Offline && self.draining.load(Ordering::Relaxed) {
                 if let Some(seen) = app.seen.take_if(|seen| seen.view.status != Status::Offline) {
