@@ -104,8 +104,9 @@ pub const STORE_FILE: &str = "presenced.redb";
 /// How often the highest presence `seq` handed out is recorded in the store.
 const SEQ_RECORD_INTERVAL: Duration = Duration::from_secs(1);
 /// How far above the last recorded `seq` a daemon starts after a crash: a minute of
-/// microseconds, far more than one interval's worth of seqs (they follow the clock, or
-/// count one per event when the clock is behind).
+/// microseconds, far more than one interval's worth of seqs (they follow the clock to its
+/// slot, or step at most [`table::MAX_STEP`] past the last when the clock is behind: tens of
+/// thousands of new views within the last interval before the crash).
 const SEQ_CRASH_MARGIN_MICROS: u64 = 60_000_000;
 
 /// Records the table's highest `seq` whenever it changed, once per interval, off the
@@ -129,6 +130,28 @@ async fn record_seq_floor(
         match blocking(move || writer.set_seq_floor(high)).await {
             Ok(()) => recorded = high,
             Err(error) => tracing::warn!(%error, "cannot record the presence seq floor"),
+        }
+    }
+}
+
+/// Tells apps `offline` for the previous run's departed users as their deadlines pass
+/// (`table`, departures), starting with the one at `next` (Unix ms), until none is left or
+/// the daemon shuts down (which records the rest again).
+async fn expire_departures(
+    table: Arc<PresenceTable>,
+    mut next: u64,
+    clock: clock::Clock,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = Duration::from_millis(next.saturating_sub(clock.unix_ms()));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        match table.expire_departures(clock.unix_ms()) {
+            Some(deadline) => next = deadline,
+            None => return,
         }
     }
 }
@@ -204,7 +227,7 @@ impl Daemon {
         let revocations = Arc::new(revocations);
         let table = Arc::new(
             PresenceTable::new(puid_key, metrics.clone(), clock, Some(sink))
-                .with_max_devices(table_config.max_devices_per_user)
+                .with_config(table_config)
                 .with_revocations(revocations.clone()),
         );
         let notifications = Arc::new(Notifications::new(
@@ -225,6 +248,10 @@ impl Daemon {
         // margin; a clean run recorded its last one exactly.
         let floor = journal.seq_floor()?;
         table.raise_seq_floor(if crashed { floor.saturating_add(SEQ_CRASH_MARGIN_MICROS) } else { floor });
+        // Users the previous run's drain sent away: a crash's `reset` already told apps they
+        // are offline; after a clean run they are held until they come back or expire.
+        let departures = journal.take_departures()?;
+        let next_deadline = if crashed { None } else { table.restore_departures(departures) };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = quic::TlsIdentity { cert_chain: cert_chain.clone(), key: key.clone_key() };
         let services = Arc::new(session::SessionServices {
@@ -277,7 +304,10 @@ impl Daemon {
         )));
         let serving = quic.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
-        tasks.push(tokio::spawn(record_seq_floor(table.clone(), journal.clone(), shutdown_rx)));
+        tasks.push(tokio::spawn(record_seq_floor(table.clone(), journal.clone(), shutdown_rx.clone())));
+        if let Some(deadline) = next_deadline {
+            tasks.push(tokio::spawn(expire_departures(table.clone(), deadline, clock, shutdown_rx)));
+        }
         let dev_info = match (dev, &admin_token) {
             (true, Some(admin)) => {
                 Some(credentials::write_dev_info(&data_dir, quic_addr, https_addr, admin)?)
@@ -348,10 +378,15 @@ impl Daemon {
 
     /// Graceful drain: stop accepting, send `GoAway` to every device, wait until they have
     /// left or the drain bound passes, then close what remains (each session with its
-    /// `Error` frame, PROTOCOL.md §9.10), and POST the webhook events that caused (every
-    /// remaining device going `offline`) before returning, bounded by the drain bound
-    /// again; whatever a receiver did not take stays in the outbox for the next start.
+    /// `Error` frame, PROTOCOL.md §9.10). With a drain grace (`drain_grace_secs`, the
+    /// default) the users sent away are not reported `offline`: what each app was last told
+    /// is recorded in the run journal with a deadline, for the next start to hold until
+    /// they come back or tell apps `offline` then (`table`, departures). With none, their
+    /// `offline` events are POSTed before returning, bounded by the drain bound again;
+    /// either way whatever a receiver did not take stays in the outbox for the next start.
     pub async fn shutdown(self) {
+        // Before the first GoAway: the users it sends away depart instead of going offline.
+        let holding = self.table.begin_drain();
         let _ = self.shutdown.send(true);
         let deadline = self.clock.tokio_now() + self.drain;
         while self.quic.open_connections() > 0 && self.clock.tokio_now() < deadline {
@@ -359,6 +394,21 @@ impl Daemon {
         }
         info!(remaining = self.quic.open_connections(), "drain finished");
         self.quic.close(Duration::from_secs(1)).await;
+        if !holding {
+            // No grace now: users still held from the previous run are told offline too.
+            self.table.expire_departures(u64::MAX);
+        } else {
+            let (journal, departures) = (self.journal.clone(), self.table.departures());
+            let count = departures.len();
+            match blocking(move || journal.set_departures(&departures)).await {
+                Ok(()) => info!(departed = count, "departed users recorded for the next run"),
+                Err(error) => {
+                    // Nobody would tell apps later: tell them now, as without a grace.
+                    tracing::warn!(%error, "cannot record the departed users; telling apps they are offline");
+                    self.table.expire_departures(u64::MAX);
+                }
+            }
+        }
         // Events published during the drain (devices going offline) reach the outbox.
         self.notifications.shutdown().await;
         // Tombstones of revokes made during the run are durable before the run ends, and

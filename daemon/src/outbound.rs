@@ -12,9 +12,12 @@
 //!
 //! `reset` follows a daemon crash: the sessions died without their `offline` events, so
 //! every user the app saw is offline unless a later event (with a higher `seq`) says
-//! otherwise. A clean shutdown needs none: its drain reports every user offline.
+//! otherwise. A clean shutdown needs none: its drain reports every user offline, or, with a
+//! drain grace, leaves them to the next start, which reports those who do not come back
+//! ([`crate::table`], departures).
 //!
-//! `at` is Unix milliseconds; `seq` increases per PUID (see [`crate::table`]).
+//! `at` is Unix milliseconds; `seq` increases per PUID. A presence event's `seq` and `at`
+//! are the (app, PUID) pair's own, to about a second (see [`crate::table`]).
 //!
 //! The key is derived from the event ([`OutboxKey::of`]), so an event cannot be stored
 //! under another event's key, and [`encode`] is the one place both are produced: a direct
@@ -151,10 +154,12 @@ impl Outbound {
     }
 
     fn send(&self, app_id: &str, event: &WebhookEvent<'_>) {
-        if !self.apps.exists(app_id) {
-            return;
-        }
-        if let Some(event) = encode(event) {
+        self.store(app_id, encode(event));
+    }
+
+    /// Hands an encoded event to the fan-out, if its app is registered.
+    fn store(&self, app_id: &str, event: Option<OutboxEvent>) {
+        if let Some(event) = event.filter(|_| self.apps.exists(app_id)) {
             self.fanout.publish(app_id, vec![event]);
         }
     }
@@ -162,7 +167,11 @@ impl Outbound {
 
 impl PresenceSink for Outbound {
     fn publish(&self, event: &PresenceEvent) {
-        self.send(&event.app_id, &presence_event(event));
+        // The event's `at` is blurred to its slot for the app (`crate::table`); the outbox's
+        // is when it was published, which the delivery latency is measured from.
+        let stored = encode(&presence_event(event))
+            .map(|stored| OutboxEvent { at_ms: self.clock.unix_ms(), ..stored });
+        self.store(&event.app_id, stored);
     }
 }
 

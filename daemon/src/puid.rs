@@ -64,6 +64,25 @@ impl PuidKey {
         Puid::new(encoded).unwrap_or_default()
     }
 
+    /// A keyed 64-bit value for one presence change of one (app, PUID): where in its time
+    /// slot that app's `seq` and `at` fall (`crate::table`). Keyed, so that two apps cannot
+    /// compute each other's values and match their PUIDs by equal numbers or equal gaps; the
+    /// input starts with a length no app id can have, so it never collides with a PUID or
+    /// [`derive_secret`](Self::derive_secret).
+    pub(crate) fn spread(&self, app_id: &str, puid: &str, slot: u64, previous: u64) -> u64 {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(&(u64::MAX - 1).to_be_bytes());
+        ctx.update(&(app_id.len() as u64).to_be_bytes());
+        ctx.update(app_id.as_bytes());
+        ctx.update(&(puid.len() as u64).to_be_bytes());
+        ctx.update(puid.as_bytes());
+        ctx.update(&slot.to_be_bytes());
+        ctx.update(&previous.to_be_bytes());
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&ctx.sign().as_ref()[..8]);
+        u64::from_be_bytes(word)
+    }
+
     /// A secret for another purpose (`label`), derived from the same daemon secret so that
     /// it is as stable as the PUIDs are, with no file of its own. The input starts with an
     /// all-ones length no app id can have, so it never collides with a PUID derivation.

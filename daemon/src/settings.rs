@@ -234,6 +234,11 @@ settings! {
     idle_timeout_secs: u64 = DEFAULT_IDLE_TIMEOUT_SECS, env "PRESENCED_IDLE_TIMEOUT_SECS", check nonzero;
     /// Bound on the graceful drain after SIGTERM, seconds.
     drain_secs: u64 = 10, env "PRESENCED_DRAIN_SECS", check nonzero;
+    /// Seconds a device the drain sent away (GoAway on SIGTERM) has to come back, to this
+    /// daemon restarted on the same data dir, before apps are told it is offline: a clean
+    /// restart within it shows apps no offline/online pair. Told by the restarted daemon; if
+    /// none starts, apps are never told. 0 tells apps offline in the drain.
+    drain_grace_secs: u64 = 30, env "PRESENCED_DRAIN_GRACE_SECS", check at_most_a_day;
     /// Log filter, tracing-subscriber syntax.
     log: String = "info".into(), env "PRESENCED_LOG", check log_filter;
     /// Log line format: text for people, json (one object per line) for log collectors.
@@ -324,12 +329,21 @@ settings! {
         arg(num_args = 0..=1, default_missing_value = "true");
 }
 
-/// Check: the value is not zero.
+/// Longest drain grace accepted, seconds: a user whose devices never come back is shown
+/// as they were for at most this long after a restart.
+pub const MAX_DRAIN_GRACE_SECS: u64 = 86_400;
+
+/// Check: a drain grace of at most [`MAX_DRAIN_GRACE_SECS`].
+fn at_most_a_day(name: &str, value: &u64) -> Option<String> {
+    (*value > MAX_DRAIN_GRACE_SECS).then(|| format!("{name} must be at most {MAX_DRAIN_GRACE_SECS}"))
+}
+
 /// Check: a token leeway of at most [`MAX_TOKEN_LEEWAY_SECS`].
 fn small_leeway(name: &str, value: &u64) -> Option<String> {
     (*value > MAX_TOKEN_LEEWAY_SECS).then(|| format!("{name} must be at most {MAX_TOKEN_LEEWAY_SECS}"))
 }
 
+/// Check: the value is not zero.
 fn nonzero<T: Default + PartialEq>(name: &str, value: &T) -> Option<String> {
     (*value == T::default()).then(|| format!("{name} must be greater than zero"))
 }
@@ -531,7 +545,10 @@ impl SettingsLayer {
                 recipient: rate(v.notify_user_rate, v.notify_user_burst),
                 outstanding: v.notify_outstanding,
             },
-            table: TableConfig { max_devices_per_user: v.max_devices_per_user },
+            table: TableConfig {
+                max_devices_per_user: v.max_devices_per_user,
+                drain_grace: secs(v.drain_grace_secs),
+            },
         })
     }
 }
@@ -549,6 +566,19 @@ mod tests {
         assert_eq!(layer(300).resolve().expect("five minutes").quic.token_leeway, Duration::from_secs(300));
         let error = layer(301).resolve().expect_err("more is a longer token lifetime, not skew");
         assert!(error.to_string().contains("token_leeway_secs"), "{error}");
+    }
+
+    /// The drain grace reaches the table: 30 s by default, 0 allowed (offline in the
+    /// drain), a day at most.
+    #[test]
+    fn the_drain_grace_defaults_to_30_s_and_is_at_most_a_day() {
+        let layer = |secs| SettingsLayer { dev: Some(true), drain_grace_secs: secs, ..Default::default() };
+        assert_eq!(layer(None).resolve().expect("default").table.drain_grace, Duration::from_secs(30));
+        assert_eq!(layer(Some(0)).resolve().expect("none is fine").table.drain_grace, Duration::ZERO);
+        let day = layer(Some(MAX_DRAIN_GRACE_SECS)).resolve().expect("a day");
+        assert_eq!(day.table.drain_grace, Duration::from_secs(MAX_DRAIN_GRACE_SECS));
+        let error = layer(Some(MAX_DRAIN_GRACE_SECS + 1)).resolve().expect_err("more than a day");
+        assert!(error.to_string().contains("drain_grace_secs"), "{error}");
     }
 
     #[test]

@@ -8,16 +8,43 @@
 //! grace). Availability runs online > away > unavailable > offline; the winning device's
 //! message goes with it; with no such device the app sees `offline` and an empty message.
 //!
-//! # Events and sequence numbers
+//! # Events, sequence numbers and times
 //!
 //! Whenever that aggregate changes, the table emits a [`PresenceEvent`] for the (app, PUID)
-//! pair. Its `seq` increases per PUID, across reconnects and daemon restarts alike:
-//! `seq = max(previous + 1, now in Unix microseconds, highest handed out + 1)`. Receivers
-//! drop any event whose `seq` is not above the last one they saw for that PUID. The highest
-//! one handed out survives a step of the clock back; the daemon also records it in the
-//! store about once a second and starts above it after a restart (with a margin after a
-//! crash), so a restart with the clock stepped back cannot make a sequence go backwards
-//! either.
+//! pair, with a `seq` and an `at` of that pair's own, so that two apps cannot match their
+//! PUIDs to one user by equal numbers or equal gaps between them (SECURITY.md):
+//!
+//! - Time is cut into slots of [`SLOT_MICROS`] (2^20 µs, about a second). A change in slot
+//!   `s` takes `seq = max(s + j, after + step)`, where `j` (below half a slot) and `step`
+//!   (1 to [`MAX_STEP`]) come from a keyed hash of (app, PUID, slot, previous seq)
+//!   ([`PuidKey::spread`]); `after` is the pair's previous `seq` while the table holds its
+//!   view, and the highest `seq` the table ever handed out (or the floor) when it makes the
+//!   view anew (the user came back). So `seq` increases per (app, PUID), across reconnects
+//!   and daemon restarts alike, and receivers drop any event whose `seq` is not above the
+//!   last one they saw for that PUID.
+//! - `at` is a point of the same slot chosen by the same hash: the change's time to about
+//!   a second, at a place of its own per app and change. Two changes of one slot may carry
+//!   `at`s in either order (keeping it from going back would give both apps the same zero
+//!   gap); `seq` is what orders them.
+//!
+//! What remains linkable is the slot: two apps see a user's changes in the same seconds
+//! (the pattern of status over time), which no numbering can hide.
+//!
+//! The highest `seq` handed out survives a step of the clock back; the daemon also records
+//! it in the store about once a second and starts above it after a restart (with a margin
+//! after a crash), so a restart with the clock stepped back cannot make a sequence go
+//! backwards either.
+//!
+//! # Departures: a drain that does not flap
+//!
+//! When a clean drain sends devices away with `GoAway` ([`PresenceTable::begin_drain`],
+//! with a grace of `drain_grace_secs`), a user going offline is not told: the table moves
+//! what each app was last told into its *departures*, with a deadline, and the daemon
+//! records them in the run journal. The next run takes them over
+//! ([`PresenceTable::restore_departures`]): until the deadline the app's view stays what it
+//! was told (so polls agree with the webhooks); a user who comes back claims it, and the
+//! app hears only what changed, nothing if nothing did; at the deadline the app is told
+//! `offline` ([`PresenceTable::expire_departures`]), with a `seq` above the last.
 //!
 //! A user's entry lives while they have a session; the table holds nothing for users who
 //! are gone, so memory follows connected users only.
@@ -41,8 +68,10 @@
 //! the sink ([`PresenceSink`]), so encoding and outbox work never hold up other users.
 
 use std::cmp::Reverse;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use presence_protocol::{AppId, Puid, Status};
@@ -52,6 +81,7 @@ use crate::handle::SessionHandle;
 use crate::metrics::Metrics;
 use crate::puid::PuidKey;
 use crate::revocations::Revocations;
+use crate::store::Departure;
 
 /// Default most devices one user may have connected at once: a person's phone, tablet,
 /// laptops, desktop, watch, TV and a few browser profiles are about ten, so 32 leaves room
@@ -59,12 +89,24 @@ use crate::revocations::Revocations;
 /// and the work under that user's entry.
 pub(crate) const DEFAULT_MAX_DEVICES_PER_USER: u32 = 32;
 
+/// Microseconds of one time slot (2^20 µs, about a second): what two apps can still tell
+/// about when a user's status changed. A power of two, so the hash splits into its parts
+/// by masks.
+pub(crate) const SLOT_MICROS: u64 = 1 << 20;
+/// Widest step of one (app, PUID)'s `seq` past the one before it (or past the table's
+/// highest, for a view made anew). Small, so that a storm of reconnects moves the highest
+/// `seq` ahead of the clock only beyond about 2,000 new views a second.
+pub(crate) const MAX_STEP: u64 = 1 << 10;
+
 /// The table's own settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TableConfig {
     /// Most devices of one user connected at once; one more is refused
     /// ([`TooManyDevices`]), a device reconnecting (replacing its own session) is not.
     pub(crate) max_devices_per_user: u32,
+    /// How long a user the drain sent away keeps what apps see of them before they are told
+    /// `offline`; zero tells them in the drain (module docs, departures).
+    pub(crate) drain_grace: std::time::Duration,
 }
 
 /// A new device of a user who already has as many connected as the table allows; nothing
@@ -101,9 +143,10 @@ pub struct PresenceEvent {
     pub status: Status,
     /// The winning device's message.
     pub message: String,
-    /// Increases per PUID; see the module docs.
+    /// Increases per (app, PUID), with values of that pair's own; see the module docs.
     pub seq: u64,
-    /// When the change happened, Unix milliseconds.
+    /// When the change happened, Unix milliseconds, to about a second (a point of its slot
+    /// chosen per app; see the module docs).
     pub at_ms: u64,
 }
 
@@ -129,7 +172,7 @@ pub struct AppView {
     pub message: String,
     /// Sequence number of the last change.
     pub seq: u64,
-    /// When it last changed, Unix milliseconds.
+    /// When it last changed, Unix milliseconds: the `at` of that change's event.
     pub since_ms: u64,
 }
 
@@ -218,6 +261,15 @@ struct Seen {
     view: AppView,
 }
 
+/// What an app was last told of a user the drain sent away, until they come back or the
+/// deadline passes.
+#[derive(Debug)]
+struct Departed {
+    seen: Seen,
+    /// Unix milliseconds.
+    deadline_ms: u64,
+}
+
 #[derive(Debug, Default)]
 struct UserEntry {
     /// Device slots: a device keeps its slot while connected; a free slot is reused.
@@ -302,6 +354,13 @@ pub struct PresenceTable {
     max_devices: u32,
     /// Revoked (app, PUID) pairs: a device's list never makes such an app see the user.
     revocations: Arc<Revocations>,
+    /// Set by [`Self::begin_drain`]: a user going offline departs instead of being told.
+    draining: AtomicBool,
+    /// The grace a departure gets; zero: none, the drain tells apps `offline`.
+    drain_grace: Duration,
+    /// Departed users by (app, user). Taken under a user's entry (a user coming back claims
+    /// theirs) and alone (expiry), never the other way round.
+    departed: Mutex<HashMap<(AppId, String), Departed>>,
 }
 
 impl PresenceTable {
@@ -324,6 +383,17 @@ impl PresenceTable {
             changes: AtomicU64::new(0),
             max_devices: DEFAULT_MAX_DEVICES_PER_USER,
             revocations: Arc::new(Revocations::in_memory(clock)),
+            draining: AtomicBool::new(false),
+            drain_grace: Duration::ZERO,
+            departed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same table with the table's settings.
+    pub(crate) fn with_config(self, config: TableConfig) -> PresenceTable {
+        PresenceTable {
+            drain_grace: config.drain_grace,
+            ..self.with_max_devices(config.max_devices_per_user)
         }
     }
 
@@ -459,8 +529,86 @@ impl PresenceTable {
     /// What `app_id` currently sees of the user behind `puid`; `None` reads as offline.
     pub fn lookup(&self, app_id: &str, puid: &str) -> Option<AppView> {
         let user = self.user_of(app_id, puid)?;
-        let entry = self.users.get(&user)?;
-        entry.app(app_id)?.seen.as_ref().map(|seen| seen.view.clone())
+        let seen =
+            self.users.get(&user).and_then(|entry| entry.app(app_id)?.seen.as_ref().map(|s| s.view.clone()));
+        // A departed user reads as the app was last told, until they come back or expire.
+        seen.or_else(|| {
+            let departed = self.departed();
+            departed.get(&(AppId::new(app_id).ok()?, user)).map(|d| d.seen.view.clone())
+        })
+    }
+
+    /// The drain begins: from now on a user going offline departs (module docs) instead of
+    /// being told, if the table has a grace. Returns whether it has.
+    pub(crate) fn begin_drain(&self) -> bool {
+        let grace = !self.drain_grace.is_zero();
+        self.draining.store(grace, Ordering::Relaxed);
+        grace
+    }
+
+    /// Every departure held (this run's drain's and those taken over and not yet claimed),
+    /// for the run journal.
+    pub(crate) fn departures(&self) -> Vec<Departure> {
+        self.departed()
+            .iter()
+            .map(|((app_id, user), d)| Departure {
+                user: user.clone(),
+                app_id: app_id.to_string(),
+                status: d.seen.view.status.as_str().to_owned(),
+                message: d.seen.view.message.clone(),
+                seq: d.seen.view.seq,
+                since_ms: d.seen.view.since_ms,
+                deadline_ms: d.deadline_ms,
+            })
+            .collect()
+    }
+
+    /// Takes over the previous run's departures: the apps keep seeing those users as they
+    /// were told until they come back or [`Self::expire_departures`] tells them `offline`.
+    /// Records that do not decode (a status or app id this daemon does not know) are
+    /// skipped. Returns the earliest deadline.
+    pub(crate) fn restore_departures(&self, departures: Vec<Departure>) -> Option<u64> {
+        let mut departed = self.departed();
+        for d in departures {
+            let (Ok(app_id), Ok(status)) = (AppId::new(d.app_id), d.status.parse::<Status>()) else {
+                continue;
+            };
+            let puid = self.puid(&app_id, &d.user);
+            self.reverse.insert(puid.clone(), (app_id.clone(), d.user.clone()));
+            self.seq_high.fetch_max(d.seq, Ordering::Relaxed);
+            let view = AppView { status, message: d.message, seq: d.seq, since_ms: d.since_ms };
+            departed
+                .insert((app_id, d.user), Departed { seen: Seen { puid, view }, deadline_ms: d.deadline_ms });
+        }
+        departed.values().map(|d| d.deadline_ms).min()
+    }
+
+    /// Tells each app `offline` for every departed user whose deadline is at or before
+    /// `now_ms` (Unix ms) and who has not come back. Returns the next deadline, if any.
+    pub(crate) fn expire_departures(&self, now_ms: u64) -> Option<u64> {
+        let mut events = Events::new();
+        let next = {
+            let mut departed = self.departed();
+            let now = self.clock.unix_micros();
+            departed.retain(|(app_id, _), d| {
+                if d.deadline_ms > now_ms {
+                    return true;
+                }
+                let (seq, since_ms) = self.stamp(app_id, &d.seen.puid, Some(&d.seen.view), now);
+                d.seen.view = AppView { status: Status::Offline, message: String::new(), seq, since_ms };
+                events.push(event(app_id, &d.seen));
+                // Under the departures' lock: a user coming back checks it before inserting.
+                self.reverse.remove(&d.seen.puid);
+                false
+            });
+            departed.values().map(|d| d.deadline_ms).min()
+        };
+        self.publish(events);
+        next
+    }
+
+    fn departed(&self) -> MutexGuard<'_, HashMap<(AppId, String), Departed>> {
+        self.departed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The user behind `puid`, if `app_id` can currently see them.
@@ -561,11 +709,28 @@ impl PresenceTable {
             let (status, message) =
                 best.map_or((Status::Offline, ""), |d| (d.state.status, d.state.message.as_str()));
             let now = self.clock.unix_micros();
+            if app.seen.is_none() {
+                // A user the drain sent away is back: the app's view is what it was told.
+                // (Empty outside a grace: no key is built on a new view's path then.)
+                let mut departed = self.departed();
+                if !departed.is_empty() {
+                    app.seen = departed.remove(&(app.app_id.clone(), user.to_owned())).map(|d| d.seen);
+                }
+            }
+            if status == Status::Offline && self.draining.load(Ordering::Relaxed) {
+                if let Some(seen) = app.seen.take_if(|seen| seen.view.status != Status::Offline) {
+                    // Sent away by the drain: departs, untold, and the PUID stays readable.
+                    let grace = u64::try_from(self.drain_grace.as_millis()).unwrap_or(u64::MAX);
+                    let deadline_ms = (now / 1_000).saturating_add(grace);
+                    self.departed()
+                        .insert((app.app_id.clone(), user.to_owned()), Departed { seen, deadline_ms });
+                }
+            }
             match &mut app.seen {
                 Some(seen) if seen.view.status == status && seen.view.message == message => {}
                 Some(seen) => {
-                    let seq = self.next_seq(seen.view.seq, now);
-                    seen.view = AppView { status, message: message.to_owned(), seq, since_ms: now / 1_000 };
+                    let (seq, since_ms) = self.stamp(&app.app_id, &seen.puid, Some(&seen.view), now);
+                    seen.view = AppView { status, message: message.to_owned(), seq, since_ms };
                     events.push(event(&app.app_id, seen));
                 }
                 // An app that never saw the user online learns nothing from "offline".
@@ -573,8 +738,8 @@ impl PresenceTable {
                 None => {
                     let puid = self.puid(&app.app_id, user);
                     self.reverse.insert(puid.clone(), (app.app_id.clone(), user.to_owned()));
-                    let seq = self.next_seq(0, now);
-                    let view = AppView { status, message: message.to_owned(), seq, since_ms: now / 1_000 };
+                    let (seq, since_ms) = self.stamp(&app.app_id, &puid, None, now);
+                    let view = AppView { status, message: message.to_owned(), seq, since_ms };
                     let seen = Seen { puid, view };
                     events.push(event(&app.app_id, &seen));
                     app.seen = Some(seen);
@@ -599,19 +764,22 @@ impl PresenceTable {
         self.seq_high.fetch_max(floor, Ordering::Relaxed);
     }
 
-    /// The next sequence number for a PUID whose last one was `previous`: above it, at least
-    /// the clock, and above every number this table handed out before, so a PUID whose view
-    /// was dropped and rebuilt, or a clock stepped back, never makes a sequence go backwards.
-    fn next_seq(&self, previous: u64, now_micros: u64) -> u64 {
-        let wanted = (previous + 1).max(now_micros);
-        let mut high = self.seq_high.load(Ordering::Relaxed);
-        loop {
-            let next = wanted.max(high + 1);
-            match self.seq_high.compare_exchange_weak(high, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return next,
-                Err(actual) => high = actual,
-            }
-        }
+    /// The `seq` and `at` (Unix ms) of a change of what `app_id` sees of `puid` at
+    /// `now_micros`, given the pair's current view if the table holds one (module docs).
+    /// A view made anew starts above every `seq` this table handed out before (or the
+    /// floor), so a PUID whose view was dropped and rebuilt, or a clock stepped back, never
+    /// makes a sequence go backwards. Called under the user's entry, so one pair's changes
+    /// are numbered one at a time.
+    fn stamp(&self, app_id: &str, puid: &str, previous: Option<&AppView>, now_micros: u64) -> (u64, u64) {
+        let slot = now_micros & !(SLOT_MICROS - 1);
+        let hash = self.puid_key.spread(app_id, puid, slot, previous.map_or(0, |view| view.seq));
+        let timed = slot.saturating_add(hash & (SLOT_MICROS / 2 - 1));
+        let step = 1 + ((hash >> 20) & (MAX_STEP - 1));
+        let after = previous.map_or_else(|| self.seq_high.load(Ordering::Relaxed), |view| view.seq);
+        let seq = timed.max(after.saturating_add(step));
+        self.seq_high.fetch_max(seq, Ordering::Relaxed);
+        let at_ms = slot.saturating_add((hash >> 32) & (SLOT_MICROS - 1)) / 1_000;
+        (seq, at_ms)
     }
 
     /// The next value of the table-wide change counter.
@@ -805,6 +973,183 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One user's changes as two apps see them, at chosen times (several in one slot, a
+    /// gap, a clock step back), numbered by the table's own [`PresenceTable::stamp`]: no
+    /// `seq` of one app equals one of the other, no gap between two of one app's `seq`s or
+    /// `at`s equals the gap between the same two changes at the other, and each app's
+    /// sequence increases while its `at` stays within the change's slot.
+    #[test]
+    fn two_apps_seeing_one_users_changes_get_no_equal_seqs_or_gaps() {
+        let (table, _) = table();
+        let t0 = 1_767_225_600_000_000u64;
+        let times: Vec<u64> = [0, 10, 20, 300_000, 2_000_000, 2_000_001, 9_000_000, 60_000_000, 61_500_000]
+            .iter()
+            .map(|d| t0 + d)
+            .chain([t0 + 30_000_000, t0 + 61_600_000])
+            .collect();
+        let stamps = |app: &str| {
+            let puid = table.puid(app, "u");
+            let mut view: Option<AppView> = None;
+            let mut out = Vec::new();
+            for &now in &times {
+                let (seq, since_ms) = table.stamp(app, &puid, view.as_ref(), now);
+                let slot_ms = (now & !(SLOT_MICROS - 1)) / 1_000;
+                if let Some(previous) = &view {
+                    assert!(seq > previous.seq, "{app}: seq increases");
+                }
+                let slot_end = slot_ms + SLOT_MICROS / 1_000;
+                assert!((slot_ms..=slot_end).contains(&since_ms), "{app}: at is within the change's slot");
+                view = Some(AppView { status: Status::Online, message: String::new(), seq, since_ms });
+                out.push((seq, since_ms));
+            }
+            out
+        };
+        let (a, b) = (stamps("app_a"), stamps("app_b"));
+        for (sa, _) in &a {
+            assert!(b.iter().all(|(sb, _)| sb != sa), "equal seq {sa} at both apps");
+        }
+        for i in 0..a.len() {
+            for j in i + 1..a.len() {
+                assert_ne!(a[j].0 - a[i].0, b[j].0 - b[i].0, "equal seq gap between changes {i} and {j}");
+                let (gap_a, gap_b) = (a[j].1 as i64 - a[i].1 as i64, b[j].1 as i64 - b[i].1 as i64);
+                assert_ne!(gap_a, gap_b, "equal at gap between changes {i} and {j}");
+            }
+        }
+    }
+
+    /// A restarted daemon's table, raised to the floor the previous run recorded, numbers a
+    /// returning user's changes above every `seq` the previous run gave each app, even with
+    /// the wall clock an hour behind; and the events' `seq` and `at` are what a poll reads.
+    #[test]
+    fn seq_increases_per_app_and_puid_across_a_restart_and_a_clock_step_back() {
+        let apps = [AppId::new("app_a").expect("app id"), AppId::new("app_b").expect("app id")];
+        let state =
+            |status| DeviceState { status, idle: false, message: String::new(), visibility: apps.to_vec() };
+        let (first, recorder) = table();
+        first.connect("u", "phone", SessionHandle::new(1).0, state(Status::Online)).expect("within the cap");
+        for status in [Status::Away, Status::Unavailable, Status::Online] {
+            first.update("u", "phone", 1, |s| s.status = status);
+        }
+        for app in &apps {
+            let view = first.lookup(app, &first.puid(app, "u")).expect("seen");
+            let last = recorder.all().into_iter().rev().find(|e| &e.app_id == app).expect("told");
+            assert_eq!(
+                (view.seq, view.since_ms),
+                (last.seq, last.at_ms),
+                "a poll reads the event's seq and at"
+            );
+        }
+        first.disconnect("u", "phone", 1);
+        let last: Vec<u64> = apps
+            .iter()
+            .map(|app| recorder.all().iter().filter(|e| &e.app_id == app).map(|e| e.seq).max().expect("told"))
+            .collect();
+        let floor = first.seq_high();
+        drop(first);
+
+        let (second, recorder) = table();
+        second.raise_seq_floor(floor);
+        second.connect("u", "phone", SessionHandle::new(1).0, state(Status::Online)).expect("within the cap");
+        for (app, last) in apps.iter().zip(&last) {
+            let again = recorder.all().into_iter().find(|e| &e.app_id == app).expect("told again");
+            assert!(again.seq > *last, "{app}: {} after {last}", again.seq);
+        }
+        // The clock an hour behind: a view made anew still starts above the floor.
+        let hour_ago = second.clock.unix_micros() - 3_600_000_000;
+        let puid = second.puid("app_c", "u");
+        let (seq, _) = second.stamp("app_c", &puid, None, hour_ago);
+        assert!(seq > floor, "{seq} above the floor {floor}");
+    }
+
+    /// A drain with a grace: users going offline depart untold and stay readable; the next
+    /// run takes the departures over: a user back with the same state makes no event, one
+    /// back with another state makes one event above the last `seq`, and one who stays away
+    /// is told `offline` at the deadline, not before, and then reads as offline.
+    #[test]
+    fn departed_users_are_held_across_a_restart_until_they_come_back_or_expire() {
+        let chat = AppId::new("app_chat").expect("app id");
+        let state = |status, message: &str| DeviceState {
+            status,
+            idle: false,
+            message: message.to_owned(),
+            visibility: vec![chat.clone()],
+        };
+        let config = TableConfig { max_devices_per_user: 4, drain_grace: Duration::from_secs(30) };
+        let (first, recorder) = table();
+        let first = first.with_config(config);
+        for (id, user) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+            first.connect(user, "phone", SessionHandle::new(id).0, state(Status::Online, "hi")).expect("cap");
+        }
+        let told = recorder.all();
+        assert!(first.begin_drain(), "a grace is configured");
+        let before_ms = first.clock.unix_ms();
+        for (id, user) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+            first.disconnect(user, "phone", id);
+        }
+        assert_eq!(recorder.all(), told, "nobody was told offline");
+        let puid = |user| first.puid(&chat, user);
+        let bob_view = first.lookup(&chat, &puid("bob")).expect("bob reads as he was told");
+        assert_eq!((bob_view.status, bob_view.message.as_str()), (Status::Online, "hi"));
+        let mut departures = first.departures();
+        departures.sort_by(|a, b| a.user.cmp(&b.user));
+        assert_eq!(departures.iter().map(|d| d.user.as_str()).collect::<Vec<_>>(), ["alice", "bob", "carol"]);
+        let deadline = departures[1].deadline_ms;
+        assert!((before_ms + 30_000..=first.clock.unix_ms() + 30_000).contains(&deadline), "{deadline}");
+        let floor = first.seq_high();
+        drop(first);
+
+        let (second, recorder) = table();
+        let second = second.with_config(config);
+        second.raise_seq_floor(floor);
+        let earliest = departures.iter().map(|d| d.deadline_ms).min();
+        assert_eq!(second.restore_departures(departures), earliest);
+        assert_eq!(second.lookup(&chat, &second.puid(&chat, "bob")), Some(bob_view.clone()), "polls agree");
+        second.connect("alice", "phone", SessionHandle::new(1).0, state(Status::Online, "hi")).expect("cap");
+        second.connect("carol", "phone", SessionHandle::new(3).0, state(Status::Away, "")).expect("cap");
+        let events = recorder.all();
+        assert_eq!(events.len(), 1, "alice came back as she was: nothing; carol changed: {events:?}");
+        let carol = &events[0];
+        assert_eq!((carol.puid.as_str(), carol.status), (second.puid(&chat, "carol").as_str(), Status::Away));
+        assert!(carol.seq > told.iter().find(|e| e.puid == carol.puid).expect("told").seq);
+
+        // Only bob is still held, with his deadline: what a second drain would record again.
+        let held = second.departures();
+        assert_eq!(
+            held.iter().map(|d| (d.user.as_str(), d.deadline_ms)).collect::<Vec<_>>(),
+            [("bob", deadline)]
+        );
+        assert_eq!(second.expire_departures(deadline - 1), Some(deadline), "not before the deadline");
+        assert_eq!(recorder.all().len(), 1);
+        assert_eq!(second.expire_departures(deadline), None, "bob was the last one held");
+        let offline = recorder.all().pop().expect("bob's offline");
+        assert_eq!(
+            (offline.puid.as_str(), offline.status),
+            (second.puid(&chat, "bob").as_str(), Status::Offline)
+        );
+        assert!(offline.seq > bob_view.seq);
+        assert_eq!(second.lookup(&chat, &second.puid(&chat, "bob")), None, "bob reads as offline");
+        assert!(second.departures().is_empty());
+    }
+
+    /// Without a grace the drain tells apps `offline`, as before the departures existed.
+    #[test]
+    fn without_a_grace_the_drain_tells_apps_offline() {
+        let chat = AppId::new("app_chat").expect("app id");
+        let (table, recorder) = table();
+        let state = DeviceState {
+            status: Status::Online,
+            idle: false,
+            message: String::new(),
+            visibility: vec![chat],
+        };
+        table.connect("alice", "phone", SessionHandle::new(1).0, state).expect("cap");
+        assert!(!table.begin_drain());
+        table.disconnect("alice", "phone", 1);
+        let statuses: Vec<Status> = recorder.all().iter().map(|e| e.status).collect();
+        assert_eq!(statuses, [Status::Online, Status::Offline]);
+        assert!(table.departures().is_empty());
     }
 
     #[test]

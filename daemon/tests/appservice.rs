@@ -620,3 +620,82 @@ async fn a_restart_keeps_notifications_readable_and_decides_their_outcomes() {
         api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/notifications/{id}"), None).await;
     assert_eq!(view["recipients"][0]["outcome"], "missed");
 }
+
+/// One device lists two apps and changes status across several seconds: both apps get
+/// every change, each with its own `seq` and `at` (issue 13, item 4: two colluding apps
+/// cannot match their PUIDs by equal numbers or equal gaps), each app's `seq` increases,
+/// each `at` is the change's time to about a second, and a poll reads the webhook's `seq`
+/// and `at` (`since`).
+#[tokio::test]
+async fn two_apps_listed_by_one_device_get_their_own_seqs_and_ats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start(dir.path()).await;
+    let mut receiver = Receiver::start(&dir.path().join("tls")).await;
+    let chat = daemon.register("chat", &receiver.url()).await;
+    let mail = daemon.register("mail", &receiver.url()).await;
+    let apps = [&chat, &mail];
+
+    let client =
+        Client::connect(daemon.options("alice", "phone", &[&chat.id, &mail.id])).await.expect("connect");
+    // (seq, at) per app, one per change, and when the test saw each change happen.
+    let mut seen: [Vec<(u64, u64)>; 2] = Default::default();
+    let mut puids: [Option<String>; 2] = Default::default();
+    let mut windows = Vec::new();
+    let statuses = [Status::Online, Status::Away, Status::Unavailable, Status::Online, Status::Away];
+    for (round, status) in statuses.into_iter().enumerate() {
+        let before = unix_ms();
+        if round > 0 {
+            client.set_status(status, None).await.expect("status");
+        }
+        while seen.iter().any(|s| s.len() <= round) {
+            let delivery = receiver.next().await;
+            let index = apps.iter().position(|a| delivery.json["app_id"] == a.id.as_str()).expect("our app");
+            for event in delivery.events().into_iter().filter(|e| e["type"] == "presence") {
+                assert_eq!(event["status"], status.as_str(), "{event}");
+                let puid = event["puid"].as_str().expect("puid").to_owned();
+                assert_eq!(puids[index].get_or_insert(puid.clone()), &puid, "one PUID per app");
+                seen[index].push((event["seq"].as_u64().expect("seq"), event["at"].as_u64().expect("at")));
+            }
+        }
+        windows.push((before, unix_ms()));
+        // Past the slot (about a second), so that each change falls in a slot of its own.
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    }
+    assert_ne!(puids[0], puids[1]);
+    for (app, changes) in seen.iter().enumerate() {
+        assert_eq!(changes.len(), statuses.len(), "app {app}: every change, once");
+        assert!(changes.windows(2).all(|w| w[0].0 < w[1].0), "app {app}: seq increases: {changes:?}");
+        for ((_, at), (before, after)) in changes.iter().zip(&windows) {
+            // At most one slot (1,048.576 ms) either side of when the change happened.
+            assert!(
+                *at + 1_050 >= *before && *at <= after + 1_050,
+                "app {app}: at {at} in {before}..{after}"
+            );
+        }
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert!(a.iter().all(|(seq, _)| b.iter().all(|(other, _)| other != seq)), "no equal seq: {a:?} {b:?}");
+    let gaps = |s: &[(u64, u64)], pick: fn(&(u64, u64)) -> u64| -> Vec<i128> {
+        s.windows(2).map(|w| i128::from(pick(&w[1])) - i128::from(pick(&w[0]))).collect()
+    };
+    let (seq_a, seq_b) = (gaps(a, |x| x.0), gaps(b, |x| x.0));
+    assert!(seq_a.iter().zip(&seq_b).all(|(x, y)| x != y), "no equal seq gap: {seq_a:?} {seq_b:?}");
+    // Each `at` gap of ms matches by chance one time in about a thousand: the whole series
+    // of gaps is what must differ.
+    assert_ne!(gaps(a, |x| x.1), gaps(b, |x| x.1), "the at gaps differ");
+
+    for (index, app) in apps.iter().enumerate() {
+        let puid = puids[index].as_deref().expect("puid");
+        let (status, polled) =
+            api(&daemon, &app.api_key, reqwest::Method::GET, &format!("/v1/presence/{puid}"), None).await;
+        assert_eq!(status, 200);
+        let (seq, at) = seen[index].last().expect("an event");
+        assert_eq!((polled["seq"].as_u64(), polled["since"].as_u64()), (Some(*seq), Some(*at)), "{polled}");
+    }
+    client.close().await;
+}
+
+fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+    u64::try_from(since.as_millis()).expect("fits")
+}

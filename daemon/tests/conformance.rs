@@ -174,7 +174,10 @@ async fn the_token_leeway_is_the_configured_one_at_hello_and_mid_session() {
 #[tokio::test]
 async fn shutdown_closes_with_an_error_frame_and_posts_offline_before_returning() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = TestDaemon::start(dir.path()).await;
+    // No drain grace: the drain itself tells apps offline (with one, see
+    // sessions.rs::a_clean_restart_within_the_drain_grace_shows_apps_no_flap_and_a_device_that_stays_away_goes_offline_after_it).
+    let daemon =
+        TestDaemon::start_with(SettingsLayer { drain_grace_secs: Some(0), ..settings(dir.path()) }).await;
     let mut receiver = Receiver::start(&dir.path().join("tls")).await;
     let app = daemon.register("chat", &receiver.url()).await;
     let mut device = welcomed(&daemon, "alice", &[&app.id]).await;

@@ -480,3 +480,86 @@ async fn the_idle_policy_turns_away_then_offline_and_activity_restores() {
     assert_eq!(next_event(&mut events, "chat").await.status, Status::Online);
     client.close().await;
 }
+
+/// Issue 13, item 4: a drain that does not flap. Alice and Bob are online at an app; the
+/// daemon drains (GoAway) and starts again on the same data dir within the grace; Alice
+/// comes back, Bob does not. The receiver sees no `offline`/`online` pair for Alice (no
+/// event at all), polls read both as they were told during the grace, and Bob's `offline`
+/// arrives once the grace has passed since the drain, not before, with a higher `seq`.
+#[tokio::test]
+async fn a_clean_restart_within_the_drain_grace_shows_apps_no_flap_and_a_device_that_stays_away_goes_offline_after_it()
+ {
+    // Room for a restart on a loaded machine, and still below the harness's `WAIT`.
+    const GRACE: Duration = Duration::from_secs(6);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer = || presenced::settings::SettingsLayer {
+        drain_grace_secs: Some(GRACE.as_secs()),
+        ..settings(dir.path())
+    };
+    let daemon = TestDaemon::start_with(layer()).await;
+    let mut receiver = common::receiver::Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("chat", &receiver.url()).await;
+    let mut online = std::collections::HashMap::new();
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let mut client = Client::connect(daemon.options(user, "phone", &[&app.id])).await.expect("connect");
+        assert!(matches!(next_client_event(&mut client).await, Event::Up { .. }));
+        let event = receiver.event(|e| e["type"] == "presence").await;
+        assert_eq!(event["status"], "online", "{event}");
+        online.insert(user, event);
+        clients.push(client);
+    }
+    let poll = |daemon: &TestDaemon, puid: &serde_json::Value| {
+        let request =
+            daemon.http().get(daemon.url(&format!("/v1/presence/{}", puid.as_str().expect("puid"))));
+        let request = request.bearer_auth(&app.api_key);
+        async move {
+            let response = request.send().await.expect("poll");
+            assert_eq!(response.status(), 200);
+            response.json::<serde_json::Value>().await.expect("json")
+        }
+    };
+
+    let TestDaemon { daemon, .. } = daemon;
+    let drained = std::time::Instant::now();
+    tokio::time::timeout(WAIT, daemon.shutdown()).await.expect("the drain is bounded");
+    drop(clients); // they would retry the old address; the devices reconnect below
+    let daemon = TestDaemon::start_with(layer()).await;
+    for user in ["alice", "bob"] {
+        let polled = poll(&daemon, &online[user]["puid"]).await;
+        assert_eq!(
+            (&polled["status"], &polled["seq"]),
+            (&online[user]["status"], &online[user]["seq"]),
+            "{user}"
+        );
+    }
+    let mut alice = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("connect");
+    assert!(matches!(next_client_event(&mut alice).await, Event::Up { .. }));
+    assert!(
+        drained.elapsed() < GRACE,
+        "back within the grace ({:?}); the test needs a faster restart",
+        drained.elapsed()
+    );
+
+    let offline = receiver.event(|e| e["type"] == "presence").await;
+    let waited = drained.elapsed();
+    assert_eq!(
+        (&offline["puid"], offline["status"].as_str()),
+        (&online["bob"]["puid"], Some("offline")),
+        "{offline}"
+    );
+    assert!(waited >= GRACE, "bob's offline came {waited:?} after the drain, before the grace");
+    assert!(offline["seq"].as_u64() > online["bob"]["seq"].as_u64());
+    // Alice's return would have been told long before Bob's deadline; let a window pass.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let rest: Vec<_> = receiver.drain().into_iter().filter(|e| e["type"] == "presence").collect();
+    assert!(rest.is_empty(), "nothing else, nothing for alice: {rest:?}");
+    let alice_now = poll(&daemon, &online["alice"]["puid"]).await;
+    assert_eq!(
+        (&alice_now["status"], &alice_now["seq"]),
+        (&online["alice"]["status"], &online["alice"]["seq"])
+    );
+    let bob_now = poll(&daemon, &online["bob"]["puid"]).await;
+    assert_eq!((bob_now["status"].as_str(), &bob_now["seq"]), (Some("offline"), &serde_json::Value::Null));
+    alice.close().await;
+}

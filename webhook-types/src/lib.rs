@@ -62,9 +62,11 @@ pub enum WebhookEvent<'a> {
         status: Cow<'a, str>,
         /// The status message, at most 256 bytes; empty when offline.
         message: Cow<'a, str>,
-        /// Increases per PUID, across reconnects and daemon restarts.
+        /// Increases per PUID, across reconnects and daemon restarts. Its values and gaps are
+        /// this app's own, so two apps cannot match PUIDs by them.
         seq: u64,
-        /// When the change happened.
+        /// When the change happened, to about a second (a point of its slot chosen per app;
+        /// order by `seq`, not by this).
         at: u64,
     },
     /// The user authorized the app from a device.

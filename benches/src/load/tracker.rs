@@ -28,6 +28,10 @@ use super::stats::{Counter, Errors, Latencies};
 /// oldest record (counted as unconfirmed) rather than growing without bound.
 pub const MAX_PENDING_PER_PUID: usize = 16;
 
+/// How far a presence event's `at` may lie before the change it reports: the daemon gives
+/// each app a point of the change's slot (2^20 µs) instead of its exact time.
+const AT_SLACK_MS: u64 = 1_049;
+
 /// One status change waiting for its webhook.
 #[derive(Debug, Clone, Copy)]
 struct Change {
@@ -106,7 +110,8 @@ impl Tracker {
             self.unsolicited.inc();
             return;
         };
-        let Some(index) = queue.iter().rposition(|change| change.status == status && change.sent_ms <= at_ms)
+        let Some(index) =
+            queue.iter().rposition(|change| change.status == status && change.sent_ms <= at_ms + AT_SLACK_MS)
         else {
             self.unsolicited.inc();
             return;

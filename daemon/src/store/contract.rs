@@ -6,8 +6,9 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::{
-    AppRecord, AppStore, Commit, CommitListener, NotificationStore, Outbox, OutboxEntry, OutboxEvent,
-    PreviousSecret, RevocationStore, RunJournal, SessionChange, StoredSession, TicketStore, Tombstone,
+    AppRecord, AppStore, Commit, CommitListener, Departure, NotificationStore, Outbox, OutboxEntry,
+    OutboxEvent, PreviousSecret, RevocationStore, RunJournal, SessionChange, StoredSession, TicketStore,
+    Tombstone,
 };
 
 /// A registered app with a made-up record (shared with the implementations' own tests).
@@ -346,6 +347,23 @@ pub(crate) fn journal<S: RunJournal>(store: &S) {
     assert_eq!(store.seq_floor().expect("floor"), 500, "a lower value leaves the maximum");
     store.set_seq_floor(501).expect("higher");
     assert_eq!(store.seq_floor().expect("floor"), 501);
+
+    // Departures: taken once, replaced whole.
+    assert_eq!(store.take_departures().expect("none yet"), []);
+    let departure = |user: &str, deadline_ms| Departure {
+        user: user.to_owned(),
+        app_id: "app_a".to_owned(),
+        status: "away".to_owned(),
+        message: "lunch ✓".to_owned(),
+        seq: 7,
+        since_ms: 1_000,
+        deadline_ms,
+    };
+    store.set_departures(&[departure("old", 1)]).expect("set");
+    let both = [departure("alice", 5_000), departure("bob", 6_000)];
+    store.set_departures(&both).expect("replace");
+    assert_eq!(store.take_departures().expect("take"), both, "the last set, in order");
+    assert_eq!(store.take_departures().expect("taken"), [], "taking removes them");
 }
 
 /// Tombstones are kept per (app, PUID), listed in that order, replaced by a newer revoke of

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use super::outbox::ListenerSlot;
 use super::queue::CompactingQueue;
 use super::{
-    AppRecord, AppStore, Commit, CommitListener, NotificationStore, Outbox, OutboxEntry, OutboxEvent,
-    RevocationStore, RunJournal, SessionChange, StoreError, StoreFuture, StoredSession, TicketStore,
-    Tombstone,
+    AppRecord, AppStore, Commit, CommitListener, Departure, NotificationStore, Outbox, OutboxEntry,
+    OutboxEvent, RevocationStore, RunJournal, SessionChange, StoreError, StoreFuture, StoredSession,
+    TicketStore, Tombstone,
 };
 
 /// Every store in one mutex-guarded state. Appends are "durable" when they return: each is
@@ -37,6 +37,7 @@ struct State {
     notifications: BTreeMap<u64, Vec<u8>>,
     running: bool,
     seq_floor: u64,
+    departures: Vec<Departure>,
     sessions: BTreeMap<Vec<u8>, StoredSession>,
     /// (app, PUID) → revoked at.
     tombstones: BTreeMap<(String, String), u64>,
@@ -197,6 +198,15 @@ impl RunJournal for MemoryStore {
         let mut state = self.lock();
         state.seq_floor = state.seq_floor.max(seq);
         Ok(())
+    }
+
+    fn set_departures(&self, departures: &[Departure]) -> Result<(), StoreError> {
+        self.lock().departures = departures.to_vec();
+        Ok(())
+    }
+
+    fn take_departures(&self) -> Result<Vec<Departure>, StoreError> {
+        Ok(std::mem::take(&mut self.lock().departures))
     }
 }
 

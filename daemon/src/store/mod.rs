@@ -8,7 +8,7 @@
 //! | [`Outbox`]            | [`outbox`]        | per app, the webhook events not yet delivered    |
 //! | [`NotificationStore`] | [`notifications`] | live notifications, so a restart loses no outcome |
 //! | [`TicketStore`]       | [`tickets`]       | the server half of TLS resumption tickets        |
-//! | [`RunJournal`]        | [`journal`]       | whether the last run ended cleanly; the seq floor |
+//! | [`RunJournal`]        | [`journal`]       | whether the last run ended cleanly; the seq floor; the drain's departures |
 //! | [`RevocationStore`]   | [`revocations`]   | revoked (app, PUID) pairs, until granted again   |
 //!
 //! Two implementations hold all six: [`embedded::EmbeddedStore`] (one redb file in the data
@@ -38,7 +38,7 @@ pub(crate) mod tickets;
 pub(crate) mod contract;
 
 pub(crate) use apps::{AppRecord, AppStore, PreviousSecret};
-pub(crate) use journal::RunJournal;
+pub(crate) use journal::{Departure, RunJournal};
 pub(crate) use notifications::NotificationStore;
 pub(crate) use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
 pub(crate) use revocations::{RevocationStore, Tombstone};

@@ -61,8 +61,8 @@ use tokio::sync::watch;
 use self::outbox::Pending;
 use super::outbox::ListenerSlot;
 use super::{
-    AppRecord, AppStore, NotificationStore, RevocationStore, RunJournal, SessionChange, StoreError,
-    StoredSession, TicketStore, Tombstone,
+    AppRecord, AppStore, Departure, NotificationStore, RevocationStore, RunJournal, SessionChange,
+    StoreError, StoredSession, TicketStore, Tombstone,
 };
 
 const APPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("apps");
@@ -73,6 +73,8 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
 const SESSIONS: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("tls_sessions");
 const REVOCATIONS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("revocations");
+/// The drain's departures, by position, each a JSON [`Departure`].
+const DEPARTURES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("departures");
 
 /// The `meta` key of the last serial handed out.
 const SERIAL: &str = "serial";
@@ -360,6 +362,38 @@ impl RunJournal for EmbeddedStore {
             Ok(())
         })
     }
+
+    fn set_departures(&self, departures: &[Departure]) -> Result<(), StoreError> {
+        let encoded = departures
+            .iter()
+            .map(|d| {
+                serde_json::to_vec(d).map_err(|source| StoreError::Encode { table: "departures", source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(|txn| {
+            let mut table = txn.open_table(DEPARTURES)?;
+            table.retain(|_, _| false)?;
+            for (index, record) in (0u64..).zip(&encoded) {
+                table.insert(index, record.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn take_departures(&self) -> Result<Vec<Departure>, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(DEPARTURES)?;
+            let mut departures = Vec::new();
+            for entry in table.iter()? {
+                let (_, record) = entry?;
+                let departure = serde_json::from_slice(record.value())
+                    .map_err(|source| StoreError::Corrupt { table: "departures", source })?;
+                departures.push(departure);
+            }
+            table.retain(|_, _| false)?;
+            Ok(departures)
+        })
+    }
 }
 
 impl RevocationStore for EmbeddedStore {
@@ -376,7 +410,7 @@ impl RevocationStore for EmbeddedStore {
     }
 
     fn list_tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.begin_read()?;
         let mut tombstones = Vec::new();
         for item in txn.open_table(REVOCATIONS)?.iter()? {
             let (key, revoked_ms) = item?;
