@@ -27,8 +27,9 @@
 //!   receivers), and its outbox compaction key; [`webhook`]: signing, the SSRF guard and
 //!   the batched, retried, durable fan-out.
 //! - [`notify`]: live notifications and their outcomes.
-//! - [`api`]: the HTTPS APIs (AppService, admin, health, metrics, OpenAPI); [`http`]: the
-//!   TLS listener in front of them; [`metrics`]: metric names.
+//! - [`api`]: the HTTPS APIs (AppService, admin, health, metrics, OpenAPI); [`console`]:
+//!   the web console beside them, assets compiled in; [`http`]: the TLS listener in front of
+//!   both; [`metrics`]: metric names.
 //! - [`limit`]: the token buckets behind every rate limit (per app, per source address, per
 //!   recipient), bounded in memory whatever the peers send.
 //! - [`testing`]: what tests, benches and fuzz targets reach inside the daemon (a named
@@ -59,6 +60,7 @@ pub(crate) mod api;
 pub(crate) mod apps;
 pub(crate) mod auth;
 pub mod clock;
+pub(crate) mod console;
 pub mod credentials;
 pub(crate) mod handle;
 pub(crate) mod http;
@@ -221,6 +223,7 @@ impl Daemon {
         let fanout =
             Arc::new(Fanout::start(store.clone(), apps.clone(), fanout_config, metrics.clone(), clock)?);
         let outbound = Arc::new(Outbound::new(apps.clone(), fanout.clone(), clock));
+        let api_outbound = outbound.clone();
         let endpoint_secret = puid_key.derive_secret(quic::restart::SECRET_LABEL);
         let sink: Arc<dyn table::PresenceSink> = outbound.clone();
         let (revocations, revocation_writer) = Revocations::load(store.clone(), clock)?;
@@ -278,13 +281,14 @@ impl Daemon {
             .await
             .with_context(|| format!("cannot bind HTTPS on {}", https.listen))?;
         let https_addr = listener.local_addr()?;
-        let router = api::router(api::ApiState {
+        let router = api::service(api::ApiState {
             metrics: metrics.clone(),
             table: table.clone(),
             apps: apps.clone(),
             notifications: notifications.clone(),
             limiter: Arc::new(api::RateLimiter::new(api.rate.rate, api.rate.burst)),
             fanout: fanout.clone(),
+            outbound: api_outbound,
             url_policy,
             admin_token: admin_token.as_deref().map(Arc::from),
             admin_remote: api.admin_remote,

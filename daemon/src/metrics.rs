@@ -3,6 +3,8 @@
 //! Names are part of the operator interface: add new ones, never rename. Counters get the
 //! `_total` suffix from the exposition format.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -53,14 +55,45 @@ pub struct AppLabel {
 pub(crate) const DELIVERY_BUCKETS: [f64; 16] =
     [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
 
-/// A histogram with [`DELIVERY_BUCKETS`]; a newtype so that [`Metrics`] keeps its
-/// `Default` (prometheus-client's histograms need their buckets at construction).
-#[derive(Debug, Clone)]
-pub struct DeliveryHistogram(pub Histogram);
+/// A histogram with [`DELIVERY_BUCKETS`]; its own type so that [`Metrics`] keeps its
+/// `Default` (prometheus-client's histograms need their buckets at construction), and so
+/// that its count and sum can be read back (prometheus-client only encodes them), for the
+/// console's mean latency (`GET /v1/admin/stats`).
+#[derive(Debug)]
+pub struct DeliveryHistogram {
+    histogram: Histogram,
+    count: AtomicU64,
+    /// The sum in microseconds: exact enough for a mean, and an atomic integer.
+    sum_micros: AtomicU64,
+}
 
 impl Default for DeliveryHistogram {
     fn default() -> DeliveryHistogram {
-        DeliveryHistogram(Histogram::new(DELIVERY_BUCKETS))
+        DeliveryHistogram {
+            histogram: Histogram::new(DELIVERY_BUCKETS),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DeliveryHistogram {
+    /// Records one latency, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        self.histogram.observe(seconds);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // `as` saturates: a negative or NaN latency adds nothing.
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far (`presence_webhook_delivery_seconds_count`).
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Their sum in seconds (`presence_webhook_delivery_seconds_sum`, to the microsecond).
+    pub fn sum(&self) -> f64 {
+        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
     }
 }
 
@@ -271,7 +304,7 @@ impl Metrics {
         registry.register(
             "presence_webhook_delivery_seconds",
             "Seconds from an event's creation to the 2xx that acknowledged it",
-            self.webhook_delivery_seconds.0.clone(),
+            self.webhook_delivery_seconds.histogram.clone(),
         );
         registry.register(
             "presence_webhook_retries",

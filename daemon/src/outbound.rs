@@ -9,6 +9,7 @@
 //! | `revoke` | `puid`, `at` | `a:<puid>` |
 //! | `notification` | `id`, `puid`, `outcome`, `at` | `n:<id>:<puid>`: every outcome is delivered |
 //! | `reset` | `at` | `r`: one waits at most |
+//! | `ping` | `at` | `t`: a test event; one waits at most |
 //!
 //! `reset` follows a daemon crash: the sessions died without their `offline` events, so
 //! every user the app saw is offline unless a later event (with a higher `seq`) says
@@ -47,6 +48,9 @@ pub(crate) enum OutboxKey<'a> {
     Notification(&'a str, &'a str),
     /// `r`: a reset says everything; one waits at most.
     Reset,
+    /// `t`: a test event carries no news; one waits at most, so pressing "send a test
+    /// event" while the receiver is down does not pile them up.
+    Ping,
 }
 
 impl<'a> OutboxKey<'a> {
@@ -58,6 +62,7 @@ impl<'a> OutboxKey<'a> {
             WebhookEvent::Grant { puid, .. } | WebhookEvent::Revoke { puid, .. } => OutboxKey::Access(puid),
             WebhookEvent::Notification { id, puid, .. } => OutboxKey::Notification(id, puid),
             WebhookEvent::Reset { .. } => OutboxKey::Reset,
+            WebhookEvent::Ping { .. } => OutboxKey::Ping,
             WebhookEvent::Unknown => return None,
         })
     }
@@ -71,6 +76,7 @@ impl fmt::Display for OutboxKey<'_> {
             OutboxKey::Access(puid) => write!(f, "a:{puid}"),
             OutboxKey::Notification(id, puid) => write!(f, "n:{id}:{puid}"),
             OutboxKey::Reset => f.write_str("r"),
+            OutboxKey::Ping => f.write_str("t"),
         }
     }
 }
@@ -89,6 +95,7 @@ pub fn encode(event: &WebhookEvent<'_>) -> Option<OutboxEvent> {
         | WebhookEvent::Revoke { .. }
         | WebhookEvent::Notification { .. }
         | WebhookEvent::Reset { .. }
+        | WebhookEvent::Ping { .. }
         | WebhookEvent::Unknown => 0,
     };
     // Every known event is strings and integers, which always serialize.
@@ -139,6 +146,17 @@ impl Outbound {
         for app_id in app_ids {
             self.send(&app_id, &WebhookEvent::Reset { at: self.clock.unix_ms() });
         }
+    }
+
+    /// A test event for one app, asked for by its owner; returns its `at`, or `None` when
+    /// the app is not registered (nothing is sent).
+    pub fn ping(&self, app_id: &str) -> Option<u64> {
+        if !self.apps.exists(app_id) {
+            return None;
+        }
+        let at = self.clock.unix_ms();
+        self.send(app_id, &WebhookEvent::Ping { at });
+        Some(at)
     }
 
     /// A notification's outcome for one recipient.
@@ -209,6 +227,10 @@ mod tests {
             text(encode(&WebhookEvent::Reset { at })),
             ("r".to_owned(), json!({"type": "reset", "at": at}).to_string())
         );
+        assert_eq!(
+            text(encode(&WebhookEvent::Ping { at })),
+            ("t".to_owned(), json!({"type": "ping", "at": at}).to_string())
+        );
         let id = 4_503_599_627_370_497u64;
         let outcome = WebhookEvent::Notification {
             id: id.to_string().into(),
@@ -250,6 +272,7 @@ mod tests {
         assert_eq!(OutboxKey::Access("p1").to_string(), "a:p1");
         assert_eq!(OutboxKey::Notification("42", "p1").to_string(), "n:42:p1");
         assert_eq!(OutboxKey::Reset.to_string(), "r");
+        assert_eq!(OutboxKey::Ping.to_string(), "t");
         // Grant and revoke of one PUID share a key; different PUIDs and ids do not.
         let grant = WebhookEvent::Grant { puid: "p1".into(), state: "".into(), at: 1 };
         let revoke = WebhookEvent::Revoke { puid: "p1".into(), at: 2 };

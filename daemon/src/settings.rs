@@ -252,6 +252,10 @@ settings! {
     webhook_max_bytes: usize = 256 * 1024, env "PRESENCED_WEBHOOK_MAX_BYTES", check nonzero;
     /// Webhook request timeout in seconds.
     webhook_timeout_secs: u64 = 10, env "PRESENCED_WEBHOOK_TIMEOUT_SECS", check nonzero;
+    /// Webhook POSTs remembered per app for its delivery log (GET /v1/deliveries and the
+    /// console), in memory, at most 10000; 0 keeps none.
+    delivery_log_size: usize = crate::webhook::log::DEFAULT_DELIVERY_LOG_SIZE,
+        env "PRESENCED_DELIVERY_LOG_SIZE", check delivery_log_cap;
     /// Address ranges (CIDR) webhooks may reach although they are private, for example an
     /// AppService on the operator's own network; repeat or separate with commas (`--dev`
     /// allows every address).
@@ -336,6 +340,13 @@ pub const MAX_DRAIN_GRACE_SECS: u64 = 86_400;
 /// Check: a drain grace of at most [`MAX_DRAIN_GRACE_SECS`].
 fn at_most_a_day(name: &str, value: &u64) -> Option<String> {
     (*value > MAX_DRAIN_GRACE_SECS).then(|| format!("{name} must be at most {MAX_DRAIN_GRACE_SECS}"))
+}
+
+/// Check: a delivery log of at most [`MAX_DELIVERY_LOG_SIZE`](crate::webhook::log::MAX_DELIVERY_LOG_SIZE)
+/// attempts per app.
+fn delivery_log_cap(name: &str, value: &usize) -> Option<String> {
+    let max = crate::webhook::log::MAX_DELIVERY_LOG_SIZE;
+    (*value > max).then(|| format!("{name} must be at most {max}"))
 }
 
 /// Check: a token leeway of at most [`MAX_TOKEN_LEEWAY_SECS`].
@@ -538,6 +549,7 @@ impl SettingsLayer {
                 max_bytes: v.webhook_max_bytes,
                 request_timeout: secs(v.webhook_timeout_secs),
                 url_policy: Arc::new(url_policy),
+                delivery_log_size: v.delivery_log_size,
                 ..FanoutConfig::default()
             },
             notify: NotifyLimits {
@@ -579,6 +591,16 @@ mod tests {
         assert_eq!(day.table.drain_grace, Duration::from_secs(MAX_DRAIN_GRACE_SECS));
         let error = layer(Some(MAX_DRAIN_GRACE_SECS + 1)).resolve().expect_err("more than a day");
         assert!(error.to_string().contains("drain_grace_secs"), "{error}");
+    }
+
+    /// The delivery log keeps 100 attempts per app by default, none with 0, 10,000 at most.
+    #[test]
+    fn the_delivery_log_size_defaults_to_100_and_is_bounded() {
+        let layer = |size| SettingsLayer { dev: Some(true), delivery_log_size: size, ..Default::default() };
+        assert_eq!(layer(None).resolve().expect("default").fanout.delivery_log_size, 100);
+        assert_eq!(layer(Some(0)).resolve().expect("none is fine").fanout.delivery_log_size, 0);
+        let error = layer(Some(10_001)).resolve().expect_err("too many");
+        assert!(error.to_string().contains("delivery_log_size"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub mod api {
     pub use crate::api::{OPENAPI, Peer, ROUTES};
 }
 
+/// The web console's paths and headers.
+pub mod console {
+    pub use crate::console::{CONTENT_SECURITY_POLICY, ROUTES};
+}
+
 /// The registered AppServices.
 pub mod apps {
     pub use crate::apps::Apps;

@@ -218,6 +218,7 @@ fn sample_events() -> Vec<Value> {
             at: 3,
         },
         WebhookEvent::Reset { at: 4 },
+        WebhookEvent::Ping { at: 5 },
     ];
     let mut kinds = BTreeSet::new();
     let events = samples
@@ -228,7 +229,8 @@ fn sample_events() -> Vec<Value> {
                 | WebhookEvent::Grant { .. }
                 | WebhookEvent::Revoke { .. }
                 | WebhookEvent::Notification { .. }
-                | WebhookEvent::Reset { .. } => kinds.insert(event.kind().expect("a sent type")),
+                | WebhookEvent::Reset { .. }
+                | WebhookEvent::Ping { .. } => kinds.insert(event.kind().expect("a sent type")),
                 WebhookEvent::Unknown => unreachable!("the daemon sends no unknown events"),
             };
             let json = presenced::testing::outbound::encode(event).expect("encodes").json;
@@ -544,8 +546,20 @@ async fn every_route_is_served_as_documented() {
         .expect(("POST", "/v1/admin/apps/{id}/rotate-secret", &rotate), admin, Body::None, 200, None)
         .await;
     assert_ne!(rotated["webhook_secret"], created["webhook_secret"]);
+    let disable = format!("{one}/disable");
+    let disabled =
+        api.expect(("POST", "/v1/admin/apps/{id}/disable", &disable), admin, Body::None, 200, None).await;
+    assert_eq!(disabled["disabled"], true);
     let enable = format!("{one}/enable");
-    api.expect(("POST", "/v1/admin/apps/{id}/enable", &enable), admin, Body::None, 200, None).await;
+    let enabled =
+        api.expect(("POST", "/v1/admin/apps/{id}/enable", &enable), admin, Body::None, 200, None).await;
+    assert_eq!(enabled["disabled"], false);
+    let log = format!("{one}/deliveries");
+    let deliveries =
+        api.expect(("GET", "/v1/admin/apps/{id}/deliveries", &log), admin, Body::None, 200, None).await;
+    assert_eq!(deliveries["app_id"], app_id.as_str());
+    let stats = api.expect(("GET", "/v1/admin/stats", "/v1/admin/stats"), admin, Body::None, 200, None).await;
+    assert_eq!(stats["outboxes"][0]["app_id"], app_id.as_str());
 
     // AppService routes, with the app's API key.
     let unknown = "/v1/presence/AAAAAAAAAAAAAAAAAAAAAA";
@@ -558,6 +572,24 @@ async fn every_route_is_served_as_documented() {
     let query = ("POST", "/v1/presence/query", "/v1/presence/query");
     let answer = api.expect(query, key, Body::Json(json!({"puids": [a, b]})), 200, None).await;
     assert_eq!(answer["presence"].as_array().map(Vec::len), Some(2));
+    let ping = ("POST", "/v1/webhooks/ping", "/v1/webhooks/ping");
+    let queued = api.expect(ping, key, Body::None, 202, None).await;
+    let own = ("GET", "/v1/deliveries", "/v1/deliveries");
+    // The ping waits in the outbox once committed (the receiver at port 9 refuses it), and
+    // its `at` is the oldest waiting.
+    let log = tokio::time::timeout(WAIT, async {
+        loop {
+            let log = api.expect(own, key, Body::None, 200, None).await;
+            if log["outbox_depth"].as_u64() >= Some(1) {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the ping in the outbox");
+    assert_eq!(log["app_id"], app_id.as_str());
+    assert_eq!(log["oldest_waiting_at"], queued["at"], "{log} {queued}");
     let create = ("POST", "/v1/notifications", "/v1/notifications");
     let note =
         json!({"to": [a, a, b], "title": "hi", "data": {"k": 1}, "ttl_ms": 5_000, "mode": "first-accept"});
@@ -586,6 +618,10 @@ async fn every_route_is_served_as_documented() {
     api.expect(create, Some("pk_nope"), Body::None, 401, Some("invalid_api_key")).await;
     api.expect(("GET", "/v1/notifications/{id}", &get), None, Body::None, 401, Some("unauthenticated")).await;
     api.expect(("GET", apps, apps), Some("wrong"), Body::None, 401, Some("unauthenticated")).await;
+    api.expect(own, None, Body::None, 401, Some("unauthenticated")).await;
+    api.expect(ping, Some("pk_nope"), Body::None, 401, Some("invalid_api_key")).await;
+    let stats = ("GET", "/v1/admin/stats", "/v1/admin/stats");
+    api.expect(stats, Some("wrong"), Body::None, 401, Some("unauthenticated")).await;
     api.expect(("GET", apps, apps), None, Body::None, 401, Some("unauthenticated")).await;
 
     // Body failures, on every route that takes a body.
@@ -676,6 +712,12 @@ async fn every_route_is_served_as_documented() {
     .await;
     let path = format!("{missing}/enable");
     api.expect(("POST", "/v1/admin/apps/{id}/enable", &path), admin, Body::None, 404, Some("not_found"))
+        .await;
+    let path = format!("{missing}/disable");
+    api.expect(("POST", "/v1/admin/apps/{id}/disable", &path), admin, Body::None, 404, Some("not_found"))
+        .await;
+    let path = format!("{missing}/deliveries");
+    api.expect(("GET", "/v1/admin/apps/{id}/deliveries", &path), admin, Body::None, 404, Some("not_found"))
         .await;
 
     // Removing the app last: its key stops working at once.
@@ -790,9 +832,12 @@ async fn webhooks_match_the_documented_payloads() {
         }
     };
     client.accept(id).await.expect("accept");
+    api.expect(("POST", "/v1/webhooks/ping", "/v1/webhooks/ping"), Some(&key), Body::None, 202, None).await;
 
     let mut seen = BTreeSet::new();
-    let wanted = ["presence", "grant", "notification:accepted", "notification:undeliverable", "revoke"];
+    let mut ids = BTreeSet::new();
+    let wanted =
+        ["presence", "grant", "notification:accepted", "notification:undeliverable", "revoke", "ping"];
     let mut revoked = false;
     while !wanted.iter().all(|w| seen.contains(*w)) {
         let (headers, body) = tokio::time::timeout(WAIT, hooks.recv())
@@ -812,6 +857,7 @@ async fn webhooks_match_the_documented_payloads() {
         }
         assert!(headers["content-type"].to_str().expect("ascii").starts_with("application/json"));
         secret.verify_headers(&headers, &body, DEFAULT_TOLERANCE).expect("the signature verifies");
+        ids.insert(headers["webhook-id"].to_str().expect("ascii").to_owned());
         // The documented body.
         let batch: Value = serde_json::from_slice(&body).expect("JSON body");
         assert_valid(&doc, &json!({"$ref": "#/components/schemas/WebhookBatch"}), &batch, "webhook body");
@@ -821,11 +867,13 @@ async fn webhooks_match_the_documented_payloads() {
         assert!(typed.events.iter().all(|e| e.kind().is_some()), "only known types: {batch}");
         assert_eq!(serde_json::to_vec(&typed).expect("encodes"), body, "byte for byte");
         for event in batch["events"].as_array().expect("events") {
-            assert_eq!(
-                event["puid"].as_str().map(|p| p == puid || p == "AAAAAAAAAAAAAAAAAAAAAA"),
-                Some(true),
-                "{event}"
-            );
+            if event["type"] != "ping" {
+                assert_eq!(
+                    event["puid"].as_str().map(|p| p == puid || p == "AAAAAAAAAAAAAAAAAAAAAA"),
+                    Some(true),
+                    "{event}"
+                );
+            }
             let kind = event["type"].as_str().expect("type").to_owned();
             seen.insert(match event["outcome"].as_str() {
                 Some(outcome) => format!("{kind}:{outcome}"),
@@ -837,6 +885,28 @@ async fn webhooks_match_the_documented_payloads() {
             revoked = true;
         }
     }
+    // Every POST received is in the delivery log, delivered with the receiver's 204 (the
+    // log may lag the receiver by the moment between its answer and the record).
+    let own = ("GET", "/v1/deliveries", "/v1/deliveries");
+    let logged = tokio::time::timeout(WAIT, async {
+        loop {
+            let log = api.expect(own, Some(&key), Body::None, 200, None).await;
+            let delivered: BTreeSet<String> = log["deliveries"]
+                .as_array()
+                .expect("deliveries")
+                .iter()
+                .filter(|d| d["result"] == "delivered" && d["status"] == 204 && d["next_retry_at"].is_null())
+                .filter_map(|d| d["webhook_id"].as_str().map(str::to_owned))
+                .collect();
+            if ids.is_subset(&delivered) {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every delivery in the log");
+    assert!(logged["deliveries"][0]["at"].as_u64() >= logged["deliveries"][1]["at"].as_u64(), "newest first");
     client.close().await;
     daemon.daemon.shutdown().await;
 }

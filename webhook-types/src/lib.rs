@@ -10,7 +10,7 @@
 //!
 //! - [`WebhookBatch`]: the body of one POST, `{"app_id": ..., "events": [...]}`.
 //! - [`WebhookEvent`]: one event, tagged by its `type` (`presence`, `grant`, `revoke`,
-//!   `notification`, `reset`); a type this version does not know decodes as
+//!   `notification`, `reset`, `ping`); a type this version does not know decodes as
 //!   [`WebhookEvent::Unknown`], so a receiver keeps working when the daemon adds one.
 //!
 //! ## Design
@@ -105,6 +105,13 @@ pub enum WebhookEvent<'a> {
         /// When the daemon came back.
         at: u64,
     },
+    /// A test event the app's owner asked for (`POST /v1/webhooks/ping`, the console's
+    /// "send a test event"): it says nothing about any user, and exists so that a receiver
+    /// can be checked end to end, signature and delivery log included. Ignore it.
+    Ping {
+        /// When it was asked for.
+        at: u64,
+    },
     /// A `type` this version does not know: ignore it, as the contract asks. Decoding
     /// only; it has no encoding.
     #[serde(other)]
@@ -113,7 +120,7 @@ pub enum WebhookEvent<'a> {
 
 impl WebhookEvent<'_> {
     /// Every `type` the daemon sends, in the order openapi.json lists them.
-    pub const TYPES: [&'static str; 5] = ["presence", "grant", "revoke", "notification", "reset"];
+    pub const TYPES: [&'static str; 6] = ["presence", "grant", "revoke", "notification", "reset", "ping"];
 
     /// The event's `type`; `None` for [`WebhookEvent::Unknown`].
     pub fn kind(&self) -> Option<&'static str> {
@@ -123,6 +130,7 @@ impl WebhookEvent<'_> {
             WebhookEvent::Revoke { .. } => "revoke",
             WebhookEvent::Notification { .. } => "notification",
             WebhookEvent::Reset { .. } => "reset",
+            WebhookEvent::Ping { .. } => "ping",
             WebhookEvent::Unknown => return None,
         })
     }
@@ -134,7 +142,8 @@ impl WebhookEvent<'_> {
             | WebhookEvent::Grant { at, .. }
             | WebhookEvent::Revoke { at, .. }
             | WebhookEvent::Notification { at, .. }
-            | WebhookEvent::Reset { at } => Some(*at),
+            | WebhookEvent::Reset { at }
+            | WebhookEvent::Ping { at } => Some(*at),
             WebhookEvent::Unknown => None,
         }
     }
@@ -182,8 +191,8 @@ impl Serialize for WebhookEvent<'_> {
                 event.serialize_field("type", kind)?;
                 event.end()
             }
-            WebhookEvent::Reset { at } => {
-                let mut event = serializer.serialize_struct("ResetEvent", 2)?;
+            WebhookEvent::Reset { at } | WebhookEvent::Ping { at } => {
+                let mut event = serializer.serialize_struct("AtOnlyEvent", 2)?;
                 event.serialize_field("at", at)?;
                 event.serialize_field("type", kind)?;
                 event.end()
@@ -225,6 +234,7 @@ mod tests {
                 r#"{"at":4,"id":"4503599627370497","outcome":"taken","puid":"p","type":"notification"}"#,
             ),
             (WebhookEvent::Reset { at: 5 }, r#"{"at":5,"type":"reset"}"#),
+            (WebhookEvent::Ping { at: 6 }, r#"{"at":6,"type":"ping"}"#),
         ]
     }
 

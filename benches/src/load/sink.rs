@@ -164,9 +164,12 @@ async fn hook(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Byt
                 Ok(id) => tracker.outcome_seen(id, &outcome, received, &state.errors),
                 Err(_) => state.errors.add("webhook_notification_id"),
             },
-            // The load tool neither revokes nor crashes the daemon; a new type is ignored,
-            // as the contract asks of every receiver.
-            WebhookEvent::Revoke { .. } | WebhookEvent::Reset { .. } | WebhookEvent::Unknown => {}
+            // The load tool neither revokes, crashes the daemon nor asks for test events; a
+            // new type is ignored, as the contract asks of every receiver.
+            WebhookEvent::Revoke { .. }
+            | WebhookEvent::Reset { .. }
+            | WebhookEvent::Ping { .. }
+            | WebhookEvent::Unknown => {}
         }
     }
     StatusCode::OK

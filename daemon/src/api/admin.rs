@@ -1,4 +1,5 @@
-//! The admin API: register, list, show, rotate, re-enable and remove apps.
+//! The admin API: register, list, show, rotate, disable, re-enable and remove apps, and the
+//! daemon's figures as JSON (`stats`, what the console charts).
 //!
 //! Reads come from the [`Apps`](crate::apps::Apps) cache and the outbox's in-memory depth;
 //! changes go through `Apps`, whose store writes run on the blocking pool.
@@ -178,6 +179,101 @@ pub(super) async fn enable(
     let app = found(state.apps.enable(&id).await)?;
     state.fanout.app_changed(&app.id);
     Ok(axum::Json(view(&state, app)))
+}
+
+/// Turns an app's deliveries off, as a 410 from its endpoint does: events wait in its
+/// outbox until `enable`.
+pub(super) async fn disable(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<axum::Json<AppView>, ApiError> {
+    let app = found(state.apps.disable(&id).await)?;
+    state.fanout.app_changed(&app.id);
+    Ok(axum::Json(view(&state, app)))
+}
+
+/// The numbers `/metrics` exports that the console shows, as JSON for the admin: counters
+/// are totals since start (the console turns two readings into rates), gauges are now.
+#[derive(Debug, Serialize)]
+pub(super) struct Stats {
+    /// When read, Unix ms.
+    at: u64,
+    users: u64,
+    /// `presence_sessions{state}`.
+    sessions: std::collections::BTreeMap<&'static str, i64>,
+    /// `presence_handshakes_total`.
+    handshakes: u64,
+    /// `presence_webhook_batches_total{result}`.
+    webhook_batches: std::collections::BTreeMap<&'static str, u64>,
+    /// `presence_webhook_events_total`.
+    webhook_events: u64,
+    /// `presence_webhook_retries_total`.
+    webhook_retries: u64,
+    /// `presence_webhook_delivery_seconds`: count and sum.
+    webhook_delivery_seconds: LatencySum,
+    /// `presence_outbox_writable`.
+    outbox_writable: bool,
+    /// Per app: `presence_outbox_depth{app}` and the oldest waiting event.
+    outboxes: Vec<OutboxFigures>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct LatencySum {
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct OutboxFigures {
+    app_id: String,
+    depth: u64,
+    /// The oldest waiting event's `at`, Unix ms; `None` when nothing waits.
+    oldest_waiting_at: Option<u64>,
+}
+
+pub(super) async fn stats(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+) -> Result<axum::Json<Stats>, ApiError> {
+    use crate::metrics::{ResultLabel, SESSION_STATES, StateLabel};
+    use crate::webhook::log::AttemptResult;
+    let metrics = &state.metrics;
+    let sessions = SESSION_STATES
+        .iter()
+        .map(|&state| (state, metrics.sessions.get(&StateLabel { state }).map_or(0, |gauge| gauge.get())))
+        .collect();
+    let results =
+        [AttemptResult::Delivered, AttemptResult::Failed, AttemptResult::Throttled, AttemptResult::Gone];
+    let webhook_batches = results
+        .iter()
+        .map(|result| {
+            let label = ResultLabel { result: result.as_str() };
+            (result.as_str(), metrics.webhook_batches.get(&label).map_or(0, |counter| counter.get()))
+        })
+        .collect();
+    let mut outboxes = Vec::new();
+    for app in state.apps.list() {
+        let oldest_waiting_at = state.fanout.oldest_waiting_ms(&app.id).await.map_err(ApiError::internal)?;
+        outboxes.push(OutboxFigures {
+            depth: state.fanout.depth(&app.id),
+            oldest_waiting_at,
+            app_id: app.id,
+        });
+    }
+    let histogram = &metrics.webhook_delivery_seconds;
+    Ok(axum::Json(Stats {
+        at: state.clock.unix_ms(),
+        users: state.table.users() as u64,
+        sessions,
+        handshakes: metrics.handshakes.get(),
+        webhook_batches,
+        webhook_events: metrics.webhook_events.get(),
+        webhook_retries: metrics.webhook_retries.get(),
+        webhook_delivery_seconds: LatencySum { count: histogram.count(), sum: histogram.sum() },
+        outbox_writable: state.fanout.outbox_writable(),
+        outboxes,
+    }))
 }
 
 pub(super) async fn remove(

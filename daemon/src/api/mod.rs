@@ -1,11 +1,15 @@
-//! The HTTPS APIs: the AppService API (`/v1/presence`, `/v1/notifications`, API key), the
-//! admin API (`/v1/admin/apps`, admin token, loopback only by default), and the operator
-//! endpoints (`/healthz`, `/metrics`, `/openapi.json`).
+//! The HTTPS APIs: the AppService API (`/v1/presence`, `/v1/notifications`,
+//! `/v1/deliveries`, `/v1/webhooks/ping`, API key), the admin API (`/v1/admin/...`, admin
+//! token, loopback only by default), and the operator endpoints (`/healthz`, `/metrics`,
+//! `/openapi.json`).
 //!
 //! `openapi.json` beside this crate's manifest documents every route and every error code;
-//! a test checks that the routes served and the routes documented are the same.
+//! a test checks that the routes served and the routes documented are the same. The web
+//! console ([`crate::console`]) is served beside them by [`service`]: its pages are not API
+//! and not in the document; what its scripts call is.
 
 mod admin;
+mod deliveries;
 pub(crate) mod error;
 mod extract;
 mod notifications;
@@ -27,6 +31,7 @@ pub(crate) use error::{ApiError, ApiErrorCode};
 use crate::apps::Apps;
 use crate::metrics::Metrics;
 use crate::notify::Notifications;
+use crate::outbound::Outbound;
 use crate::settings::Rate;
 use crate::table::PresenceTable;
 use crate::webhook::fanout::Fanout;
@@ -75,8 +80,10 @@ pub(crate) struct ApiState {
     pub notifications: Arc<Notifications>,
     /// Per-app request rate limit.
     pub limiter: Arc<RateLimiter>,
-    /// Webhook delivery, told when apps change.
+    /// Webhook delivery, told when apps change; its delivery log and outbox depths.
     pub fanout: Arc<Fanout>,
+    /// Webhook events the API itself sends (the test event).
+    pub outbound: Arc<Outbound>,
     /// Which webhook URLs are acceptable.
     pub url_policy: Arc<UrlPolicy>,
     /// The admin bearer token; the admin API is off without one.
@@ -100,13 +107,26 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/presence/query"),
     ("POST", "/v1/notifications"),
     ("GET", "/v1/notifications/{id}"),
+    ("GET", "/v1/deliveries"),
+    ("POST", "/v1/webhooks/ping"),
     ("POST", "/v1/admin/apps"),
     ("GET", "/v1/admin/apps"),
     ("GET", "/v1/admin/apps/{id}"),
     ("DELETE", "/v1/admin/apps/{id}"),
     ("POST", "/v1/admin/apps/{id}/rotate-secret"),
     ("POST", "/v1/admin/apps/{id}/enable"),
+    ("POST", "/v1/admin/apps/{id}/disable"),
+    ("GET", "/v1/admin/apps/{id}/deliveries"),
+    ("GET", "/v1/admin/stats"),
 ];
+
+/// The API and, beside it, the web console ([`crate::console`]): what the listener serves.
+/// The console's routes come first and have no fallback of their own, so every other path
+/// reaches the API's JSON 404.
+pub(crate) fn service(state: ApiState) -> Router {
+    let console = crate::console::router().layer(axum::middleware::from_fn_with_state(state.clone(), track));
+    console.merge(router(state))
+}
 
 /// Every route.
 pub(crate) fn router(state: ApiState) -> Router {
@@ -118,10 +138,15 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/presence/query", post(presence::query))
         .route("/v1/notifications", post(notifications::create))
         .route("/v1/notifications/{id}", get(notifications::get_one))
+        .route("/v1/deliveries", get(deliveries::own))
+        .route("/v1/webhooks/ping", post(deliveries::ping))
         .route("/v1/admin/apps", post(admin::create).get(admin::list))
         .route("/v1/admin/apps/{id}", get(admin::show).delete(admin::remove))
         .route("/v1/admin/apps/{id}/rotate-secret", post(admin::rotate_secret))
         .route("/v1/admin/apps/{id}/enable", post(admin::enable))
+        .route("/v1/admin/apps/{id}/disable", post(admin::disable))
+        .route("/v1/admin/apps/{id}/deliveries", get(deliveries::of_app))
+        .route("/v1/admin/stats", get(admin::stats))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

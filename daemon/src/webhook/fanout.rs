@@ -18,11 +18,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::guard::{GuardedResolver, UrlPolicy};
+use super::log::{Attempt, AttemptResult, DEFAULT_DELIVERY_LOG_SIZE, DeliveryLog};
 use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Signer, WebhookSecret};
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
-use crate::store::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent};
+use crate::store::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreError};
 
 /// How long the first waiting event of an app waits for company before its batch goes.
 pub(crate) const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
@@ -75,6 +76,9 @@ pub struct FanoutConfig {
     pub public_roots: bool,
     /// How long an idle pooled connection is kept [default: [`DEFAULT_POOL_IDLE_TIMEOUT`]].
     pub pool_idle_timeout: Duration,
+    /// Attempts kept per app in the delivery log ([`super::log`]) [default:
+    /// [`DEFAULT_DELIVERY_LOG_SIZE`]]; 0 keeps none.
+    pub delivery_log_size: usize,
 }
 
 impl Default for FanoutConfig {
@@ -91,6 +95,7 @@ impl Default for FanoutConfig {
             extra_roots: Vec::new(),
             public_roots: true,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            delivery_log_size: DEFAULT_DELIVERY_LOG_SIZE,
         }
     }
 }
@@ -141,6 +146,8 @@ struct Inner {
     clock: Clock,
     /// One delivery task per app that has been seen.
     tasks: Mutex<HashMap<String, AppTask>>,
+    /// The last attempts of each app, recorded by its delivery task.
+    log: DeliveryLog,
     /// How far `shutdown` has gone.
     phase: watch::Sender<Phase>,
 }
@@ -252,6 +259,7 @@ impl Fanout {
             .map_err(|_| FanoutError::Config("Fanout::start must be called inside a tokio runtime"))?;
         let client = build_client(&config)?;
         let (phase, _) = watch::channel(Phase::Running);
+        let log = DeliveryLog::new(config.delivery_log_size);
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             outbox,
@@ -262,6 +270,7 @@ impl Fanout {
             client,
             runtime,
             tasks: Mutex::new(HashMap::new()),
+            log,
             phase,
         });
         // Read before anything is published, so whatever is waiting was left by a previous
@@ -318,6 +327,22 @@ impl Fanout {
     /// Events waiting in an app's outbox (from memory: cheap).
     pub fn depth(&self, app_id: &str) -> u64 {
         self.inner.outbox.depth(app_id)
+    }
+
+    /// The `at` (Unix ms) of the oldest event waiting in an app's outbox, `None` when
+    /// nothing waits. The outbox hands out its oldest entry first, so this reads one entry
+    /// (a store read for the embedded outbox; none at all when the depth is 0).
+    pub(crate) async fn oldest_waiting_ms(&self, app_id: &str) -> Result<Option<u64>, StoreError> {
+        if self.depth(app_id) == 0 {
+            return Ok(None);
+        }
+        let oldest = self.inner.outbox.next_batch(app_id, 1, 1).await?;
+        Ok(oldest.first().map(|entry| entry.at_ms).filter(|at| *at > 0))
+    }
+
+    /// The app's last delivery attempts, newest first (the delivery log, from memory).
+    pub(crate) fn deliveries(&self, app_id: &str) -> Vec<Attempt> {
+        self.inner.log.recent(app_id)
     }
 
     /// Stops within `bound`, delivering what it owes first: makes what was published
@@ -452,11 +477,13 @@ impl Inner {
         AppTask { shared, handle }
     }
 
-    /// Drops the task entry of an app that no longer exists, if it is still `shared`'s.
+    /// Drops the task entry and the delivery log of an app that no longer exists, if the
+    /// entry is still `shared`'s.
     fn forget(&self, app_id: &str, shared: &Arc<AppShared>) {
         let mut apps = lock(&self.tasks);
         if apps.get(app_id).is_some_and(|task| Arc::ptr_eq(&task.shared, shared)) {
             apps.remove(app_id);
+            self.log.forget(app_id);
         }
     }
 
@@ -501,21 +528,48 @@ impl Inner {
         self.config.max_bytes.saturating_sub(envelope + self.config.max_events)
     }
 
-    async fn send(&self, app_id: &str, url: &Url, signer: &Signer, batch: &[OutboxEntry]) -> Outcome {
+    /// POSTs one batch; what came of it, for the delivery loop and the delivery log.
+    async fn send(&self, app_id: &str, url: &Url, signer: &Signer, batch: &[OutboxEntry]) -> Sent {
+        let id = message_id(app_id, batch);
+        let mut sent = Sent {
+            outcome: Outcome::Failed(None),
+            at_ms: self.clock.unix_ms(),
+            id,
+            status: None,
+            error: None,
+            latency: Duration::ZERO,
+        };
+        let started = self.clock.tokio_now();
+        let outcome = self.post(app_id, url, signer, batch, &mut sent).await;
+        sent.outcome = outcome;
+        sent.latency = self.clock.tokio_now().saturating_duration_since(started);
+        sent
+    }
+
+    /// The POST itself: sets the status or the error in `sent`, returns the outcome.
+    async fn post(
+        &self,
+        app_id: &str,
+        url: &Url,
+        signer: &Signer,
+        batch: &[OutboxEntry],
+        sent: &mut Sent,
+    ) -> Outcome {
         if let Err(error) = self.config.url_policy.check_target(url) {
             warn!(app = app_id, %error, "webhook URL refused");
+            sent.error = Some(format!("the webhook URL was refused: {}", error_chain(&error)));
             return Outcome::Failed(None);
         }
         let body = batch_body(app_id, batch);
-        let id = message_id(app_id, batch);
+        let id = sent.id.as_str();
         let timestamp = self.clock.unix_secs();
         // Checked per attempt: a previous secret whose overlap ended is never sent.
-        let signature = signer.header(&id, timestamp, &body, self.clock.unix_ms());
+        let signature = signer.header(id, timestamp, &body, self.clock.unix_ms());
         let request = self
             .client
             .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(HEADER_ID, id.as_str())
+            .header(HEADER_ID, id)
             .header(HEADER_TIMESTAMP, timestamp.to_string())
             .header(HEADER_SIGNATURE, signature)
             .body(body);
@@ -523,10 +577,13 @@ impl Inner {
             Ok(response) => response,
             Err(error) => {
                 warn!(app = app_id, error = %error_chain(&error), "webhook delivery failed");
+                // The app's own URL may carry a token: the log shows the reason only.
+                sent.error = Some(error_chain(&error.without_url()));
                 return Outcome::Failed(None);
             }
         };
         let status = response.status();
+        sent.status = Some(status.as_u16());
         let retry_after = parse_retry_after(response.headers(), self.clock.system_time());
         // Read a little of the answer so the connection can be reused, then let go.
         let mut drained = 0;
@@ -542,6 +599,18 @@ impl Inner {
         }
         outcome
     }
+}
+
+/// One POST as [`Inner::send`] saw it.
+struct Sent {
+    outcome: Outcome,
+    /// When it started, Unix ms.
+    at_ms: u64,
+    /// Its `webhook-id`.
+    id: String,
+    status: Option<u16>,
+    error: Option<String>,
+    latency: Duration,
 }
 
 /// Maps a status to what the fan-out does about it.
@@ -757,26 +826,42 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
             if batch.is_empty() {
                 break;
             }
-            let delay = match inner.send(&app_id, &url, &signer, &batch).await {
-                Outcome::Delivered => {
+            let sent = inner.send(&app_id, &url, &signer, &batch).await;
+            let (result, retry) = match sent.outcome {
+                Outcome::Delivered => (AttemptResult::Delivered, None),
+                Outcome::Gone => (AttemptResult::Gone, None),
+                Outcome::Throttled(after) => {
+                    (AttemptResult::Throttled, Some(inner.retry_delay(attempt, after)))
+                }
+                Outcome::Failed(after) => (AttemptResult::Failed, Some(inner.retry_delay(attempt, after))),
+            };
+            let next_retry_at =
+                retry.map(|delay| inner.clock.unix_ms().saturating_add(delay.as_millis() as u64));
+            inner.log.record(
+                &app_id,
+                Attempt {
+                    at: sent.at_ms,
+                    webhook_id: sent.id,
+                    events: batch.len(),
+                    result,
+                    status: sent.status,
+                    error: sent.error,
+                    latency_ms: sent.latency.as_millis() as u64,
+                    attempt: attempt.saturating_add(1),
+                    next_retry_at,
+                },
+            );
+            let Some(delay) = retry else {
+                if result == AttemptResult::Delivered {
                     delivered(&inner, &app_id, &shared, batch, enqueued_ms).await;
                     attempt = 0;
                     break;
                 }
-                Outcome::Gone => {
-                    inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: "gone" }).inc();
-                    disable(&inner, &app_id).await;
-                    return;
-                }
-                Outcome::Throttled(retry_after) => {
-                    inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: "throttled" }).inc();
-                    inner.retry_delay(attempt, retry_after)
-                }
-                Outcome::Failed(retry_after) => {
-                    inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: "failed" }).inc();
-                    inner.retry_delay(attempt, retry_after)
-                }
+                inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: result.as_str() }).inc();
+                disable(&inner, &app_id).await;
+                return;
             };
+            inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: result.as_str() }).inc();
             attempt = attempt.saturating_add(1);
             debug!(app = app_id, attempt, ?delay, "webhook retry scheduled");
             if !pause(delay, &mut phase).await {
@@ -809,10 +894,10 @@ async fn delivered(
     let acknowledged = inner.outbox.ack(app_id, delivered).await;
     // Counted once the acknowledgement is done, so that a delivered batch in the metrics
     // is one that has also left the outbox (or failed to: then it goes again).
-    metrics.webhook_batches.get_or_create(&ResultLabel { result: "delivered" }).inc();
+    metrics.webhook_batches.get_or_create(&ResultLabel { result: AttemptResult::Delivered.as_str() }).inc();
     metrics.webhook_events.inc_by(latencies.len() as u64);
     for latency in latencies {
-        metrics.webhook_delivery_seconds.0.observe(latency);
+        metrics.webhook_delivery_seconds.observe(latency);
     }
     match acknowledged {
         Ok(_) => {

@@ -59,6 +59,12 @@
 //!   removes entries whose serial still matches, so an update that arrived while its
 //!   predecessor was in flight is delivered too.
 //!
+//! ## What happened to each POST ([`log`])
+//!
+//! Every attempt (time, `webhook-id`, events, status or error, latency, attempt number,
+//! next retry) goes into a bounded in-memory ring per app, which the API serves to the app
+//! and the operator and the console shows.
+//!
 //! ## Not into the operator's network ([`guard`])
 //!
 //! Webhook URLs must be https and reach public addresses only (unless in dev mode or
@@ -68,4 +74,5 @@
 
 pub(crate) mod fanout;
 pub(crate) mod guard;
+pub(crate) mod log;
 pub(crate) mod secret;
