@@ -118,6 +118,8 @@ impl Browser {
             // The dev daemon's certificate is self-signed.
             "acceptInsecureCerts": true,
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            // The browser's console, to read CSP violations from.
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let session = browser.raw(Method::POST, "/session", Some(capabilities)).await;
         let session = session.unwrap_or_else(|e| panic!("chromium did not start under chromedriver: {e}"));
@@ -270,6 +272,21 @@ impl Browser {
         self.click("#sign-in-submit").await;
     }
 
+    /// The browser console's messages since the last call.
+    async fn console_log(&self) -> Vec<String> {
+        let log = self.command(Method::POST, "/se/log", Some(json!({"type": "browser"}))).await;
+        let entries = log.as_array().cloned().unwrap_or_default();
+        entries.iter().filter_map(|entry| entry["message"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// Fails if the browser refused anything under the console's Content-Security-Policy
+    /// (an inline script or style, a foreign source) since the last look.
+    async fn assert_no_csp_violations(&self) {
+        let refused: Vec<String> =
+            self.console_log().await.into_iter().filter(|m| m.contains("Content Security Policy")).collect();
+        assert!(refused.is_empty(), "CSP violations: {refused:#?}");
+    }
+
     /// Whether the page shows `needle` anywhere.
     async fn shows(&self, needle: &str) -> bool {
         self.script("return document.body.innerText.includes(arguments[0]);", json!([needle])).await == true
@@ -288,6 +305,49 @@ async fn setup(dir: &Path) -> (TestDaemon, Receiver, String) {
 async fn puid_from_webhooks(receiver: &mut Receiver) -> String {
     let event = receiver.event(|e| e["type"] == "presence" && e["status"] == "online").await;
     event["puid"].as_str().expect("puid").to_owned()
+}
+
+/// The next delivery with an event matching `pred`.
+async fn delivery_with(receiver: &mut Receiver, pred: impl Fn(&Value) -> bool) -> common::receiver::Delivery {
+    loop {
+        let delivery = receiver.next().await;
+        if delivery.events().iter().any(&pred) {
+            return delivery;
+        }
+    }
+}
+
+/// An app with a connected device, whose owner is signed in to the console.
+struct Owner {
+    daemon: TestDaemon,
+    receiver: Receiver,
+    client: Client,
+    puid: String,
+    browser: Browser,
+    _dir: tempfile::TempDir,
+}
+
+impl Owner {
+    async fn start() -> Owner {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (daemon, mut receiver, console) = setup(dir.path()).await;
+        let app = daemon.register("chat", &receiver.url()).await;
+        let client = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("connect");
+        let puid = puid_from_webhooks(&mut receiver).await;
+        let browser = Browser::start().await;
+        browser.goto(&console).await;
+        browser.sign_in(&app.api_key).await;
+        browser.wait_shown("#owner-view", true).await;
+        browser.wait_text("#owner-summary", "the app", |t| t.contains(&app.id)).await;
+        Owner { daemon, receiver, client, puid, browser, _dir: dir }
+    }
+
+    async fn stop(self) {
+        self.browser.assert_no_csp_violations().await;
+        self.client.close().await;
+        drop(self.browser);
+        self.daemon.daemon.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -342,12 +402,7 @@ async fn the_operator_registers_an_app_sees_its_key_once_rotates_disables_and_re
     let ping =
         daemon.http().post(daemon.url("/v1/webhooks/ping")).bearer_auth(&key).send().await.expect("API");
     assert_eq!(ping.status(), 202);
-    let delivery = loop {
-        let delivery = receiver.next().await;
-        if delivery.events().iter().any(|e| e["type"] == "ping") {
-            break delivery;
-        }
-    };
+    let delivery = delivery_with(&mut receiver, |e| e["type"] == "ping").await;
     let verify = |secret: &str| {
         WebhookSecret::parse(secret).expect("whsec_").verify(
             &delivery.id,
@@ -386,6 +441,7 @@ async fn the_operator_registers_an_app_sees_its_key_once_rotates_disables_and_re
     browser.wait_shown(&row, false).await;
     let gone = daemon.http().get(daemon.url("/v1/deliveries")).bearer_auth(&key).send().await.expect("API");
     assert_eq!(gone.status(), 401, "the removed app's key is refused");
+    browser.assert_no_csp_violations().await;
     client.close().await;
     drop(browser);
     daemon.daemon.shutdown().await;
@@ -393,25 +449,12 @@ async fn the_operator_registers_an_app_sees_its_key_once_rotates_disables_and_re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_app_owner_watches_deliveries_appear_as_a_device_changes_status() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (daemon, mut receiver, console) = setup(dir.path()).await;
-    let app = daemon.register("chat", &receiver.url()).await;
-    let client = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("connect");
-    let puid = puid_from_webhooks(&mut receiver).await;
-    let browser = Browser::start().await;
-    browser.goto(&console).await;
-    browser.sign_in(&app.api_key).await;
-    browser.wait_shown("#owner-view", true).await;
-    browser.wait_text("#owner-summary", "the app", |t| t.contains(&app.id)).await;
+    let mut owner = Owner::start().await;
+    let Owner { browser, client, receiver, puid, .. } = &mut owner;
 
     // The device goes away: its webhook's id shows in the log, delivered with a 200.
     client.set_status(Status::Away, Some("lunch".into())).await.expect("status");
-    let away = loop {
-        let delivery = receiver.next().await;
-        if delivery.events().iter().any(|e| e["status"] == "away") {
-            break delivery;
-        }
-    };
+    let away = delivery_with(receiver, |e| e["status"] == "away").await;
     let row = browser
         .wait_text("#deliveries tbody", "the away delivery", |t| {
             t.lines()
@@ -423,12 +466,7 @@ async fn the_app_owner_watches_deliveries_appear_as_a_device_changes_status() {
     // A test event: queued, delivered, logged.
     browser.click("#ping").await;
     browser.wait_text("#ping-result", "the ping queued", |t| t.contains("queued")).await;
-    let ping = loop {
-        let delivery = receiver.next().await;
-        if delivery.events().iter().any(|e| e["type"] == "ping") {
-            break delivery;
-        }
-    };
+    let ping = delivery_with(receiver, |e| e["type"] == "ping").await;
     browser.wait_text("#deliveries tbody", "the ping delivery", |t| t.contains(&ping.id)).await;
 
     // A failing receiver: the log shows the status and when the retry goes.
@@ -446,43 +484,32 @@ async fn the_app_owner_watches_deliveries_appear_as_a_device_changes_status() {
 
     // Presence lookup by PUID.
     client.set_status(Status::Away, Some("lunch".into())).await.expect("status");
-    browser.type_into("#lookup-puid", &puid).await;
+    browser.type_into("#lookup-puid", puid).await;
     browser.click("#lookup-submit").await;
     browser.wait_text("#lookup-result", "away", |t| t.contains("is away") && t.contains("lunch")).await;
     browser.screenshot("owner").await;
-    client.close().await;
-    drop(browser);
-    daemon.daemon.shutdown().await;
+    owner.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_test_notification_from_the_console_is_accepted_by_a_connected_device() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (daemon, mut receiver, console) = setup(dir.path()).await;
-    let app = daemon.register("chat", &receiver.url()).await;
-    let mut client = Client::connect(daemon.options("alice", "phone", &[&app.id])).await.expect("connect");
-    let puid = puid_from_webhooks(&mut receiver).await;
-    let browser = Browser::start().await;
-    browser.goto(&console).await;
-    browser.sign_in(&app.api_key).await;
-    browser.wait_shown("#owner-view", true).await;
-    browser.type_into("#notify-puid", &puid).await;
+    let mut owner = Owner::start().await;
+    let Owner { browser, client, puid, .. } = &mut owner;
+    browser.type_into("#notify-puid", puid).await;
     browser.type_into("#notify-title", "Lunch?").await;
     browser.click("#notify-submit").await;
     browser.wait_text("#notify-result", "pending", |t| t.contains("pending")).await;
     let id = loop {
-        if let Event::Notification { id, title, .. } = next_client_event(&mut client).await {
+        if let Event::Notification { id, title, .. } = next_client_event(client).await {
             assert_eq!(title, "Lunch?");
             break id;
         }
     };
     client.accept(id).await.expect("accept");
     let result = browser.wait_text("#notify-result", "accepted", |t| t.contains("accepted")).await;
-    assert!(result.contains(&id.to_string()) && result.contains(&puid), "{result}");
+    assert!(result.contains(&id.to_string()) && result.contains(puid.as_str()), "{result}");
     browser.screenshot("owner-notification").await;
-    client.close().await;
-    drop(browser);
-    daemon.daemon.shutdown().await;
+    owner.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -532,6 +559,10 @@ async fn a_wrong_token_gets_a_clear_message_and_nothing_else() {
         );
     }
     browser.screenshot("sign-in-refused").await;
+    // The log is read (the refused sign-ins' 401s are in it), so a violation would show.
+    let log = browser.console_log().await;
+    assert!(log.iter().any(|m| m.contains("401")), "the browser's console is read: {log:#?}");
+    assert!(!log.iter().any(|m| m.contains("Content Security Policy")), "CSP violations: {log:#?}");
     drop(browser);
     daemon.daemon.shutdown().await;
 }

@@ -534,6 +534,12 @@ async function notify(event) {
 
 // ---- wiring ----
 
+// Both delivery tables (the owner's and the operator's view of one app) share one header.
+for (const table of document.querySelectorAll('table.deliveries')) {
+  const names = ['Time', 'webhook-id', 'Events', 'Result', 'Status', 'Latency', 'Attempt', 'Next retry'];
+  table.tHead.replaceChildren(el('tr', {}, ...names.map((name) => el('th', { text: name }))));
+}
+
 $('sign-in').addEventListener('submit', signIn);
 $('sign-out').addEventListener('click', () => signOut(null));
 $('register').addEventListener('submit', register);
