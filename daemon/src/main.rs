@@ -152,7 +152,7 @@ async fn run(settings: presenced::settings::Settings) -> Result<()> {
 fn print_banner(daemon: &Daemon, data_dir: &std::path::Path) {
     println!("presenced {} listening", env!("CARGO_PKG_VERSION"));
     println!("  QUIC  (devices)        {}", daemon.quic_addr);
-    println!("  HTTPS (health/metrics) {}", daemon.https_addr);
+    println!("  HTTPS (API, console)   {}", daemon.https_addr);
     if let Some(dev) = &daemon.dev_info {
         let dir = data_dir.display();
         let ca = dev.ca_cert.display();
@@ -167,6 +167,8 @@ fn print_banner(daemon: &Daemon, data_dir: &std::path::Path) {
             dev.quic
         );
         println!("  curl --cacert {ca} {}/metrics", dev.https);
+        println!();
+        println!("The web console: {}/console (the admin token is in {dir}/admin-token)", dev.https);
     }
 }
 

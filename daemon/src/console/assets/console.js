@@ -100,7 +100,7 @@ function signInRefusal(error, asApp) {
       case 'unauthenticated':
         return asApp
           ? 'That API key was refused.'
-          : 'That admin token was refused. A dev daemon\'s is admin_token in presenced-data/dev.json.';
+          : 'That admin token was refused. It is the file admin-token in the daemon\'s data directory.';
       case 'admin_forbidden':
         return 'The admin API answers clients on the daemon\'s own host only (see admin_remote): open the console there.';
       case 'admin_disabled':
