@@ -1,5 +1,5 @@
-//! `presence-fanout` end to end, small: events through the daemon's real fan-out (a redb
-//! outbox, HTTPS, signatures) arrive at the receiver, all of them, verified, and the
+//! `presence-fanout` end to end, small: events through the daemon's real fan-out (the
+//! durable outbox, HTTPS, signatures) arrive at the receiver, all of them, verified, and the
 //! coalescing case delivers one event per (app, PUID).
 
 use std::time::Duration;
@@ -20,16 +20,17 @@ fn small(store: StoreKind, events: u64, puids: u64) -> FanoutRun {
 }
 
 #[test]
-fn every_event_arrives_verified_through_the_redb_outbox() {
+fn every_event_arrives_verified_through_the_durable_outbox() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let report = fanout::run(&small(StoreKind::Redb, 2_000, 1_000), dir.path()).expect("run");
+    let report = fanout::run(&small(StoreKind::Embedded, 2_000, 1_000), dir.path()).expect("run");
     assert!(!report.timed_out, "{report:?}");
     assert_eq!(report.expected, 2_000);
     assert_eq!(report.delivered, 2_000, "{report:?}");
     assert!(report.batches >= 20, "at most 100 events per POST: {report:?}");
     assert!(report.errors.is_empty(), "every signature verified: {report:?}");
     assert!(report.events_per_second > 0.0 && report.cpu_percent.process > 0.0, "{report:?}");
-    assert!(report.store_bytes > 0, "a real redb file: {report:?}");
+    assert!(report.store_bytes > 0, "real files: {report:?}");
+    assert!(!report.disk_curve.is_empty() && report.peak_store_bytes >= report.store_bytes, "{report:?}");
 }
 
 #[test]

@@ -148,6 +148,19 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// `presence_outbox_depth{app}`: events waiting in each app's outbox.
     pub outbox_depth: Family<AppLabel, Gauge>,
+    /// `presence_outbox_oldest_age_seconds{app}`: how long the oldest event waiting in each
+    /// app's outbox has waited (0 when none waits); set when `/metrics` is read.
+    pub outbox_oldest_age: Family<AppLabel, Gauge<f64, AtomicU64>>,
+    /// `presence_outbox_entries`: events waiting across every app; set when `/metrics` is
+    /// read.
+    pub outbox_entries: Gauge,
+    /// `presence_outbox_live_bytes`: their JSON bytes; set when `/metrics` is read.
+    pub outbox_live_bytes: Gauge,
+    /// `presence_outbox_disk_bytes`: what the outbox's files take on disk (bounded by
+    /// compaction to a small factor of the live bytes); set when `/metrics` is read.
+    pub outbox_disk_bytes: Gauge,
+    /// `presence_outbox_compactions_total`: compactions the outbox ran since start.
+    pub outbox_compactions: Counter,
     /// `presence_refusals_total{reason}`: work refused by a defence, by reason (see
     /// [`Refusal`]).
     pub refusals: Family<ReasonLabel, Counter>,
@@ -315,6 +328,31 @@ impl Metrics {
             "presence_outbox_depth",
             "Events waiting in each app's outbox",
             self.outbox_depth.clone(),
+        );
+        registry.register(
+            "presence_outbox_oldest_age_seconds",
+            "Age of the oldest event waiting in each app's outbox",
+            self.outbox_oldest_age.clone(),
+        );
+        registry.register(
+            "presence_outbox_entries",
+            "Events waiting across every app",
+            self.outbox_entries.clone(),
+        );
+        registry.register(
+            "presence_outbox_live_bytes",
+            "JSON bytes of the events waiting across every app",
+            self.outbox_live_bytes.clone(),
+        );
+        registry.register(
+            "presence_outbox_disk_bytes",
+            "Bytes the outbox's files take on disk",
+            self.outbox_disk_bytes.clone(),
+        );
+        registry.register(
+            "presence_outbox_compactions",
+            "Compactions the outbox ran",
+            self.outbox_compactions.clone(),
         );
         registry.register(
             "presence_refusals",

@@ -280,6 +280,17 @@ async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
         assert!(started.elapsed() < WAIT, "events never reached the outbox");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // What the outbox holds and costs is in /metrics too.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let text = metrics_text(&http, &info).await;
+    assert!(metric_value(&text, "presence_outbox_entries") >= 2.0, "{text}");
+    assert!(metric_value(&text, "presence_outbox_live_bytes") > 100.0, "{text}");
+    assert!(
+        metric_value(&text, "presence_outbox_disk_bytes") > metric_value(&text, "presence_outbox_live_bytes")
+    );
+    let age = metric_value(&text, &format!("presence_outbox_oldest_age_seconds{{app=\"{app_id}\"}}"));
+    assert!(age > 0.0 && age < 60.0, "the oldest event waited {age} s");
+    assert_eq!(metric_value(&text, "presence_outbox_compactions_total"), 0.0, "a small log is not compacted");
     // Let the group commits (outbox and TLS sessions) reach the disk, then kill -9.
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.kill().expect("kill -9");

@@ -1,7 +1,7 @@
 //! `presence-fanout`: webhook fan-out throughput on this machine.
 //!
-//! Publishes presence changes into the daemon's real fan-out (a redb outbox in a fresh
-//! data directory, batching, Standard Webhooks signing, HTTPS) and counts them at a
+//! Publishes presence changes into the daemon's real fan-out (the durable outbox in a
+//! fresh data directory, batching, Standard Webhooks signing, HTTPS) and counts them at a
 //! verifying HTTPS receiver on loopback. See the `presence_bench::fanout` module docs for
 //! what one run does, and BENCHMARKS.md for the published figures.
 //!
@@ -49,14 +49,18 @@ struct Args {
     /// Worker threads of the receiver's runtime.
     #[arg(long, default_value_t = 2)]
     receiver_threads: usize,
-    /// Data directory for the redb file and the dev certificate [default: a fresh
-    /// temporary directory, removed afterwards].
+    /// Data directory for the store and the dev certificate [default: a fresh temporary
+    /// directory, removed afterwards].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Where the outbox lives: `redb` (the daemon's) or `memory` (a diagnostic without the
-    /// durable outbox).
-    #[arg(long, value_enum, default_value = "redb")]
+    /// Where the outbox lives: `embedded` (the daemon's: its log beside the redb file;
+    /// `redb` is an older name for it) or `memory` (a diagnostic without the durable
+    /// outbox).
+    #[arg(long, value_enum, default_value = "embedded")]
     store: Store,
+    /// Seconds between samples of the store's size on disk (the report's `disk_curve`).
+    #[arg(long, default_value_t = 1.0)]
+    sample_secs: f64,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -65,7 +69,8 @@ struct Args {
 /// `--store`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Store {
-    Redb,
+    #[value(alias = "redb")]
+    Embedded,
     Memory,
 }
 
@@ -81,8 +86,9 @@ fn main() -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         fanout_threads: args.fanout_threads,
         receiver_threads: args.receiver_threads,
+        sample_every: Duration::from_secs_f64(args.sample_secs.max(0.01)),
         store: match args.store {
-            Store::Redb => StoreKind::Redb,
+            Store::Embedded => StoreKind::Embedded,
             Store::Memory => StoreKind::Memory,
         },
     };

@@ -3,8 +3,9 @@
 //!
 //! What one run builds, in one process (the `presence-fanout` binary):
 //!
-//! - a dev data directory (certificate, PUID secret) and a real redb file in it, holding
-//!   `apps` registered AppServices whose webhooks all go to the receiver;
+//! - a dev data directory (certificate, PUID secret) and the daemon's real store in it (the
+//!   redb file holding `apps` registered AppServices whose webhooks all go to the receiver,
+//!   and the outbox's log beside it);
 //! - the daemon's own [`Fanout`] (group-committed durable outbox, one delivery task per
 //!   app, batching, Standard Webhooks signing, the pooled HTTPS client) behind the daemon's
 //!   [`Outbound`], which turns each [`PresenceEvent`] into its JSON: exactly what the
@@ -96,14 +97,16 @@ pub struct FanoutRun {
     pub receiver_threads: usize,
     /// Where the outbox lives.
     pub store: StoreKind,
+    /// How often the store's size on disk is sampled (the report's `disk_curve`).
+    pub sample_every: Duration,
 }
 
 /// The outbox behind the fan-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreKind {
-    /// The daemon's: a redb file in the data directory.
-    Redb,
+    /// The daemon's: the redb file in the data directory, and the outbox's log beside it.
+    Embedded,
     /// The daemon's [`MemoryStore`], a diagnostic: what the fan-out does without the durable
     /// outbox's cost.
     Memory,
@@ -122,7 +125,8 @@ impl Default for FanoutRun {
             timeout: Duration::from_secs(60),
             fanout_threads: 2,
             receiver_threads: 2,
-            store: StoreKind::Redb,
+            store: StoreKind::Embedded,
+            sample_every: Duration::from_secs(1),
         }
     }
 }
@@ -171,13 +175,48 @@ pub struct FanoutReport {
     pub events_per_batch: f64,
     /// CPU use per part.
     pub cpu_percent: CpuReport,
-    /// Size of the redb file at the end, bytes (0 with the memory store).
+    /// Bytes the store takes on disk at the end (the redb file and the outbox's files; 0
+    /// with the memory store).
     pub store_bytes: u64,
+    /// The most it took at any sample.
+    pub peak_store_bytes: u64,
+    /// Samples through the run, every `sample_every`.
+    pub disk_curve: Vec<DiskSample>,
     /// Problems the receiver saw (`webhook_signature`, `webhook_body`); empty when every
     /// delivery verified and parsed.
     pub errors: std::collections::BTreeMap<String, u64>,
     /// True when the receiver counted fewer than `expected` events before the timeout.
     pub timed_out: bool,
+}
+
+/// The store's size on disk at one moment of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskSample {
+    /// Seconds since the first publish.
+    pub seconds: f64,
+    /// Changes published so far.
+    pub published: u64,
+    /// Events the receiver counted so far.
+    pub delivered: u64,
+    /// Bytes the store takes.
+    pub bytes: u64,
+}
+
+/// Bytes under `path`: a file's size, or a directory's files summed (one level down, as
+/// the store lays them out).
+fn bytes_on_disk(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .filter(|meta| meta.is_file())
+            .map(|meta| meta.len())
+            .sum(),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
 }
 
 /// Runs one measurement in `data_dir` (created if needed; a fresh directory gives a fresh
@@ -204,8 +243,8 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
 
     let store_path = data_dir.join(presenced::STORE_FILE);
     let (store, outbox): (Arc<dyn AppStore>, Arc<dyn Outbox>) = match config.store {
-        StoreKind::Redb => {
-            let store = Arc::new(EmbeddedStore::open(&store_path).map_err(|e| setup("redb store", &e))?);
+        StoreKind::Embedded => {
+            let store = Arc::new(EmbeddedStore::open(&store_path).map_err(|e| setup("embedded store", &e))?);
             (store.clone(), store)
         }
         StoreKind::Memory => {
@@ -259,28 +298,48 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     let process_before = process_cpu()?;
     let cpu_before = cpu_by_thread()?;
     let started = Instant::now();
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let publisher = {
-        let (outbound, app_ids, config) = (outbound.clone(), app_ids.clone(), config.clone());
+        let (outbound, app_ids, config, progress) =
+            (outbound.clone(), app_ids.clone(), config.clone(), progress.clone());
         std::thread::Builder::new()
             .name(PUBLISHER.into())
-            .spawn(move || publish(&outbound, &app_ids, &puids, &config))
+            .spawn(move || publish(&outbound, &app_ids, &puids, &config, &progress))
             .map_err(|e| setup("publisher thread", &e))?
     };
-    let (publish_seconds, publisher_ticks) = publisher.join().map_err(|_| setup("publisher", &"panicked"))?;
+    let outbox_dir = store_path.with_extension("outbox");
+    let store_size = || match config.store {
+        StoreKind::Embedded => bytes_on_disk(&store_path) + bytes_on_disk(&outbox_dir),
+        StoreKind::Memory => 0,
+    };
+    let mut disk_curve = Vec::new();
+    let mut next_sample = started;
     let deadline = started + config.timeout;
     let mut last_count = 0;
     let mut last_change = Instant::now();
     loop {
         let delivered = state.events.get();
+        let now = Instant::now();
+        if now >= next_sample {
+            disk_curve.push(DiskSample {
+                seconds: (now.duration_since(started).as_secs_f64() * 100.0).round() / 100.0,
+                published: progress.load(std::sync::atomic::Ordering::Relaxed),
+                delivered,
+                bytes: store_size(),
+            });
+            next_sample += config.sample_every;
+        }
         if delivered != last_count {
             last_count = delivered;
-            last_change = Instant::now();
+            last_change = now;
         }
-        if delivered >= expected || Instant::now() >= deadline {
+        let published = publisher.is_finished();
+        if (published && delivered >= expected) || now >= deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    let (publish_seconds, publisher_ticks) = publisher.join().map_err(|_| setup("publisher", &"panicked"))?;
     let seconds = last_change.duration_since(started).as_secs_f64();
     let cpu_after = cpu_by_thread()?;
     let process_after = process_cpu()?;
@@ -314,7 +373,9 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
             receiver: cpu(RECEIVER),
             process: percent(process_after.saturating_sub(process_before), seconds),
         },
-        store_bytes: std::fs::metadata(&store_path).map_or(0, |m| m.len()),
+        store_bytes: store_size(),
+        peak_store_bytes: disk_curve.iter().map(|sample| sample.bytes).max().unwrap_or(0).max(store_size()),
+        disk_curve,
         errors: errors.snapshot(),
         timed_out: delivered < expected,
     })
@@ -326,6 +387,7 @@ fn publish(
     apps: &[AppId],
     puids: &[Vec<presence_protocol::Puid>],
     config: &FanoutRun,
+    progress: &std::sync::atomic::AtomicU64,
 ) -> (f64, u64) {
     let ticks_before = own_ticks();
     const STATUSES: [Status; 3] = [Status::Online, Status::Away, Status::Unavailable];
@@ -352,7 +414,11 @@ fn publish(
             seq: i + 1,
             at_ms: clock.unix_ms(),
         });
+        if i % 1024 == 0 {
+            progress.store(i, std::sync::atomic::Ordering::Relaxed);
+        }
     }
+    progress.store(config.events, std::sync::atomic::Ordering::Relaxed);
     (started.elapsed().as_secs_f64(), own_ticks().saturating_sub(ticks_before))
 }
 

@@ -190,12 +190,14 @@ mod tests {
         let tracker = Tracker::default();
         let puid: Arc<str> = Arc::from("p1");
         let t0 = Instant::now();
-        tracker.change_sent(&puid, Status::Away, t0, 1_000);
-        tracker.change_sent(&puid, Status::Online, t0 + Duration::from_millis(10), 1_010);
-        // The session's own `online` from before the changes matches nothing.
-        tracker.presence_seen("p1", Status::Online, 999, t0 + Duration::from_millis(20));
+        tracker.change_sent(&puid, Status::Away, t0, 5_000);
+        tracker.change_sent(&puid, Status::Online, t0 + Duration::from_millis(10), 5_010);
+        // The session's own `online` from before the changes (further back than an `at`
+        // may be moved within its slot) matches nothing.
+        tracker.presence_seen("p1", Status::Online, 5_010 - AT_SLACK_MS - 1, t0 + Duration::from_millis(20));
         assert_eq!(tracker.unsolicited.get(), 1);
-        tracker.presence_seen("p1", Status::Online, 1_011, t0 + Duration::from_millis(300));
+        // One whose `at` lies up to the slack before the change it reports does.
+        tracker.presence_seen("p1", Status::Online, 5_010 - AT_SLACK_MS, t0 + Duration::from_millis(300));
         assert_eq!((tracker.matched.get(), tracker.coalesced.get(), tracker.pending()), (1, 1, 0));
         let summary = tracker.change_latency.summary();
         assert_eq!(summary.max_ms, Some(290.0));

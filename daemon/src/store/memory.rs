@@ -13,8 +13,8 @@ use super::outbox::ListenerSlot;
 use super::queue::CompactingQueue;
 use super::{
     AppRecord, AppStore, Commit, CommitListener, Departure, NotificationStore, Outbox, OutboxEntry,
-    OutboxEvent, RevocationStore, RunJournal, SessionChange, StoreError, StoreFuture, StoredSession,
-    TicketStore, Tombstone,
+    OutboxEvent, OutboxStats, RevocationStore, RunJournal, SessionChange, StoreError, StoreFuture,
+    StoredSession, TicketStore, Tombstone,
 };
 
 /// Every store in one mutex-guarded state. Appends are "durable" when they return: each is
@@ -161,6 +161,21 @@ impl Outbox for MemoryStore {
 
     fn depth(&self, app_id: &str) -> u64 {
         self.queue(app_id).map_or(0, |queue| lock(&queue).len() as u64)
+    }
+
+    fn oldest_at_ms(&self, app_id: &str) -> Option<u64> {
+        self.queue(app_id).and_then(|queue| lock(&queue).oldest_at_ms())
+    }
+
+    fn stats(&self) -> OutboxStats {
+        let queues: Vec<_> = self.lock().outboxes.values().cloned().collect();
+        let mut stats = OutboxStats::default();
+        for queue in queues {
+            let queue = lock(&queue);
+            stats.entries += queue.len() as u64;
+            stats.live_bytes += queue.bytes() as u64;
+        }
+        stats
     }
 }
 

@@ -27,6 +27,7 @@
 pub(crate) mod apps;
 pub(crate) mod embedded;
 pub(crate) mod journal;
+mod log;
 pub(crate) mod memory;
 pub(crate) mod notifications;
 pub(crate) mod outbox;
@@ -40,7 +41,7 @@ pub(crate) mod contract;
 pub(crate) use apps::{AppRecord, AppStore, PreviousSecret};
 pub(crate) use journal::{Departure, RunJournal};
 pub(crate) use notifications::NotificationStore;
-pub(crate) use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreFuture};
+pub(crate) use outbox::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, OutboxStats, StoreFuture};
 pub(crate) use revocations::{RevocationStore, Tombstone};
 pub(crate) use tickets::{SessionChange, StoredSession, TicketStore};
 
@@ -86,6 +87,21 @@ pub enum StoreError {
     /// dropped): whether the events were stored is unknown.
     #[error("the outbox committer stopped before answering")]
     CommitterGone,
+    /// A file of the outbox log could not be read or written.
+    #[error("cannot {what} ({path})")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another outbox (another daemon, or one not yet closed in this process) has the
+    /// directory open.
+    #[error("the outbox directory {0} is in use by another process or store")]
+    Locked(std::path::PathBuf),
     /// The database is closed after an I/O error and could not be opened again yet (its
     /// last transaction is still open, or the disk still refuses); the next call retries.
     #[error("the database is being reopened after an I/O error")]
@@ -99,6 +115,7 @@ impl StoreError {
         match self {
             // Every redb error type flattens its storage errors into these two on conversion.
             StoreError::Redb(error) => matches!(**error, redb::Error::Io(_) | redb::Error::PreviousIo),
+            StoreError::Io { .. } => true,
             _ => false,
         }
     }

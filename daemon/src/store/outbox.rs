@@ -85,6 +85,19 @@ pub struct Commit<'a> {
     pub depth: u64,
 }
 
+/// What an outbox holds and what it costs on disk, across every app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Entries waiting.
+    pub entries: u64,
+    /// Their event bytes.
+    pub live_bytes: u64,
+    /// Bytes its files take (0 for an outbox that keeps nothing on disk).
+    pub disk_bytes: u64,
+    /// Compactions run since it was opened.
+    pub compactions: u64,
+}
+
 /// Told of every group commit, once per commit, after it is durable; see the
 /// [module docs](self). Called from whatever thread commits (a blocking-pool thread for
 /// redb, the appending thread for the in-memory outbox): keep it short and never block.
@@ -135,6 +148,11 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize>;
     /// Entries waiting in an app's outbox, from memory.
     fn depth(&self, app_id: &str) -> u64;
+    /// The `at` of the oldest entry waiting for an app, if any: how late its deliveries
+    /// run. From memory.
+    fn oldest_at_ms(&self, app_id: &str) -> Option<u64>;
+    /// What the outbox holds and costs, for `/metrics`. From memory.
+    fn stats(&self) -> OutboxStats;
     /// False while its writes fail (a full disk, an I/O error): appends wait in memory,
     /// compacted, and are retried; what is stored keeps being delivered once the store
     /// reads again. From memory.

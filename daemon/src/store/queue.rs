@@ -104,17 +104,34 @@ impl CompactingQueue {
         self.iter().map(|(key, live)| (key, live.serial, live.version, live.at_ms, live.json.as_slice()))
     }
 
+    /// Event bytes waiting.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The `at` of the oldest entry waiting, if any.
+    pub(crate) fn oldest_at_ms(&self) -> Option<u64> {
+        self.iter().next().map(|(_, live)| live.at_ms)
+    }
+
     /// Pushes every entry of `newer`, in its order and under its serials: for putting a
     /// failed write back in front of what was appended meanwhile.
     pub(crate) fn extend(&mut self, newer: CompactingQueue) {
-        let CompactingQueue { mut entries, order, .. } = newer;
-        for (serial, key) in order {
-            if entries.get(&key).is_some_and(|live| live.serial == serial) {
-                if let Some(Live { version, at_ms, json, .. }) = entries.remove(&key) {
-                    self.push(serial, OutboxEvent { key, version, at_ms, json });
-                }
-            }
+        for (serial, event) in newer.into_events() {
+            self.push(serial, event);
         }
+    }
+
+    /// The live entries, in order, as (serial, event), consuming the queue.
+    pub(crate) fn into_events(self) -> impl Iterator<Item = (u64, OutboxEvent)> {
+        let CompactingQueue { mut entries, order, .. } = self;
+        order.into_iter().filter_map(move |(serial, key)| {
+            if entries.get(&key).is_none_or(|live| live.serial != serial) {
+                return None;
+            }
+            let Live { version, at_ms, json, .. } = entries.remove(&key)?;
+            Some((serial, OutboxEvent { key, version, at_ms, json }))
+        })
     }
 
     /// The live entries, in order.

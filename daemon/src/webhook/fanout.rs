@@ -324,6 +324,29 @@ impl Fanout {
         self.inner.outbox.writable()
     }
 
+    /// Brings the outbox's figures in `/metrics` up to date: what it holds and costs, and
+    /// per app its depth and how long its oldest event has waited. Read when `/metrics` is
+    /// scraped (all from memory), so the figures are current without a cost per event.
+    pub(crate) fn refresh_metrics(&self) {
+        let inner = &self.inner;
+        let stats = inner.outbox.stats();
+        let metrics = &inner.metrics;
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        metrics.outbox_entries.set(gauge(stats.entries));
+        metrics.outbox_live_bytes.set(gauge(stats.live_bytes));
+        metrics.outbox_disk_bytes.set(gauge(stats.disk_bytes));
+        let counted = metrics.outbox_compactions.get();
+        metrics.outbox_compactions.inc_by(stats.compactions.saturating_sub(counted));
+        let now_ms = inner.clock.unix_ms();
+        for app in inner.apps.list() {
+            let oldest = inner.outbox.oldest_at_ms(&app.id);
+            let age = oldest.map_or(0.0, |at_ms| now_ms.saturating_sub(at_ms) as f64 / 1000.0);
+            let label = AppLabel { app: app.id.clone() };
+            metrics.outbox_oldest_age.get_or_create(&label).set(age);
+            set_depth(metrics, &app.id, inner.outbox.depth(&app.id));
+        }
+    }
+
     /// Events waiting in an app's outbox (from memory: cheap).
     pub fn depth(&self, app_id: &str) -> u64 {
         self.inner.outbox.depth(app_id)
@@ -761,6 +784,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
     let mut phase = inner.phase.subscribe();
     let Some(app) = inner.apps.get(&app_id) else {
         inner.metrics.outbox_depth.remove(&AppLabel { app: app_id.clone() });
+        inner.metrics.outbox_oldest_age.remove(&AppLabel { app: app_id.clone() });
         inner.forget(&app_id, &shared);
         return;
     };
