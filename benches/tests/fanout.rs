@@ -22,7 +22,9 @@ fn small(store: StoreKind, events: u64, puids: u64) -> FanoutRun {
 #[test]
 fn every_event_arrives_verified_through_the_durable_outbox() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let report = fanout::run(&small(StoreKind::Embedded, 2_000, 1_000), dir.path()).expect("run");
+    let config =
+        FanoutRun { sample_every: Duration::from_millis(5), ..small(StoreKind::Embedded, 2_000, 1_000) };
+    let report = fanout::run(&config, dir.path()).expect("run");
     assert!(!report.timed_out, "{report:?}");
     assert_eq!(report.expected, 2_000);
     assert_eq!(report.delivered, 2_000, "{report:?}");
@@ -30,7 +32,20 @@ fn every_event_arrives_verified_through_the_durable_outbox() {
     assert!(report.errors.is_empty(), "every signature verified: {report:?}");
     assert!(report.events_per_second > 0.0 && report.cpu_percent.process > 0.0, "{report:?}");
     assert!(report.store_bytes > 0, "real files: {report:?}");
-    assert!(!report.disk_curve.is_empty() && report.peak_store_bytes >= report.store_bytes, "{report:?}");
+    // The curve follows the run: several samples, counts that only grow, real sizes.
+    let curve = &report.disk_curve;
+    assert!(curve.len() >= 2, "{curve:?}");
+    assert!(
+        curve.windows(2).all(|w| w[0].seconds < w[1].seconds
+            && w[0].published <= w[1].published
+            && w[0].delivered <= w[1].delivered),
+        "{curve:?}"
+    );
+    assert!(curve.iter().all(|sample| sample.bytes > 0 && sample.delivered <= report.delivered), "{curve:?}");
+    assert_eq!(
+        report.peak_store_bytes,
+        curve.iter().map(|s| s.bytes).max().unwrap_or(0).max(report.store_bytes)
+    );
 }
 
 #[test]

@@ -290,7 +290,10 @@ async fn devices_resume_in_0rtt_after_kill_9_and_the_outbox_drains() {
     );
     let age = metric_value(&text, &format!("presence_outbox_oldest_age_seconds{{app=\"{app_id}\"}}"));
     assert!(age > 0.0 && age < 60.0, "the oldest event waited {age} s");
-    assert_eq!(metric_value(&text, "presence_outbox_compactions_total"), 0.0, "a small log is not compacted");
+    assert!(
+        text.lines().any(|line| line == "presence_outbox_compactions_total 0"),
+        "a small log is not compacted: {text}"
+    );
     // Let the group commits (outbox and TLS sessions) reach the disk, then kill -9.
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.kill().expect("kill -9");

@@ -176,9 +176,7 @@ pub(super) async fn enable(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    let app = found(state.apps.enable(&id).await)?;
-    state.fanout.app_changed(&app.id);
-    Ok(axum::Json(view(&state, app)))
+    switch(&state, found(state.apps.enable(&id).await)?)
 }
 
 /// Turns an app's deliveries off, as a 410 from its endpoint does: events wait in its
@@ -188,9 +186,13 @@ pub(super) async fn disable(
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    let app = found(state.apps.disable(&id).await)?;
+    switch(&state, found(state.apps.disable(&id).await)?)
+}
+
+/// After `enable` or `disable`: the app's delivery task restarts with the new record.
+fn switch(state: &ApiState, app: AppRecord) -> Result<axum::Json<AppView>, ApiError> {
     state.fanout.app_changed(&app.id);
-    Ok(axum::Json(view(&state, app)))
+    Ok(axum::Json(view(state, app)))
 }
 
 /// The numbers `/metrics` exports that the console shows, as JSON for the admin: counters
@@ -252,15 +254,16 @@ pub(super) async fn stats(
             (result.as_str(), metrics.webhook_batches.get(&label).map_or(0, |counter| counter.get()))
         })
         .collect();
-    let mut outboxes = Vec::new();
-    for app in state.apps.list() {
-        let oldest_waiting_at = state.fanout.oldest_waiting_ms(&app.id).await.map_err(ApiError::internal)?;
-        outboxes.push(OutboxFigures {
+    let outboxes = state
+        .apps
+        .list()
+        .into_iter()
+        .map(|app| OutboxFigures {
             depth: state.fanout.depth(&app.id),
-            oldest_waiting_at,
+            oldest_waiting_at: state.fanout.oldest_waiting_ms(&app.id),
             app_id: app.id,
-        });
-    }
+        })
+        .collect();
     let histogram = &metrics.webhook_delivery_seconds;
     Ok(axum::Json(Stats {
         at: state.clock.unix_ms(),

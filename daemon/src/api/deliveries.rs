@@ -24,22 +24,18 @@ pub(super) struct Deliveries {
     deliveries: Vec<Attempt>,
 }
 
-async fn deliveries(state: &ApiState, app: &AppRecord) -> Result<Deliveries, ApiError> {
-    let oldest_waiting_at = state.fanout.oldest_waiting_ms(&app.id).await.map_err(ApiError::internal)?;
-    Ok(Deliveries {
+fn deliveries(state: &ApiState, app: &AppRecord) -> Deliveries {
+    Deliveries {
         app_id: app.id.clone(),
         disabled: app.disabled,
         outbox_depth: state.fanout.depth(&app.id),
-        oldest_waiting_at,
+        oldest_waiting_at: state.fanout.oldest_waiting_ms(&app.id),
         deliveries: state.fanout.deliveries(&app.id),
-    })
+    }
 }
 
-pub(super) async fn own(
-    State(state): State<ApiState>,
-    AppAuth(app): AppAuth,
-) -> Result<axum::Json<Deliveries>, ApiError> {
-    deliveries(&state, &app).await.map(axum::Json)
+pub(super) async fn own(State(state): State<ApiState>, AppAuth(app): AppAuth) -> axum::Json<Deliveries> {
+    axum::Json(deliveries(&state, &app))
 }
 
 pub(super) async fn of_app(
@@ -48,7 +44,7 @@ pub(super) async fn of_app(
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<Deliveries>, ApiError> {
     let app = state.apps.get(&id).ok_or_else(|| ApiError::not_found("no such app"))?;
-    deliveries(&state, &app).await.map(axum::Json)
+    Ok(axum::Json(deliveries(&state, &app)))
 }
 
 /// What `POST /v1/webhooks/ping` answers: the event is in the outbox's hands.

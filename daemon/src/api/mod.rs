@@ -185,7 +185,6 @@ async fn metrics(
         ));
     }
     state.metrics.users.set(i64::try_from(state.table.users()).unwrap_or(i64::MAX));
-    state.metrics.outbox_writable.set(i64::from(state.fanout.outbox_writable()));
     state.fanout.refresh_metrics();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()))
 }

@@ -23,7 +23,7 @@ use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Signer, Webho
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
-use crate::store::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent, StoreError};
+use crate::store::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent};
 
 /// How long the first waiting event of an app waits for company before its batch goes.
 pub(crate) const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
@@ -324,8 +324,8 @@ impl Fanout {
         self.inner.outbox.writable()
     }
 
-    /// Brings the outbox's figures in `/metrics` up to date: what it holds and costs, and
-    /// per app its depth and how long its oldest event has waited. Read when `/metrics` is
+    /// Brings the outbox's figures in `/metrics` up to date: whether it can write, what it
+    /// holds and costs, and per app its depth and how long its oldest event has waited. Read when `/metrics` is
     /// scraped (all from memory), so the figures are current without a cost per event.
     pub(crate) fn refresh_metrics(&self) {
         let inner = &self.inner;
@@ -337,9 +337,10 @@ impl Fanout {
         metrics.outbox_disk_bytes.set(gauge(stats.disk_bytes));
         let counted = metrics.outbox_compactions.get();
         metrics.outbox_compactions.inc_by(stats.compactions.saturating_sub(counted));
+        metrics.outbox_writable.set(i64::from(inner.outbox.writable()));
         let now_ms = inner.clock.unix_ms();
         for app in inner.apps.list() {
-            let oldest = inner.outbox.oldest_at_ms(&app.id);
+            let oldest = self.oldest_waiting_ms(&app.id);
             let age = oldest.map_or(0.0, |at_ms| now_ms.saturating_sub(at_ms) as f64 / 1000.0);
             let label = AppLabel { app: app.id.clone() };
             metrics.outbox_oldest_age.get_or_create(&label).set(age);
@@ -353,14 +354,10 @@ impl Fanout {
     }
 
     /// The `at` (Unix ms) of the oldest event waiting in an app's outbox, `None` when
-    /// nothing waits. The outbox hands out its oldest entry first, so this reads one entry
-    /// (a store read for the embedded outbox; none at all when the depth is 0).
-    pub(crate) async fn oldest_waiting_ms(&self, app_id: &str) -> Result<Option<u64>, StoreError> {
-        if self.depth(app_id) == 0 {
-            return Ok(None);
-        }
-        let oldest = self.inner.outbox.next_batch(app_id, 1, 1).await?;
-        Ok(oldest.first().map(|entry| entry.at_ms).filter(|at| *at > 0))
+    /// nothing waits (or its `at` is unknown: an entry from a daemon older than `at`).
+    /// From memory.
+    pub(crate) fn oldest_waiting_ms(&self, app_id: &str) -> Option<u64> {
+        self.inner.outbox.oldest_at_ms(app_id).filter(|at| *at > 0)
     }
 
     /// The app's last delivery attempts, newest first (the delivery log, from memory).
@@ -875,17 +872,17 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
                     next_retry_at,
                 },
             );
+            if result == AttemptResult::Delivered {
+                // Counted by `delivered`, once the acknowledgement is done.
+                delivered(&inner, &app_id, &shared, batch, enqueued_ms).await;
+                attempt = 0;
+                break;
+            }
+            inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: result.as_str() }).inc();
             let Some(delay) = retry else {
-                if result == AttemptResult::Delivered {
-                    delivered(&inner, &app_id, &shared, batch, enqueued_ms).await;
-                    attempt = 0;
-                    break;
-                }
-                inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: result.as_str() }).inc();
                 disable(&inner, &app_id).await;
                 return;
             };
-            inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: result.as_str() }).inc();
             attempt = attempt.saturating_add(1);
             debug!(app = app_id, attempt, ?delay, "webhook retry scheduled");
             if !pause(delay, &mut phase).await {

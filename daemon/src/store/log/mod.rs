@@ -106,7 +106,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Work {
     apps: HashMap<String, PendingApp>,
-    acks: Vec<(String, String, u64)>,
+    /// Per acknowledgement call: the app and the (key, serial) pairs it removed.
+    acks: Vec<(String, Vec<(String, u64)>)>,
     drops: Vec<String>,
 }
 
@@ -314,8 +315,10 @@ impl Shared {
         for app in &round.drops {
             Record::Drop { app }.encode(&mut records);
         }
-        for (app, key, serial) in &round.acks {
-            Record::Ack { app, key, serial: *serial }.encode(&mut records);
+        for (app, acked) in &round.acks {
+            for (key, serial) in acked {
+                Record::Ack { app, key, serial: *serial }.encode(&mut records);
+            }
         }
         let mut targets = Vec::with_capacity(round.apps.len());
         let mut appended = false;
@@ -476,7 +479,12 @@ impl Outbox for LogOutbox {
     fn append(&self, app_id: &str, events: Vec<OutboxEvent>) {
         let mut pending = lock(&self.shared.pending);
         let mut serial = pending.serial;
-        let app = pending.work.apps.entry(app_id.to_owned()).or_default();
+        // A lookup first: the app is almost always waiting already, and `entry` would
+        // allocate its id on every append.
+        if !pending.work.apps.contains_key(app_id) {
+            pending.work.apps.insert(app_id.to_owned(), PendingApp::default());
+        }
+        let Some(app) = pending.work.apps.get_mut(app_id) else { return };
         for event in events {
             serial += 1;
             app.push(serial, event);
@@ -506,19 +514,15 @@ impl Outbox for LogOutbox {
 
     fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize> {
         let Some(queue) = self.shared.queue(app_id) else { return ready(0) };
-        let mut acked = Vec::new();
+        let mut acked = delivered;
         {
             let mut queue = lock(&queue);
-            for (key, serial) in delivered {
-                if queue.ack(&key, serial) {
-                    acked.push((app_id.to_owned(), key, serial));
-                }
-            }
+            acked.retain(|(key, serial)| queue.ack(key, *serial));
         }
         let removed = acked.len();
         if removed > 0 {
             let mut pending = lock(&self.shared.pending);
-            pending.work.acks.extend(acked);
+            pending.work.acks.push((app_id.to_owned(), acked));
             self.shared.kick(pending);
         }
         ready(removed)
