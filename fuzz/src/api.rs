@@ -87,8 +87,9 @@ impl Harness {
             tokio::spawn(async move { axum::serve(receiver, accept).await });
             (daemon, addr)
         });
-        // Everything the daemon needs later is open or in memory: the directory can go, so
-        // fuzzing processes leave nothing behind.
+        // Everything the daemon needs later is open or in memory (the database, and the
+        // outbox log's current segment, which a fuzzing run never fills to the next one):
+        // the directory can go, so fuzzing processes leave nothing behind.
         let _ = std::fs::remove_dir_all(&dir);
         let admin_token = daemon.dev_info.as_ref().expect("dev info").admin_token.clone();
         let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json");

@@ -168,7 +168,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         let _ = std::fs::remove_file(snapshot_path(dir, number));
     }
     let next_number = segments.iter().chain(&snapshots).max().map_or(1, |last| last + 1);
-    let writer = Writer {
+    let mut writer = Writer {
         dir: dir.to_owned(),
         current: None,
         next_number,
@@ -176,6 +176,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         snapshot_bytes,
         _lock: lock,
     };
+    // The segment new records go to is made now: an outbox that cannot write says so at
+    // start, as the database does, not at the first status change.
+    writer.roll()?;
     Ok(Recovered { queues, last_serial, writer })
 }
 
@@ -247,7 +250,7 @@ struct Segment {
 #[derive(Debug)]
 pub(crate) struct Writer {
     dir: PathBuf,
-    /// None before the first write and after a failed one: the next write starts a segment.
+    /// None after a failed write: the next write starts a segment.
     current: Option<Segment>,
     /// The number the next segment (or snapshot) takes.
     next_number: u64,
@@ -425,7 +428,8 @@ mod tests {
         assert_eq!(live(&recovered.queues, "a"), [("p:2".to_owned(), 4)]);
         assert!(!recovered.queues.contains_key("b"), "the drop removed b");
         assert_eq!(recovered.last_serial, 4, "the torn record's serial is not counted");
-        assert_eq!(recovered.writer.next_number, 3, "new writes never go to a segment that may be torn");
+        let current = recovered.writer.current.as_ref().map(|segment| segment.number);
+        assert_eq!(current, Some(3), "new writes never go to a segment that may be torn");
     }
 
     #[test]
