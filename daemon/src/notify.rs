@@ -666,7 +666,7 @@ mod tests {
             matches!(device.recv().await, SessionCommand::Cancel { id: cancelled, reason: CancelReason::Expired } if cancelled == id)
         );
         fanout.flush().await;
-        let batch = store.next_batch("app_chat", 10, 1 << 20).await.expect("batch");
+        let batch = store.next_batch("app_chat", 0, 10, 1 << 20).await.expect("batch");
         let outcome: serde_json::Value = serde_json::from_slice(&batch[0].event).expect("json");
         assert_eq!(
             (outcome["outcome"].as_str(), outcome["puid"].as_str()),

@@ -66,6 +66,16 @@ impl<'a> OutboxKey<'a> {
             WebhookEvent::Unknown => return None,
         })
     }
+
+    /// Whether the event a stored key holds must reach the receiver in order with the
+    /// app's other events, so the fan-out never has it in flight beside another batch.
+    /// Grant, revoke and reset carry no `seq`: a receiver could not tell an older one
+    /// from a newer, and a reset arriving after the presence that followed it would undo
+    /// it. Presence events (ordered by `seq`), outcomes and pings (each its own) need no
+    /// order.
+    pub(crate) fn keeps_order(stored: &str) -> bool {
+        stored.starts_with("a:") || stored == "r"
+    }
 }
 
 /// The stored form, the one encoding of a key (stores compare keys as these strings).
@@ -231,6 +241,34 @@ mod tests {
             text(encode(&WebhookEvent::Ping { at })),
             ("t".to_owned(), json!({"type": "ping", "at": at}).to_string())
         );
+        for (event, ordered) in [
+            (grant.clone(), true),
+            (revoke.clone(), true),
+            (WebhookEvent::Reset { at }, true),
+            (WebhookEvent::Ping { at }, false),
+            (
+                WebhookEvent::Presence {
+                    puid: puid.into(),
+                    status: "online".into(),
+                    message: "".into(),
+                    seq: 1,
+                    at,
+                },
+                false,
+            ),
+            (
+                WebhookEvent::Notification {
+                    id: "1".into(),
+                    puid: "a:b".into(),
+                    outcome: "taken".into(),
+                    at,
+                },
+                false,
+            ),
+        ] {
+            let key = OutboxKey::of(&event).expect("known").to_string();
+            assert_eq!(OutboxKey::keeps_order(&key), ordered, "{key}");
+        }
         let id = 4_503_599_627_370_497u64;
         let outcome = WebhookEvent::Notification {
             id: id.to_string().into(),

@@ -250,6 +250,11 @@ settings! {
     webhook_max_events: usize = 1_000, env "PRESENCED_WEBHOOK_MAX_EVENTS", check nonzero;
     /// Most bytes of events per webhook POST.
     webhook_max_bytes: usize = 256 * 1024, env "PRESENCED_WEBHOOK_MAX_BYTES", check nonzero;
+    /// Most webhook batches of one app in flight at once: presence events (ordered by
+    /// `seq`) and notification outcomes may overlap; grant, revoke and reset never do. 1
+    /// sends one batch at a time.
+    webhook_in_flight: usize = crate::webhook::fanout::DEFAULT_MAX_IN_FLIGHT,
+        env "PRESENCED_WEBHOOK_IN_FLIGHT", check nonzero;
     /// Webhook request timeout in seconds.
     webhook_timeout_secs: u64 = 10, env "PRESENCED_WEBHOOK_TIMEOUT_SECS", check nonzero;
     /// Webhook POSTs remembered per app for its delivery log (GET /v1/deliveries and the
@@ -547,6 +552,7 @@ impl SettingsLayer {
                 batch_window: Duration::from_millis(v.webhook_window_ms),
                 max_events: v.webhook_max_events,
                 max_bytes: v.webhook_max_bytes,
+                max_in_flight: v.webhook_in_flight,
                 request_timeout: secs(v.webhook_timeout_secs),
                 url_policy: Arc::new(url_policy),
                 delivery_log_size: v.delivery_log_size,

@@ -58,6 +58,8 @@ enum Reply {
     Redirect(u16, &'static str),
     /// Never answer.
     Hang,
+    /// 200, after this long.
+    Slow(Duration),
 }
 
 /// One request as received.
@@ -72,6 +74,8 @@ struct Received {
     body: Bytes,
     /// The status answered (0 for a hang).
     status: u16,
+    /// Requests in progress when it arrived, itself included.
+    concurrent: usize,
 }
 
 impl Received {
@@ -89,6 +93,8 @@ struct ReceiverState {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
     requests: Mutex<Vec<Received>>,
+    /// Requests received and not yet answered.
+    in_progress: std::sync::atomic::AtomicUsize,
 }
 
 struct Receiver {
@@ -185,10 +191,11 @@ async fn hook(
         .unwrap_or(Reply::Ok);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let status = match &reply {
-        Reply::Ok => 200,
+        Reply::Ok | Reply::Slow(_) => 200,
         Reply::Status(code) | Reply::RetryAfter(code, _) | Reply::Redirect(code, _) => *code,
         Reply::Hang => 0,
     };
+    let concurrent = state.in_progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     state.requests.lock().expect("lock").push(Received {
         at: Instant::now(),
         id: header("webhook-id"),
@@ -198,8 +205,9 @@ async fn hook(
         version,
         body,
         status,
+        concurrent,
     });
-    match reply {
+    let response = match reply {
         Reply::Ok => StatusCode::OK.into_response(),
         Reply::Status(code) => StatusCode::from_u16(code).expect("status").into_response(),
         Reply::RetryAfter(code, after) => {
@@ -209,7 +217,13 @@ async fn hook(
             (StatusCode::from_u16(code).expect("status"), [("location", location)]).into_response()
         }
         Reply::Hang => std::future::pending().await,
-    }
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            StatusCode::OK.into_response()
+        }
+    };
+    state.in_progress.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    response
 }
 
 // ---------------------------------------------------------------------------------------
@@ -370,7 +384,9 @@ async fn delivery_latency_is_measured_from_the_at_kept_beside_the_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_batch_goes_without_waiting_and_limits_split_posts() {
     let receiver = Receiver::start().await;
-    let config = FanoutConfig { batch_window: Duration::from_secs(30), max_events: 20, ..config() };
+    // One batch at a time, so the POSTs also keep the outbox's order.
+    let config =
+        FanoutConfig { batch_window: Duration::from_secs(30), max_events: 20, max_in_flight: 1, ..config() };
     let (h, _) = Harness::start(&[("app_a", &receiver.url())], config);
     let events: Vec<_> = (0..45).map(|i| presence(&format!("u{i}"), 1)).collect();
     h.fanout.publish("app_a", events);
@@ -381,6 +397,53 @@ async fn a_full_batch_goes_without_waiting_and_limits_split_posts() {
     let puids: Vec<String> =
         receiver.delivered_events().iter().map(|e| e["puid"].as_str().expect("puid").to_owned()).collect();
     assert_eq!(puids, (0..45).map(|i| format!("u{i}")).collect::<Vec<_>>(), "outbox order");
+    h.fanout.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_batches_overlap_up_to_the_limit_and_ordered_events_go_alone() {
+    let receiver = Receiver::start().await;
+    let hold = Duration::from_millis(700);
+    receiver.set_default(Reply::Slow(hold));
+    let config = FanoutConfig {
+        batch_window: Duration::from_secs(30),
+        max_events: 10,
+        max_in_flight: 3,
+        request_timeout: Duration::from_secs(10),
+        ..config()
+    };
+    let (h, _) = Harness::start(&[("app_a", &receiver.url())], config);
+    // 40 presence events: four full batches, the fourth waiting for a slot.
+    let first: Vec<_> = (0..40).map(|i| presence(&format!("u{i}"), 1)).collect();
+    h.fanout.publish("app_a", first);
+    until(Duration::from_secs(10), "40 events", || receiver.delivered_events().len() == 40).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(requests.iter().map(|r| r.concurrent).max(), Some(3), "three in flight at once, never more");
+    let mut puids: Vec<String> =
+        receiver.delivered_events().iter().map(|e| e["puid"].as_str().expect("puid").to_owned()).collect();
+    puids.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    expected.sort();
+    assert_eq!(puids, expected, "each event once");
+    until(Duration::from_secs(2), "the acks", || h.store.depth("app_a") == 0).await;
+
+    // Ten presence events, a grant, nineteen more: the grant is never in flight beside
+    // another batch, and nothing after it starts before it is answered.
+    let mut events: Vec<_> = (0..10).map(|i| presence(&format!("v{i}"), 1)).collect();
+    let grant = json!({"type": "grant", "puid": "g", "state": "", "at": now_ms()});
+    events.push(raw("a:g".to_owned(), grant.to_string().into_bytes()));
+    events.extend((10..29).map(|i| presence(&format!("v{i}"), 1)));
+    h.fanout.publish("app_a", events);
+    until(Duration::from_secs(10), "30 more events", || receiver.delivered_events().len() == 70).await;
+    let later: Vec<Received> = receiver.requests().into_iter().skip(4).collect();
+    let carries_grant = |r: &Received| r.events().iter().any(|e| e["type"] == "grant");
+    let at = later.iter().position(carries_grant).expect("the grant's POST");
+    assert_eq!(later[at].concurrent, 1, "the grant went alone");
+    assert!(at > 0, "the presence batch before the grant went first");
+    let after = later.get(at + 1).expect("a POST after the grant's");
+    assert_eq!(after.concurrent, 1, "nothing started while the grant was in flight");
+    assert!(after.at - later[at].at >= hold, "the next POST waited for the grant's answer");
     h.fanout.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -622,7 +685,8 @@ async fn a_hanging_receiver_does_not_delay_another_app() {
         let latency = healthy.delivered()[round as usize - 1].at - published;
         assert!(latency < WINDOW + Duration::from_millis(400), "round {round}: {latency:?}");
     }
-    assert_eq!(stuck.requests().len(), 1, "the stuck app has one batch in flight, still hanging");
+    // Each round's newer event goes beside the hanging batches (up to max_in_flight).
+    assert_eq!(stuck.requests().len(), 3, "the stuck app has three batches in flight, all hanging");
     let started = Instant::now();
     h.fanout.shutdown(Duration::from_millis(300)).await;
     assert!(started.elapsed() < Duration::from_secs(2), "shutdown is bounded despite the hang");

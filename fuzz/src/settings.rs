@@ -35,6 +35,7 @@ log = "info,presenced=debug"
 webhook_window_ms = 250
 webhook_max_events = 1000
 webhook_max_bytes = 262144
+webhook_in_flight = 4
 webhook_timeout_secs = 10
 webhook_allow = ["10.0.0.0/8", "fd00::/8"]
 admin_remote = false

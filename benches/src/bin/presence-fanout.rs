@@ -40,6 +40,9 @@ struct Args {
     /// Most events per POST (the daemon's --webhook-max-events).
     #[arg(long, default_value_t = 1_000)]
     max_events: usize,
+    /// Most batches of one app in flight (the daemon's --webhook-in-flight).
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
     /// Seconds to wait for deliveries before giving up.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -83,6 +86,7 @@ fn main() -> Result<()> {
         rate: args.rate,
         batch_window: Duration::from_millis(args.window_ms),
         max_events: args.max_events,
+        max_in_flight: args.in_flight,
         timeout: Duration::from_secs(args.timeout),
         fanout_threads: args.fanout_threads,
         receiver_threads: args.receiver_threads,

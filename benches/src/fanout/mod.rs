@@ -89,6 +89,8 @@ pub struct FanoutRun {
     pub batch_window: Duration,
     /// Most events per POST (the daemon's `--webhook-max-events`).
     pub max_events: usize,
+    /// Most batches of one app in flight (the daemon's `--webhook-in-flight`).
+    pub max_in_flight: usize,
     /// Give up waiting for deliveries after this long.
     pub timeout: Duration,
     /// Worker threads of the fan-out's runtime.
@@ -122,6 +124,7 @@ impl Default for FanoutRun {
             rate: None,
             batch_window: defaults.batch_window,
             max_events: defaults.max_events,
+            max_in_flight: defaults.max_in_flight,
             timeout: Duration::from_secs(60),
             fanout_threads: 2,
             receiver_threads: 2,
@@ -274,6 +277,7 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     let fanout_config = FanoutConfig {
         batch_window: config.batch_window,
         max_events: config.max_events,
+        max_in_flight: config.max_in_flight,
         url_policy: Arc::new(UrlPolicy::new(true, &[]).map_err(|e| setup("url policy", &e))?),
         extra_roots: secrets.cert_chain.clone(),
         public_roots: false,

@@ -107,7 +107,7 @@ async fn append<O: Outbox>(outbox: &O, app_id: &str, events: &[OutboxEvent]) -> 
 }
 
 async fn batch<O: Outbox>(outbox: &O, app_id: &str) -> Vec<OutboxEntry> {
-    outbox.next_batch(app_id, 100, 1 << 20).await.expect("batch")
+    outbox.next_batch(app_id, 0, 100, 1 << 20).await.expect("batch")
 }
 
 /// Apps round-trip, list in id order, update in place, delete once.
@@ -259,17 +259,40 @@ pub(crate) async fn outbox_batch_limits<S: AppStore + Outbox>(store: &S) {
     let events: Vec<_> = (0..10).map(|i| ev(&format!("p:{i}"), &"x".repeat(100))).collect();
     append(store, "app_a", &events).await;
     let sizes = async |max_events, max_bytes| {
-        store.next_batch("app_a", max_events, max_bytes).await.expect("batch").len()
+        store.next_batch("app_a", 0, max_events, max_bytes).await.expect("batch").len()
     };
     assert_eq!(sizes(3, 1 << 20).await, 3);
     assert_eq!(sizes(100, 350).await, 3);
     assert_eq!(sizes(100, 300).await, 3);
     assert_eq!(sizes(100, 299).await, 2);
-    let one = store.next_batch("app_a", 100, 10).await.expect("batch");
+    let one = store.next_batch("app_a", 0, 100, 10).await.expect("batch");
     assert_eq!(keys(&one), ["p:0"], "an entry larger than the limit still goes, alone");
     assert_eq!(sizes(0, 10).await, 1);
     assert_eq!(sizes(100, 1 << 20).await, 10);
-    assert!(store.next_batch("app_b", 100, 1 << 20).await.expect("batch").is_empty(), "apps are separate");
+    assert!(store.next_batch("app_b", 0, 100, 1 << 20).await.expect("batch").is_empty(), "apps are separate");
+}
+
+/// A batch after a serial holds only later entries, the replacement of an entry in flight
+/// among them, in serial order.
+pub(crate) async fn outbox_batch_after<S: AppStore + Outbox>(store: &S) {
+    store.put_app(&app("app_a")).expect("put");
+    let events: Vec<_> = (0..6).map(|i| ev(&format!("p:{i}"), "x")).collect();
+    append(store, "app_a", &events).await;
+    let first = store.next_batch("app_a", 0, 2, 1 << 20).await.expect("batch");
+    assert_eq!(keys(&first), ["p:0", "p:1"]);
+    let cursor = first.last().expect("entry").serial;
+    let second = store.next_batch("app_a", cursor, 2, 1 << 20).await.expect("batch");
+    assert_eq!(keys(&second), ["p:2", "p:3"]);
+    append(store, "app_a", &[ev("p:0", "y")]).await;
+    let cursor = second.last().expect("entry").serial;
+    let third = store.next_batch("app_a", cursor, 100, 1 << 20).await.expect("batch");
+    assert_eq!(keys(&third), ["p:4", "p:5", "p:0"], "the replaced p:0 waits after the cursor");
+    let last = third.last().expect("entry").serial;
+    assert!(store.next_batch("app_a", last, 100, 1 << 20).await.expect("batch").is_empty());
+    // The first batch's stale p:0 acknowledges nothing; the rest of it goes.
+    assert_eq!(store.ack("app_a", acks(&first)).await.expect("ack"), 1);
+    let front = store.next_batch("app_a", 0, 100, 1 << 20).await.expect("batch");
+    assert_eq!(keys(&front), ["p:2", "p:3", "p:4", "p:5", "p:0"]);
 }
 
 /// Appends for an unknown app are refused; deleting an app removes its outbox only, and an
@@ -428,6 +451,11 @@ macro_rules! contract_suite {
             #[tokio::test]
             async fn outbox_batch_limits() {
                 super::outbox_batch_limits(&open().1).await;
+            }
+
+            #[tokio::test]
+            async fn outbox_batch_after() {
+                super::outbox_batch_after(&open().1).await;
             }
 
             #[tokio::test]

@@ -140,8 +140,14 @@ impl Outbox for MemoryStore {
         ready(())
     }
 
-    fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>> {
-        let batch = self.queue(app_id).map(|queue| lock(&queue).batch(max_events, max_bytes));
+    fn next_batch(
+        &self,
+        app_id: &str,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> StoreFuture<Vec<OutboxEntry>> {
+        let batch = self.queue(app_id).map(|queue| lock(&queue).batch(after, max_events, max_bytes));
         ready(batch.unwrap_or_default())
     }
 

@@ -142,8 +142,16 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     /// Sets who is told of commits (replacing any earlier listener). Held weakly, so a
     /// listener that owns the outbox makes no cycle; commits after it is dropped go untold.
     fn listen(&self, listener: Weak<dyn CommitListener>);
-    /// The oldest waiting entries of an app, within the limits.
-    fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>>;
+    /// The oldest waiting entries of an app whose serial is above `after` (0: from the
+    /// front), within the limits. The fan-out passes the last serial of its batches in
+    /// flight, so the next batch holds only what they do not.
+    fn next_batch(
+        &self,
+        app_id: &str,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> StoreFuture<Vec<OutboxEntry>>;
     /// Removes delivered entries whose serial still matches; resolves to how many went.
     fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize>;
     /// Entries waiting in an app's outbox, from memory.

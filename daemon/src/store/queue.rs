@@ -36,7 +36,15 @@ impl CompactingQueue {
     /// Pushes `event` under `serial`, which must be higher than every serial pushed
     /// before. Returns true when the queue did not grow: the event replaced a waiting one,
     /// or a waiting one with a higher version made it stale and it was dropped.
+    ///
+    /// A serial at or below the last one pushed is ignored: it replays an entry the queue
+    /// already took (a migration imported twice after a crash) or comes from a damaged
+    /// log. Taking it would leave the order unsorted, and batches find their start in it
+    /// by serial.
     pub(crate) fn push(&mut self, serial: u64, event: OutboxEvent) -> bool {
+        if self.order.back().is_some_and(|(last, _)| *last >= serial) {
+            return true;
+        }
         let OutboxEvent { key, version, at_ms, json } = event;
         if self.entries.get(&key).is_some_and(|old| old.version > version) {
             return true;
@@ -66,12 +74,15 @@ impl CompactingQueue {
         self.entries.len()
     }
 
-    /// The oldest entries, at most `max_events` and `max_bytes` of event data, but at
-    /// least one if any waits.
-    pub(crate) fn batch(&self, max_events: usize, max_bytes: usize) -> Vec<OutboxEntry> {
+    /// The oldest entries whose serial is above `after`, at most `max_events` and
+    /// `max_bytes` of event data, but at least one if any waits. The order is by serial,
+    /// so skipping to `after` is a binary search, not a scan past what is in flight.
+    pub(crate) fn batch(&self, after: u64, max_events: usize, max_bytes: usize) -> Vec<OutboxEntry> {
         let mut batch = Vec::new();
         let mut bytes = 0;
-        for (key, live) in self.iter() {
+        let start = self.order.partition_point(|(serial, _)| *serial <= after);
+        let live = self.order.range(start..).filter_map(|(serial, key)| self.live(*serial, key));
+        for (key, live) in live {
             if batch.len() >= max_events.max(1) || (!batch.is_empty() && bytes + live.json.len() > max_bytes)
             {
                 break;
@@ -136,22 +147,20 @@ impl CompactingQueue {
 
     /// The live entries, in order.
     fn iter(&self) -> impl Iterator<Item = (&str, &Live)> {
-        self.order.iter().filter_map(|(serial, key)| {
-            let (key, live) = self.entries.get_key_value(key.as_str())?;
-            (live.serial == *serial).then_some((key.as_str(), live))
-        })
+        self.order.iter().filter_map(|(serial, key)| self.live(*serial, key))
     }
 
-    /// Whether an element of `order` is still its key's live version.
-    fn is_live(&self, serial: u64, key: &str) -> bool {
-        self.entries.get(key).is_some_and(|live| live.serial == serial)
+    /// `key`'s live version if it is the one pushed under `serial`.
+    fn live(&self, serial: u64, key: &str) -> Option<(&str, &Live)> {
+        let (key, live) = self.entries.get_key_value(key)?;
+        (live.serial == serial).then_some((key.as_str(), live))
     }
 
     /// Pops dead elements off the front, and sweeps the deque once the dead outnumber the
     /// live (so it holds at most about twice the live entries, whatever the flapping).
     fn tidy(&mut self) {
         while let Some((serial, key)) = self.order.front() {
-            if self.is_live(*serial, key) {
+            if self.live(*serial, key).is_some() {
                 break;
             }
             self.order.pop_front();
@@ -215,13 +224,41 @@ mod tests {
         assert!(queue.order.len() <= 2 * 3 + 64 + 1, "dead elements swept: {}", queue.order.len());
         let live: Vec<(&str, u64)> = queue.entries().map(|(k, s, _, _, _)| (k, s)).collect();
         assert_eq!(live, [("p:1", serial - 2), ("p:2", serial - 1), ("p:3", serial)]);
-        let batch = queue.batch(2, 1 << 20);
+        let batch = queue.batch(0, 2, 1 << 20);
         assert_eq!(batch.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["p:1", "p:2"]);
         for entry in &batch {
             assert!(queue.ack(&entry.key, entry.serial));
         }
         assert_eq!(queue.order.len(), 1, "acknowledged heads are popped at once");
         assert_eq!(queue.entries().map(|(k, ..)| k).collect::<Vec<_>>(), ["p:3"]);
+    }
+
+    #[test]
+    fn a_batch_after_a_serial_skips_what_is_in_flight_and_sees_replacements() {
+        let mut queue = CompactingQueue::default();
+        for serial in 1..=6 {
+            queue.push(serial, ev(&format!("p:{serial}"), "x"));
+        }
+        let keys = |batch: Vec<OutboxEntry>| batch.into_iter().map(|e| e.key).collect::<Vec<_>>();
+        assert_eq!(keys(queue.batch(0, 2, 1 << 20)), ["p:1", "p:2"]);
+        assert_eq!(keys(queue.batch(2, 2, 1 << 20)), ["p:3", "p:4"]);
+        // p:1 replaced while its batch is in flight: the new version is after the cursor.
+        queue.push(7, ev("p:1", "y"));
+        assert_eq!(keys(queue.batch(4, 10, 1 << 20)), ["p:5", "p:6", "p:1"]);
+        assert!(queue.batch(7, 10, 1 << 20).is_empty());
+        assert!(queue.batch(u64::MAX, 10, 1 << 20).is_empty());
+    }
+
+    #[test]
+    fn a_serial_not_above_the_last_is_ignored_so_the_order_stays_sorted() {
+        let mut queue = CompactingQueue::default();
+        queue.push(5, ev("p:1", "a"));
+        queue.push(6, ev("p:2", "b"));
+        assert!(queue.push(6, ev("p:2", "b again")), "a replay of the last serial");
+        assert!(queue.push(3, ev("p:3", "older")), "a serial from before");
+        let entries: Vec<(&str, u64, &[u8])> = queue.entries().map(|(k, s, _, _, e)| (k, s, e)).collect();
+        assert_eq!(entries, [("p:1", 5, &b"a"[..]), ("p:2", 6, &b"b"[..])]);
+        assert_eq!(queue.batch(5, 10, 1 << 20).len(), 1);
     }
 
     #[test]

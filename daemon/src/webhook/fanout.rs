@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -23,6 +23,7 @@ use super::secret::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Signer, Webho
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::metrics::{AppLabel, Metrics, ResultLabel};
+use crate::outbound::OutboxKey;
 use crate::store::{Commit, CommitListener, Outbox, OutboxEntry, OutboxEvent};
 
 /// How long the first waiting event of an app waits for company before its batch goes.
@@ -31,6 +32,8 @@ pub(crate) const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(250);
 pub(crate) const DEFAULT_MAX_EVENTS: usize = 1_000;
 /// Most bytes in one POST body (256 KiB).
 pub(crate) const DEFAULT_MAX_BYTES: usize = 256 * 1024;
+/// Most batches of one app in flight at once (where order allows, see [`Flights`]).
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// Bound on one POST, connecting included; a receiver slower than this is a failure.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay; it doubles per consecutive failure.
@@ -58,6 +61,9 @@ pub struct FanoutConfig {
     /// Most bytes per POST body [default: [`DEFAULT_MAX_BYTES`]]; a single event larger
     /// than this still goes, alone.
     pub max_bytes: usize,
+    /// Most batches of one app in flight at once [default: [`DEFAULT_MAX_IN_FLIGHT`]]; 1
+    /// sends one batch at a time, in order.
+    pub max_in_flight: usize,
     /// Bound on one POST [default: [`DEFAULT_REQUEST_TIMEOUT`]].
     pub request_timeout: Duration,
     /// First retry delay [default: [`DEFAULT_BACKOFF_INITIAL`]].
@@ -87,6 +93,7 @@ impl Default for FanoutConfig {
             batch_window: DEFAULT_BATCH_WINDOW,
             max_events: DEFAULT_MAX_EVENTS,
             max_bytes: DEFAULT_MAX_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
@@ -249,8 +256,10 @@ impl Fanout {
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Result<Fanout, FanoutError> {
-        if config.max_events == 0 || config.max_bytes == 0 {
-            return Err(FanoutError::Config("max_events and max_bytes must be greater than zero"));
+        if config.max_events == 0 || config.max_bytes == 0 || config.max_in_flight == 0 {
+            return Err(FanoutError::Config(
+                "max_events, max_bytes and max_in_flight must be greater than zero",
+            ));
         }
         if config.backoff_initial.is_zero() || config.backoff_max < config.backoff_initial {
             return Err(FanoutError::Config("backoff_initial must be positive and at most backoff_max"));
@@ -775,8 +784,8 @@ async fn pause(delay: Duration, phase: &mut watch::Receiver<Phase>) -> bool {
     }
 }
 
-/// One app's delivery task: exactly one batch in flight, so events reach the receiver in
-/// outbox order.
+/// One app's delivery task: batches up to [`FanoutConfig::max_in_flight`] at once where
+/// order allows ([`Flights`]), retries after a failure read the outbox again from the front.
 async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>, catch_up: bool) {
     let mut phase = inner.phase.subscribe();
     let Some(app) = inner.apps.get(&app_id) else {
@@ -792,7 +801,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
         return;
     }
     let url = match Url::parse(&app.webhook_url) {
-        Ok(url) => url,
+        Ok(url) => Arc::new(url),
         Err(error) => {
             warn!(app = app_id, %error, "invalid webhook URL; no deliveries");
             return;
@@ -816,92 +825,317 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
             }
         }
     });
-    let signer = Signer::new(secret, previous);
+    let target = Target { app_id: app_id.clone(), url, signer: Arc::new(Signer::new(secret, previous)) };
     if catch_up && depth > 0 {
         // Waiting while the app was disabled or misconfigured: it has waited long enough.
         shared.note(inner.long_ago(), 0, 0, &inner.config);
     }
-    let budget = inner.event_budget(&app_id);
+    let mut flights = Flights::new(inner.event_budget(&app_id));
+    // Consecutive failed rounds, for the backoff and the delivery log.
     let mut attempt: u32 = 0;
+    // Set by a failure: the delay before the outbox is read again from the front, which
+    // starts once every batch in flight has landed.
+    let mut retry: Option<Duration> = None;
     loop {
-        if !wait_due(&inner, &app_id, &shared, &mut phase).await {
-            return;
+        if flights.is_empty() {
+            if let Some(delay) = retry.take() {
+                debug!(app = app_id, attempt, ?delay, "webhook retry scheduled");
+                if !pause(delay, &mut phase).await {
+                    return;
+                }
+                // Retry: read again, so whatever changed meanwhile is coalesced into it.
+                inner.metrics.webhook_retries.inc();
+                shared.note(inner.long_ago(), 0, 0, &inner.config);
+            }
         }
-        let pending = shared.take();
-        // The wall-clock time of the oldest publish, for latency of events without `at`.
-        let waited =
-            pending.since.map_or(Duration::ZERO, |s| inner.clock.tokio_now().saturating_duration_since(s));
-        let enqueued_ms = inner.clock.unix_ms().saturating_sub(waited.as_millis() as u64);
-        loop {
-            let batch = match inner.outbox.next_batch(&app_id, inner.config.max_events, budget).await {
-                Ok(batch) => batch,
-                Err(error) => {
-                    warn!(app = app_id, %error, "cannot read the outbox");
-                    if !pause(inner.backoff(attempt), &mut phase).await {
-                        return;
+        let landed = if retry.is_none() && flights.can_start(&inner.config) {
+            tokio::select! {
+                landed = flights.next(), if !flights.is_empty() => landed,
+                due = wait_due(&inner, &app_id, &shared, &mut phase) => {
+                    if !due {
+                        if flights.is_empty() || *phase.borrow() >= Phase::Stopped {
+                            return;
+                        }
+                        // Draining and nothing to start: what is in flight lands first.
+                        flights.caught_up = true;
+                    } else if let Err(error) = flights.start(&inner, &target, &shared, attempt).await {
+                        warn!(app = app_id, %error, "cannot read the outbox");
+                        retry = Some(inner.backoff(attempt));
+                        attempt = attempt.saturating_add(1);
                     }
-                    attempt = attempt.saturating_add(1);
                     continue;
                 }
-            };
-            if batch.is_empty() {
-                break;
             }
-            let sent = inner.send(&app_id, &url, &signer, &batch).await;
-            let (result, retry) = match sent.outcome {
-                Outcome::Delivered => (AttemptResult::Delivered, None),
-                Outcome::Gone => (AttemptResult::Gone, None),
-                Outcome::Throttled(after) => {
-                    (AttemptResult::Throttled, Some(inner.retry_delay(attempt, after)))
+        } else {
+            tokio::select! {
+                landed = flights.next() => landed,
+                _ = phase.wait_for(|p| *p >= Phase::Stopped) => return,
+            }
+        };
+        let Some(landed) = landed else { continue };
+        let mut landed_full = false;
+        let failed = match landed {
+            Landing::Sent(landed) => match settle(&inner, &app_id, landed).await {
+                Settled::Delivered { full } => {
+                    landed_full = full;
+                    None
                 }
-                Outcome::Failed(after) => (AttemptResult::Failed, Some(inner.retry_delay(attempt, after))),
-            };
-            let next_retry_at =
-                retry.map(|delay| inner.clock.unix_ms().saturating_add(delay.as_millis() as u64));
-            inner.log.record(
-                &app_id,
-                Attempt {
-                    at: sent.at_ms,
-                    webhook_id: sent.id,
-                    events: batch.len(),
-                    result,
-                    status: sent.status,
-                    error: sent.error,
-                    latency_ms: sent.latency.as_millis() as u64,
-                    attempt: attempt.saturating_add(1),
-                    next_retry_at,
-                },
-            );
-            if result == AttemptResult::Delivered {
-                // Counted by `delivered`, once the acknowledgement is done.
-                delivered(&inner, &app_id, &shared, batch, enqueued_ms).await;
+                Settled::Retry(delay) => Some(delay),
+                Settled::Gone => {
+                    disable(&inner, &app_id).await;
+                    return;
+                }
+            },
+            Landing::Lost => {
+                warn!(app = app_id, "a webhook POST ended without an outcome; its batch goes again");
+                Some(inner.backoff(attempt))
+            }
+        };
+        match failed {
+            // The first failure of a round counts the attempt; the others only lengthen it.
+            Some(delay) => {
+                if retry.is_none() {
+                    attempt = attempt.saturating_add(1);
+                }
+                retry = Some(retry.map_or(delay, |other| other.max(delay)));
+            }
+            None if retry.is_none() => {
                 attempt = 0;
-                break;
+                flights.after_delivery(&inner, &app_id, &shared, landed_full);
             }
-            inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: result.as_str() }).inc();
-            let Some(delay) = retry else {
-                disable(&inner, &app_id).await;
-                return;
-            };
-            attempt = attempt.saturating_add(1);
-            debug!(app = app_id, attempt, ?delay, "webhook retry scheduled");
-            if !pause(delay, &mut phase).await {
-                return;
-            }
-            // Retry: re-peek, so whatever changed meanwhile is coalesced into the batch.
-            inner.metrics.webhook_retries.inc();
+            None => {}
         }
     }
 }
 
-/// Acknowledges a delivered batch and records it.
-async fn delivered(
-    inner: &Inner,
-    app_id: &str,
-    shared: &AppShared,
+/// Who a delivery task POSTs to, and how it signs; shared with its POST tasks.
+struct Target {
+    app_id: String,
+    url: Arc<Url>,
+    signer: Arc<Signer>,
+}
+
+/// One app's batches in flight.
+///
+/// Presence events carry `seq` and receivers keep the latest, and every outcome and ping is
+/// its own event, so batches of those may overlap: a batch starts while others are in
+/// flight, with the entries after theirs (`cursor`), at most
+/// [`FanoutConfig::max_in_flight`] at a time. An event that must keep its order
+/// ([`OutboxKey::keeps_order`]: grant, revoke, reset) never overlaps anything: a batch
+/// is cut before it while others fly, it goes once they landed, and nothing starts while
+/// it flies. When nothing is in flight the next batch starts at the front, where whatever
+/// a failed batch held still waits.
+struct Flights {
+    tasks: JoinSet<Landed>,
+    /// Per POST task: its entries and whether it holds an event that keeps its order.
+    meta: HashMap<tokio::task::Id, (usize, bool)>,
+    /// The last serial handed to a batch in flight.
+    cursor: u64,
+    /// The next entry keeps its order: nothing starts until the flights have landed.
+    barrier: bool,
+    /// The flights a barrier waited for have landed: the ordered entry goes at once.
+    released: bool,
+    /// The outbox had nothing after `cursor`: nothing starts until a flight lands (a
+    /// draining task would otherwise read empty batches in a loop).
+    caught_up: bool,
+    /// Event bytes one body may carry ([`Inner::event_budget`]).
+    budget: usize,
+}
+
+/// What a POST task hands back.
+struct Landed {
     batch: Vec<OutboxEntry>,
+    sent: Sent,
+    /// Unix ms of the oldest publish of its round, for events without `at`.
     enqueued_ms: u64,
-) {
+    /// The attempt number it went as.
+    attempt: u32,
+    /// It was cut by a limit ([`is_full`]): more may wait behind it.
+    full: bool,
+}
+
+/// A POST task's end.
+enum Landing {
+    Sent(Landed),
+    /// The task panicked: the batch stays in the outbox.
+    Lost,
+}
+
+/// What became of a landed batch.
+enum Settled {
+    Delivered { full: bool },
+    Retry(Duration),
+    Gone,
+}
+
+impl Flights {
+    fn new(budget: usize) -> Flights {
+        Flights {
+            tasks: JoinSet::new(),
+            meta: HashMap::new(),
+            cursor: 0,
+            barrier: false,
+            released: false,
+            caught_up: false,
+            budget,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    fn entries(&self) -> usize {
+        self.meta.values().map(|(entries, _)| entries).sum()
+    }
+
+    fn can_start(&self, config: &FanoutConfig) -> bool {
+        self.is_empty()
+            || (self.tasks.len() < config.max_in_flight
+                && !self.barrier
+                && !self.caught_up
+                && !self.meta.values().any(|(_, ordered)| *ordered))
+    }
+
+    /// Starts batches while order and the limit allow, each as its own POST task. Consumes
+    /// the task's pending events: whatever they were is in these batches or after them.
+    async fn start(
+        &mut self,
+        inner: &Arc<Inner>,
+        target: &Target,
+        shared: &AppShared,
+        attempt: u32,
+    ) -> Result<(), crate::store::StoreError> {
+        let pending = shared.take();
+        self.released = false;
+        // The wall-clock time of the oldest publish, for latency of events without `at`.
+        let waited =
+            pending.since.map_or(Duration::ZERO, |s| inner.clock.tokio_now().saturating_duration_since(s));
+        let enqueued_ms = inner.clock.unix_ms().saturating_sub(waited.as_millis() as u64);
+        let max_events = inner.config.max_events;
+        while self.can_start(&inner.config) {
+            let mut batch =
+                inner.outbox.next_batch(&target.app_id, self.cursor, max_events, self.budget).await?;
+            if batch.is_empty() {
+                self.caught_up = !self.is_empty();
+                return Ok(());
+            }
+            let ordered = if self.is_empty() {
+                batch.iter().any(|entry| OutboxKey::keeps_order(&entry.key))
+            } else {
+                if let Some(cut) = batch.iter().position(|entry| OutboxKey::keeps_order(&entry.key)) {
+                    batch.truncate(cut);
+                    self.barrier = true;
+                }
+                false
+            };
+            let Some(last) = batch.last() else { return Ok(()) };
+            self.cursor = last.serial;
+            let full = is_full(&batch, max_events, self.budget);
+            let task = Arc::clone(inner);
+            let target = Target {
+                app_id: target.app_id.clone(),
+                url: Arc::clone(&target.url),
+                signer: Arc::clone(&target.signer),
+            };
+            let entries = batch.len();
+            let attempt = attempt.saturating_add(1);
+            let handle = self.tasks.spawn(async move {
+                let sent = task.send(&target.app_id, &target.url, &target.signer, &batch).await;
+                Landed { batch, sent, enqueued_ms, attempt, full }
+            });
+            self.meta.insert(handle.id(), (entries, ordered));
+            if !full {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The next POST task to end; `None` when none is in flight.
+    async fn next(&mut self) -> Option<Landing> {
+        let ended = self.tasks.join_next_with_id().await?;
+        let (id, landing) = match ended {
+            Ok((id, landed)) => (id, Landing::Sent(landed)),
+            Err(error) => (error.id(), Landing::Lost),
+        };
+        self.meta.remove(&id);
+        self.caught_up = false;
+        if self.is_empty() {
+            self.cursor = 0;
+            self.released = std::mem::take(&mut self.barrier);
+        }
+        Some(landing)
+    }
+
+    /// After a delivered batch (and no failure pending): makes the task due again when
+    /// entries wait that no pending event will wake it for. A batch cut before an ordered
+    /// event, or a full one, leaves entries that go at once; anything else waits one window
+    /// like a new event (it may be an event stored a moment ago whose wake has not reached
+    /// this task, and it too must wait its window).
+    fn after_delivery(&mut self, inner: &Inner, app_id: &str, shared: &AppShared, full: bool) {
+        let depth = inner.outbox.depth(app_id);
+        let waiting = depth.saturating_sub(self.entries() as u64);
+        let released = std::mem::take(&mut self.released);
+        if waiting == 0 {
+            return;
+        }
+        if released || full || waiting >= inner.config.max_events as u64 {
+            shared.note(inner.long_ago(), 0, 0, &inner.config);
+        } else if shared.snapshot().since.is_none() {
+            shared.note(inner.clock.tokio_now(), 0, 0, &inner.config);
+        }
+    }
+}
+
+/// Whether a batch was cut by a limit, so that more may wait behind it: it has the most
+/// events a POST takes, or one more of its largest would not have fitted.
+fn is_full(batch: &[OutboxEntry], max_events: usize, budget: usize) -> bool {
+    let bytes: usize = batch.iter().map(|entry| entry.event.len()).sum();
+    let largest = batch.iter().map(|entry| entry.event.len()).max().unwrap_or(0);
+    batch.len() >= max_events || bytes + largest > budget
+}
+
+/// Records a landed POST in the delivery log and acknowledges it if delivered.
+async fn settle(inner: &Inner, app_id: &str, landed: Landed) -> Settled {
+    let Landed { batch, sent, enqueued_ms, attempt, full } = landed;
+    // Failures before this one in a row.
+    let failures = attempt.saturating_sub(1);
+    let (result, retry) = match sent.outcome {
+        Outcome::Delivered => (AttemptResult::Delivered, None),
+        Outcome::Gone => (AttemptResult::Gone, None),
+        Outcome::Throttled(after) => (AttemptResult::Throttled, Some(inner.retry_delay(failures, after))),
+        Outcome::Failed(after) => (AttemptResult::Failed, Some(inner.retry_delay(failures, after))),
+    };
+    let next_retry_at = retry.map(|delay| inner.clock.unix_ms().saturating_add(delay.as_millis() as u64));
+    inner.log.record(
+        app_id,
+        Attempt {
+            at: sent.at_ms,
+            webhook_id: sent.id,
+            events: batch.len(),
+            result,
+            status: sent.status,
+            error: sent.error,
+            latency_ms: sent.latency.as_millis() as u64,
+            attempt,
+            next_retry_at,
+        },
+    );
+    if result == AttemptResult::Delivered {
+        // Counted by `delivered`, once the acknowledgement is done.
+        delivered(inner, app_id, batch, enqueued_ms).await;
+        return Settled::Delivered { full };
+    }
+    inner.metrics.webhook_batches.get_or_create(&ResultLabel { result: result.as_str() }).inc();
+    match retry {
+        Some(delay) => Settled::Retry(delay),
+        None => Settled::Gone,
+    }
+}
+
+/// Acknowledges a delivered batch and records it.
+async fn delivered(inner: &Inner, app_id: &str, batch: Vec<OutboxEntry>, enqueued_ms: u64) {
     let now_ms = inner.clock.unix_ms();
     let metrics = &inner.metrics;
     let latencies: Vec<f64> = batch
@@ -910,7 +1144,6 @@ async fn delivered(
         .map(|entry| if entry.at_ms == 0 { enqueued_ms } else { entry.at_ms })
         .map(|created| now_ms.saturating_sub(created) as f64 / 1000.0)
         .collect();
-    let full = batch.len() >= inner.config.max_events;
     let delivered: Vec<(String, u64)> = batch.into_iter().map(|e| (e.key, e.serial)).collect();
     let acknowledged = inner.outbox.ack(app_id, delivered).await;
     // Counted once the acknowledgement is done, so that a delivered batch in the metrics
@@ -921,21 +1154,7 @@ async fn delivered(
         metrics.webhook_delivery_seconds.observe(latency);
     }
     match acknowledged {
-        Ok(_) => {
-            let depth = inner.outbox.depth(app_id);
-            set_depth(metrics, app_id, depth);
-            // Entries left behind by a size-limited batch have no wake of their own: after
-            // a full batch (or with a full one waiting) the next goes at once; otherwise
-            // they wait one window like any new event. Not "at once" in that case: the
-            // entries may be an event stored a moment ago whose wake has not yet reached
-            // this task, and it too must wait its window.
-            let pending = shared.snapshot();
-            if depth > 0 && (full || depth >= inner.config.max_events as u64) {
-                shared.note(inner.long_ago(), 0, 0, &inner.config);
-            } else if depth > 0 && pending.since.is_none() {
-                shared.note(inner.clock.tokio_now(), 0, 0, &inner.config);
-            }
-        }
+        Ok(_) => set_depth(metrics, app_id, inner.outbox.depth(app_id)),
         // The batch goes again (same id): at-least-once.
         Err(error) => warn!(app = app_id, %error, "cannot acknowledge a delivered batch"),
     }

@@ -34,9 +34,9 @@
 //!                                                                 │ commit report (CommitListener):
 //!                                                                 │ one wake per app per commit
 //!                                                                 v
-//!                 per-app delivery task: wait for the window ──> next batch ──> sign ──> POST
-//!                                        ^                                               │
-//!                                        └── ack on 2xx / backoff, next batch again ─────┘
+//!                 per-app delivery task: wait for the window ──> next batches ──> sign ──> POSTs
+//!                                        ^                 (after those in flight)           │
+//!                                        └── ack on 2xx / backoff, from the front again ─────┘
 //! ```
 //!
 //! - **Durability is the outbox's.** `publish` hands events to the outbox and returns; the
@@ -48,13 +48,19 @@
 //!   event, or a batch just filled): publishing costs no future, channel or task hop.
 //!   The batch window counts from the oldest event's `at` (the change itself), so the
 //!   commit's fsync does not lengthen it.
-//! - **One task and one batch in flight per app.** Order within an app holds, and a slow or
-//!   dead AppService only ever blocks its own task: every POST has a timeout, and the
-//!   pooled client serves all apps concurrently.
+//! - **One task per app, several batches in flight where order allows.** Presence events
+//!   carry `seq` (receivers keep the latest) and outcomes and pings stand alone, so batches
+//!   of those overlap, up to `max_in_flight` (4 by default; over HTTP/2 they share one
+//!   connection): a batch starts with the entries after those already in flight. Grant,
+//!   revoke and reset carry no `seq`, so a batch holding one never overlaps another: the
+//!   batches before it land first, and nothing starts until it is answered. A slow or dead
+//!   AppService only ever blocks its own task: every POST has a timeout, and the pooled
+//!   client serves all apps concurrently.
 //! - **Batching.** A batch forms when its first waiting event is one window old (250 ms by
 //!   default), or at once when enough is waiting to fill it (1,000 events or 256 KiB).
-//! - **Retries read again.** Each retry takes the next batch afresh, so events that changed while
-//!   the receiver was failing are coalesced into the retry; the `webhook-id`, a hash of the
+//! - **Retries read again.** A failed batch stops new ones; once those in flight have
+//!   landed and the backoff has passed, batches are read afresh from the front, so events
+//!   that changed while the receiver was failing are coalesced into the retry; the `webhook-id`, a hash of the
 //!   batch's (key, serial) pairs, changes exactly when the content does. Acknowledging only
 //!   removes entries whose serial still matches, so an update that arrived while its
 //!   predecessor was in flight is delivered too.

@@ -462,13 +462,13 @@ mod tests {
                 .expect("save");
             assert!(!store.begin_run().expect("begin"));
             store.set_seq_floor(500).expect("floor");
-            let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+            let batch = store.next_batch("app_a", 0, 10, 1 << 20).await.expect("batch");
             batch.last().map(|e| e.serial).expect("entry")
         };
         let store = EmbeddedStore::open(&path).expect("reopen");
         assert_eq!(store.get_app("app_a").expect("get"), Some(app("app_a")));
         assert_eq!(store.depth("app_a"), 2, "the depth is known at open");
-        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        let batch = store.next_batch("app_a", 0, 10, 1 << 20).await.expect("batch");
         let stored: Vec<(&str, &[u8], u64)> =
             batch.iter().map(|e| (e.key.as_str(), e.event.as_slice(), e.at_ms)).collect();
         assert_eq!(stored, [("p:2", &b"two"[..], 12), ("p:1", &b"uno"[..], 13)]);
@@ -478,7 +478,7 @@ mod tests {
         assert_eq!(store.seq_floor().expect("floor"), 500);
         store.append("app_a", vec![ev("p:3", "three", 14)]);
         store.flush().await.expect("flush");
-        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        let batch = store.next_batch("app_a", 0, 10, 1 << 20).await.expect("batch");
         assert!(batch[2].serial > last_serial, "serials are never reused");
         assert_eq!(store.stats().entries, 3);
         assert!(store.stats().disk_bytes > 0);
@@ -493,13 +493,13 @@ mod tests {
             store.put_app(&app("app_a")).expect("put");
             store.append("app_a", vec![ev("p:1", "one", 1), ev("p:2", "two", 2)]);
             store.flush().await.expect("flush");
-            let first = store.next_batch("app_a", 1, 1 << 20).await.expect("batch");
+            let first = store.next_batch("app_a", 0, 1, 1 << 20).await.expect("batch");
             let delivered = vec![(first[0].key.clone(), first[0].serial)];
             assert_eq!(store.ack("app_a", delivered).await.expect("ack"), 1);
             store.flush().await.expect("the ack is written");
         }
         let store = EmbeddedStore::open(&path).expect("reopen");
-        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        let batch = store.next_batch("app_a", 0, 10, 1 << 20).await.expect("batch");
         let keys: Vec<&str> = batch.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["p:2"]);
         assert_eq!(store.depth("app_a"), 1);
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(store.depth("app_a"), 0);
         assert_eq!(store.depth("app_b"), 1);
         store.put_app(&app("app_a")).expect("put again");
-        assert!(store.next_batch("app_a", 10, 1 << 20).await.expect("batch").is_empty());
+        assert!(store.next_batch("app_a", 0, 10, 1 << 20).await.expect("batch").is_empty());
     }
 
     #[tokio::test]
@@ -548,7 +548,7 @@ mod tests {
         assert_eq!(store.depth("app_a"), 25);
         assert_eq!(store.depth("app_b"), 25);
         assert_eq!(store.stats().entries, 50);
-        let batch = store.next_batch("app_a", 100, 1 << 20).await.expect("batch");
+        let batch = store.next_batch("app_a", 0, 100, 1 << 20).await.expect("batch");
         assert!(batch.iter().all(|e| e.serial <= 200), "one serial per event at most, whatever the rounds");
     }
 }

@@ -27,8 +27,14 @@ impl Outbox for EmbeddedStore {
         self.outbox.listen(listener);
     }
 
-    fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>> {
-        self.outbox.next_batch(app_id, max_events, max_bytes)
+    fn next_batch(
+        &self,
+        app_id: &str,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> StoreFuture<Vec<OutboxEntry>> {
+        self.outbox.next_batch(app_id, after, max_events, max_bytes)
     }
 
     fn ack(&self, app_id: &str, delivered: Vec<(String, u64)>) -> StoreFuture<usize> {
@@ -174,7 +180,7 @@ mod tests {
         for open in 0..2 {
             let store = EmbeddedStore::open(&path).expect("reopen");
             assert_eq!(store.depth("app_a"), 2, "open {open}");
-            let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+            let batch = store.next_batch("app_a", 0, 10, 1 << 20).await.expect("batch");
             let got: Vec<(u64, u64, &[u8])> =
                 batch.iter().map(|e| (e.serial, e.at_ms, e.event.as_slice())).collect();
             assert_eq!(
@@ -193,7 +199,7 @@ mod tests {
             vec![OutboxEvent { key: "r".into(), version: 0, at_ms: 6, json: b"{}".to_vec() }],
         );
         store.flush().await.expect("flush");
-        let batch = store.next_batch("app_a", 10, 1 << 20).await.expect("batch");
+        let batch = store.next_batch("app_a", 0, 10, 1 << 20).await.expect("batch");
         assert_eq!(batch.len(), 2, "the new reset replaced the old one");
         assert!(batch[1].serial > 44, "serials go on above the migrated ones: {}", batch[1].serial);
     }

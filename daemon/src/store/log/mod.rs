@@ -506,9 +506,17 @@ impl Outbox for LogOutbox {
         self.shared.listener.set(listener);
     }
 
-    fn next_batch(&self, app_id: &str, max_events: usize, max_bytes: usize) -> StoreFuture<Vec<OutboxEntry>> {
-        let batch =
-            self.shared.queue(app_id).map_or(Vec::new(), |queue| lock(&queue).batch(max_events, max_bytes));
+    fn next_batch(
+        &self,
+        app_id: &str,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> StoreFuture<Vec<OutboxEntry>> {
+        let batch = self
+            .shared
+            .queue(app_id)
+            .map_or(Vec::new(), |queue| lock(&queue).batch(after, max_events, max_bytes));
         ready(batch)
     }
 
@@ -582,7 +590,7 @@ mod tests {
     }
 
     async fn everything(log: &LogOutbox, app: &str) -> Vec<(String, u64, Vec<u8>)> {
-        let batch = log.next_batch(app, usize::MAX, usize::MAX).await.expect("batch");
+        let batch = log.next_batch(app, 0, usize::MAX, usize::MAX).await.expect("batch");
         batch.into_iter().map(|entry| (entry.key, entry.serial, entry.event)).collect()
     }
 
@@ -603,7 +611,7 @@ mod tests {
             }
             log.flush().await.expect("flush");
             // app_a's receiver keeps up; app_b's is down (its outbox holds every key).
-            let delivered = log.next_batch("app_a", usize::MAX, usize::MAX).await.expect("batch");
+            let delivered = log.next_batch("app_a", 0, usize::MAX, usize::MAX).await.expect("batch");
             log.ack("app_a", delivered.into_iter().map(|entry| (entry.key, entry.serial)).collect())
                 .await
                 .expect("ack");
