@@ -74,6 +74,12 @@ pub mod store {
     pub mod memory {
         pub use crate::store::memory::MemoryStore;
     }
+
+    /// The outbox log's records and their reading, for the fuzz target.
+    pub mod log {
+        pub use crate::store::log::files::Replayed;
+        pub use crate::store::log::record::{Record, RecordError};
+    }
 }
 
 /// The presence table.

@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::Path;
 
-use presence_fuzz::{api, client, jwt, messages, server, settings, webhook};
+use presence_fuzz::{api, client, jwt, messages, outbox, server, settings, webhook};
 use presence_protocol::{Message, Ping, PingKind, Status};
 
 fn main() -> std::io::Result<()> {
@@ -57,6 +57,7 @@ fn main() -> std::io::Result<()> {
     write(&root.join("webhook_secret"), &owned(webhook::secret_seeds()))?;
     write(&root.join("webhook_url"), &owned(webhook::url_seeds()))?;
     write(&root.join("settings_toml"), &owned(settings::seeds()))?;
+    write(&root.join("outbox_log"), &owned(outbox::seeds()))?;
     Ok(())
 }
 

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
-use presenced::testing::api::{OPENAPI, Peer, ROUTES};
 use presenced::settings::SettingsLayer;
+use presenced::testing::api::{OPENAPI, Peer, ROUTES};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

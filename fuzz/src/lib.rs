@@ -21,6 +21,7 @@
 //! - [`webhook::webhook_secret`]: Standard Webhooks secrets and signature verification.
 //! - [`webhook::webhook_url`]: the webhook URL policy and the operator's CIDR allow-list.
 //! - [`settings::settings_toml`]: the operator's TOML configuration.
+//! - [`outbox::outbox_log`]: the webhook outbox's log records, read back as after a crash.
 //!
 //! Seed corpora live in `corpus/<target>/`; `cargo run --example seeds` writes them anew
 //! from [`messages::every_kind`] and the seed programs of the session targets.
@@ -33,6 +34,7 @@ pub mod codec;
 pub mod input;
 pub mod jwt;
 pub mod messages;
+pub mod outbox;
 pub mod server;
 pub mod settings;
 pub mod webhook;
@@ -41,6 +43,7 @@ pub use api::api_request;
 pub use client::client_session;
 pub use codec::{control_frame, ping};
 pub use jwt::jwt;
+pub use outbox::outbox_log;
 pub use server::server_session;
 pub use settings::settings_toml;
 pub use webhook::{webhook_secret, webhook_url};

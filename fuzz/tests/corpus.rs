@@ -122,3 +122,8 @@ fn seed_bytes(target: &str, name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target).join(name);
     fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
+
+#[test]
+fn outbox_log_seeds() {
+    run("outbox_log", presence_fuzz::outbox_log);
+}

@@ -203,6 +203,11 @@ pub struct DiskSample {
     pub delivered: u64,
     /// Bytes the store takes.
     pub bytes: u64,
+    /// Entries waiting in the outbox, every app together.
+    pub live_entries: u64,
+    /// Their event bytes (the JSON, without the log's framing): what the files would
+    /// hold if they held only the live data.
+    pub live_bytes: u64,
 }
 
 /// Bytes under `path`: a file's size, or a directory's files summed (one level down, as
@@ -287,8 +292,14 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
     let fanout = {
         let _guard = fanout_rt.enter();
         Arc::new(
-            Fanout::start(outbox, apps.clone(), fanout_config, metrics, presenced::clock::Clock::system())
-                .map_err(|e| setup("fan-out", &e))?,
+            Fanout::start(
+                outbox.clone(),
+                apps.clone(),
+                fanout_config,
+                metrics,
+                presenced::clock::Clock::system(),
+            )
+            .map_err(|e| setup("fan-out", &e))?,
         )
     };
     let outbound = Arc::new(Outbound::new(apps, fanout.clone(), presenced::clock::Clock::system()));
@@ -325,11 +336,14 @@ pub fn run(config: &FanoutRun, data_dir: &Path) -> Result<FanoutReport, FanoutBe
         let delivered = state.events.get();
         let now = Instant::now();
         if now >= next_sample {
+            let live = outbox.stats();
             disk_curve.push(DiskSample {
                 seconds: (now.duration_since(started).as_secs_f64() * 100.0).round() / 100.0,
                 published: progress.load(std::sync::atomic::Ordering::Relaxed),
                 delivered,
                 bytes: store_size(),
+                live_entries: live.entries,
+                live_bytes: live.live_bytes,
             });
             next_sample += config.sample_every;
         }

@@ -27,7 +27,7 @@
 pub(crate) mod apps;
 pub(crate) mod embedded;
 pub(crate) mod journal;
-mod log;
+pub(crate) mod log;
 pub(crate) mod memory;
 pub(crate) mod notifications;
 pub(crate) mod outbox;

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::{Record, RecordError};
 use crate::store::queue::CompactingQueue;
-use crate::store::{OutboxEvent, StoreError};
+use crate::store::{OutboxEntry, OutboxEvent, StoreError};
 
 /// First bytes of a segment.
 const SEGMENT_MAGIC: &[u8; 8] = b"PRSLOG\x00\x01";
@@ -180,6 +180,52 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
     // start, as the database does, not at the first status change.
     writer.roll()?;
     Ok(Recovered { queues, last_serial, writer })
+}
+
+/// What a segment's or a snapshot's bytes leave when read as [`recover`] reads them. For
+/// the fuzz target (through `presenced::testing`), which checks that any bytes at all read
+/// back as a well-formed outbox: unique keys, serials in order, batches that agree.
+#[derive(Debug)]
+pub struct Replayed {
+    queues: Queues,
+    /// Bytes of records applied (a segment's reading stops at its first damaged record).
+    pub read: usize,
+    /// The highest serial read: the counter a recovered outbox resumes after.
+    pub last_serial: u64,
+}
+
+impl Replayed {
+    /// Reads `records` as a segment's body (what follows its magic).
+    pub fn segment(records: &[u8]) -> Replayed {
+        let mut queues = Queues::new();
+        let mut last_serial = 0;
+        let (read, _) = replay(records, &mut queues, &mut last_serial);
+        Replayed { queues, read, last_serial }
+    }
+
+    /// Reads `records` as a snapshot's body; `None` when recovery would not use it.
+    pub fn snapshot(records: &[u8]) -> Option<Replayed> {
+        let bytes = [SNAPSHOT_MAGIC.as_slice(), records].concat();
+        let (queues, last_serial) = read_snapshot(&bytes)?;
+        Some(Replayed { queues, read: records.len(), last_serial })
+    }
+
+    /// The apps with a queue, sorted.
+    pub fn apps(&self) -> Vec<String> {
+        let mut apps: Vec<String> = self.queues.keys().cloned().collect();
+        apps.sort();
+        apps
+    }
+
+    /// Entries waiting for `app`.
+    pub fn depth(&self, app: &str) -> usize {
+        self.queues.get(app).map_or(0, CompactingQueue::len)
+    }
+
+    /// A batch of `app`'s entries, as the outbox would hand it out.
+    pub fn batch(&self, app: &str, after: u64, max_events: usize, max_bytes: usize) -> Vec<OutboxEntry> {
+        self.queues.get(app).map_or_else(Vec::new, |queue| queue.batch(after, max_events, max_bytes))
+    }
 }
 
 /// Why a segment's replay stopped before its end.

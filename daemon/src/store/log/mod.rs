@@ -38,8 +38,8 @@
 //! ([`register`](LogOutbox::register), [`remove`](LogOutbox::remove)), and an append for
 //! an app it does not know stores nothing.
 
-mod files;
-mod record;
+pub(crate) mod files;
+pub(crate) mod record;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -30,7 +30,7 @@ const END: u8 = 4;
 
 /// One record, borrowing from the bytes it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Record<'a> {
+pub enum Record<'a> {
     /// An event stored in an app's outbox under `serial`.
     Append {
         /// The app.
@@ -72,7 +72,7 @@ pub(crate) enum Record<'a> {
 
 /// Why bytes are not a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RecordError {
+pub enum RecordError {
     /// The length field is over [`MAX_BODY`].
     #[error("record length {0} is over the limit")]
     TooLong(usize),
@@ -86,7 +86,7 @@ pub(crate) enum RecordError {
 
 impl Record<'_> {
     /// Appends the record, framed, to `out`.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+    pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER]);
         match *self {
@@ -126,7 +126,7 @@ impl Record<'_> {
 
     /// Decodes the record at the start of `bytes`: `Ok(None)` when `bytes` ends before the
     /// record does (a torn tail, or more to read), else the record and the bytes it took.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Option<(Record<'_>, usize)>, RecordError> {
+    pub fn decode(bytes: &[u8]) -> Result<Option<(Record<'_>, usize)>, RecordError> {
         let Some((header, rest)) = bytes.split_first_chunk::<HEADER>() else { return Ok(None) };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
