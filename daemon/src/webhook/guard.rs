@@ -609,14 +609,16 @@ mod tests {
     #[tokio::test]
     async fn a_reqwest_error_without_its_url_names_no_part_of_it() {
         // A port nothing listens on: the connection is refused at once.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let url = format!("http://alice:s3cret@127.0.0.1:{port}/hook/s3cret?token=s3cret");
         let tls = rustls::ClientConfig::builder_with_provider(crate::credentials::crypto_provider())
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let client = reqwest::Client::builder().tls_backend_preconfigured(tls).no_proxy().build().expect("client");
+        let client =
+            reqwest::Client::builder().tls_backend_preconfigured(tls).no_proxy().build().expect("client");
         let error = client.post(&url).send().await.expect_err("nothing listens there");
         assert!(error.to_string().contains("token=s3cret"), "reqwest names the URL: {error}");
         let error = error.without_url();
