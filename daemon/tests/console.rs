@@ -2,9 +2,9 @@
 //! `chromedriver`, against an in-process dev daemon, a real HTTPS webhook receiver and real
 //! QUIC devices. Each test starts its own chromedriver on a free loopback port and saves a
 //! screenshot under `target/tmp/console-screenshots/`. Where chromium or chromedriver is
-//! missing the tests fail, saying how to install them: they never skip. (One half of one
-//! test needs this host to have an address besides loopback, to reach the daemon from; a
-//! host with none runs the loopback half and prints `SKIPPED` for the other.)
+//! missing the tests fail, saying how to install them: they never skip. (One test needs this
+//! host to have an address besides loopback, to reach the daemon from; on a host with none
+//! it fails, saying how to add one.)
 //!
 //! WebDriver is spoken as plain JSON over HTTP with the reqwest client the other tests use:
 //! the dozen commands needed do not earn a WebDriver crate and its dependencies.
@@ -807,13 +807,26 @@ async fn bursts_of_wrong_tokens_or_calls_from_the_console_meet_the_rate_limit() 
 /// An address of this host that is not loopback (the one it would reach the internet
 /// from), if it has one.
 fn non_loopback_address() -> Option<std::net::IpAddr> {
-    ["8.8.8.8:53", "[2001:4860:4860::8888]:53"].into_iter().find_map(|target| {
+    let routed = ["8.8.8.8:53", "[2001:4860:4860::8888]:53"].into_iter().find_map(|target| {
         let any = if target.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
         let socket = std::net::UdpSocket::bind(any).ok()?;
         // A UDP connect sends nothing: it only picks the route and the source address.
         socket.connect(target).ok()?;
         let ip = socket.local_addr().ok()?.ip();
         (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    });
+    // A host without a default route may still have addresses of its own.
+    routed.or_else(|| {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "scope", "global"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|word| *word != "inet")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next())
+            .and_then(|ip| ip.parse().ok())
     })
 }
 
@@ -841,8 +854,8 @@ fn client_via(daemon: &TestDaemon, addr: std::net::SocketAddr) -> reqwest::Clien
 /// daemon runs with `admin_remote`. The daemon decides by the TCP peer's address, so this
 /// reaches it from the host's own non-loopback address (`127.0.0.2` would still be
 /// loopback): refused there, in the API and on the page, served from loopback, and served
-/// from there too with `admin_remote`. A host with no address but loopback can only run
-/// the loopback half, and says so (`api::tests` checks the decision on every kind of
+/// from there too with `admin_remote`. A host with no address but loopback fails it, saying
+/// how to add one (`api::tests` checks the decision on every kind of
 /// address).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_view_answers_other_addresses_only_with_admin_remote() {
@@ -872,13 +885,11 @@ async fn the_operator_view_answers_other_addresses_only_with_admin_remote() {
         browser.wait_text(&format!("tr[data-app=\"{}\"]", app.id), "the app", |t| t.contains("chat")).await;
         browser.click("#sign-out").await;
 
-        let Some(ip) = remote_ip else {
-            println!(
-                "SKIPPED the remote half: this host has no non-loopback address to reach the daemon from"
-            );
-            daemon.daemon.shutdown().await;
-            continue;
-        };
+        let ip = remote_ip.expect(
+            "this test reaches the daemon from an address of this host besides loopback, and the host \
+             has none: give it one (for example `ip link add d0 type dummy && ip addr add \
+             198.51.100.7/32 dev d0 && ip link set d0 up`)",
+        );
         let remote = std::net::SocketAddr::new(ip, port);
         let http = client_via(&daemon, remote);
         let url = |path: &str| format!("https://localhost:{port}{path}");
