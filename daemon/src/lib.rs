@@ -287,6 +287,7 @@ impl Daemon {
             apps: apps.clone(),
             notifications: notifications.clone(),
             limiter: Arc::new(api::RateLimiter::new(api.rate.rate, api.rate.burst)),
+            refusals: Arc::new(limit::HashedLimiter::new(api.rate, api::REFUSAL_SLOTS, clock.now())),
             fanout: fanout.clone(),
             outbound: api_outbound,
             url_policy,

@@ -110,6 +110,15 @@ impl HashedLimiter {
         Ok(())
     }
 
+    /// Whether `key` has a token at `now`, taking none: for a budget spent only by some
+    /// outcomes (a refused credential) but checked before every attempt, so that a
+    /// spent budget refuses the right credential too and a guesser learns nothing.
+    pub(crate) fn peek(&self, key: &impl Hash, now: Instant) -> Result<(), Duration> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = self.slot_of(key, slots.len());
+        slots[index].refill(self.limit, now)
+    }
+
     fn slot_of(&self, key: &impl Hash, slots: usize) -> usize {
         (self.hasher.hash_one(key) % slots as u64) as usize
     }
@@ -173,6 +182,19 @@ mod tests {
             let _ = limiter.check(&i, now);
         }
         assert_eq!(limiter.slots.lock().expect("lock").len(), 64);
+    }
+
+    #[test]
+    fn peek_takes_nothing() {
+        let now = Instant::now();
+        let limiter = HashedLimiter::new(Rate { rate: 1, burst: 1 }, 64, now);
+        for _ in 0..3 {
+            assert!(limiter.peek(&"10.0.0.1", now).is_ok());
+        }
+        assert!(limiter.check(&"10.0.0.1", now).is_ok());
+        let wait = limiter.peek(&"10.0.0.1", now).expect_err("spent by the check");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(limiter.peek(&"10.0.0.1", now + Duration::from_secs(1)).is_ok(), "refilled");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `chromedriver`, against an in-process dev daemon, a real HTTPS webhook receiver and real
 //! QUIC devices. Each test starts its own chromedriver on a free loopback port and saves a
 //! screenshot under `target/tmp/console-screenshots/`. Where chromium or chromedriver is
-//! missing the tests fail, saying how to install them: they never skip.
+//! missing the tests fail, saying how to install them: they never skip. (One test needs this
+//! host to have an address besides loopback, to reach the daemon from; on a host with none
+//! it fails, saying how to add one.)
 //!
 //! WebDriver is spoken as plain JSON over HTTP with the reqwest client the other tests use:
 //! the dozen commands needed do not earn a WebDriver crate and its dependencies.
@@ -529,6 +531,8 @@ async fn a_wrong_token_gets_a_clear_message_and_nothing_else() {
         assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
         assert_eq!(header("cache-control"), "no-store", "{path}");
         assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(header("cross-origin-opener-policy"), "same-origin", "{path}");
+        assert!(response.headers().get("set-cookie").is_none(), "{path}: no cookie");
     }
     let missing = http.get(daemon.url("/console/missing.js")).send().await.expect("console");
     assert_eq!(missing.status(), 404);
@@ -565,4 +569,374 @@ async fn a_wrong_token_gets_a_clear_message_and_nothing_else() {
     assert!(!log.iter().any(|m| m.contains("Content Security Policy")), "CSP violations: {log:#?}");
     drop(browser);
     daemon.daemon.shutdown().await;
+}
+
+/// The number of points the charts of the figure `card` draw (every polyline of its SVG).
+async fn chart_points(browser: &Browser, card: &str) -> usize {
+    let script = "let n = 0; for (const line of document.querySelectorAll(arguments[0] + ' polyline')) \
+                  { n += line.getAttribute('points').trim().split(' ').length; } return n;";
+    browser.script(script, json!([card])).await.as_u64().expect("a count") as usize
+}
+
+/// The operator view while real traffic runs: devices connecting in waves and leaving,
+/// changing status, three apps' receivers taking the webhooks and one of them answering 503
+/// for a while. The charts must show that history (the screenshot in the README is this
+/// test's), and the figures must be the daemon's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_view_charts_live_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, receiver, console) = setup(dir.path()).await;
+    let calendar = Receiver::start(&dir.path().join("tls")).await;
+    let billing = Receiver::start(&dir.path().join("tls")).await;
+    let apps = [
+        daemon.register("chat", &receiver.url()).await,
+        daemon.register("calendar", &calendar.url()).await,
+        daemon.register("billing", &billing.url()).await,
+    ];
+    let ids: Vec<&str> = apps.iter().map(|app| app.id.as_str()).collect();
+    let browser = Browser::start().await;
+    browser.goto(&console).await;
+    browser.sign_in(&daemon.info.admin_token).await;
+    browser.wait_shown("#operator-view", true).await;
+    let billing_row = format!("tr[data-app=\"{}\"]", apps[2].id);
+    browser.wait_text(&billing_row, "the billing app", |t| t.contains("billing")).await;
+
+    // Twenty-two ticks of the console's 2 s poll. Devices arrive in waves (handshakes) and
+    // change status in one to four rounds a tick (so deliveries to the three apps come and
+    // go); two leave. Billing's receiver answers 503 from tick 6 to tick 11: its outbox
+    // fills, deliveries are throttled and retried, and once it recovers the waiting events
+    // go with a long latency.
+    let statuses = [Status::Away, Status::Unavailable, Status::Online, Status::Offline, Status::Online];
+    let waves = [1, 2, 4, 3, 2, 1, 3, 2, 0, 1, 2, 0, 0, 1, 0, 0, 2, 0, 1, 0, 0, 0];
+    let last = waves.len() - 1;
+    let mut clients: Vec<Client> = Vec::new();
+    let mut users = 0;
+    let mut most_waiting = 0u64;
+    for (tick, arrivals) in waves.into_iter().enumerate() {
+        let started = tokio::time::Instant::now();
+        if tick == 6 {
+            billing.status.store(503, std::sync::atomic::Ordering::Relaxed);
+        }
+        if tick == 12 {
+            billing.status.store(200, std::sync::atomic::Ordering::Relaxed);
+        }
+        for _ in 0..arrivals {
+            let options = daemon.options(&format!("user{users}"), "phone", &ids);
+            clients.push(Client::connect(options).await.expect("connect"));
+            users += 1;
+        }
+        let rounds = [1, 3, 2, 4][tick % 4];
+        for round in 0..rounds {
+            // A third of the devices each round, a different third each time.
+            for (n, client) in clients.iter().enumerate().filter(|(n, _)| (n + tick + round) % 3 == 0) {
+                let status = statuses[(n + tick + round) % statuses.len()];
+                client.set_status(status, Some(format!("tick {tick}"))).await.expect("status");
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        if tick == 9 || tick == 15 {
+            // The earliest device leaves.
+            clients.remove(0).close().await;
+        }
+        let depth = daemon
+            .http()
+            .get(daemon.url(&format!("/v1/admin/apps/{}", apps[2].id)))
+            .bearer_auth(&daemon.info.admin_token)
+            .send()
+            .await
+            .expect("API")
+            .json::<Value>()
+            .await
+            .expect("json")["outbox_depth"]
+            .as_u64()
+            .expect("depth");
+        most_waiting = most_waiting.max(depth);
+        if tick < last {
+            tokio::time::sleep_until(started + Duration::from_secs(2)).await;
+        }
+    }
+
+    // While the last changes go out: the figures are the daemon's (sessions and users as
+    // connected, every handshake), the charts hold the whole run (a point per reading,
+    // about one every 2 s), and this is the README's screenshot.
+    let connected = clients.len();
+    browser.wait_text("#figure-sessions .value", "every device", |t| t == connected.to_string()).await;
+    browser.wait_text("#figure-users .value", "every user", |t| t == connected.to_string()).await;
+    browser
+        .wait_text("#figure-handshakes .detail", "every handshake", |t| {
+            t.starts_with(&format!("{users} in all"))
+        })
+        .await;
+    browser.wait_text("#figure-deliveries .value", "deliveries going on", |t| t != "0.00").await;
+    for card in ["#figure-users", "#figure-handshakes", "#figure-deliveries", "#figure-outbox"] {
+        let points = chart_points(&browser, card).await;
+        assert!(points >= 15, "{card} charts {points} readings");
+    }
+    let latency = chart_points(&browser, "#figure-latency").await;
+    assert!(latency >= 8, "latency is charted whenever a delivery happened: {latency} points");
+    browser.wait_text("#figures-updated", "the charts' span", |t| t.contains("charts: the last")).await;
+    browser.screenshot("operator-traffic").await;
+
+    // Billing's outage was seen and is over: its 503s counted as throttled, its outbox
+    // filled and drained.
+    let deliveries = browser.text("#figure-deliveries .detail").await.expect("deliveries");
+    let throttled: u64 = deliveries
+        .split(" · ")
+        .find_map(|part| part.strip_suffix(" throttled"))
+        .and_then(|n| n.parse().ok())
+        .expect("a throttled count");
+    assert!(throttled >= 1, "billing's 503s are counted: {deliveries}");
+    assert!(most_waiting >= 2, "billing's outbox filled while it answered 503: at most {most_waiting}");
+    browser.wait_text(&format!("{billing_row} .outbox-depth"), "billing drained", |t| t == "0").await;
+    browser.assert_no_csp_violations().await;
+    for client in clients {
+        client.close().await;
+    }
+    drop(browser);
+    daemon.daemon.shutdown().await;
+}
+
+/// Signs in with `token`, which must be refused; the message the page shows for it.
+async fn refused_sign_in(browser: &Browser, token: &str) -> String {
+    browser.sign_in(token).await;
+    // The form hides the previous message as it submits, so this is the new one.
+    browser.wait_shown("#sign-in-error", true).await;
+    browser.text("#sign-in-error").await.expect("a message")
+}
+
+/// The API's rate limits apply to the console as to `curl`: refused tokens count against
+/// the client's address (the right token is refused too once it is over), and an app's
+/// calls from the page against the app's rate; both are a 429 with a JSON code and
+/// `Retry-After`, and the page says what happened and how long to wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn bursts_of_wrong_tokens_or_calls_from_the_console_meet_the_rate_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer =
+        presenced::settings::SettingsLayer { api_rate: Some(1), api_burst: Some(4), ..settings(dir.path()) };
+    let daemon = TestDaemon::start_with(layer).await;
+    let receiver = Receiver::start(&dir.path().join("tls")).await;
+    let app = daemon.register("busy", &receiver.url()).await;
+    let http = daemon.http();
+    let deliveries = daemon.url("/v1/deliveries");
+
+    // Over the API: four refusals are the burst, the fifth is over the rate, and then the
+    // right key and the right admin token are refused alike.
+    for n in 0..4 {
+        let response = http.get(&deliveries).bearer_auth(format!("pk_wrong{n}")).send().await.expect("API");
+        assert_eq!(response.status(), 401, "refusal {n} is within the burst");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+    let over = http.get(&deliveries).bearer_auth("pk_wrong4").send().await.expect("API");
+    assert_eq!(over.status(), 429);
+    for (token, path) in [(&app.api_key, "/v1/deliveries"), (&daemon.info.admin_token, "/v1/admin/apps")] {
+        let response = http.get(daemon.url(path)).bearer_auth(token).send().await.expect("API");
+        assert_eq!(response.status(), 429, "{path}: the right token is refused too while over");
+        let retry_after: u64 =
+            response.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "auth_rate_limited", "{body}");
+        assert!(
+            body["error"]["message"].as_str().expect("message").contains("refused credentials"),
+            "{body}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let back = http.get(&deliveries).bearer_auth(&app.api_key).send().await.expect("API");
+    assert_eq!(back.status(), 200, "after Retry-After the right key is served");
+
+    // In the console: wrong tokens are refused as wrong until the address is over the
+    // rate, then the page says to wait, and no view opens.
+    let browser = Browser::start().await;
+    browser.goto(&daemon.url("/console")).await;
+    let mut plain = 0;
+    let limited = loop {
+        let message = refused_sign_in(&browser, &format!("pk_mistyped{plain}")).await;
+        if !message.contains("That API key was refused") {
+            break message;
+        }
+        plain += 1;
+        assert!(plain < 20, "twenty wrong keys and still no rate limit");
+    };
+    assert!(plain >= 1, "the first wrong key is refused as wrong: {limited}");
+    assert!(
+        limited.contains("Too many refused sign-ins from this address: wait")
+            && limited.contains("every token is refused, the right one too (auth_rate_limited)"),
+        "{limited}"
+    );
+    assert!(!browser.shown("#operator-view").await && !browser.shown("#owner-view").await, "no view");
+    browser.screenshot("sign-in-rate-limited").await;
+
+    // Once the wait is over the right key signs in; a burst of test events from the page
+    // then meets the app's own rate, and the page says so without signing out.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    browser.sign_in(&app.api_key).await;
+    browser.wait_shown("#owner-view", true).await;
+    let mut clicks = 0;
+    loop {
+        browser.click("#ping").await;
+        clicks += 1;
+        let result = browser.text("#ping-result").await.unwrap_or_default();
+        if result.contains("Too many requests") {
+            assert!(result.contains("wait") && result.contains("(rate_limited)"), "{result}");
+            break;
+        }
+        assert!(clicks < 30, "thirty test events and still no rate limit: {result}");
+    }
+    assert!(browser.shown("#owner-view").await, "a 429 does not sign out");
+    // The same limit over the API, with its JSON error.
+    let mut answer = None;
+    for _ in 0..10 {
+        let response = http.get(&deliveries).bearer_auth(&app.api_key).send().await.expect("API");
+        if response.status() == 429 {
+            answer = Some(response);
+            break;
+        }
+    }
+    let answer = answer.expect("a 429 within ten calls at 1/s");
+    assert!(answer.headers().contains_key("retry-after"));
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    browser.screenshot("owner-rate-limited").await;
+    browser.assert_no_csp_violations().await;
+    drop(browser);
+    daemon.daemon.shutdown().await;
+}
+
+/// An address of this host that is not loopback (the one it would reach the internet
+/// from), if it has one.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let routed = ["8.8.8.8:53", "[2001:4860:4860::8888]:53"].into_iter().find_map(|target| {
+        let any = if target.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+        let socket = std::net::UdpSocket::bind(any).ok()?;
+        // A UDP connect sends nothing: it only picks the route and the source address.
+        socket.connect(target).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    });
+    // A host without a default route may still have addresses of its own.
+    routed.or_else(|| {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "scope", "global"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|word| *word != "inet")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next())
+            .and_then(|ip| ip.parse().ok())
+    })
+}
+
+/// An HTTPS client trusting the dev CA that reaches `localhost` at `addr`, so the dev
+/// certificate (for localhost) is valid whatever address the daemon is reached on.
+fn client_via(daemon: &TestDaemon, addr: std::net::SocketAddr) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in presenced::credentials::read_certs(&daemon.info.ca_cert).expect("dev CA") {
+        roots.add(cert).expect("a root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(presenced::credentials::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .resolve("localhost", addr)
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// The operator view is the admin API's, so it answers loopback clients only unless the
+/// daemon runs with `admin_remote`. The daemon decides by the TCP peer's address, so this
+/// reaches it from the host's own non-loopback address (`127.0.0.2` would still be
+/// loopback): refused there, in the API and on the page, served from loopback, and served
+/// from there too with `admin_remote`. A host with no address but loopback fails it, saying
+/// how to add one (`api::tests` checks the decision on every kind of
+/// address).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_view_answers_other_addresses_only_with_admin_remote() {
+    let remote_ip = non_loopback_address();
+    let mut browser = None;
+    for admin_remote in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layer = presenced::settings::SettingsLayer {
+            https_listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            admin_remote: Some(admin_remote),
+            ..settings(dir.path())
+        };
+        let daemon = TestDaemon::start_with(layer).await;
+        let receiver = Receiver::start(&dir.path().join("tls")).await;
+        let app = daemon.register("chat", &receiver.url()).await;
+        let port: u16 = daemon.info.https.rsplit(':').next().expect("port").parse().expect("a port");
+        // Started once a daemon has installed the process's TLS crypto provider.
+        if browser.is_none() {
+            browser = Some(Browser::start().await);
+        }
+        let browser = browser.as_ref().expect("started");
+
+        // From loopback the console's admin calls succeed.
+        browser.goto(&daemon.url("/console")).await;
+        browser.sign_in(&daemon.info.admin_token).await;
+        browser.wait_shown("#operator-view", true).await;
+        browser.wait_text(&format!("tr[data-app=\"{}\"]", app.id), "the app", |t| t.contains("chat")).await;
+        browser.click("#sign-out").await;
+
+        let ip = remote_ip.expect(
+            "this test reaches the daemon from an address of this host besides loopback, and the host \
+             has none: give it one (for example `ip link add d0 type dummy && ip addr add \
+             198.51.100.7/32 dev d0 && ip link set d0 up`)",
+        );
+        let remote = std::net::SocketAddr::new(ip, port);
+        let http = client_via(&daemon, remote);
+        let url = |path: &str| format!("https://localhost:{port}{path}");
+        let admin = http
+            .get(url("/v1/admin/apps"))
+            .bearer_auth(&daemon.info.admin_token)
+            .send()
+            .await
+            .expect("the daemon from another address");
+        let own = http.get(url("/v1/deliveries")).bearer_auth(&app.api_key).send().await.expect("API");
+        assert_eq!(own.status(), 200, "the app API answers every address");
+        let page = http.get(url("/console")).send().await.expect("console");
+        assert_eq!(page.status(), 200, "the console's pages are public; what they call is not");
+        if admin_remote {
+            assert_eq!(admin.status(), 200, "admin_remote opens the admin API to {ip}");
+        } else {
+            assert_eq!(admin.status(), 403, "the admin API refuses {ip}");
+            let body: Value = admin.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "admin_forbidden", "{body}");
+            assert!(body["error"]["message"].as_str().expect("message").contains("admin_remote"), "{body}");
+            let metrics = http.get(url("/metrics")).send().await.expect("metrics");
+            assert_eq!(metrics.status(), 403, "/metrics too");
+        }
+
+        // The page, from that address: refused with the reason, or the operator view.
+        let address = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        browser.goto(&format!("https://{address}:{port}/console")).await;
+        browser.sign_in(&daemon.info.admin_token).await;
+        if admin_remote {
+            browser.wait_shown("#operator-view", true).await;
+            browser
+                .wait_text(&format!("tr[data-app=\"{}\"]", app.id), "the app", |t| t.contains("chat"))
+                .await;
+            browser.click("#sign-out").await;
+        } else {
+            let message = browser
+                .wait_text("#sign-in-error", "the refusal", |t| t.contains("daemon's own host only"))
+                .await;
+            assert!(message.contains("admin_remote"), "{message}");
+            assert!(!browser.shown("#operator-view").await, "no operator view from {ip}");
+            assert!(!browser.shows(&app.id).await, "nothing about the apps");
+            browser.screenshot("operator-remote-refused").await;
+        }
+        daemon.daemon.shutdown().await;
+    }
+    browser.expect("started").assert_no_csp_violations().await;
 }

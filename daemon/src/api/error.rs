@@ -19,6 +19,9 @@ pub enum ApiErrorCode {
     InvalidApiKey,
     /// 429: the app's request rate limit.
     RateLimited,
+    /// 429: too many refused credentials from the client's address; every credential from
+    /// it is refused until `Retry-After`.
+    AuthRateLimited,
     /// 429: the app's notification rate limit.
     NotifyRateLimited,
     /// 429: the per-recipient notification rate limit.
@@ -64,10 +67,11 @@ pub enum ApiErrorCode {
 
 impl ApiErrorCode {
     /// Every code, in the order openapi.json lists them.
-    pub const ALL: [ApiErrorCode; 23] = [
+    pub const ALL: [ApiErrorCode; 24] = [
         ApiErrorCode::Unauthenticated,
         ApiErrorCode::InvalidApiKey,
         ApiErrorCode::RateLimited,
+        ApiErrorCode::AuthRateLimited,
         ApiErrorCode::NotifyRateLimited,
         ApiErrorCode::RecipientRateLimited,
         ApiErrorCode::TooManyOutstanding,
@@ -96,6 +100,7 @@ impl ApiErrorCode {
             ApiErrorCode::Unauthenticated => "unauthenticated",
             ApiErrorCode::InvalidApiKey => "invalid_api_key",
             ApiErrorCode::RateLimited => "rate_limited",
+            ApiErrorCode::AuthRateLimited => "auth_rate_limited",
             ApiErrorCode::NotifyRateLimited => "notify_rate_limited",
             ApiErrorCode::RecipientRateLimited => "recipient_rate_limited",
             ApiErrorCode::TooManyOutstanding => "too_many_outstanding",

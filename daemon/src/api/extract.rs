@@ -68,6 +68,44 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
+/// Refused credentials count against the client's address, at the API's rate
+/// (`api_rate`, `api_burst`): without this a wrong key costs nothing, since the per-app
+/// limit needs an app. The budget is checked before any credential is looked at and spent
+/// only by a refusal, so an address over it is refused even the right credential (with
+/// `auth_rate_limited` and `Retry-After`), and a guesser learns nothing from its guesses
+/// until it slows down. The address is the TCP peer's, as for the admin check; a request
+/// without one (the in-process router of tests and fuzzing) shares one bucket.
+#[derive(Debug, Clone, Copy)]
+struct Refusals;
+
+impl Refusals {
+    fn key(parts: &Parts) -> std::net::IpAddr {
+        parts
+            .extensions
+            .get::<super::Peer>()
+            .map_or(std::net::Ipv6Addr::UNSPECIFIED.into(), |peer| peer.0.ip().to_canonical())
+    }
+
+    /// Refuses at once if the client's address has spent its budget of refusals.
+    fn gate(parts: &Parts, state: &ApiState) -> Result<(), ApiError> {
+        state.refusals.peek(&Refusals::key(parts), state.clock.now()).map_err(|wait| {
+            let seconds = wait.as_secs_f64().ceil().max(1.0);
+            ApiError::too_many(
+                ApiErrorCode::AuthRateLimited,
+                format!("too many refused credentials from this address; try again in {seconds} s"),
+                Some(wait),
+            )
+        })
+    }
+
+    /// Counts `error`, a refused credential, against the client's address; returns it.
+    fn spend(parts: &Parts, state: &ApiState, error: ApiError) -> ApiError {
+        // Over the budget already (a race with another refusal): the gate says so next time.
+        let _ = state.refusals.check(&Refusals::key(parts), state.clock.now());
+        error
+    }
+}
+
 /// The app a request authenticates as (API key), after its rate limit.
 #[derive(Debug)]
 pub(super) struct AppAuth(pub(super) std::sync::Arc<AppRecord>);
@@ -76,19 +114,19 @@ impl FromRequestParts<ApiState> for AppAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        Refusals::gate(parts, state)?;
         let Some(key) = bearer(parts) else {
-            return Err(ApiError::new(
+            let error = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 ApiErrorCode::Unauthenticated,
                 "send Authorization: Bearer <api key>",
-            ));
+            );
+            return Err(Refusals::spend(parts, state, error));
         };
         let Some(app) = state.apps.authenticate(key) else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                ApiErrorCode::InvalidApiKey,
-                "unknown API key",
-            ));
+            let error =
+                ApiError::new(StatusCode::UNAUTHORIZED, ApiErrorCode::InvalidApiKey, "unknown API key");
+            return Err(Refusals::spend(parts, state, error));
         };
         state.limiter.check(&app.id, state.clock.now()).map_err(ApiError::rate_limited)?;
         Ok(AppAuth(app))
@@ -120,14 +158,13 @@ impl FromRequestParts<ApiState> for AdminAuth {
                 "no admin token is configured",
             ));
         };
+        Refusals::gate(parts, state)?;
         // Compare digests, not the tokens, so the time taken says nothing about the token.
         let given = crate::apps::sha256_hex(bearer(parts).unwrap_or_default());
         if given != crate::apps::sha256_hex(expected) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                ApiErrorCode::Unauthenticated,
-                "invalid admin token",
-            ));
+            let error =
+                ApiError::new(StatusCode::UNAUTHORIZED, ApiErrorCode::Unauthenticated, "invalid admin token");
+            return Err(Refusals::spend(parts, state, error));
         }
         Ok(AdminAuth)
     }

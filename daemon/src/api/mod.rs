@@ -37,6 +37,10 @@ use crate::table::PresenceTable;
 use crate::webhook::fanout::Fanout;
 use crate::webhook::guard::UrlPolicy;
 
+/// Buckets of the refused-credentials limiter: a fixed table (client addresses are the
+/// peer's to choose), about 24 bytes each.
+pub(crate) const REFUSAL_SLOTS: usize = 4_096;
+
 /// Largest request body accepted (a query of 1,000 PUIDs is about 30 KiB).
 pub(crate) const MAX_BODY: usize = 128 * 1024;
 
@@ -80,6 +84,10 @@ pub(crate) struct ApiState {
     pub notifications: Arc<Notifications>,
     /// Per-app request rate limit.
     pub limiter: Arc<RateLimiter>,
+    /// Refused credentials (wrong API keys, wrong admin tokens) per client address, at the
+    /// same rate as `limiter`: a guesser, or a console someone keeps mistyping into, meets
+    /// the API's rate limit like an app does ([`extract`]).
+    pub refusals: Arc<crate::limit::HashedLimiter>,
     /// Webhook delivery, told when apps change; its delivery log and outbox depths.
     pub fanout: Arc<Fanout>,
     /// Webhook events the API itself sends (the test event).

@@ -94,6 +94,14 @@ mod tests {
             .split(|c: char| c.is_whitespace())
             .filter(|word| word.starts_with("on") && word.contains('='));
         assert_eq!(handlers.count(), 0, "inline event handlers");
+        // Without the script a form would still submit its named fields: none has a name,
+        // so a token typed with the script blocked goes nowhere.
+        for field in ["<input", "<select", "<textarea"] {
+            for (at, _) in page.match_indices(field) {
+                let tag = &page[at..at + page[at..].find('>').unwrap_or(0)];
+                assert!(!tag.contains(" name="), "a named form field: {tag}");
+            }
+        }
         for sink in
             ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"]
         {

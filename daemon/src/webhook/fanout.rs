@@ -585,7 +585,7 @@ impl Inner {
         sent: &mut Sent,
     ) -> Outcome {
         if let Err(error) = self.config.url_policy.check_target(url) {
-            warn!(app = app_id, %error, "webhook URL refused");
+            warn!(app = app_id, endpoint = %super::guard::origin(url), %error, "webhook URL refused");
             sent.error = Some(format!("the webhook URL was refused: {}", error_chain(&error)));
             return Outcome::Failed(None);
         }
@@ -605,9 +605,11 @@ impl Inner {
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(error) => {
-                warn!(app = app_id, error = %error_chain(&error), "webhook delivery failed");
-                // The app's own URL may carry a token: the log shows the reason only.
-                sent.error = Some(error_chain(&error.without_url()));
+                // The app's own URL may carry a token (userinfo, path, query): neither log
+                // shows more of it than scheme, host and port.
+                let reason = error_chain(&error.without_url());
+                warn!(app = app_id, endpoint = %super::guard::origin(url), error = %reason, "webhook delivery failed");
+                sent.error = Some(reason);
                 return Outcome::Failed(None);
             }
         };

@@ -80,6 +80,31 @@ pub enum GuardError {
     },
 }
 
+/// What a log line may say about a webhook URL: its scheme, host and port, never its
+/// userinfo, path, query or fragment, where an app may have put a token
+/// (`https://user:pass@host/hook?key=...`). Formats lazily, so a log line filtered out
+/// costs nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a>(&'a Url);
+
+/// The loggable part of `url`; see [`Origin`].
+pub(crate) fn origin(url: &Url) -> Origin<'_> {
+    Origin(url)
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self.0;
+        // `host_str` brackets IPv6 literals; a URL without a host (`data:...`) shows its
+        // scheme only.
+        match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => write!(f, "{}://{host}:{port}", url.scheme()),
+            (Some(host), None) => write!(f, "{}://{host}", url.scheme()),
+            (None, _) => write!(f, "{}:", url.scheme()),
+        }
+    }
+}
+
 /// An address block, `addr/prefix`: one operator allow-list entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -558,6 +583,55 @@ mod tests {
         assert!(matches!(strict.validate("https://localhost/hook"), Err(GuardError::Forbidden { .. })));
         let listed = UrlPolicy::new(false, &["127.0.0.0/8".into(), "::1/128".into()]).expect("policy");
         assert!(listed.validate("https://localhost:8443/hook").is_ok());
+    }
+
+    #[test]
+    fn an_origin_keeps_scheme_host_and_port_and_nothing_else() {
+        let cases = [
+            ("https://alice:s3cret@hooks.example/p/s3cret?token=s3cret#s3cret", "https://hooks.example:443"),
+            ("https://hooks.example:8443/hook?key=s3cret", "https://hooks.example:8443"),
+            ("http://user@127.0.0.1:9000/hook", "http://127.0.0.1:9000"),
+            ("https://[::1]:9000/s3cret", "https://[::1]:9000"),
+            ("https://:s3cret@[fd00::1]/", "https://[fd00::1]:443"),
+            ("data:text/plain,s3cret", "data:"),
+        ];
+        for (url, expected) in cases {
+            let parsed = Url::parse(url).expect("a URL");
+            let shown = origin(&parsed).to_string();
+            assert_eq!(shown, expected, "{url}");
+            assert!(!shown.contains("s3cret") && !shown.contains('@'), "{url} shows {shown}");
+        }
+    }
+
+    /// reqwest's errors name the URL they were for (query and userinfo included), which is
+    /// why the fan-out logs `without_url()` and an [`origin`]: this checks that reqwest still
+    /// behaves so, and that the stripped error and every cause in its chain do not.
+    #[tokio::test]
+    async fn a_reqwest_error_without_its_url_names_no_part_of_it() {
+        // A port nothing listens on: the connection is refused at once.
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let url = format!("http://alice:s3cret@127.0.0.1:{port}/hook/s3cret?token=s3cret");
+        let tls = rustls::ClientConfig::builder_with_provider(crate::credentials::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let client =
+            reqwest::Client::builder().tls_backend_preconfigured(tls).no_proxy().build().expect("client");
+        let error = client.post(&url).send().await.expect_err("nothing listens there");
+        assert!(error.to_string().contains("token=s3cret"), "reqwest names the URL: {error}");
+        let error = error.without_url();
+        let mut chain = vec![error.to_string()];
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            chain.push(cause.to_string());
+            source = cause.source();
+        }
+        assert!(chain.len() > 1, "the reason is still there: {chain:?}");
+        for text in &chain {
+            assert!(!text.contains("s3cret") && !text.contains("alice"), "{chain:?}");
+        }
     }
 
     #[tokio::test]

@@ -88,6 +88,10 @@ function explain(error) {
   if (error.code === 'rate_limited') {
     return `Too many requests: wait ${error.retryAfter ?? 'a few'} s and try again (rate_limited).`;
   }
+  if (error.code === 'auth_rate_limited') {
+    return `Too many refused tokens from this address: wait ${error.retryAfter ?? 'a few'} s and try again `
+      + '(auth_rate_limited).';
+  }
   return `${error.message} (${error.code}).`;
 }
 
@@ -105,6 +109,9 @@ function signInRefusal(error, asApp) {
         return 'The admin API answers clients on the daemon\'s own host only (see admin_remote): open the console there.';
       case 'admin_disabled':
         return 'This daemon has no admin token configured, so there is no operator view.';
+      case 'auth_rate_limited':
+        return `Too many refused sign-ins from this address: wait ${error.retryAfter ?? 'a few'} s before `
+          + 'trying again. Until then every token is refused, the right one too (auth_rate_limited).';
       default:
         return `Sign-in failed: ${explain(error)}`;
     }
@@ -215,13 +222,20 @@ function sample(stats) {
   const previous = operator.previous;
   operator.previous = stats;
   const sessions = STATES.reduce((sum, state) => sum + (stats.sessions[state] ?? 0), 0);
-  if (!previous) return { sessions, handshakes: null, deliveries: null, events: null, latency: null };
+  const users = stats.users;
+  const waiting = stats.outboxes.reduce((sum, o) => sum + o.depth, 0);
+  if (!previous) {
+    return { at: stats.at, sessions, users, waiting, handshakes: null, deliveries: null, events: null, latency: null };
+  }
   const secs = Math.max(0.001, (stats.at - previous.at) / 1000);
   const delta = (f) => Math.max(0, f(stats) - f(previous));
   const count = delta((s) => s.webhook_delivery_seconds.count);
   const sum = delta((s) => s.webhook_delivery_seconds.sum);
   return {
+    at: stats.at,
     sessions,
+    users,
+    waiting,
     handshakes: delta((s) => s.handshakes) / secs,
     deliveries: delta((s) => s.webhook_batches.delivered) / secs,
     events: delta((s) => s.webhook_events) / secs,
@@ -229,7 +243,11 @@ function sample(stats) {
   };
 }
 
-/** A line chart of `values` (nulls are gaps), scaled to its own maximum. */
+/**
+ * A line chart of `values` (nulls are gaps), scaled to its own maximum, the readings so far
+ * spread over the whole width (at most HISTORY of them), so a trend shows from the second
+ * reading on instead of in a sliver at the right edge.
+ */
 function sparkline(values) {
   const svg = document.createElementNS(SVG, 'svg');
   svg.setAttribute('viewBox', `0 0 ${HISTORY - 1} 30`);
@@ -242,7 +260,7 @@ function sparkline(values) {
   }
   svg.append(axis);
   const max = Math.max(1e-9, ...values.filter((v) => v !== null));
-  const offset = HISTORY - values.length;
+  const step = values.length > 1 ? (HISTORY - 1) / (values.length - 1) : 0;
   let points = [];
   const flush = () => {
     if (points.length > 0) {
@@ -256,7 +274,7 @@ function sparkline(values) {
     if (value === null) {
       flush();
     } else {
-      points.push(`${offset + i},${(29 - (value / max) * 27).toFixed(2)}`);
+      points.push(`${(i * step).toFixed(2)},${(29 - (value / max) * 27).toFixed(2)}`);
     }
   });
   flush();
@@ -301,11 +319,10 @@ function renderStats(stats) {
   const series = (key) => operator.history.map((s) => s[key]);
   const byState = STATES.map((state) => `${state} ${stats.sessions[state] ?? 0}`).join(' · ');
   const batches = stats.webhook_batches;
-  const waiting = stats.outboxes.reduce((sum, o) => sum + o.depth, 0);
   const oldest = Math.min(...stats.outboxes.map((o) => o.oldest_waiting_at ?? Infinity));
   $('figures').replaceChildren(
     card('figure-sessions', 'Sessions', now.sessions, byState, bars(stats.sessions)),
-    card('figure-users', 'Users connected', stats.users, null, sparkline(series('sessions'))),
+    card('figure-users', 'Users connected', now.users, null, sparkline(series('users'))),
     card('figure-handshakes', 'Handshakes per second', fixed(now.handshakes, 1), `${stats.handshakes} in all`,
       sparkline(series('handshakes'))),
     card('figure-deliveries', 'Webhook deliveries per second', fixed(now.deliveries, 2),
@@ -314,10 +331,12 @@ function renderStats(stats) {
       sparkline(series('deliveries'))),
     card('figure-latency', 'Delivery latency (ms, mean)', fixed(now.latency, 0),
       `from the event to the receiver's 2xx; ${stats.webhook_retries} retries in all`, sparkline(series('latency'))),
-    card('figure-outbox', 'Outbox', waiting, `${stats.outbox_writable ? 'writable' : 'NOT WRITABLE (disk?)'}`
-      + ` · oldest waiting ${Number.isFinite(oldest) ? age(oldest) : '—'}`),
+    card('figure-outbox', 'Outbox (events waiting)', now.waiting,
+      `${stats.outbox_writable ? 'writable' : 'NOT WRITABLE (disk?)'}`
+      + ` · oldest waiting ${Number.isFinite(oldest) ? age(oldest) : '—'}`, sparkline(series('waiting'))),
   );
-  $('figures-updated').textContent = `updated ${time(stats.at)}`;
+  const span = Math.round((now.at - operator.history[0].at) / 1000);
+  $('figures-updated').textContent = `updated ${time(stats.at)} · charts: the last ${span} s`;
   operator.outboxes = new Map(stats.outboxes.map((o) => [o.app_id, o]));
 }
 
