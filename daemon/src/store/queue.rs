@@ -40,9 +40,10 @@ impl CompactingQueue {
     /// A serial at or below the last one pushed is ignored: it replays an entry the queue
     /// already took (a migration imported twice after a crash) or comes from a damaged
     /// log. Taking it would leave the order unsorted, and batches find their start in it
-    /// by serial.
+    /// by serial. So is serial 0, which no outbox hands out: a batch "after 0" starts at
+    /// the front, and would never reach it.
     pub(crate) fn push(&mut self, serial: u64, event: OutboxEvent) -> bool {
-        if self.order.back().is_some_and(|(last, _)| *last >= serial) {
+        if serial == 0 || self.order.back().is_some_and(|(last, _)| *last >= serial) {
             return true;
         }
         let OutboxEvent { key, version, at_ms, json } = event;
@@ -256,6 +257,9 @@ mod tests {
         queue.push(6, ev("p:2", "b"));
         assert!(queue.push(6, ev("p:2", "b again")), "a replay of the last serial");
         assert!(queue.push(3, ev("p:3", "older")), "a serial from before");
+        let mut fresh = CompactingQueue::default();
+        assert!(fresh.push(0, ev("p:0", "zero")), "serial 0 is never stored");
+        assert_eq!(fresh.len(), 0);
         let entries: Vec<(&str, u64, &[u8])> = queue.entries().map(|(k, s, _, _, e)| (k, s, e)).collect();
         assert_eq!(entries, [("p:1", 5, &b"a"[..]), ("p:2", 6, &b"b"[..])]);
         assert_eq!(queue.batch(5, 10, 1 << 20).len(), 1);
