@@ -79,6 +79,15 @@ pub enum AppsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace an app's API key (the old one stops at once); prints the new one, this once.
+    /// The app keeps its id, so its users' PUIDs do not change.
+    RotateKey {
+        /// The app id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Turn deliveries back on after the endpoint answered 410.
     Enable {
         /// The app id.
@@ -183,6 +192,15 @@ pub async fn run(target: &AdminTarget, command: AppsCommand) -> Result<()> {
                 if let Some(expires) = rotated["previous_secret_expires_at_ms"].as_u64() {
                     println!("the previous secret also signs until {expires} (Unix ms)");
                 }
+            }
+        }
+        AppsCommand::RotateKey { id, json } => {
+            let rotated =
+                admin.call(Method::POST, &format!("/{id}/rotate-key"), None).await?.context("empty")?;
+            if json {
+                println!("{rotated}");
+            } else {
+                println!("api_key: {}", rotated["api_key"].as_str().unwrap_or_default());
             }
         }
         AppsCommand::Enable { id } => {

@@ -116,6 +116,23 @@ impl Apps {
         .await
     }
 
+    /// Replaces an app's API key, for a key that leaked: the old one stops working at once
+    /// (no overlap: a stolen key must not keep working), everything else stays, the app's
+    /// id and so its users' PUIDs included. Returns the record and the new key, which is
+    /// shown this once (only its digest is kept).
+    pub async fn rotate_key(&self, id: &str) -> Result<Option<(AppRecord, String)>, StoreError> {
+        let api_key = format!("{API_KEY_PREFIX}{}", random_b64(32));
+        let digest = sha256_hex(&api_key);
+        let old = self.get(id).map(|app| app.api_key_sha256.clone());
+        let Some(app) = self.modify(id, move |app| app.api_key_sha256 = digest.clone()).await? else {
+            return Ok(None);
+        };
+        if let Some(old) = old.filter(|old| *old != app.api_key_sha256) {
+            self.by_key.remove(&old);
+        }
+        Ok(Some((app, api_key)))
+    }
+
     /// Turns webhook deliveries back on after a 410 disabled them.
     pub async fn enable(&self, id: &str) -> Result<Option<AppRecord>, StoreError> {
         self.modify(id, |app| app.disabled = false).await

@@ -544,7 +544,7 @@ async fn api_errors_are_json_with_stable_codes() {
 }
 
 #[tokio::test]
-async fn apps_cli_add_prints_keys_as_json() {
+async fn apps_cli_adds_rotates_the_key_of_and_removes_an_app() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = TestDaemon::start(dir.path()).await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
@@ -569,6 +569,25 @@ async fn apps_cli_add_prints_keys_as_json() {
     let list: Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(list["apps"][0]["app_id"], id);
     assert!(list["apps"][0].get("api_key").is_none(), "the key is never shown again");
+    // A leaked key is rotated: the old one is refused at once, the new one answers.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["apps", "--data-dir"])
+        .arg(dir.path())
+        .args(["rotate-key", id, "--json"])
+        .output()
+        .await
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rotated: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(rotated["app_id"], id);
+    let old_key = added["api_key"].as_str().expect("api_key");
+    let new_key = rotated["api_key"].as_str().expect("api_key");
+    assert!(new_key.starts_with("pk_") && new_key != old_key);
+    let (status, _) = api(&daemon, old_key, reqwest::Method::GET, "/v1/presence/x", None).await;
+    assert_eq!(status, 401, "the rotated-away key is refused");
+    let unknown = "/v1/presence/AAAAAAAAAAAAAAAAAAAAAA";
+    let (status, _) = api(&daemon, new_key, reqwest::Method::GET, unknown, None).await;
+    assert_eq!(status, 200, "the new key answers");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
         .args(["apps", "--data-dir"])
         .arg(dir.path())
@@ -579,8 +598,7 @@ async fn apps_cli_add_prints_keys_as_json() {
     assert!(output.status.success());
     // Removed for real: the registry no longer knows the app or its API key.
     assert!(!daemon.daemon.apps().exists(id));
-    let key = added["api_key"].as_str().expect("api_key");
-    let (status, _) = api(&daemon, key, reqwest::Method::GET, "/v1/presence/x", None).await;
+    let (status, _) = api(&daemon, new_key, reqwest::Method::GET, "/v1/presence/x", None).await;
     assert_eq!(status, 401, "a removed app's key no longer works");
 }
 

@@ -417,6 +417,24 @@ async fn the_operator_registers_an_app_sees_its_key_once_rotates_disables_and_re
     verify(&rotated).expect("signed with the rotated secret");
     assert!(verify(&secret).is_err(), "no longer with the old one (no overlap)");
 
+    // Rotate the API key: a new one, shown once; the old one is refused, the new answers.
+    browser.click("#secret-done").await;
+    browser.wait_shown("#secret-box", false).await;
+    browser.click(&format!("{row} button.rotate-key")).await;
+    let new_key =
+        browser.wait_text("#secret-api-key", "the new key", |t| t.starts_with("pk_") && t != key).await;
+    browser.wait_text("#operator-message", "the key rotation", |t| t.contains("API key")).await;
+    let ping = |key: String| {
+        let http = daemon.http();
+        let url = daemon.url("/v1/webhooks/ping");
+        async move { http.post(url).bearer_auth(key).send().await.expect("API").status() }
+    };
+    assert_eq!(ping(key.clone()).await, 401, "the old key is refused");
+    assert_eq!(ping(new_key.clone()).await, 202, "the new key answers");
+    let key = new_key;
+    browser.click("#secret-done").await;
+    browser.wait_shown("#secret-box", false).await;
+
     // Disable and enable: the API says the same as the page.
     browser.click(&format!("{row} button.toggle")).await;
     browser.wait_text(&format!("{row} td:nth-child(4)"), "disabled", |t| t.starts_with("disabled")).await;

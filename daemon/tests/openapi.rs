@@ -720,6 +720,22 @@ async fn every_route_is_served_as_documented() {
     api.expect(("GET", "/v1/admin/apps/{id}/deliveries", &path), admin, Body::None, 404, Some("not_found"))
         .await;
 
+    let path = format!("{missing}/rotate-key");
+    api.expect(("POST", "/v1/admin/apps/{id}/rotate-key", &path), admin, Body::None, 404, Some("not_found"))
+        .await;
+
+    // A new API key: the old one is refused at once, the new one answers, the app is the same.
+    let rotate_key = format!("{one}/rotate-key");
+    let rotated = api
+        .expect(("POST", "/v1/admin/apps/{id}/rotate-key", &rotate_key), admin, Body::None, 200, None)
+        .await;
+    assert_eq!(rotated["app_id"], app_id.as_str());
+    let new_key = rotated["api_key"].as_str().expect("api_key").to_owned();
+    assert!(new_key.starts_with("pk_") && Some(new_key.as_str()) != key, "{new_key}");
+    api.expect(presence, key, Body::None, 401, Some("invalid_api_key")).await;
+    api.expect(presence, Some(new_key.as_str()), Body::None, 200, None).await;
+    let key = Some(new_key.as_str());
+
     // Removing the app last: its key stops working at once.
     api.expect(("DELETE", "/v1/admin/apps/{id}", &one), admin, Body::None, 204, None).await;
     api.expect(presence, key, Body::None, 401, Some("invalid_api_key")).await;

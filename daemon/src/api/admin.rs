@@ -70,7 +70,7 @@ fn previous_expiry(state: &ApiState, app: &AppRecord) -> Option<u64> {
 }
 
 /// A store lookup's answer: the app, 404 `not_found` if there is none, 500 on a failure.
-fn found(lookup: Result<Option<AppRecord>, StoreError>) -> Result<AppRecord, ApiError> {
+fn found<T>(lookup: Result<Option<T>, StoreError>) -> Result<T, ApiError> {
     lookup.map_err(ApiError::internal)?.ok_or_else(no_such_app)
 }
 
@@ -169,6 +169,22 @@ pub(super) async fn rotate_secret(
         webhook_secret: app.webhook_secret,
         previous_secret_expires_at_ms,
     }))
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct KeyRotated {
+    app_id: String,
+    api_key: String,
+}
+
+/// A new API key; the old one is refused from now on.
+pub(super) async fn rotate_key(
+    State(state): State<ApiState>,
+    _: AdminAuth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<axum::Json<KeyRotated>, ApiError> {
+    let (app, api_key) = found(state.apps.rotate_key(&id).await)?;
+    Ok(axum::Json(KeyRotated { app_id: app.id, api_key }))
 }
 
 pub(super) async fn enable(

@@ -126,6 +126,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/apps/{id}/disable"),
     ("GET", "/v1/admin/apps/{id}/deliveries"),
     ("GET", "/v1/admin/stats"),
+    ("POST", "/v1/admin/apps/{id}/rotate-key"),
 ];
 
 /// The API and, beside it, the web console ([`crate::console`]): what the listener serves.
@@ -151,6 +152,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/admin/apps", post(admin::create).get(admin::list))
         .route("/v1/admin/apps/{id}", get(admin::show).delete(admin::remove))
         .route("/v1/admin/apps/{id}/rotate-secret", post(admin::rotate_secret))
+        .route("/v1/admin/apps/{id}/rotate-key", post(admin::rotate_key))
         .route("/v1/admin/apps/{id}/enable", post(admin::enable))
         .route("/v1/admin/apps/{id}/disable", post(admin::disable))
         .route("/v1/admin/apps/{id}/deliveries", get(deliveries::of_app))

@@ -354,6 +354,8 @@ function renderApps(apps) {
       ' ',
       el('button', { cls: 'rotate', text: 'Rotate secret', attrs: { type: 'button', 'data-action': 'rotate' } }),
       ' ',
+      el('button', { cls: 'rotate-key', text: 'Rotate key', attrs: { type: 'button', 'data-action': 'rotate-key' } }),
+      ' ',
       el('button', {
         cls: 'toggle',
         text: app.disabled ? 'Enable' : 'Disable',
@@ -444,6 +446,10 @@ async function appAction(event) {
         : '; the previous one no longer signs';
       showSecrets(`New webhook secret for ${id}`, [['Webhook secret', 'secret-webhook-secret', rotated.webhook_secret]]);
       message.textContent = `Rotated the secret of ${id}${until}.`;
+    } else if (action === 'rotate-key') {
+      const rotated = await api('POST', `${path}/rotate-key`);
+      showSecrets(`New API key for ${id}`, [['API key', 'secret-api-key', rotated.api_key]]);
+      message.textContent = `Rotated the API key of ${id}; the previous one is refused from now on.`;
     } else if (action === 'enable' || action === 'disable') {
       await api('POST', `${path}/${action}`);
       message.textContent = `${action === 'enable' ? 'Enabled' : 'Disabled'} deliveries of ${id}.`;
