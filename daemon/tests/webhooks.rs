@@ -76,6 +76,8 @@ struct Received {
     status: u16,
     /// Requests in progress when it arrived, itself included.
     concurrent: usize,
+    /// The connection it came on.
+    connection: Connection,
 }
 
 impl Received {
@@ -129,10 +131,13 @@ impl Receiver {
         let state = Arc::new(ReceiverState::default());
         let router = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state.clone());
         let server = tokio::spawn(async move {
+            let mut connections = 0usize;
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(router.clone());
+                connections += 1;
+                let service =
+                    TowerToHyperService::new(router.clone().layer(axum::Extension(Connection(connections))));
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else { return };
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -176,8 +181,13 @@ impl Drop for Receiver {
     }
 }
 
+/// Which TCP connection (numbered from 1) a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Connection(usize);
+
 async fn hook(
     State(state): State<Arc<ReceiverState>>,
+    axum::Extension(connection): axum::Extension<Connection>,
     version: Version,
     headers: HeaderMap,
     body: Bytes,
@@ -206,6 +216,7 @@ async fn hook(
         body,
         status,
         concurrent,
+        connection,
     });
     let response = match reply {
         Reply::Ok => StatusCode::OK.into_response(),
@@ -437,6 +448,10 @@ async fn presence_batches_overlap_up_to_the_limit_and_ordered_events_go_alone() 
     h.fanout.publish("app_a", events);
     until(Duration::from_secs(10), "30 more events", || receiver.delivered_events().len() == 70).await;
     let later: Vec<Received> = receiver.requests().into_iter().skip(4).collect();
+    let all = receiver.requests();
+    let connections: std::collections::HashSet<Connection> = all.iter().map(|r| r.connection).collect();
+    assert_eq!(connections.len(), 1, "the batches in flight share one connection");
+    assert!(all.iter().all(|r| r.version == Version::HTTP_2), "multiplexed over HTTP/2");
     let carries_grant = |r: &Received| r.events().iter().any(|e| e["type"] == "grant");
     let at = later.iter().position(carries_grant).expect("the grant's POST");
     assert_eq!(later[at].concurrent, 1, "the grant went alone");
