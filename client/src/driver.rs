@@ -53,6 +53,8 @@ pub(crate) struct Driver {
     sent_visibility: Vec<String>,
     /// Authorize and revoke requests made while disconnected, sent after the next Welcome.
     deferred: Vec<Deferred>,
+    /// Which of `options.servers` the next attempt goes to.
+    current: usize,
 }
 
 /// A request that waits for the next session.
@@ -79,9 +81,17 @@ impl Driver {
         let device_id = DeviceId::new(device).map_err(|e| invalid("device id", &e))?;
         let message = StatusText::new(options.message.clone()).map_err(|e| invalid("message", &e))?;
         app_list(&options.visibility).map_err(|e| ClientError::Options(format!("visibility: {e}")))?;
-        let bind = options.bind.unwrap_or_else(|| match options.server {
-            std::net::SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
-            std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        if options.servers.is_empty() {
+            return Err(ClientError::Options("no server address given".into()));
+        }
+        // One endpoint for every server (it keeps the TLS tickets): dual-stack when any is
+        // IPv6, which reaches IPv4 servers too.
+        let bind = options.bind.unwrap_or_else(|| {
+            if options.servers.iter().any(std::net::SocketAddr::is_ipv6) {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                ([0, 0, 0, 0], 0).into()
+            }
         });
         let endpoint = crate::transport::endpoint(bind, &options.roots)?;
         Ok(Driver {
@@ -98,6 +108,7 @@ impl Driver {
             close_ack: None,
             sent_visibility: Vec::new(),
             deferred: Vec::new(),
+            current: 0,
             options,
         })
     }
@@ -113,8 +124,13 @@ impl Driver {
                     if was_up {
                         attempt = 0;
                     }
-                    let delay = after.unwrap_or_else(|| self.options.backoff.delay(attempt));
                     attempt = attempt.saturating_add(1);
+                    // The next attempt goes to the next server (the same when there is one).
+                    self.current = (self.current + 1) % self.options.servers.len();
+                    let servers = self.options.servers.len();
+                    let delay = after.unwrap_or_else(|| {
+                        crate::options::next_attempt(&self.options.backoff, servers, attempt)
+                    });
                     (code, reason, Some(delay))
                 }
             };
@@ -166,7 +182,8 @@ impl Driver {
 
     async fn session(&mut self) -> Outcome {
         let retry = |reason: String| Outcome::Retry { code: None, reason, after: None, was_up: false };
-        let connecting = match self.endpoint.connect(self.options.server, &self.options.server_name) {
+        let server = self.options.servers[self.current % self.options.servers.len()];
+        let connecting = match self.endpoint.connect(server, &self.options.server_name) {
             Ok(connecting) => connecting,
             Err(error) => return Outcome::Fatal { code: None, reason: format!("cannot connect: {error}") },
         };
@@ -186,7 +203,7 @@ impl Driver {
             return retry("cannot open the control stream".into());
         };
         // The Hello goes out now: in 0-RTT when resuming, else after the handshake.
-        if !flush(&mut session, &connection, &mut send).await {
+        if flush(&mut session, &connection, &mut send).await.is_none() {
             return retry("cannot send hello".into());
         }
         let tried_early = early.is_some();
@@ -206,11 +223,12 @@ impl Driver {
                 Ok(pair) => (send, recv) = pair,
                 Err(error) => return connection_outcome(error, false),
             }
-            if !flush(&mut session, &connection, &mut send).await {
+            if flush(&mut session, &connection, &mut send).await.is_none() {
                 return retry("cannot send hello".into());
             }
         }
         let mut up = false;
+        let mut unanswered: Option<Unanswered> = None;
         let outcome = loop {
             let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
             let idle_deadline = self.idle_deadline().map(tokio::time::Instant::from_std);
@@ -236,12 +254,23 @@ impl Driver {
                 },
                 _ = sleep_until(deadline) => session.handle_timeout(Instant::now()),
                 _ = sleep_until(idle_deadline) => self.apply_idle(&mut session).await,
+                _ = sleep_until(unanswered.map(|watch| watch.deadline)) => {
+                    let lost = unanswered.take().is_some_and(|watch| !watch.answered(&connection));
+                    if lost {
+                        // Dead or cut off: no use waiting for the idle timeout.
+                        let reason = format!("{server} stopped acknowledging");
+                        break Outcome::Retry { code: None, reason, after: None, was_up: up };
+                    }
+                }
             }
             if let Some(outcome) = self.handle_events(&mut session, zero_rtt, &mut up).await {
                 break outcome;
             }
-            if !flush(&mut session, &connection, &mut send).await {
+            let Some(pings) = flush(&mut session, &connection, &mut send).await else {
                 break retry("control stream write failed".into());
+            };
+            if let Some(floor) = self.options.unanswered.filter(|_| up && pings > 0 && unanswered.is_none()) {
+                unanswered = Some(Unanswered::arm(&connection, floor));
             }
         };
         self.seq = session.status_seq();
@@ -278,6 +307,7 @@ impl Driver {
                         }
                     }
                     Event::Up {
+                        server: self.options.servers[self.current % self.options.servers.len()],
                         session_id: welcome.session_id,
                         zero_rtt,
                         heartbeat: Duration::from_millis(u64::from(welcome.heartbeat_ms)),
@@ -501,25 +531,54 @@ impl Driver {
     }
 }
 
-/// Moves everything the session queued onto the connection; false if the stream broke.
+/// Moves everything the session queued onto the connection; the datagrams (pings) sent,
+/// or `None` if the stream broke.
 async fn flush(
     session: &mut ClientSession,
     connection: &quinn::Connection,
     send: &mut quinn::SendStream,
-) -> bool {
+) -> Option<usize> {
+    let mut datagrams = 0;
     while let Some(transmit) = session.poll_transmit() {
         match transmit {
             Transmit::Stream(bytes) => {
                 if send.write_all(&bytes).await.is_err() {
-                    return false;
+                    return None;
                 }
             }
             Transmit::Datagram(bytes) => {
-                let _ = connection.send_datagram(bytes);
+                if connection.send_datagram(bytes).is_ok() {
+                    datagrams += 1;
+                }
             }
         }
     }
-    true
+    Some(datagrams)
+}
+
+/// Watches whether the server still acknowledges: armed by a ping, it holds how many ACK
+/// frames had arrived when the ping left and when to give the server up if no more have.
+#[derive(Debug, Clone, Copy)]
+struct Unanswered {
+    acks: u64,
+    deadline: tokio::time::Instant,
+}
+
+impl Unanswered {
+    /// Armed now for `connection`: three probe timeouts, estimated as in RFC 9002
+    /// (`smoothed_rtt + 4·rttvar + max_ack_delay`, with the variance taken as half the
+    /// RTT and the ACK delay at QUIC's default 25 ms), and at least `floor`.
+    fn arm(connection: &quinn::Connection, floor: Duration) -> Unanswered {
+        let rtt = connection.rtt();
+        let probe_timeout = rtt * 3 + Duration::from_millis(25);
+        let wait = (probe_timeout * 3).max(floor);
+        Unanswered { acks: connection.stats().frame_rx.acks, deadline: tokio::time::Instant::now() + wait }
+    }
+
+    /// Whether anything was acknowledged since the watch was armed.
+    fn answered(&self, connection: &quinn::Connection) -> bool {
+        connection.stats().frame_rx.acks > self.acks
+    }
 }
 
 fn app_list(apps: &[String]) -> Result<AppList, String> {

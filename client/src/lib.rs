@@ -19,6 +19,18 @@
 //! acknowledged. Reconnects back off exponentially with jitter, so a fleet of devices that
 //! lost the server together does not come back together.
 //!
+//! ## Several servers
+//!
+//! [`ClientOptions::servers`] may name several daemons (a cluster's nodes). The session
+//! goes to one at a time; when it goes down, or an attempt fails, the next attempt goes to
+//! the next server at once, and the backoff starts only after every server failed since
+//! the last session was up. A server that goes silent (a dead machine sends no reset) is
+//! noticed by its missing acknowledgements: nothing acknowledged for about three probe
+//! timeouts after a ping ([`ClientOptions::unanswered`], at least 1 s), not QUIC's idle
+//! timeout. One endpoint, and its TLS session cache, serves every server: a ticket is
+//! tried on whichever server the name leads to, and one that cannot read it answers with
+//! a full handshake.
+//!
 //! ## 0-RTT
 //!
 //! The client keeps its endpoint (and so its TLS session tickets) across reconnects. A
@@ -47,6 +59,8 @@ pub use options::{Backoff, ClientOptions, IdlePolicy};
 pub enum Event {
     /// A session is up.
     Up {
+        /// The server it is with (one of [`ClientOptions::servers`]).
+        server: SocketAddr,
         /// The server's session id.
         session_id: u64,
         /// Whether the `Hello` rode in 0-RTT on a resumed connection.

@@ -30,9 +30,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ConnectArgs {
-    /// The daemon's QUIC address.
-    #[arg(long)]
-    server: SocketAddr,
+    /// The daemon's QUIC address, `HOST:PORT`; repeat for the nodes of a cluster. A name
+    /// may resolve to several addresses: each is a server. The session goes to one at a
+    /// time and fails over to the next when it goes down or stops being acknowledged.
+    #[arg(long = "server", required = true)]
+    servers: Vec<String>,
     /// PEM file with the CA certificate to trust (the dev daemon's tls/cert.pem).
     #[arg(long)]
     ca: PathBuf,
@@ -97,7 +99,9 @@ async fn main() -> ExitCode {
 
 async fn connect(args: ConnectArgs) -> Result<ExitCode> {
     let roots = transport::read_roots(&args.ca)?;
-    let mut options = ClientOptions::new(args.server, roots, args.token);
+    let servers = resolve(&args.servers).await?;
+    let mut options = ClientOptions::new(servers[0], roots, args.token);
+    options.servers = servers;
     options.server_name = args.server_name;
     options.status = args.status;
     options.message = args.message;
@@ -200,10 +204,10 @@ impl Printer {
 
     fn event(&self, event: &Event) {
         match event {
-            Event::Up { session_id, zero_rtt, heartbeat } => self.line(
+            Event::Up { server, session_id, zero_rtt, heartbeat } => self.line(
                 "up",
-                json!({"session_id": session_id, "zero_rtt": zero_rtt, "heartbeat_ms": heartbeat.as_millis() as u64}),
-                &format!("session up: id {session_id}, heartbeat {heartbeat:?}, 0-RTT {zero_rtt}"),
+                json!({"server": server.to_string(), "session_id": session_id, "zero_rtt": zero_rtt, "heartbeat_ms": heartbeat.as_millis() as u64}),
+                &format!("session up with {server}: id {session_id}, heartbeat {heartbeat:?}, 0-RTT {zero_rtt}"),
             ),
             Event::Down { reason, code, retry_in } => self.line(
                 "down",
@@ -260,4 +264,28 @@ impl Printer {
             other => self.line("other", json!({"debug": format!("{other:?}")}), &format!("{other:?}")),
         }
     }
+}
+
+/// Every address the `--server` arguments name, in order, without repeats: an address as
+/// given, a name as the resolver answers (all of its addresses).
+async fn resolve(servers: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut addresses = Vec::new();
+    for server in servers {
+        let resolved: Vec<SocketAddr> = match server.parse::<SocketAddr>() {
+            Ok(address) => vec![address],
+            Err(_) => tokio::net::lookup_host(server.as_str())
+                .await
+                .with_context(|| format!("--server {server}: cannot resolve it (HOST:PORT)"))?
+                .collect(),
+        };
+        for address in resolved {
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+    }
+    if addresses.is_empty() {
+        bail!("--server: no address");
+    }
+    Ok(addresses)
 }

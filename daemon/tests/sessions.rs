@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::relay::Relay;
 use common::*;
 use presence_client::{Client, ClientError, Event};
 use presence_protocol::{ErrorCode, Message, Status};
@@ -562,4 +563,55 @@ async fn a_clean_restart_within_the_drain_grace_shows_apps_no_flap_and_a_device_
     let bob_now = poll(&daemon, &online["bob"]["puid"]).await;
     assert_eq!((bob_now["status"].as_str(), &bob_now["seq"]), (Some("offline"), &serde_json::Value::Null));
     alice.close().await;
+}
+
+/// A second daemon that accepts the first one's devices: the same certificate, token keys
+/// and PUID secret (as the nodes of a cluster share them), its own data directory.
+async fn second_node(first: &TestDaemon, dir: &std::path::Path) -> presenced::Daemon {
+    let layer = presenced::settings::SettingsLayer {
+        dev: Some(false),
+        tls_cert: Some(first.dir.join("tls/cert.pem")),
+        tls_key: Some(first.dir.join("tls/key.pem")),
+        jwks: Some(first.dir.join("jwks.json")),
+        puid_secret_file: Some(first.dir.join("puid-secret")),
+        ..settings(dir)
+    };
+    presenced::Daemon::start(layer.resolve().expect("settings")).await.expect("the second node starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_fails_over_at_once_when_its_server_stops_acknowledging() {
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let a = TestDaemon::start(dir_a.path()).await;
+    let b = second_node(&a, dir_b.path()).await;
+    // The device reaches A through a relay that can go silent, as a killed node does.
+    let relay = Relay::start(a.daemon.quic_addr).await;
+    let mut options = a.options("alice", "phone", &[]);
+    options.servers = vec![relay.addr, b.quic_addr];
+    let heartbeat = options.heartbeat;
+    let mut client = Client::connect(options).await.expect("connect");
+    let up = next_client_event(&mut client).await;
+    assert!(matches!(up, Event::Up { server, .. } if server == relay.addr), "{up:?}");
+
+    relay.cut();
+    let cut = std::time::Instant::now();
+    let down = next_client_event(&mut client).await;
+    let Event::Down { reason, retry_in, .. } = &down else { panic!("{down:?}") };
+    assert!(reason.contains("stopped acknowledging"), "{reason}");
+    assert_eq!(*retry_in, Some(Duration::ZERO), "the next server at once, no backoff");
+    let up = next_client_event(&mut client).await;
+    assert!(matches!(up, Event::Up { server, .. } if server == b.quic_addr), "{up:?}");
+    let took = cut.elapsed();
+    println!("failed over {took:?} after the cut (heartbeat {heartbeat:?})");
+    // The next heartbeat goes unanswered, and a second later the device is on B: far from
+    // QUIC's idle timeout (the daemon's is 31 minutes).
+    assert!(took < heartbeat + Duration::from_secs(3), "failed over in {took:?}");
+    let online = || metric_value(&b.metrics().render(), "presence_sessions{state=\"online\"}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while online() != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the second node shows the device online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    b.shutdown().await;
 }

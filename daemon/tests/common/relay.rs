@@ -18,6 +18,8 @@ pub struct Relay {
     /// Where the device connects.
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<(Direction, usize)>>>,
+    /// Set: nothing is forwarded either way any more, as when the server's machine dies.
+    cut: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,9 +34,15 @@ impl Relay {
         let (front2, back2) = (front.clone(), back.clone());
         let device = Arc::new(Mutex::new(None::<SocketAddr>));
         let device2 = device.clone();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut_up, cut_down) = (cut.clone(), cut.clone());
+        let is_cut = |cut: &std::sync::atomic::AtomicBool| cut.load(std::sync::atomic::Ordering::Relaxed);
         let upstream = async move {
             let mut buf = vec![0u8; 65_536];
             while let Ok((len, from)) = front.recv_from(&mut buf).await {
+                if is_cut(&cut_up) {
+                    continue;
+                }
                 *device.lock().expect("lock") = Some(from);
                 to_server.lock().expect("lock").push((Direction::ToServer, len));
                 let _ = back.send(&buf[..len]).await;
@@ -43,6 +51,9 @@ impl Relay {
         let downstream = async move {
             let mut buf = vec![0u8; 65_536];
             while let Ok(len) = back2.recv(&mut buf).await {
+                if is_cut(&cut_down) {
+                    continue;
+                }
                 let Some(device) = *device2.lock().expect("lock") else { continue };
                 to_device.lock().expect("lock").push((Direction::ToDevice, len));
                 let _ = front2.send_to(&buf[..len], device).await;
@@ -51,7 +62,13 @@ impl Relay {
         let task = tokio::spawn(async move {
             tokio::join!(upstream, downstream);
         });
-        Relay { addr, log, task }
+        Relay { addr, log, cut, task }
+    }
+
+    /// From now on forwards nothing, either way: the server goes silent, as a killed node's
+    /// machine does (no reset, no ICMP: just nothing).
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many datagrams the log holds so far (a mark for [`Relay::to_server_before_reply`]).
