@@ -237,7 +237,8 @@ settings! {
     /// Seconds a device the drain sent away (GoAway on SIGTERM) has to come back, to this
     /// daemon restarted on the same data dir, before apps are told it is offline: a clean
     /// restart within it shows apps no offline/online pair. Told by the restarted daemon; if
-    /// none starts, apps are never told. 0 tells apps offline in the drain.
+    /// none starts, apps are never told. 0 tells apps offline in the drain; any other value
+    /// must exceed drain_secs.
     drain_grace_secs: u64 = 30, env "PRESENCED_DRAIN_GRACE_SECS", check at_most_a_day;
     /// Log filter, tracing-subscriber syntax.
     log: String = "info".into(), env "PRESENCED_LOG", check log_filter;
@@ -496,6 +497,14 @@ impl SettingsLayer {
                 }
             }
         }
+        if v.drain_grace_secs != 0 && v.drain_grace_secs <= v.drain_secs {
+            // The devices a drain sends away come back after it ends, and the restart
+            // takes time: a grace that ends first reports them offline all the same.
+            errors.push(format!(
+                "drain_grace_secs ({}) must exceed drain_secs ({}) plus the restart time, or be 0 (no grace)",
+                v.drain_grace_secs, v.drain_secs
+            ));
+        }
         if v.https_reserved_connections >= v.https_max_connections {
             errors.push("https_reserved_connections must be less than https_max_connections".into());
         }
@@ -597,6 +606,13 @@ mod tests {
         assert_eq!(day.table.drain_grace, Duration::from_secs(MAX_DRAIN_GRACE_SECS));
         let error = layer(Some(MAX_DRAIN_GRACE_SECS + 1)).resolve().expect_err("more than a day");
         assert!(error.to_string().contains("drain_grace_secs"), "{error}");
+        // A grace that ends with the drain (10 s by default) would report the devices it
+        // sent away offline all the same.
+        for short in [1, 10] {
+            let error = layer(Some(short)).resolve().expect_err("not longer than the drain");
+            assert!(error.to_string().contains("must exceed drain_secs (10)"), "{error}");
+        }
+        assert!(layer(Some(11)).resolve().is_ok(), "longer than the drain");
     }
 
     /// The delivery log keeps 100 attempts per app by default, none with 0, 10,000 at most.
