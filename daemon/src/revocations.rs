@@ -79,6 +79,12 @@ impl Revocations {
         }
     }
 
+    /// Forgets a removed app's tombstones in memory (the store removes its own with the
+    /// app): its id is never handed out again, so nothing would read them.
+    pub(crate) fn forget_app(&self, app_id: &str) {
+        self.tombstones.retain(|(app, _)| app != app_id);
+    }
+
     /// Tells the writer task to write every change made so far and end; the caller awaits
     /// the task (shutdown: the run's revokes are durable before it ends). Later changes
     /// stay in memory only.

@@ -410,6 +410,12 @@ impl PresenceTable {
         self.revocations.is_revoked(app_id, self.puid(app_id, user).as_str())
     }
 
+    /// An app was removed: its revocations go (the store drops their durable copies with
+    /// the app's record).
+    pub(crate) fn app_removed(&self, app_id: &str) {
+        self.revocations.forget_app(app_id);
+    }
+
     /// A device authorized `app_id` again: its revocation is lifted, so the visibility
     /// lists sent from now on count again (those filtered before are not restored).
     pub fn grant(&self, user: &str, app_id: &str) {
@@ -1200,6 +1206,16 @@ mod tests {
         // Once a device leaves, a new one fits.
         table.disconnect("u", "b", 2);
         assert_eq!(connect("u", "c", 6), Ok(None));
+    }
+
+    #[test]
+    fn a_removed_apps_revocations_are_forgotten_and_no_other_apps() {
+        let (table, _) = table();
+        table.revoke("u", "app_chat");
+        table.revoke("u", "app_mail");
+        table.app_removed("app_chat");
+        assert!(!table.is_revoked("u", "app_chat"), "forgotten with its app");
+        assert!(table.is_revoked("u", "app_mail"), "another app's stays");
     }
 
     #[test]

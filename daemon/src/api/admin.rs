@@ -303,6 +303,7 @@ pub(super) async fn remove(
     if !state.apps.remove(&id).await.map_err(ApiError::internal)? {
         return Err(no_such_app());
     }
+    state.table.app_removed(&id);
     state.fanout.app_changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -391,7 +391,7 @@ pub(crate) fn journal<S: RunJournal>(store: &S) {
 
 /// Tombstones are kept per (app, PUID), listed in that order, replaced by a newer revoke of
 /// the same pair, and deleted once.
-pub(crate) fn revocations<S: RevocationStore>(store: &S) {
+pub(crate) fn revocations<S: RevocationStore + AppStore>(store: &S) {
     let stone =
         |app: &str, puid: &str, at: u64| Tombstone { app_id: app.into(), puid: puid.into(), revoked_ms: at };
     assert_eq!(store.list_tombstones().expect("list"), []);
@@ -405,6 +405,11 @@ pub(crate) fn revocations<S: RevocationStore>(store: &S) {
     assert!(!store.delete_tombstone("app_a", "p1").expect("delete again"));
     assert!(!store.delete_tombstone("app_c", "p2").expect("never there"));
     assert_eq!(store.list_tombstones().expect("list"), [stone("app_a", "p2", 2), stone("app_b", "p1", 1)]);
+    // Removing an app removes its tombstones, and only its own.
+    store.put_app(&app("app_a")).expect("put app");
+    store.put_tombstone(&stone("app_ab", "p3", 5)).expect("put");
+    assert!(store.delete_app("app_a").expect("delete app"));
+    assert_eq!(store.list_tombstones().expect("list"), [stone("app_ab", "p3", 5), stone("app_b", "p1", 1)]);
 }
 
 /// Runs every suite against one implementation. `$open` turns a fresh temporary directory

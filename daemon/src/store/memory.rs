@@ -92,6 +92,7 @@ impl AppStore for MemoryStore {
     fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
         let mut state = self.lock();
         state.outboxes.remove(id);
+        state.tombstones.retain(|(app_id, _), _| app_id != id);
         Ok(state.apps.remove(id).is_some())
     }
 }

@@ -251,7 +251,25 @@ impl AppStore for EmbeddedStore {
     /// The record goes first, then the outbox: a crash in between leaves log entries of
     /// an app that no longer exists, which the next open drops.
     fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
-        let existed = self.write(|txn| Ok(txn.open_table(APPS)?.remove(id)?.is_some()))?;
+        let existed = self.write(|txn| {
+            let existed = txn.open_table(APPS)?.remove(id)?.is_some();
+            // The app's revocation tombstones go with it: its id is never handed out again,
+            // so nothing would ever read them.
+            let mut revocations = txn.open_table(REVOCATIONS)?;
+            let mut puids = Vec::new();
+            for item in revocations.range((id, "")..)? {
+                let (key, _) = item?;
+                let (app_id, puid) = key.value();
+                if app_id != id {
+                    break;
+                }
+                puids.push(puid.to_owned());
+            }
+            for puid in &puids {
+                revocations.remove((id, puid.as_str()))?;
+            }
+            Ok(existed)
+        })?;
         self.outbox.remove(id);
         Ok(existed)
     }
