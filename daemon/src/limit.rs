@@ -62,6 +62,11 @@ impl RateLimiter {
         RateLimiter { limit: Rate { rate, burst }, buckets: DashMap::new() }
     }
 
+    /// Drops `key`'s bucket (a removed app): the next check starts it full.
+    pub(crate) fn forget(&self, key: &str) {
+        self.buckets.remove(key);
+    }
+
     /// Takes one token for `key` at `now`, or says how long until one is available.
     pub(crate) fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut bucket = self.buckets.entry(key.to_owned()).or_insert_with(|| Bucket::full(self.limit, now));
@@ -151,6 +156,17 @@ impl PerAppLimiter {
             .or_insert_with(|| HashedLimiter::new(self.limit, self.slots, now));
         table.check_all(keys, now)
     }
+
+    /// Drops `app`'s table (a removed app): its fixed memory goes with it.
+    pub(crate) fn forget(&self, app: &str) {
+        self.tables.remove(app);
+    }
+
+    /// Apps with a table.
+    #[cfg(test)]
+    pub(crate) fn apps(&self) -> usize {
+        self.tables.len()
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +198,23 @@ mod tests {
             let _ = limiter.check(&i, now);
         }
         assert_eq!(limiter.slots.lock().expect("lock").len(), 64);
+    }
+
+    #[test]
+    fn a_forgotten_app_leaves_nothing_behind_and_starts_afresh() {
+        let now = Instant::now();
+        let per_app = PerAppLimiter::new(Rate { rate: 1, burst: 1 }, 64);
+        per_app.check_all("app_a", &["p1"], now).expect("a token");
+        per_app.check_all("app_b", &["p1"], now).expect("a token");
+        assert!(per_app.check_all("app_a", &["p1"], now).is_err(), "spent");
+        per_app.forget("app_a");
+        assert_eq!(per_app.apps(), 1, "only app_b's table is left");
+        assert!(per_app.check_all("app_b", &["p1"], now).is_err(), "another app's table is untouched");
+        let rates = RateLimiter::new(1, 1);
+        rates.check("app_a", now).expect("a token");
+        assert!(rates.check("app_a", now).is_err());
+        rates.forget("app_a");
+        assert!(rates.check("app_a", now).is_ok(), "a new bucket, full");
     }
 
     #[test]

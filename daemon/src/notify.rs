@@ -429,6 +429,14 @@ impl Notifications {
     }
 
     /// Queues the deletion of a record whose retention has passed.
+    /// An app was removed: its rate buckets and recipient table go (about 384 KiB, which
+    /// an operator adding and removing apps would otherwise pile up). Its notifications
+    /// keep their records until they expire, as any others.
+    pub(crate) fn app_removed(&self, app_id: &str) {
+        self.app_rate.forget(app_id);
+        self.recipient_rate.forget(app_id);
+    }
+
     fn forget(&self, id: u64) {
         self.queue(Write::Delete(id));
     }

@@ -304,6 +304,8 @@ pub(super) async fn remove(
         return Err(no_such_app());
     }
     state.table.app_removed(&id);
+    state.notifications.app_removed(&id);
+    state.limiter.forget(&id);
     state.fanout.app_changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }
