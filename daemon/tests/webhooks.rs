@@ -424,15 +424,25 @@ async fn presence_batches_overlap_up_to_the_limit_and_ordered_events_go_alone() 
         ..config()
     };
     let (h, _) = Harness::start(&[("app_a", &receiver.url())], config);
+    // One full batch first, so the pool holds an HTTP/2 connection: batches started at
+    // once on an empty pool may each open one (the client learns the protocol only from
+    // the first handshake); once one is up, every batch shares it.
+    let warm: Vec<_> = (0..10).map(|i| presence(&format!("w{i}"), 1)).collect();
+    h.fanout.publish("app_a", warm);
+    until(Duration::from_secs(10), "the first batch", || receiver.delivered_events().len() == 10).await;
+    until(Duration::from_secs(2), "its ack", || h.store.depth("app_a") == 0).await;
     // 40 presence events: four full batches, the fourth waiting for a slot.
     let first: Vec<_> = (0..40).map(|i| presence(&format!("u{i}"), 1)).collect();
     h.fanout.publish("app_a", first);
-    until(Duration::from_secs(10), "40 events", || receiver.delivered_events().len() == 40).await;
-    let requests = receiver.requests();
+    until(Duration::from_secs(10), "40 events", || receiver.delivered_events().len() == 50).await;
+    let requests: Vec<Received> = receiver.requests().into_iter().skip(1).collect();
     assert_eq!(requests.len(), 4);
     assert_eq!(requests.iter().map(|r| r.concurrent).max(), Some(3), "three in flight at once, never more");
-    let mut puids: Vec<String> =
-        receiver.delivered_events().iter().map(|e| e["puid"].as_str().expect("puid").to_owned()).collect();
+    let mut puids: Vec<String> = requests
+        .iter()
+        .flat_map(Received::events)
+        .map(|e| e["puid"].as_str().expect("puid").to_owned())
+        .collect();
     puids.sort();
     let mut expected: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
     expected.sort();
@@ -446,8 +456,8 @@ async fn presence_batches_overlap_up_to_the_limit_and_ordered_events_go_alone() 
     events.push(raw("a:g".to_owned(), grant.to_string().into_bytes()));
     events.extend((10..29).map(|i| presence(&format!("v{i}"), 1)));
     h.fanout.publish("app_a", events);
-    until(Duration::from_secs(10), "30 more events", || receiver.delivered_events().len() == 70).await;
-    let later: Vec<Received> = receiver.requests().into_iter().skip(4).collect();
+    until(Duration::from_secs(10), "30 more events", || receiver.delivered_events().len() == 80).await;
+    let later: Vec<Received> = receiver.requests().into_iter().skip(5).collect();
     let all = receiver.requests();
     let connections: std::collections::HashSet<Connection> = all.iter().map(|r| r.connection).collect();
     assert_eq!(connections.len(), 1, "the batches in flight share one connection");
