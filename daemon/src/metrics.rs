@@ -125,8 +125,16 @@ pub struct Metrics {
     pub status_changes: Counter,
     /// `presence_events_total`: presence events emitted per (app, PUID).
     pub events: Counter,
-    /// `presence_zero_rtt_accepted_total`: sessions whose `Hello` arrived in 0-RTT.
+    /// `presence_zero_rtt_accepted_total`: sessions whose control stream was accepted
+    /// while the handshake was still going on, so their `Hello` came in 0-RTT. A lower
+    /// bound: quinn says whether a stream is 0-RTT by the handshake's state when the session
+    /// task *accepts* it, so a 0-RTT `Hello` that a busy daemon gets to only after the
+    /// handshake counts in [`tls_resumptions`](Self::tls_resumptions) alone.
     pub zero_rtt_accepted: Counter,
+    /// `presence_tls_resumptions_total`: handshakes that resumed a stored TLS session (a
+    /// device reconnecting; with early data, the 0-RTT ones among them). Exact: counted
+    /// when rustls takes the session from the store.
+    pub tls_resumptions: Counter,
     /// `presence_migrations_total`: sessions that moved to a new client address.
     pub migrations: Counter,
     /// `presence_sessions_closed_total{reason}`: sessions ended, by close code.
@@ -285,8 +293,13 @@ impl Metrics {
         registry.register("presence_events", "Presence events emitted per app and PUID", self.events.clone());
         registry.register(
             "presence_zero_rtt_accepted",
-            "Sessions whose Hello arrived in 0-RTT",
+            "Sessions whose Hello arrived in 0-RTT (a lower bound: see presence_tls_resumptions)",
             self.zero_rtt_accepted.clone(),
+        );
+        registry.register(
+            "presence_tls_resumptions",
+            "Handshakes that resumed a stored TLS session",
+            self.tls_resumptions.clone(),
         );
         registry.register(
             "presence_migrations",

@@ -130,8 +130,13 @@ impl QuicServer {
         // 0-RTT needs stateful resumption: a ticket store sized for the devices, durable so
         // that a restarted daemon still resumes them.
         tls.max_early_data_size = u32::MAX;
-        let tls_sessions = DurableSessions::start(store, config.session_store, services.clock)
-            .context("cannot load TLS sessions")?;
+        let tls_sessions = DurableSessions::start(
+            store,
+            config.session_store,
+            services.clock,
+            services.metrics.tls_resumptions.clone(),
+        )
+        .context("cannot load TLS sessions")?;
         tls.session_storage = tls_sessions.clone();
         tls.send_tls13_tickets = 1;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;

@@ -53,6 +53,8 @@ pub(crate) struct DurableSessions {
     store: Mutex<Option<Arc<dyn TicketStore>>>,
     capacity: usize,
     clock: Clock,
+    /// Counts every session taken for a resumption.
+    resumed: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for DurableSessions {
@@ -133,6 +135,7 @@ impl DurableSessions {
         store: Arc<dyn TicketStore>,
         capacity: usize,
         clock: Clock,
+        resumed: prometheus_client::metrics::counter::Counter,
     ) -> Result<Arc<DurableSessions>, StoreError> {
         let loaded = store.load_sessions(oldest_live(clock))?;
         let mut state = State::default();
@@ -154,6 +157,7 @@ impl DurableSessions {
             store: Mutex::new(Some(store)),
             capacity,
             clock,
+            resumed,
         });
         tokio::spawn(write_loop(Arc::downgrade(&sessions), sessions.queued.clone()));
         Ok(sessions)
@@ -235,7 +239,11 @@ impl StoresServerSessions for DurableSessions {
             entry
         };
         self.queued.notify_one();
-        (entry.created_secs >= oldest_live(self.clock)).then_some(entry.value)
+        let live = (entry.created_secs >= oldest_live(self.clock)).then_some(entry.value);
+        if live.is_some() {
+            self.resumed.inc();
+        }
+        live
     }
 
     fn can_cache(&self) -> bool {
@@ -327,7 +335,8 @@ mod tests {
     async fn tickets_survive_a_restart_and_stay_single_use() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system()).expect("start");
+            let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system(), Default::default())
+                .expect("start");
             assert!(sessions.put(vec![1; 32], b"one".to_vec()));
             assert!(sessions.put(vec![2; 32], b"two".to_vec()));
             assert!(sessions.put(vec![3; 32], b"three".to_vec()));
@@ -336,13 +345,18 @@ mod tests {
             assert_eq!(sessions.get(&[1; 32]), Some(b"one".to_vec()));
             sessions.flush(Duration::from_secs(5)).await;
         }
-        let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system()).expect("restart");
+        let resumed = prometheus_client::metrics::counter::Counter::<u64>::default();
+        let sessions =
+            DurableSessions::start(open(dir.path()), 10, Clock::system(), resumed.clone()).expect("restart");
         assert_eq!(sessions.len(), 2);
         assert_eq!(sessions.take(&[2; 32]), None, "single use across the restart");
+        assert_eq!(resumed.get(), 0, "a take that finds nothing resumes nothing");
         assert_eq!(sessions.take(&[1; 32]), Some(b"one".to_vec()));
+        assert_eq!(resumed.get(), 1, "one resumption counted");
         sessions.flush(Duration::from_secs(5)).await;
         drop(sessions);
-        let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system()).expect("restart again");
+        let sessions = DurableSessions::start(open(dir.path()), 10, Clock::system(), Default::default())
+            .expect("restart again");
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions.take(&[3; 32]), Some(b"three".to_vec()));
     }
@@ -352,7 +366,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         {
-            let sessions = DurableSessions::start(store.clone(), 3, Clock::system()).expect("start");
+            let sessions =
+                DurableSessions::start(store.clone(), 3, Clock::system(), Default::default()).expect("start");
             for key in 1..=5u8 {
                 sessions.put(vec![key; 32], vec![key]);
             }
@@ -365,7 +380,8 @@ mod tests {
             store.load_sessions(0).expect("load").into_iter().map(|s| s.value).collect();
         assert_eq!(stored.len(), 3, "the disk holds no more than memory: {stored:?}");
         // A smaller capacity at the next start keeps the newest.
-        let sessions = DurableSessions::start(store.clone(), 2, Clock::system()).expect("restart");
+        let sessions =
+            DurableSessions::start(store.clone(), 2, Clock::system(), Default::default()).expect("restart");
         assert_eq!(sessions.len(), 2);
         assert_eq!(sessions.get(&[3; 32]), None);
         assert_eq!(store.load_sessions(0).expect("load").len(), 2);
@@ -386,7 +402,8 @@ mod tests {
                 }),
             ])
             .expect("save");
-        let sessions = DurableSessions::start(store.clone(), 10, Clock::system()).expect("start");
+        let sessions =
+            DurableSessions::start(store.clone(), 10, Clock::system(), Default::default()).expect("start");
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions.take(&[1; 32]), None);
         assert_eq!(sessions.take(&[2; 32]), Some(vec![2]));
