@@ -123,14 +123,8 @@ impl Apps {
     pub async fn rotate_key(&self, id: &str) -> Result<Option<(AppRecord, String)>, StoreError> {
         let api_key = format!("{API_KEY_PREFIX}{}", random_b64(32));
         let digest = sha256_hex(&api_key);
-        let old = self.get(id).map(|app| app.api_key_sha256.clone());
-        let Some(app) = self.modify(id, move |app| app.api_key_sha256 = digest.clone()).await? else {
-            return Ok(None);
-        };
-        if let Some(old) = old.filter(|old| *old != app.api_key_sha256) {
-            self.by_key.remove(&old);
-        }
-        Ok(Some((app, api_key)))
+        let app = self.modify(id, move |app| app.api_key_sha256 = digest.clone()).await?;
+        Ok(app.map(|app| (app, api_key)))
     }
 
     /// Turns webhook deliveries back on after a 410 disabled them.
@@ -180,7 +174,18 @@ impl Apps {
         Ok(app)
     }
 
+    /// Caches a record just written, under the writes lock (so the record it replaces is
+    /// the one cached). A key that changed leaves the key index: the old key is refused from
+    /// this write on.
     fn cache(&self, app: AppRecord) {
+        let stale = self
+            .by_id
+            .get(&app.id)
+            .map(|old| old.api_key_sha256.clone())
+            .filter(|old| *old != app.api_key_sha256);
+        if let Some(stale) = stale {
+            self.by_key.remove(&stale);
+        }
         self.by_key.insert(app.api_key_sha256.clone(), app.id.clone());
         self.by_id.insert(app.id.clone(), Arc::new(app));
     }
@@ -197,4 +202,34 @@ fn random_b64(bytes: usize) -> String {
     // The system RNG failing is not recoverable; an all-zero key would be worse than none.
     SystemRandom::new().fill(&mut buf).expect("system randomness");
     B64URL.encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// Rotations racing each other leave exactly the last key working: the key index
+    /// follows the record each write replaces, not a copy read before the write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_key_rotations_leave_only_the_last_key() {
+        let apps = Arc::new(Apps::load(Arc::new(MemoryStore::default()), Clock::system()).expect("apps"));
+        let created = apps.create("chat", "https://example.com/hook").await.expect("create");
+        let id = created.app.id.clone();
+        let rotations: Vec<_> = (0..8)
+            .map(|_| {
+                let (apps, id) = (apps.clone(), id.clone());
+                tokio::spawn(async move { apps.rotate_key(&id).await.expect("rotate").expect("app").1 })
+            })
+            .collect();
+        let mut keys = vec![created.api_key];
+        for rotation in rotations {
+            keys.push(rotation.await.expect("task"));
+        }
+        let current = apps.get(&id).expect("app").api_key_sha256.clone();
+        let working: Vec<&String> = keys.iter().filter(|key| apps.authenticate(key).is_some()).collect();
+        assert_eq!(working.len(), 1, "one key works, the last written");
+        assert_eq!(sha256_hex(working[0]), current);
+        assert_eq!(apps.by_key.len(), 1, "no stale key is left in the index");
+    }
 }
