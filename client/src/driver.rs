@@ -53,7 +53,8 @@ pub(crate) struct Driver {
     sent_visibility: Vec<String>,
     /// Authorize and revoke requests made while disconnected, sent after the next Welcome.
     deferred: Vec<Deferred>,
-    /// Which of `options.servers` the next attempt goes to.
+    /// Which of `options.servers` the next attempt goes to (always in range: it moves on
+    /// modulo their number, which `new` checked is not zero).
     current: usize,
 }
 
@@ -182,7 +183,7 @@ impl Driver {
 
     async fn session(&mut self) -> Outcome {
         let retry = |reason: String| Outcome::Retry { code: None, reason, after: None, was_up: false };
-        let server = self.options.servers[self.current % self.options.servers.len()];
+        let server = self.options.servers[self.current];
         let connecting = match self.endpoint.connect(server, &self.options.server_name) {
             Ok(connecting) => connecting,
             Err(error) => return Outcome::Fatal { code: None, reason: format!("cannot connect: {error}") },
@@ -307,7 +308,7 @@ impl Driver {
                         }
                     }
                     Event::Up {
-                        server: self.options.servers[self.current % self.options.servers.len()],
+                        server: self.options.servers[self.current],
                         session_id: welcome.session_id,
                         zero_rtt,
                         heartbeat: Duration::from_millis(u64::from(welcome.heartbeat_ms)),

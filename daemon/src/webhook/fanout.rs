@@ -803,7 +803,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
         return;
     }
     let url = match Url::parse(&app.webhook_url) {
-        Ok(url) => Arc::new(url),
+        Ok(url) => url,
         Err(error) => {
             warn!(app = app_id, %error, "invalid webhook URL; no deliveries");
             return;
@@ -827,7 +827,7 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
             }
         }
     });
-    let target = Target { app_id: app_id.clone(), url, signer: Arc::new(Signer::new(secret, previous)) };
+    let target = Arc::new(Target { app_id: app_id.clone(), url, signer: Signer::new(secret, previous) });
     if catch_up && depth > 0 {
         // Waiting while the app was disabled or misconfigured: it has waited long enough.
         shared.note(inner.long_ago(), 0, 0, &inner.config);
@@ -874,38 +874,31 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
                 _ = phase.wait_for(|p| *p >= Phase::Stopped) => return,
             }
         };
-        let Some(landed) = landed else { continue };
-        let mut landed_full = false;
-        let failed = match landed {
-            Landing::Sent(landed) => match settle(&inner, &app_id, landed).await {
-                Settled::Delivered { full } => {
-                    landed_full = full;
-                    None
-                }
-                Settled::Retry(delay) => Some(delay),
-                Settled::Gone => {
-                    disable(&inner, &app_id).await;
-                    return;
-                }
-            },
-            Landing::Lost => {
+        let settled = match landed {
+            Some(Landing::Sent(landed)) => settle(&inner, &app_id, landed).await,
+            Some(Landing::Lost) => {
                 warn!(app = app_id, "a webhook POST ended without an outcome; its batch goes again");
-                Some(inner.backoff(attempt))
+                Settled::Retry(inner.backoff(attempt))
             }
+            None => continue,
         };
-        match failed {
+        match settled {
+            Settled::Gone => {
+                disable(&inner, &app_id).await;
+                return;
+            }
             // The first failure of a round counts the attempt; the others only lengthen it.
-            Some(delay) => {
+            Settled::Retry(delay) => {
                 if retry.is_none() {
                     attempt = attempt.saturating_add(1);
                 }
                 retry = Some(retry.map_or(delay, |other| other.max(delay)));
             }
-            None if retry.is_none() => {
+            Settled::Delivered { full } if retry.is_none() => {
                 attempt = 0;
-                flights.after_delivery(&inner, &app_id, &shared, landed_full);
+                flights.after_delivery(&inner, &app_id, &shared, full);
             }
-            None => {}
+            Settled::Delivered { .. } => {}
         }
     }
 }
@@ -913,8 +906,8 @@ async fn deliver_loop(inner: Arc<Inner>, app_id: String, shared: Arc<AppShared>,
 /// Who a delivery task POSTs to, and how it signs; shared with its POST tasks.
 struct Target {
     app_id: String,
-    url: Arc<Url>,
-    signer: Arc<Signer>,
+    url: Url,
+    signer: Signer,
 }
 
 /// One app's batches in flight.
@@ -1004,7 +997,7 @@ impl Flights {
     async fn start(
         &mut self,
         inner: &Arc<Inner>,
-        target: &Target,
+        target: &Arc<Target>,
         shared: &AppShared,
         attempt: u32,
     ) -> Result<(), crate::store::StoreError> {
@@ -1034,12 +1027,7 @@ impl Flights {
             let Some(last) = batch.last() else { return Ok(()) };
             self.cursor = last.serial;
             let full = is_full(&batch, max_events, self.budget);
-            let task = Arc::clone(inner);
-            let target = Target {
-                app_id: target.app_id.clone(),
-                url: Arc::clone(&target.url),
-                signer: Arc::clone(&target.signer),
-            };
+            let (task, target) = (Arc::clone(inner), Arc::clone(target));
             let entries = batch.len();
             let attempt = attempt.saturating_add(1);
             let handle = self.tasks.spawn(async move {
@@ -1093,8 +1081,9 @@ impl Flights {
 /// Whether a batch was cut by a limit, so that more may wait behind it: it has the most
 /// events a POST takes, or one more of its largest would not have fitted.
 fn is_full(batch: &[OutboxEntry], max_events: usize, budget: usize) -> bool {
-    let bytes: usize = batch.iter().map(|entry| entry.event.len()).sum();
-    let largest = batch.iter().map(|entry| entry.event.len()).max().unwrap_or(0);
+    let (bytes, largest) = batch
+        .iter()
+        .fold((0, 0), |(bytes, largest), entry| (bytes + entry.event.len(), largest.max(entry.event.len())));
     batch.len() >= max_events || bytes + largest > budget
 }
 
