@@ -12,15 +12,13 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use crate::store::{Candidate, Durable, Entry, Event, be_u64, compact_round, encode_value};
-
-type Round = (u64, Vec<Vec<(u64, Event)>>);
+use crate::store::{Candidate, Committer, Durable, Entry, Event, Round, be_u64, encode_value};
 
 struct Inner {
     db: Database,
@@ -37,10 +35,7 @@ struct Inner {
 
 pub struct Fjall {
     inner: Arc<Inner>,
-    /// Serials handed out (by `append`, in call order).
-    next_serial: Mutex<(u64, u64)>,
-    sender: Mutex<Option<SyncSender<Round>>>,
-    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    committer: Committer,
 }
 
 fn order_key(prefix: &[u8], serial: u64) -> Vec<u8> {
@@ -72,21 +67,11 @@ impl Fjall {
             durable_serial: AtomicU64::new(0),
             durable: Durable::default(),
         });
-        // One round may wait while the previous one is written: the pipeline is two deep.
-        let (sender, receiver) = sync_channel(1);
         let committer = {
             let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("fjall-committer".into())
-                .spawn(move || commit_rounds(&inner, receiver))
-                .expect("committer thread")
+            Committer::spawn("fjall-committer", move |rounds| commit_rounds(&inner, rounds))
         };
-        Fjall {
-            inner,
-            next_serial: Mutex::new((0, 0)),
-            sender: Mutex::new(Some(sender)),
-            committer: Mutex::new(Some(committer)),
-        }
+        Fjall { inner, committer }
     }
 }
 
@@ -172,15 +157,7 @@ impl Inner {
 
 impl Candidate for Fjall {
     fn append(&self, round: Vec<Vec<Event>>) {
-        let (round, number) = {
-            let mut next = self.next_serial.lock().unwrap();
-            let round: Vec<Vec<(u64, Event)>> =
-                round.into_iter().map(|events| compact_round(events, &mut next.0)).collect();
-            next.1 += 1;
-            (round, next.1)
-        };
-        let sender = self.sender.lock().unwrap();
-        sender.as_ref().expect("open").send((number, round)).expect("committer alive");
+        self.committer.append(round);
     }
 
     fn wait_durable(&self, rounds: u64) {
@@ -196,10 +173,7 @@ impl Candidate for Fjall {
     }
 
     fn close(&self) {
-        self.sender.lock().unwrap().take();
-        if let Some(committer) = self.committer.lock().unwrap().take() {
-            committer.join().expect("committer");
-        }
+        self.committer.close();
         self.inner.db.persist(PersistMode::SyncData).expect("persist");
     }
 }

@@ -16,21 +16,19 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use crate::store::{Candidate, Durable, Entry, Event, be_u64, compact_round, encode_value};
+use crate::store::{Candidate, Committer, Durable, Entry, Event, Round, be_u64, encode_value};
 
 const OUTBOX: TableDefinition<'_, (&str, &str), (u64, &[u8])> = TableDefinition::new("outbox");
 const ORDER: TableDefinition<'_, (&str, u64), &str> = TableDefinition::new("outbox_order");
 
 /// How long buffered acknowledgements wait for a round to ride in.
 const ACK_IDLE: Duration = Duration::from_millis(10);
-
-type Round = (u64, Vec<Vec<(u64, Event)>>);
 
 struct Inner {
     db: Database,
@@ -46,9 +44,7 @@ struct Inner {
 
 pub struct RedbBatched {
     inner: Arc<Inner>,
-    next_serial: Mutex<(u64, u64)>,
-    sender: Mutex<Option<SyncSender<Round>>>,
-    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    committer: Committer,
 }
 
 impl RedbBatched {
@@ -67,20 +63,11 @@ impl RedbBatched {
             acks: Mutex::new(Vec::new()),
             durable: Durable::default(),
         });
-        let (sender, receiver) = sync_channel(1);
         let committer = {
             let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("redb-committer".into())
-                .spawn(move || commit_rounds(&inner, receiver))
-                .expect("committer thread")
+            Committer::spawn("redb-committer", move |rounds| commit_rounds(&inner, rounds))
         };
-        RedbBatched {
-            inner,
-            next_serial: Mutex::new((0, 0)),
-            sender: Mutex::new(Some(sender)),
-            committer: Mutex::new(Some(committer)),
-        }
+        RedbBatched { inner, committer }
     }
 }
 
@@ -190,15 +177,7 @@ impl Inner {
 
 impl Candidate for RedbBatched {
     fn append(&self, round: Vec<Vec<Event>>) {
-        let (round, number) = {
-            let mut next = self.next_serial.lock().unwrap();
-            let round: Vec<Vec<(u64, Event)>> =
-                round.into_iter().map(|events| compact_round(events, &mut next.0)).collect();
-            next.1 += 1;
-            (round, next.1)
-        };
-        let sender = self.sender.lock().unwrap();
-        sender.as_ref().expect("open").send((number, round)).expect("committer alive");
+        self.committer.append(round);
     }
 
     fn wait_durable(&self, rounds: u64) {
@@ -219,9 +198,6 @@ impl Candidate for RedbBatched {
     }
 
     fn close(&self) {
-        self.sender.lock().unwrap().take();
-        if let Some(committer) = self.committer.lock().unwrap().take() {
-            committer.join().expect("committer");
-        }
+        self.committer.close();
     }
 }

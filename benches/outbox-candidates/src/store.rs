@@ -1,7 +1,9 @@
 //! What the workload needs of an outbox, and what the three candidates share.
 
 use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// One event to append, as the daemon's `OutboxEvent`.
@@ -116,4 +118,55 @@ pub fn encode_value(buffer: &mut Vec<u8>, serial: Option<u64>, event: &Event) {
 /// Reads 8 big-endian bytes at `at`.
 pub fn be_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// One round for a committer thread: its number and, per app, its compacted events under
+/// their serials.
+pub type Round = (u64, Vec<Vec<(u64, Event)>>);
+
+/// The front the fjall and redb candidates share: serials handed out in call order, each
+/// round compacted ([`compact_round`]) and handed to one committer thread. One round may
+/// wait while the previous one is written: the pipeline is two deep.
+pub struct Committer {
+    /// The last serial handed out, and the last round's number.
+    next: Mutex<(u64, u64)>,
+    sender: Mutex<Option<SyncSender<Round>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Committer {
+    /// Starts the thread `name`, which runs `commit` over the rounds until they end.
+    pub fn spawn(name: &str, commit: impl FnOnce(Receiver<Round>) + Send + 'static) -> Committer {
+        let (sender, receiver) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || commit(receiver))
+            .expect("committer thread");
+        Committer {
+            next: Mutex::new((0, 0)),
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Compacts a round under fresh serials and queues it ([`Candidate::append`]).
+    pub fn append(&self, round: Vec<Vec<Event>>) {
+        let (round, number) = {
+            let mut next = self.next.lock().unwrap();
+            let round: Vec<Vec<(u64, Event)>> =
+                round.into_iter().map(|events| compact_round(events, &mut next.0)).collect();
+            next.1 += 1;
+            (round, next.1)
+        };
+        let sender = self.sender.lock().unwrap();
+        sender.as_ref().expect("open").send((number, round)).expect("committer alive");
+    }
+
+    /// Ends the rounds and waits for the thread to write what it holds.
+    pub fn close(&self) {
+        self.sender.lock().unwrap().take();
+        if let Some(thread) = self.thread.lock().unwrap().take() {
+            thread.join().expect("committer");
+        }
+    }
 }
